@@ -1,0 +1,91 @@
+//! Reading the config file and turning serde's byte spans into file:line messages.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::Config;
+
+/// A parsed config together with the text it came from, so later checks can point at lines.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub text: String,
+    pub config: Config,
+}
+
+impl LoadedConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, text)
+    }
+
+    pub fn parse(path: &Path, text: String) -> Result<Self, ConfigError> {
+        match toml::from_str::<Config>(&text) {
+            Ok(config) => Ok(Self {
+                path: path.to_owned(),
+                text,
+                config,
+            }),
+            Err(e) => Err(ConfigError::Syntax {
+                at: Location {
+                    path: path.to_owned(),
+                    line: e.span().map_or(0, |s| line_of(&text, s.start)),
+                },
+                message: e.message().to_owned(),
+            }),
+        }
+    }
+
+    /// The folder relative paths in the config are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// file:line of a byte offset in the config text.
+    pub fn at(&self, offset: usize) -> Location {
+        Location {
+            path: self.path.clone(),
+            line: line_of(&self.text, offset),
+        }
+    }
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{at}: {message}")]
+    Syntax { at: Location, message: String },
+    #[error("{at}: {message}")]
+    Invalid { at: Location, message: String },
+}

@@ -1,0 +1,281 @@
+//! The TOML configuration: schema, defaults and loading with file:line errors.
+//!
+//! Every struct denies unknown keys, so a typo is an error, never a silently ignored
+//! setting (tests/config_unknown_keys.rs inserts a stray key at every table of the shipped
+//! config to prove it). Values that refer to something else (a profile named in a group,
+//! a list file) are `Spanned`, so the semantic checks in `policy::build` can name the line.
+
+mod load;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use load::{ConfigError, LoadedConfig, Location, line_of};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub profiles: indexmap_like::OrderedProfiles,
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Each address is served on UDP and TCP.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Queries waiting on an upstream at once; beyond that, new ones get SERVFAIL at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Idle TCP connections are closed after this many seconds.
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle_timeout_secs: u64,
+    /// Largest UDP answer we send, whatever a client advertises (DNS flag day 2020).
+    #[serde(default = "default_udp_payload")]
+    pub udp_payload_max: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Empty: the name servers of `resolv_conf`, minus telesink's own addresses.
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+    #[serde(default = "default_resolv_conf")]
+    pub resolv_conf: PathBuf,
+    /// Total time a query may wait on upstreams before the client gets SERVFAIL.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Answers kept; 0 turns the cache off.
+    #[serde(default = "default_cache_size")]
+    pub size: usize,
+    #[serde(default)]
+    pub min_ttl_secs: u32,
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl_secs: u32,
+    #[serde(default = "default_negative_max_ttl")]
+    pub negative_max_ttl_secs: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Where relative list paths point; itself relative to the config file's folder.
+    #[serde(default = "default_lists_dir")]
+    pub lists_dir: PathBuf,
+    /// TTL of sinkhole answers, and the negative TTL of their synthesized SOA.
+    #[serde(default = "default_block_ttl")]
+    pub block_ttl_secs: u32,
+    /// Block a forwarded answer whose CNAME chain passes through a blocked name.
+    #[serde(default = "default_true")]
+    pub cname_cloaking: bool,
+    /// Only these networks get answers; everyone else gets REFUSED.
+    #[serde(default = "default_allowed_clients")]
+    pub allowed_clients: Vec<IpNet>,
+    /// Allowlists that override every profile.
+    #[serde(default)]
+    pub allowlists: Vec<Spanned<PathBuf>>,
+    /// Suffix block rules on or above these zones are refused at load.
+    #[serde(default)]
+    pub guard: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeName {
+    #[default]
+    Null,
+    Nxdomain,
+    Nodata,
+    Refused,
+    Ip,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    #[serde(default)]
+    pub description: String,
+    /// On for every group unless a group disables it.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_mode")]
+    pub mode: Spanned<ModeName>,
+    /// Answers of mode "ip".
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub lists: Vec<Spanned<PathBuf>>,
+    /// Exceptions that apply to this profile only.
+    #[serde(default)]
+    pub allowlists: Vec<Spanned<PathBuf>>,
+    /// Logged at load when the profile is on: what it breaks.
+    #[serde(default)]
+    pub warning: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: Spanned<String>,
+    /// Addresses and networks; the most specific match over all groups decides.
+    #[serde(default)]
+    pub clients: Vec<IpNet>,
+    /// Profiles switched on for this group on top of the enabled ones.
+    #[serde(default)]
+    pub enable: Vec<Spanned<String>>,
+    /// Profiles switched off for this group.
+    #[serde(default)]
+    pub disable: Vec<Spanned<String>>,
+}
+
+/// Profiles keep the order of the file: it is the tie-break when two profiles block the
+/// same name at the same specificity, and the order `telesink profiles` prints.
+pub mod indexmap_like {
+    use std::fmt;
+
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    use toml::Spanned;
+
+    use super::ProfileConfig;
+
+    #[derive(Debug, Clone, Default)]
+    pub struct OrderedProfiles(pub Vec<(Spanned<String>, ProfileConfig)>);
+
+    impl<'de> Deserialize<'de> for OrderedProfiles {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = OrderedProfiles;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a table of profiles")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((k, v)) = map.next_entry::<Spanned<String>, ProfileConfig>()? {
+                        out.push((k, v));
+                    }
+                    Ok(OrderedProfiles(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+}
+
+fn default_mode() -> Spanned<ModeName> {
+    Spanned::new(0..0, ModeName::Null)
+}
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5353)]
+}
+fn default_max_in_flight() -> usize {
+    4096
+}
+fn default_tcp_idle() -> u64 {
+    10
+}
+fn default_udp_payload() -> u16 {
+    1232
+}
+fn default_resolv_conf() -> PathBuf {
+    PathBuf::from("/etc/resolv.conf")
+}
+fn default_upstream_timeout() -> u64 {
+    1800
+}
+fn default_cache_size() -> usize {
+    65536
+}
+fn default_max_ttl() -> u32 {
+    86400
+}
+fn default_negative_max_ttl() -> u32 {
+    900
+}
+fn default_lists_dir() -> PathBuf {
+    PathBuf::from("../blocklists")
+}
+fn default_block_ttl() -> u32 {
+    60
+}
+fn default_true() -> bool {
+    true
+}
+/// Loopback and the private ranges a LAN uses: never an open resolver by default.
+fn default_allowed_clients() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .filter_map(|s| s.parse().ok())
+    .collect()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_in_flight: default_max_in_flight(),
+            tcp_idle_timeout_secs: default_tcp_idle(),
+            udp_payload_max: default_udp_payload(),
+        }
+    }
+}
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            resolv_conf: default_resolv_conf(),
+            timeout_ms: default_upstream_timeout(),
+        }
+    }
+}
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            size: default_cache_size(),
+            min_ttl_secs: 0,
+            max_ttl_secs: default_max_ttl(),
+            negative_max_ttl_secs: default_negative_max_ttl(),
+        }
+    }
+}
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            lists_dir: default_lists_dir(),
+            block_ttl_secs: default_block_ttl(),
+            cname_cloaking: true,
+            allowed_clients: default_allowed_clients(),
+            allowlists: Vec::new(),
+            guard: None,
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Running the resolver: build the policy, bind the listeners, serve, reload on SIGHUP,
+//! stop on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_server::Server;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+use tracing::{error, info, warn};
+
+use crate::config::{ConfigError, LoadedConfig};
+use crate::dns::cache::{Cache, Limits};
+use crate::dns::upstream::{self, Upstream};
+use crate::dns::{Outcomes, Pipeline};
+use crate::policy::{self, BuildOutcome, Policy};
+
+/// Overrides from the command line, for a quick trial without editing the config.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Vec<SocketAddr>,
+    pub upstream: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the policy has errors:\n{0}")]
+    Policy(String),
+    #[error("cannot listen on {proto} {addr}: {source}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up signal handling: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Builds a policy and logs what it found; `None` if it has fatal problems.
+pub fn compile(cfg: &LoadedConfig, generation: u64) -> Result<Policy, String> {
+    let started = std::time::Instant::now();
+    let BuildOutcome {
+        policy,
+        problems,
+        warnings,
+    } = policy::build(cfg, generation);
+    for w in &warnings {
+        warn!("{w}");
+    }
+    let skipped = problems
+        .iter()
+        .filter(|p| p.severity == policy::Severity::SkippedLine);
+    for p in skipped.clone().take(20) {
+        warn!("skipped list line: {p}");
+    }
+    let skipped = skipped.count();
+    match policy {
+        Some(policy) => {
+            if skipped > 0 {
+                warn!("{skipped} invalid list lines were skipped (telesink check lists them all)");
+            }
+            info!(
+                generation,
+                names = policy.total_names(),
+                lists = policy.lists.len(),
+                profiles = policy.profiles.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "policy compiled"
+            );
+            Ok(policy)
+        }
+        None => Err(problems
+            .iter()
+            .filter(|p| p.severity == policy::Severity::Fatal)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
+}
+
+pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), DaemonError> {
+    let mut cfg = LoadedConfig::load(&config_path)?;
+    if !overrides.listen.is_empty() {
+        cfg.config.server.listen = overrides.listen.clone();
+    }
+    if !overrides.upstream.is_empty() {
+        cfg.config.upstream.servers = overrides.upstream.clone();
+    }
+    let policy = Arc::new(ArcSwap::from_pointee(
+        compile(&cfg, 1).map_err(DaemonError::Policy)?,
+    ));
+
+    let c = &cfg.config;
+    let upstreams = if c.upstream.servers.is_empty() {
+        upstream::from_resolv_conf(&c.upstream.resolv_conf, &c.server.listen)
+    } else {
+        c.upstream.servers.clone()
+    };
+    if upstreams.is_empty() {
+        warn!("no upstream resolver: blocked names are answered, everything else gets SERVFAIL");
+    }
+    info!(upstreams = ?upstreams, "forwarding");
+    let pipeline = Pipeline {
+        policy: policy.clone(),
+        cache: Cache::new(
+            c.cache.size,
+            Limits {
+                min_ttl: c.cache.min_ttl_secs,
+                max_ttl: c.cache.max_ttl_secs,
+                negative_max_ttl: c.cache.negative_max_ttl_secs,
+            },
+        ),
+        upstream: Upstream::new(upstreams, Duration::from_millis(c.upstream.timeout_ms)),
+        forward_slots: Arc::new(Semaphore::new(c.server.max_in_flight.max(1))),
+        udp_payload_max: c.server.udp_payload_max,
+        outcomes: Arc::new(Outcomes::default()),
+    };
+    let outcomes = pipeline.outcomes.clone();
+
+    let mut server = Server::new(pipeline);
+    let tcp_idle = Duration::from_secs(c.server.tcp_idle_timeout_secs.max(1));
+    for &addr in &c.server.listen {
+        let udp = bind_udp(addr).map_err(|source| DaemonError::Bind {
+            proto: "udp",
+            addr,
+            source,
+        })?;
+        // TCP on the port UDP got, so a client retrying a truncated answer over TCP
+        // finds us even when the config asked for port 0.
+        let addr = udp.local_addr().unwrap_or(addr);
+        let tcp = bind_tcp(addr).map_err(|source| DaemonError::Bind {
+            proto: "tcp",
+            addr,
+            source,
+        })?;
+        // Tests and admins read the real ports from these lines (port 0 picks a free one).
+        info!("listening on udp {}", udp.local_addr().unwrap_or(addr));
+        info!("listening on tcp {}", tcp.local_addr().unwrap_or(addr));
+        server.register_socket(udp);
+        server.register_listener(tcp, tcp_idle, 65535);
+    }
+    info!("ready");
+
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&config_path, &overrides, &policy).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("stopping");
+    if let Err(e) = server.shutdown_gracefully().await {
+        warn!("shutdown: {e}");
+    }
+    info!("queries: {}", outcomes.summary());
+    Ok(())
+}
+
+/// Rebuilds the policy from the config and lists on disk and swaps it in. On any error
+/// the old policy keeps serving. Listeners and upstreams are not rebound: that needs a
+/// restart (documented in the README).
+async fn reload(config_path: &Path, overrides: &Overrides, policy: &Arc<ArcSwap<Policy>>) {
+    let generation = policy.load().generation + 1;
+    let path = config_path.to_owned();
+    let _ = overrides;
+    // Compiling a big list takes a while: keep it off the threads that answer queries.
+    let built = tokio::task::spawn_blocking(move || {
+        let cfg = LoadedConfig::load(&path).map_err(|e| e.to_string())?;
+        compile(&cfg, generation)
+    })
+    .await;
+    match built {
+        Ok(Ok(new)) => {
+            policy.store(Arc::new(new));
+            info!(generation, "reloaded");
+        }
+        Ok(Err(e)) => error!("reload failed, the previous policy keeps serving:\n{e}"),
+        Err(e) => error!("reload failed, the previous policy keeps serving: {e}"),
+    }
+}
+
+fn socket_for(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        // Separate v4 and v6 listeners on the same port must not collide.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket_for(addr, Type::DGRAM, Protocol::UDP)?;
+    // A burst of queries must not overflow the kernel queue while a core is busy.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket_for(addr, Type::STREAM, Protocol::TCP)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}

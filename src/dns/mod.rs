@@ -1,0 +1,11 @@
+//! The DNS resolver: the pipeline and the pieces it calls.
+
+pub mod answer;
+pub mod cache;
+pub mod outcome;
+pub mod pipeline;
+pub mod protocol;
+pub mod upstream;
+
+pub use outcome::{Outcome, Outcomes};
+pub use pipeline::Pipeline;

@@ -1,0 +1,311 @@
+//! The query pipeline, in the order every query travels through it:
+//!
+//! listener (hickory-server) -> protocol checks -> client identity -> special-use names ->
+//! policy verdict -> sinkhole answer | cache -> upstream -> CNAME cloaking -> send -> outcome
+//!
+//! The order is fixed here, in code; configuration switches stages on and off but never
+//! reorders them. Each stage below says why it sits where it does.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, ResponseCode};
+use hickory_proto::rr::{Name, RData, Record};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use super::answer::{self, EDE_BLOCKED, EDE_NO_REACHABLE_AUTHORITY, Synth};
+use super::cache::{self, Cache};
+use super::outcome::{Outcome, Outcomes};
+use super::protocol;
+use super::upstream::{Upstream, Upstreamed};
+use crate::policy::{Policy, QName, Verdict};
+
+pub struct Pipeline {
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub cache: Cache,
+    pub upstream: Upstream,
+    /// Bounds queries waiting on upstreams: a flood of cache misses cannot pile up
+    /// unbounded tasks and sockets. Blocked and cached answers never wait, so need no slot.
+    pub forward_slots: Arc<Semaphore>,
+    pub udp_payload_max: u16,
+    pub outcomes: Arc<Outcomes>,
+}
+
+/// The response we are about to send, with the parts the EDNS needs.
+struct Reply<'a> {
+    rcode: ResponseCode,
+    answers: &'a [Record],
+    authorities: &'a [Record],
+    additionals: &'a [Record],
+    ede: Option<(u16, &'a str)>,
+}
+
+impl Reply<'_> {
+    fn rcode(rcode: ResponseCode) -> Self {
+        Reply {
+            rcode,
+            answers: &[],
+            authorities: &[],
+            additionals: &[],
+            ede: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Pipeline {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> ResponseInfo {
+        let (outcome, info) = self.answer(request, handle).await;
+        // Last: counting after the send keeps the metrics off the answer's critical path.
+        self.outcomes.record(outcome);
+        info
+    }
+}
+
+impl Pipeline {
+    async fn answer<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> (Outcome, ResponseInfo) {
+        // 1. Protocol checks first: malformed, non-query or unsupported-EDNS messages are
+        //    answered by the RFCs alone, so no later stage has to cope with them.
+        let query = match protocol::check(request) {
+            Ok(query) => query,
+            Err(rcode) => {
+                let outcome = match rcode {
+                    ResponseCode::FormErr => Outcome::FormErr,
+                    ResponseCode::NotImp => Outcome::NotImp,
+                    ResponseCode::Refused => Outcome::Refused,
+                    _ => Outcome::Local,
+                };
+                return (
+                    outcome,
+                    self.send(request, handle, Reply::rcode(rcode)).await,
+                );
+            }
+        };
+
+        // 2. Client identity, before the name is even read: a client outside
+        //    allowed_clients learns nothing (never an open resolver), and the group decided
+        //    here is what every later stage applies. One policy snapshot is loaded for the
+        //    whole query, so a concurrent reload cannot give it half of each.
+        let policy = self.policy.load();
+        let client = request.src().ip();
+        if !policy.is_allowed_client(client) {
+            return (
+                Outcome::Refused,
+                self.send(request, handle, Reply::rcode(ResponseCode::Refused))
+                    .await,
+            );
+        }
+        let group = policy.group_of(client);
+        let Some(qname) = QName::from_labels(query.name().iter()) else {
+            return (
+                Outcome::FormErr,
+                self.send(request, handle, Reply::rcode(ResponseCode::FormErr))
+                    .await,
+            );
+        };
+
+        // 3. Special-use names come before the lists: they keep clients from switching to
+        //    DoH around us, whatever the admin's lists say.
+        if let Some((rcode, zone)) = answer::special_use(&qname) {
+            let zone = Name::from_ascii(zone).unwrap_or_default();
+            let synth = answer::negative(rcode, &zone, policy.block_ttl, serial(&policy));
+            let reply = Reply {
+                authorities: &synth.authorities,
+                ..Reply::rcode(rcode)
+            };
+            return (Outcome::Local, self.send(request, handle, reply).await);
+        }
+
+        // 4. The policy verdict, before the cache: the cache holds real answers that an
+        //    allowed client fetched, so a blocked client must be stopped before it can hit one.
+        if let Verdict::Block { profile, by } = policy.verdict(group, &qname) {
+            let labels = qname
+                .suffix_at(by.at)
+                .iter()
+                .filter(|&&b| b == b'.')
+                .count()
+                + 1;
+            let zone = query.original().name().trim_to(labels);
+            return self
+                .sinkhole(request, handle, &policy, profile, query, &zone, None)
+                .await;
+        }
+
+        // 5. Cache, then upstream. Only a miss takes a forwarding slot.
+        let key = cache::Key {
+            name: query.name().clone(),
+            qtype: query.query_type(),
+            class: query.query_class(),
+        };
+        let now = Instant::now();
+        let (answer, outcome) = match self.cache.get(&key, now) {
+            Some(hit) => (hit.answer, Outcome::Cached),
+            None => match self.forward(query).await {
+                Ok(answer) => {
+                    self.cache.insert(key, &answer, now);
+                    (answer, Outcome::Forwarded)
+                }
+                Err(why) => {
+                    debug!(%why, name = %query.name(), "upstream failed");
+                    let reply = Reply {
+                        ede: Some((EDE_NO_REACHABLE_AUTHORITY, "upstream resolvers unavailable")),
+                        ..Reply::rcode(ResponseCode::ServFail)
+                    };
+                    return (Outcome::ServFail, self.send(request, handle, reply).await);
+                }
+            },
+        };
+
+        // 6. CNAME cloaking after the cache, per client: a tracker hidden behind a CNAME
+        //    is caught on cached answers too, and only for clients whose profiles block it.
+        if let Some((profile, target)) = cloaked(&policy, group, &answer) {
+            let zone = query.original().name().clone();
+            let via = Some(&target);
+            return self
+                .sinkhole(request, handle, &policy, profile, query, &zone, via)
+                .await;
+        }
+
+        // 7. Send the answer as the upstream gave it.
+        let reply = Reply {
+            rcode: answer.rcode,
+            answers: &answer.answers,
+            authorities: &answer.authorities,
+            additionals: &answer.additionals,
+            ede: None,
+        };
+        let info = self.send(request, handle, reply).await;
+        let outcome = if answer.rcode == ResponseCode::ServFail {
+            Outcome::ServFail
+        } else {
+            outcome
+        };
+        (outcome, info)
+    }
+
+    async fn forward(&self, query: &LowerQuery) -> Result<Upstreamed, String> {
+        let Ok(_slot) = self.forward_slots.try_acquire() else {
+            return Err("too many queries in flight".into());
+        };
+        self.upstream
+            .resolve(query.original().clone())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn sinkhole<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+        policy: &Policy,
+        profile: u16,
+        query: &LowerQuery,
+        zone: &Name,
+        via_cname: Option<&Name>,
+    ) -> (Outcome, ResponseInfo) {
+        let Some(p) = policy.profiles.get(profile as usize) else {
+            return (
+                Outcome::ServFail,
+                self.send(request, handle, Reply::rcode(ResponseCode::ServFail))
+                    .await,
+            );
+        };
+        let Synth {
+            rcode,
+            answers,
+            authorities,
+        } = answer::sinkhole(
+            p.mode,
+            query.original().name(),
+            query.query_type(),
+            zone,
+            policy.block_ttl,
+            serial(policy),
+        );
+        let text;
+        let ede = match via_cname {
+            None => p.ede_text.as_str(),
+            Some(target) => {
+                text = format!("{} (CNAME {})", p.ede_text, target);
+                text.as_str()
+            }
+        };
+        let reply = Reply {
+            rcode,
+            answers: &answers,
+            authorities: &authorities,
+            additionals: &[],
+            ede: Some((EDE_BLOCKED, ede)),
+        };
+        (Outcome::Blocked, self.send(request, handle, reply).await)
+    }
+
+    async fn send<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut handle: R,
+        reply: Reply<'_>,
+    ) -> ResponseInfo {
+        let edns: Option<Edns> =
+            answer::response_edns(request.edns.as_ref(), self.udp_payload_max, reply.ede);
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        metadata.response_code = reply.rcode;
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let response = builder.build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        match handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                warn!(%error, client = %request.src(), "could not send response");
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}
+
+/// The first CNAME target in the answer that this client's policy blocks.
+fn cloaked(policy: &Policy, group: u16, answer: &Upstreamed) -> Option<(u16, Name)> {
+    if !policy.cname_cloaking {
+        return None;
+    }
+    answer.answers.iter().find_map(|record| {
+        let RData::CNAME(target) = &record.data else {
+            return None;
+        };
+        let name = QName::from_labels(target.0.iter())?;
+        match policy.verdict(group, &name) {
+            Verdict::Block { profile, .. } => Some((profile, target.0.clone())),
+            Verdict::Pass { .. } => None,
+        }
+    })
+}
+
+/// The SOA serial of synthesized answers follows the policy generation, so a client that
+/// cached a negative answer can tell it came from an older policy.
+fn serial(policy: &Policy) -> u32 {
+    policy.generation as u32
+}

@@ -1,0 +1,8 @@
+//! telesink: a DNS sinkhole resolver and egress firewall for telemetry endpoints.
+//! The binary is `src/main.rs`; this library exists so tests and benchmarks reach the parts.
+
+pub mod config;
+pub mod daemon;
+pub mod dns;
+pub mod lists;
+pub mod policy;

@@ -1,0 +1,246 @@
+//! Parsing of one blocklist or allowlist line.
+//!
+//! Accepted forms (documented in docs/LISTS.md):
+//! - `name`            exact match
+//! - `*.name`          the name and every subdomain, on a label boundary
+//! - `||name^`         adblock syntax, same as `*.name`
+//! - `@@||name^`       adblock exception: an allow rule (same reach as `*.name`)
+//! - `0.0.0.0 a b c`   hosts lines (any IPv4/IPv6 address first); each name exact
+//! - `#` and `!` start comments, also after an entry.
+
+use std::net::IpAddr;
+
+/// How far a rule reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// Only the name itself.
+    Exact,
+    /// The name and every name below it.
+    Suffix,
+}
+
+/// One entry from a list line, before it is placed in the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Lowercase, no trailing dot.
+    pub name: String,
+    pub reach: Reach,
+    /// `@@` exceptions turn a line in a block list into an allow rule.
+    pub allow: bool,
+}
+
+/// Why a line was rejected. The caller adds file:line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("invalid domain name {name:?}: {why}")]
+    BadName { name: String, why: &'static str },
+    #[error("unsupported adblock rule {0:?} (only ||name^ and @@||name^ are understood)")]
+    Adblock(String),
+    #[error("hosts line without a name")]
+    HostsWithoutName,
+}
+
+/// Parses one line into zero or more entries (hosts lines may carry several names).
+pub fn parse_line(raw: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
+    let line = strip_comment(raw).trim();
+    if line.is_empty() {
+        return Ok(());
+    }
+    if let Some(rest) = line.strip_prefix("@@") {
+        let name = adblock_name(rest).ok_or_else(|| LineError::Adblock(line.to_owned()))?;
+        out.push(entry(name, Reach::Suffix, true)?);
+        return Ok(());
+    }
+    if line.starts_with("||") {
+        let name = adblock_name(line).ok_or_else(|| LineError::Adblock(line.to_owned()))?;
+        out.push(entry(name, Reach::Suffix, false)?);
+        return Ok(());
+    }
+    let mut words = line.split_ascii_whitespace();
+    let Some(first) = words.next() else {
+        return Ok(());
+    };
+    if first.parse::<IpAddr>().is_ok() {
+        let before = out.len();
+        for name in words {
+            // Hosts files commonly carry these for the local machine itself.
+            if matches!(
+                name,
+                "localhost" | "localhost.localdomain" | "local" | "broadcasthost"
+            ) || name.starts_with("ip6-")
+            {
+                continue;
+            }
+            out.push(entry(name, Reach::Exact, false)?);
+        }
+        if out.len() == before && line.split_ascii_whitespace().count() == 1 {
+            return Err(LineError::HostsWithoutName);
+        }
+        return Ok(());
+    }
+    if let Some(extra) = words.next() {
+        return Err(LineError::BadName {
+            name: format!("{first} {extra}"),
+            why: "more than one word on a line that is not a hosts line",
+        });
+    }
+    match first.strip_prefix("*.") {
+        Some(name) => out.push(entry(name, Reach::Suffix, false)?),
+        None => out.push(entry(first, Reach::Exact, false)?),
+    }
+    Ok(())
+}
+
+/// `#` always starts a comment; `!` does only at the start of a line (adblock style),
+/// because names never contain either.
+fn strip_comment(line: &str) -> &str {
+    let line = line.trim_start();
+    if line.starts_with('!') {
+        return "";
+    }
+    match line.find('#') {
+        Some(i) => &line[..i],
+        None => line,
+    }
+}
+
+/// `||name^` with an optional `$important`-free tail; anything with options or paths
+/// is not a DNS rule and is refused rather than guessed at.
+fn adblock_name(rule: &str) -> Option<&str> {
+    let body = rule.strip_prefix("||")?;
+    let body = body.strip_suffix('^').unwrap_or(body);
+    if body.is_empty() || body.contains(['^', '/', '$', '*', '|']) {
+        return None;
+    }
+    Some(body)
+}
+
+fn entry(name: &str, reach: Reach, allow: bool) -> Result<Entry, LineError> {
+    let name = normalize(name)?;
+    Ok(Entry { name, reach, allow })
+}
+
+/// Lowercases and validates a host name as lists write them: LDH labels, underscores
+/// allowed (they occur in real service names), 1..=63 per label, <= 253 in total.
+pub fn normalize(name: &str) -> Result<String, LineError> {
+    let bad = |why| LineError::BadName {
+        name: name.to_owned(),
+        why,
+    };
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() {
+        return Err(bad("empty name"));
+    }
+    if trimmed.len() > 253 {
+        return Err(bad("longer than 253 characters"));
+    }
+    for label in trimmed.split('.') {
+        if label.is_empty() {
+            return Err(bad("empty label"));
+        }
+        if label.len() > 63 {
+            return Err(bad("label longer than 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad("only letters, digits, '-' and '_' are allowed"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(bad("a label may not start or end with '-'"));
+        }
+    }
+    Ok(trimmed.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Vec<Entry>, LineError> {
+        let mut out = Vec::new();
+        parse_line(line, &mut out).map(|()| out)
+    }
+
+    fn e(name: &str, reach: Reach, allow: bool) -> Entry {
+        Entry {
+            name: name.into(),
+            reach,
+            allow,
+        }
+    }
+
+    #[test]
+    fn every_format() {
+        assert_eq!(
+            parse("Nexus.OfficeApps.live.com").unwrap(),
+            [e("nexus.officeapps.live.com", Reach::Exact, false)]
+        );
+        assert_eq!(
+            parse("*.vortex.data.microsoft.com # WSB-spy").unwrap(),
+            [e("vortex.data.microsoft.com", Reach::Suffix, false)]
+        );
+        assert_eq!(
+            parse("||ads.example^").unwrap(),
+            [e("ads.example", Reach::Suffix, false)]
+        );
+        assert_eq!(
+            parse("@@||ok.example^").unwrap(),
+            [e("ok.example", Reach::Suffix, true)]
+        );
+        assert_eq!(
+            parse("0.0.0.0 a.example b.example # two").unwrap(),
+            [
+                e("a.example", Reach::Exact, false),
+                e("b.example", Reach::Exact, false)
+            ]
+        );
+        assert_eq!(
+            parse("127.0.0.1 c.example").unwrap(),
+            [e("c.example", Reach::Exact, false)]
+        );
+        assert_eq!(
+            parse(":: d.example").unwrap(),
+            [e("d.example", Reach::Exact, false)]
+        );
+        assert_eq!(parse("127.0.0.1 localhost").unwrap(), []);
+        assert_eq!(parse("  # comment").unwrap(), []);
+        assert_eq!(parse("! adblock comment").unwrap(), []);
+        assert_eq!(parse("").unwrap(), []);
+        assert_eq!(
+            parse("trailing.dot.").unwrap(),
+            [e("trailing.dot", Reach::Exact, false)]
+        );
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_honour() {
+        assert!(matches!(parse("bad..name"), Err(LineError::BadName { .. })));
+        assert!(matches!(
+            parse("spa ce.example"),
+            Err(LineError::BadName { .. })
+        ));
+        assert!(matches!(
+            parse("-lead.example"),
+            Err(LineError::BadName { .. })
+        ));
+        assert!(matches!(
+            parse("||ads.example^$third-party"),
+            Err(LineError::Adblock(_))
+        ));
+        assert!(matches!(
+            parse("||ads.example/path^"),
+            Err(LineError::Adblock(_))
+        ));
+        assert!(matches!(parse("0.0.0.0"), Err(LineError::HostsWithoutName)));
+        assert!(matches!(
+            parse("ex*ample.com"),
+            Err(LineError::BadName { .. })
+        ));
+        assert!(matches!(
+            parse(&"a".repeat(64)),
+            Err(LineError::BadName { .. })
+        ));
+    }
+}

@@ -1,0 +1,119 @@
+//! The telesink command line: `run` the appliance, `check` a configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use telesink::config::LoadedConfig;
+use telesink::daemon::{self, Overrides};
+use telesink::policy;
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_CONFIG: &str = "/etc/telesink/telesink.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "telesink",
+    version,
+    about = "DNS sinkhole and egress firewall for telemetry endpoints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the resolver.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Listen on this address (UDP and TCP) instead of the config's; repeatable.
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+        /// Forward to this upstream instead of the config's; repeatable.
+        #[arg(long)]
+        upstream: Vec<SocketAddr>,
+    },
+    /// Validate the config and every list it names; print each problem as file:line.
+    Check {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            listen,
+            upstream,
+        } => run(config, Overrides { listen, upstream }),
+        Command::Check { config } => check(&config),
+    }
+}
+
+fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
+    // hickory logs two INFO lines per query; that is a log flood on a busy gateway.
+    let filter = EnvFilter::try_from_env("TELESINK_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(
+            "info,hickory_server=warn,hickory_resolver=warn,hickory_net=warn,hickory_proto=warn",
+        )
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("telesink: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(config, overrides)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let cfg = match LoadedConfig::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = policy::build(&cfg, 1);
+    for p in &outcome.problems {
+        eprintln!("{p}");
+    }
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
+    match (&outcome.policy, outcome.problems.is_empty()) {
+        (Some(policy), true) => {
+            println!(
+                "{}: ok ({} profiles, {} lists, {} names)",
+                path.display(),
+                policy.profiles.len(),
+                policy.lists.len(),
+                policy.total_names()
+            );
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{}: {} problem(s)", path.display(), outcome.problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Compiling a `Policy` from the config and the list files it names.
+//!
+//! Everything a user can get wrong is collected as a `BuildProblem` with file:line, so
+//! `telesink check` lists every mistake at once. Problems in the config itself are fatal;
+//! a bad list line is fatal for `check` but only skipped (and counted) by `run`, so one
+//! stray line in a third-party list does not take the resolver down.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::{
+    ClientTable, Group, ListInfo, MAX_PROFILES, Mode, NameIndex, Policy, Profile, Rule, Scope,
+};
+use crate::config::{LoadedConfig, Location, ModeName, ProfileConfig};
+use crate::lists::{self, Guard, Reach};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The policy cannot be built.
+    Fatal,
+    /// One list line was skipped; the rest of the list loads.
+    SkippedLine,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{at}: {message}")]
+pub struct BuildProblem {
+    pub at: Location,
+    pub message: String,
+    pub severity: Severity,
+}
+
+pub struct BuildOutcome {
+    pub policy: Option<Policy>,
+    pub problems: Vec<BuildProblem>,
+    /// Not errors: what enabled profiles are known to break.
+    pub warnings: Vec<String>,
+}
+
+impl BuildOutcome {
+    pub fn skipped_lines(&self) -> usize {
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::SkippedLine)
+            .count()
+    }
+}
+
+struct Builder<'c> {
+    cfg: &'c LoadedConfig,
+    lists_dir: PathBuf,
+    problems: Vec<BuildProblem>,
+    index: NameIndex,
+    lists: Vec<ListInfo>,
+    guard: Guard,
+}
+
+pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
+    let base = cfg.base_dir();
+    let lists_dir = base.join(&cfg.config.policy.lists_dir);
+    let mut b = Builder {
+        cfg,
+        lists_dir,
+        problems: Vec::new(),
+        index: NameIndex::default(),
+        lists: Vec::new(),
+        guard: Guard::default(),
+    };
+    let profiles = b.profiles();
+    b.reserve();
+    if let Some(guard) = &cfg.config.policy.guard {
+        b.load_guard(guard);
+    }
+    for path in &cfg.config.policy.allowlists {
+        b.load(path, Scope::Global, true);
+    }
+    for (i, (_, p)) in cfg.config.profiles.0.iter().enumerate().take(MAX_PROFILES) {
+        for path in &p.lists {
+            b.load(path, Scope::Profile(i as u16), false);
+        }
+        for path in &p.allowlists {
+            b.load(path, Scope::Profile(i as u16), true);
+        }
+    }
+    let (groups, nets) = b.groups(&profiles);
+    let warnings = profiles
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| groups.iter().any(|g| g.active & (1 << i) != 0))
+        .filter_map(|(_, p)| {
+            p.warning
+                .as_ref()
+                .map(|w| format!("profile {} is on: {w}", p.name))
+        })
+        .collect();
+
+    let fatal = b.problems.iter().any(|p| p.severity == Severity::Fatal);
+    b.index.shrink();
+    let policy = (!fatal).then(|| Policy {
+        generation,
+        index: Arc::new(b.index),
+        lists: Arc::new(b.lists),
+        profiles,
+        groups,
+        clients: ClientTable::new(nets, cfg.config.policy.allowed_clients.clone()),
+        block_ttl: cfg.config.policy.block_ttl_secs,
+        cname_cloaking: cfg.config.policy.cname_cloaking,
+    });
+    BuildOutcome {
+        policy,
+        problems: b.problems,
+        warnings,
+    }
+}
+
+impl Builder<'_> {
+    fn fatal(&mut self, offset: usize, message: impl Into<String>) {
+        self.problems.push(BuildProblem {
+            at: self.cfg.at(offset),
+            message: message.into(),
+            severity: Severity::Fatal,
+        });
+    }
+
+    fn resolve(&self, path: &Path) -> PathBuf {
+        self.lists_dir.join(path)
+    }
+
+    /// Sizes the index from the files' byte counts, so a million-name load does not pay
+    /// for repeated doubling (and twice the memory at its peak).
+    fn reserve(&mut self) {
+        let c = &self.cfg.config;
+        let bytes: u64 = c
+            .policy
+            .allowlists
+            .iter()
+            .chain(
+                c.profiles
+                    .0
+                    .iter()
+                    .flat_map(|(_, p)| p.lists.iter().chain(&p.allowlists)),
+            )
+            .filter_map(|p| std::fs::metadata(self.resolve(p.get_ref())).ok())
+            .map(|m| m.len())
+            .sum();
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX / 64);
+        // Measured on real lists: about one name per 24-40 bytes of file.
+        self.index = NameIndex::with_capacity(bytes / 24, bytes);
+    }
+
+    fn profiles(&mut self) -> Vec<Profile> {
+        let entries = &self.cfg.config.profiles.0;
+        if entries.len() > MAX_PROFILES {
+            let at = entries[MAX_PROFILES].0.span().start;
+            self.fatal(at, format!("at most {MAX_PROFILES} profiles are supported"));
+        }
+        let mut out = Vec::new();
+        for (name, p) in entries.iter().take(MAX_PROFILES) {
+            if out.iter().any(|o: &Profile| o.name == *name.get_ref()) {
+                self.fatal(
+                    name.span().start,
+                    format!("profile {} is defined twice", name.get_ref()),
+                );
+            }
+            let mode = self.mode(name, p);
+            out.push(Profile {
+                name: name.get_ref().clone(),
+                description: p.description.clone(),
+                mode,
+                enabled: p.enabled,
+                warning: p.warning.clone(),
+                ede_text: format!("blocked by telesink profile {}", name.get_ref()),
+            });
+        }
+        out
+    }
+
+    fn mode(&mut self, name: &Spanned<String>, p: &ProfileConfig) -> Mode {
+        let at = p.mode.span().start.max(name.span().start);
+        match p.mode.get_ref() {
+            ModeName::Ip => {
+                if p.ipv4.is_none() && p.ipv6.is_none() {
+                    self.fatal(
+                        at,
+                        format!(
+                            "profile {}: mode \"ip\" needs ipv4 and/or ipv6",
+                            name.get_ref()
+                        ),
+                    );
+                }
+                return Mode::Ip {
+                    v4: p.ipv4,
+                    v6: p.ipv6,
+                };
+            }
+            _ if p.ipv4.is_some() || p.ipv6.is_some() => {
+                self.fatal(
+                    at,
+                    format!(
+                        "profile {}: ipv4/ipv6 are only used with mode = \"ip\"",
+                        name.get_ref()
+                    ),
+                );
+            }
+            _ => {}
+        }
+        match p.mode.get_ref() {
+            ModeName::Null | ModeName::Ip => Mode::Null,
+            ModeName::Nxdomain => Mode::Nxdomain,
+            ModeName::Nodata => Mode::Nodata,
+            ModeName::Refused => Mode::Refused,
+        }
+    }
+
+    fn load_guard(&mut self, path: &Spanned<PathBuf>) {
+        let file = self.resolve(path.get_ref());
+        let mut problems = Vec::new();
+        let mut guard = Guard::default();
+        let read = lists::read_list(&file, &mut problems, |e, _| guard.add_zone(&e.name));
+        self.take_read(path, &file, read, problems);
+        self.guard = guard;
+    }
+
+    fn load(&mut self, path: &Spanned<PathBuf>, scope: Scope, allowlist: bool) {
+        let file = self.resolve(path.get_ref());
+        let list = self.lists.len() as u16;
+        let mut problems = Vec::new();
+        let (mut entries, mut refused) = (0usize, Vec::new());
+        let (index, guard) = (&mut self.index, &self.guard);
+        let read = lists::read_list(&file, &mut problems, |e, line| {
+            let allow = allowlist || e.allow;
+            if !allow && e.reach == Reach::Suffix && guard.refuses_suffix(&e.name) {
+                refused.push((line, e.name));
+                return;
+            }
+            let rule = Rule {
+                list,
+                line,
+                reach: e.reach,
+                allow,
+            };
+            if index.insert(&e.name, rule) {
+                entries += 1;
+            }
+        });
+        for (line, name) in refused {
+            problems.push(lists::ListProblem {
+                at: Location { path: file.clone(), line: line as usize },
+                message: format!(
+                    "suffix rule *.{name} would block a shared zone on the guard list; list the exact names instead"
+                ),
+            });
+        }
+        let skipped = problems.len();
+        self.take_read(path, &file, read, problems);
+        self.lists.push(ListInfo {
+            path: file,
+            scope,
+            allowlist,
+            entries,
+            skipped,
+        });
+    }
+
+    fn take_read(
+        &mut self,
+        path: &Spanned<PathBuf>,
+        file: &Path,
+        read: std::io::Result<()>,
+        problems: Vec<lists::ListProblem>,
+    ) {
+        if let Err(e) = read {
+            self.fatal(
+                path.span().start,
+                format!("cannot read list {}: {e}", file.display()),
+            );
+        }
+        self.problems
+            .extend(problems.into_iter().map(|p| BuildProblem {
+                at: p.at,
+                message: p.message,
+                severity: Severity::SkippedLine,
+            }));
+    }
+
+    fn groups(&mut self, profiles: &[Profile]) -> (Vec<Group>, Vec<(ipnet::IpNet, u16)>) {
+        let defaults = profiles
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.enabled)
+            .fold(0u64, |m, (i, _)| m | 1 << i);
+        let mut groups = vec![Group {
+            name: "default".into(),
+            active: defaults,
+        }];
+        let mut nets = Vec::new();
+        for g in &self.cfg.config.groups {
+            let name = g.name.get_ref();
+            let idx = match groups.iter().position(|x| x.name == *name) {
+                Some(0) if g.clients.is_empty() => 0,
+                Some(_) => {
+                    self.fatal(
+                        g.name.span().start,
+                        format!("group {name} is defined twice (or \"default\" given clients)"),
+                    );
+                    continue;
+                }
+                None => {
+                    groups.push(Group {
+                        name: name.clone(),
+                        active: defaults,
+                    });
+                    groups.len() - 1
+                }
+            };
+            let mut active = groups[idx].active;
+            for (list, on) in [(&g.enable, true), (&g.disable, false)] {
+                for p in list {
+                    match profiles.iter().position(|x| x.name == *p.get_ref()) {
+                        Some(i) if on => active |= 1 << i,
+                        Some(i) => active &= !(1 << i),
+                        None => self.fatal(
+                            p.span().start,
+                            format!("group {name}: no profile named {}", p.get_ref()),
+                        ),
+                    }
+                }
+            }
+            groups[idx].active = active;
+            nets.extend(g.clients.iter().map(|n| (n.trunc(), idx as u16)));
+        }
+        (groups, nets)
+    }
+}

@@ -1,0 +1,266 @@
+//! The compiled, immutable policy snapshot.
+//!
+//! One `Policy` holds everything a verdict needs: the name index of all lists, which list
+//! belongs to which profile, each profile's answer mode, the client groups and which
+//! profiles each group has on. The DNS pipeline reads it through an `ArcSwap` without
+//! locks; a reload or toggle builds a new one and swaps the pointer, so a query sees either
+//! the old or the new policy, never a mix. Toggles reuse the (large) name index through
+//! an `Arc`, so they cost microseconds, not a list reload.
+
+mod build;
+mod clients;
+mod index;
+mod qname;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use build::{BuildOutcome, BuildProblem, Severity, build};
+pub use clients::ClientTable;
+pub use index::{NameIndex, Rule};
+pub use qname::QName;
+
+use crate::lists::Reach;
+
+/// At most this many profiles: a group's active set is a `u64` bit mask, which keeps the
+/// per-query verdict free of allocation.
+pub const MAX_PROFILES: usize = 64;
+
+/// How a profile answers a name it blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A 0.0.0.0 / AAAA ::, NODATA for every other type.
+    Null,
+    Nxdomain,
+    Nodata,
+    Refused,
+    /// Fixed addresses for A/AAAA (NODATA for a family without one), NODATA otherwise.
+    Ip {
+        v4: Option<Ipv4Addr>,
+        v6: Option<Ipv6Addr>,
+    },
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Null => "null",
+            Mode::Nxdomain => "nxdomain",
+            Mode::Nodata => "nodata",
+            Mode::Refused => "refused",
+            Mode::Ip { .. } => "ip",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub mode: Mode,
+    /// The config's default: on for every group that does not switch it off.
+    pub enabled: bool,
+    pub warning: Option<String>,
+    /// Text of the RFC 8914 EDE attached to its answers; built once, not per query.
+    pub ede_text: String,
+}
+
+/// Which profiles a list's rules speak for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A global allowlist: its allow rules override every profile.
+    Global,
+    Profile(u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct ListInfo {
+    pub path: PathBuf,
+    pub scope: Scope,
+    /// An allowlist (every line allows) or a block list (lines block, `@@` lines allow).
+    pub allowlist: bool,
+    pub entries: usize,
+    pub skipped: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    /// Bit i set: profile i is on for this group.
+    pub active: u64,
+}
+
+/// Where a rule matched: the rule and the name it is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub rule: Rule,
+    /// Byte offset into the queried name where the matching rule's name starts.
+    pub at: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not blocked. `allow` is the allow rule that won over a block, if one did.
+    Pass {
+        allow: Option<Decision>,
+    },
+    Block {
+        profile: u16,
+        by: Decision,
+    },
+}
+
+pub struct Policy {
+    /// Increases with every swap; shown in the SOA serial and the metrics.
+    pub generation: u64,
+    pub index: Arc<NameIndex>,
+    pub lists: Arc<Vec<ListInfo>>,
+    pub profiles: Vec<Profile>,
+    pub groups: Vec<Group>,
+    pub clients: ClientTable,
+    pub block_ttl: u32,
+    pub cname_cloaking: bool,
+}
+
+impl Policy {
+    /// The group a client belongs to: the most specific configured network, else default.
+    #[inline]
+    pub fn group_of(&self, ip: IpAddr) -> u16 {
+        self.clients.group_of(ip)
+    }
+
+    #[inline]
+    pub fn is_allowed_client(&self, ip: IpAddr) -> bool {
+        self.clients.is_allowed(ip)
+    }
+
+    /// The verdict for `name` as seen by `group`.
+    ///
+    /// Rules are tried from the most specific to the least: exact rules on the name, suffix
+    /// rules on the name, then suffix rules on each parent. Each profile is decided by the
+    /// first tier that holds a rule for it (a global allow rule speaks for all profiles); on
+    /// a tie within a tier, allow wins. The name is blocked when any active profile's
+    /// deciding rule blocks; among several, the first profile in config order is reported.
+    pub fn verdict(&self, group: u16, name: &QName) -> Verdict {
+        let Some(group) = self.groups.get(group as usize) else {
+            return Verdict::Pass { allow: None };
+        };
+        let mut undecided = group.active;
+        if undecided == 0 || name.is_root() {
+            return Verdict::Pass { allow: None };
+        }
+        let mut found = Found::default();
+        let mut allow_seen = None;
+        let max_labels = self.index.max_suffix_labels();
+        for (depth, at) in name.suffix_starts().enumerate() {
+            if depth > 0 && name.label_count() - depth > max_labels {
+                continue;
+            }
+            found.len = 0;
+            self.index
+                .for_each(name.suffix_at(at), |rule| found.push(rule));
+            if found.len == 0 {
+                continue;
+            }
+            // The full name has two tiers (exact, then suffix); parents only the suffix tier.
+            let tiers: &[Reach] = if depth == 0 {
+                &[Reach::Exact, Reach::Suffix]
+            } else {
+                &[Reach::Suffix]
+            };
+            for &reach in tiers {
+                let rules = found.rules().filter(|r| r.reach == reach);
+                if let Some(v) = self.decide(rules, at, &mut undecided, &mut allow_seen) {
+                    return v;
+                }
+            }
+        }
+        Verdict::Pass { allow: allow_seen }
+    }
+
+    /// Applies one tier of rules to the undecided profiles. Returns the verdict once one
+    /// is certain: a block, or every profile decided by allow rules.
+    fn decide<'r>(
+        &self,
+        rules: impl Iterator<Item = &'r Rule>,
+        at: u8,
+        undecided: &mut u64,
+        allow_seen: &mut Option<Decision>,
+    ) -> Option<Verdict> {
+        let mut allow_mask = 0u64;
+        let mut block_mask = 0u64;
+        let mut blockers: [Option<(u16, Rule)>; 8] = [None; 8];
+        for rule in rules {
+            match self.lists.get(rule.list as usize).map(|l| l.scope) {
+                Some(Scope::Global) if rule.allow => {
+                    allow_mask = u64::MAX;
+                    if allow_seen.is_none() && *undecided != 0 {
+                        *allow_seen = Some(Decision { rule: *rule, at });
+                    }
+                }
+                Some(Scope::Profile(p)) if rule.allow => {
+                    allow_mask |= 1 << p;
+                    if allow_seen.is_none() && *undecided & (1 << p) != 0 {
+                        *allow_seen = Some(Decision { rule: *rule, at });
+                    }
+                }
+                Some(Scope::Profile(p)) => {
+                    block_mask |= 1 << p;
+                    if let Some(slot) = blockers.iter_mut().find(|s| s.is_none()) {
+                        *slot = Some((p, *rule));
+                    }
+                }
+                // A block rule in a global allowlist cannot be written; unknown lists are ignored.
+                Some(Scope::Global) | None => {}
+            }
+        }
+        let blocked = *undecided & block_mask & !allow_mask;
+        if blocked != 0 {
+            let profile = blocked.trailing_zeros() as u16;
+            let (_, rule) = blockers
+                .iter()
+                .flatten()
+                .find(|(p, _)| *p == profile)
+                .copied()?;
+            return Some(Verdict::Block {
+                profile,
+                by: Decision { rule, at },
+            });
+        }
+        *undecided &= !(allow_mask | block_mask);
+        (*undecided == 0).then_some(Verdict::Pass { allow: *allow_seen })
+    }
+
+    pub fn profile_index(&self, name: &str) -> Option<u16> {
+        self.profiles
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as u16)
+    }
+
+    /// Number of index entries (names) each list contributed, for logs and metrics.
+    pub fn total_names(&self) -> usize {
+        self.index.names()
+    }
+}
+
+/// The rules stored under one name: a handful at most, so a fixed array keeps the
+/// per-query path free of allocation.
+#[derive(Default)]
+struct Found {
+    rules: [Option<Rule>; 8],
+    len: usize,
+}
+
+impl Found {
+    fn push(&mut self, rule: Rule) {
+        if let Some(slot) = self.rules.get_mut(self.len) {
+            *slot = Some(rule);
+            self.len += 1;
+        }
+    }
+    fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules[..self.len].iter().flatten()
+    }
+}

@@ -1,0 +1,382 @@
+//! Test harness: a real knotd upstream on loopback, the real telesink binary on ephemeral
+//! ports, and a DNS client built on hickory-proto that can send from any 127.x address.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+/// Whether a required external tool exists. Outside CI a missing tool skips the test with a
+/// loud message; in CI (CI=true) it fails, because CI installs everything.
+pub fn require(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{tool} is required in CI but not installed");
+        }
+        eprintln!(
+            "\n!!!!! SKIPPED: {tool} is not installed; run the README's test command to install it !!!!!\n"
+        );
+    }
+    found
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("telesink-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// The test zone every resolver test forwards to.
+pub const ZONE: &str = r#"$ORIGIN test.
+$TTL 300
+@        SOA ns.test. hostmaster.test. 1 3600 600 86400 120
+@        NS  ns
+ns       A   127.0.0.1
+www      A   192.0.2.10
+www      AAAA 2001:db8::10
+www      MX  10 mail.test.
+alias    CNAME www
+chain    CNAME alias
+cloak    CNAME tracker.blocked.test.
+deep     CNAME cloak
+tracker.blocked A 192.0.2.66
+shared   A   192.0.2.20
+nodata   TXT "only txt here"
+"#;
+
+pub struct Knot {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Knot {
+    pub fn start(extra_records: &str) -> Knot {
+        let dir = TempDir::new("knot");
+        let port = free_port();
+        let mut zone = ZONE.to_owned();
+        zone.push_str(extra_records);
+        let zone_path = dir.write("test.zone", &zone);
+        let conf = format!(
+            "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\ndatabase:\n    storage: {d}/db\nlog:\n  - target: stderr\n    any: warning\nzone:\n  - domain: test\n    file: {z}\n",
+            d = dir.path().display(),
+            z = zone_path.display()
+        );
+        let conf_path = dir.write("knot.conf", &conf);
+        let child = Command::new("knotd")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start knotd");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let knot = Knot {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(m) = udp_query(
+                addr,
+                "127.0.0.1".parse().unwrap(),
+                "www.test.",
+                RecordType::A,
+                false,
+            ) {
+                if m.metadata.response_code == ResponseCode::NoError {
+                    return knot;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("knotd did not come up on {addr}");
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real telesink binary, started with a config and torn down (with its log printed)
+/// when dropped.
+pub struct Telesink {
+    child: Child,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    pub dir: TempDir,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_telesink")
+}
+
+impl Telesink {
+    /// `config` is written to telesink.toml in a fresh folder; `files` beside it.
+    pub fn start(config: &str, files: &[(&str, &str)]) -> Telesink {
+        let dir = TempDir::new("ts");
+        for (name, text) in files {
+            dir.write(name, text);
+        }
+        let cfg = dir.write("telesink.toml", config);
+        Self::start_with(dir, &cfg, &[])
+    }
+
+    pub fn start_with(dir: TempDir, cfg: &Path, args: &[&str]) -> Telesink {
+        let mut child = Command::new(bin())
+            .arg("run")
+            .arg("--config")
+            .arg(cfg)
+            .args(args)
+            .env(
+                "TELESINK_LOG",
+                "info,hickory_server=warn,hickory_resolver=warn,hickory_net=warn",
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start telesink");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(t) = &tx {
+                    if t.send(line.clone()).is_err() {
+                        tx = None;
+                    }
+                }
+            }
+        });
+        let (mut udp, mut tcp) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(a) = line.split("listening on udp ").nth(1) {
+                        udp = udp.or(a.trim().parse().ok());
+                    }
+                    if let Some(a) = line.split("listening on tcp ").nth(1) {
+                        tcp = tcp.or(a.trim().parse().ok());
+                    }
+                    if line.ends_with("ready") {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("telesink did not become ready:\n{}", log.lock().unwrap());
+                }
+            }
+        }
+        Telesink {
+            child,
+            udp: udp.expect("udp port"),
+            tcp: tcp.expect("tcp port"),
+            log,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn q(&self, name: &str, qtype: RecordType) -> Message {
+        self.q_from("127.0.0.1", name, qtype)
+    }
+
+    pub fn q_from(&self, from: &str, name: &str, qtype: RecordType) -> Message {
+        udp_query(self.udp, from.parse().unwrap(), name, qtype, true).expect("query")
+    }
+}
+
+impl Drop for Telesink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- telesink log ----\n{}", self.log.lock().unwrap());
+        }
+    }
+}
+
+pub fn query_message(name: &str, qtype: RecordType, edns: bool) -> Message {
+    let mut m = Message::query();
+    m.metadata.id = rand_id();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        m.set_edns(e);
+    }
+    m
+}
+
+fn rand_id() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.subsec_nanos() ^ std::process::id()) as u16
+}
+
+pub fn udp_query(
+    server: SocketAddr,
+    from: IpAddr,
+    name: &str,
+    qtype: RecordType,
+    edns: bool,
+) -> std::io::Result<Message> {
+    let m = query_message(name, qtype, edns);
+    let reply = udp_raw(server, from, &m.to_vec().expect("encode"))?;
+    Message::from_vec(&reply).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+pub fn udp_raw(server: SocketAddr, from: IpAddr, packet: &[u8]) -> std::io::Result<Vec<u8>> {
+    let sock = UdpSocket::bind(SocketAddr::new(from, 0))?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    sock.send_to(packet, server)?;
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = sock.recv_from(&mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+pub fn tcp_query(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let m = query_message(name, qtype, true);
+    let bytes = m.to_vec().expect("encode");
+    let mut s = TcpStream::connect(server).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).unwrap();
+    Message::from_vec(&buf).expect("decode")
+}
+
+/// The addresses in the answer section.
+pub fn addrs(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn soa_of(m: &Message) -> Option<&Record> {
+    m.authorities
+        .iter()
+        .find(|r| r.record_type() == RecordType::SOA)
+}
+
+/// The Extended DNS Error (code, text) of a response, if any.
+pub fn ede(m: &Message) -> Option<(u16, String)> {
+    let edns = m.edns.as_ref()?;
+    edns.options()
+        .as_ref()
+        .iter()
+        .find_map(|(code, opt)| match opt {
+            EdnsOption::Unknown(15, data) if u16::from(*code) == 15 && data.len() >= 2 => Some((
+                u16::from_be_bytes([data[0], data[1]]),
+                String::from_utf8_lossy(&data[2..]).into_owned(),
+            )),
+            _ => None,
+        })
+}
+
+/// Runs `telesink check` and returns (exit ok, stderr+stdout).
+pub fn check(cfg: &Path) -> (bool, String) {
+    let out = Command::new(bin())
+        .arg("check")
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .expect("run check");
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    (out.status.success(), text)
+}

@@ -1,0 +1,495 @@
+//! The resolver end to end: the real binary, a real knotd upstream, real UDP/TCP clients.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+const BLOCK: &str = "\
+# office profile
+nexus.officeapps.live.com   # exact
+*.blocked.test              # suffix: the name and below
+||ads.test^                 # adblock suffix
+nexus.allowed.test          # exact block under a broad allow
+tie.test
+";
+const ALLOW: &str = "ok.blocked.test\n*.allowed.test\ntie.test\n";
+
+fn config(upstream: SocketAddr, extra_policy: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+[upstream]
+servers = ["{upstream}"]
+timeout_ms = 1000
+[policy]
+lists_dir = "."
+allowlists = ["allow.list"]
+allowed_clients = ["127.0.0.1/32", "127.0.0.2/32", "127.0.0.3/32"]
+{extra_policy}
+
+[profiles.office]
+enabled = true
+lists = ["block.list"]
+
+[profiles.m-nx]
+enabled = true
+mode = "nxdomain"
+lists = ["nx.list"]
+
+[profiles.m-nodata]
+enabled = true
+mode = "nodata"
+lists = ["nodata.list"]
+
+[profiles.m-refused]
+enabled = true
+mode = "refused"
+lists = ["refused.list"]
+
+[profiles.m-ip]
+enabled = true
+mode = "ip"
+ipv4 = "192.0.2.99"
+ipv6 = "2001:db8::99"
+lists = ["ip.list"]
+
+[profiles.strict]
+lists = ["strict.list"]
+
+[[groups]]
+name = "lab"
+clients = ["127.0.0.2/32"]
+enable = ["strict"]
+
+[[groups]]
+name = "quiet"
+clients = ["127.0.0.3/32"]
+disable = ["office"]
+"#
+    )
+}
+
+const FILES: &[(&str, &str)] = &[
+    ("block.list", BLOCK),
+    ("allow.list", ALLOW),
+    ("nx.list", "nx.modes.test\n"),
+    ("nodata.list", "nodata.modes.test\n"),
+    ("refused.list", "refused.modes.test\n"),
+    ("ip.list", "ip.modes.test\n"),
+    ("strict.list", "shared.test\n"),
+];
+
+fn setup(extra_policy: &str) -> Option<(Knot, Telesink)> {
+    if !require("knotd") {
+        return None;
+    }
+    let big: String = (0..12)
+        .map(|i| format!("big TXT \"{}\"\n", format!("{i:02}").repeat(100)))
+        .collect();
+    let knot = Knot::start(&big);
+    let ts = Telesink::start(&config(knot.addr, extra_policy), FILES);
+    Some((knot, ts))
+}
+
+fn assert_blocked_by(m: &Message, profile: &str) {
+    let (code, text) = ede(m).unwrap_or_else(|| panic!("no EDE in {m:?}"));
+    assert_eq!(code, 15, "EDE code must be 15 Blocked");
+    assert!(
+        text.contains(profile),
+        "EDE text {text:?} should name {profile}"
+    );
+}
+
+fn assert_soa_ttl(m: &Message, ttl: u32) {
+    let soa = soa_of(m).unwrap_or_else(|| panic!("no SOA in authority: {m:?}"));
+    let RData::SOA(data) = &soa.data else {
+        panic!()
+    };
+    assert_eq!(data.minimum, ttl);
+    assert_eq!(soa.ttl, ttl);
+}
+
+#[test]
+fn every_mode_and_qtype() {
+    let Some((_k, ts)) = setup("") else { return };
+    let others = [
+        RecordType::MX,
+        RecordType::TXT,
+        RecordType::HTTPS,
+        RecordType::SVCB,
+        RecordType::CNAME,
+    ];
+    // null: addresses for A/AAAA, NODATA with SOA for everything else.
+    let a = ts.q("nexus.officeapps.live.com", RecordType::A);
+    assert_eq!(addrs(&a), ["0.0.0.0"]);
+    assert_eq!(a.answers[0].ttl, 60);
+    assert_blocked_by(&a, "office");
+    assert_eq!(
+        addrs(&ts.q("nexus.officeapps.live.com", RecordType::AAAA)),
+        ["::"]
+    );
+    for t in others {
+        let m = ts.q("nexus.officeapps.live.com", t);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{t}");
+        assert!(
+            m.answers.is_empty(),
+            "null mode must not answer {t} with data"
+        );
+        assert_soa_ttl(&m, 60);
+        assert_blocked_by(&m, "office");
+    }
+    // ip: the configured addresses, NODATA otherwise.
+    assert_eq!(addrs(&ts.q("ip.modes.test", RecordType::A)), ["192.0.2.99"]);
+    assert_eq!(
+        addrs(&ts.q("ip.modes.test", RecordType::AAAA)),
+        ["2001:db8::99"]
+    );
+    for t in others {
+        let m = ts.q("ip.modes.test", t);
+        assert!(m.answers.is_empty() && soa_of(&m).is_some(), "{t}");
+        assert_blocked_by(&m, "m-ip");
+    }
+    for t in [RecordType::A, RecordType::AAAA].into_iter().chain(others) {
+        let m = ts.q("nx.modes.test", t);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{t}");
+        assert_soa_ttl(&m, 60);
+        assert_blocked_by(&m, "m-nx");
+        let m = ts.q("nodata.modes.test", t);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{t}");
+        assert!(m.answers.is_empty());
+        assert_soa_ttl(&m, 60);
+        assert_blocked_by(&m, "m-nodata");
+        let m = ts.q("refused.modes.test", t);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{t}");
+        assert_blocked_by(&m, "m-refused");
+    }
+}
+
+#[test]
+fn precedence_most_specific_wins_and_allow_wins_ties() {
+    let Some((_k, ts)) = setup("") else { return };
+    // *.blocked.test covers the apex and everything below.
+    assert_eq!(addrs(&ts.q("blocked.test", RecordType::A)), ["0.0.0.0"]);
+    assert_eq!(addrs(&ts.q("a.b.blocked.test", RecordType::A)), ["0.0.0.0"]);
+    assert_eq!(addrs(&ts.q("x.ads.test", RecordType::A)), ["0.0.0.0"]);
+    // A label boundary, not a string suffix.
+    let m = ts.q("notblocked.test", RecordType::A);
+    assert!(ede(&m).is_none());
+    // An exact allow beats the broader suffix block: forwarded (knotd says NXDOMAIN).
+    let m = ts.q("ok.blocked.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(ede(&m).is_none());
+    assert_eq!(soa_of(&m).unwrap().name.to_ascii(), "test.");
+    // An exact block beats a broader suffix allow.
+    assert_eq!(
+        addrs(&ts.q("nexus.allowed.test", RecordType::A)),
+        ["0.0.0.0"]
+    );
+    assert!(ede(&ts.q("other.allowed.test", RecordType::A)).is_none());
+    // Same name, same specificity, allow and block: allow wins.
+    assert!(ede(&ts.q("tie.test", RecordType::A)).is_none());
+}
+
+#[test]
+fn client_groups_refusal_and_policy_before_cache() {
+    let Some((_k, ts)) = setup("") else { return };
+    // Default group: strict is off, so the answer is forwarded and now cached.
+    assert_eq!(
+        addrs(&ts.q_from("127.0.0.1", "shared.test", RecordType::A)),
+        ["192.0.2.20"]
+    );
+    // The lab group has strict on: the warm cache must not leak the real answer.
+    let m = ts.q_from("127.0.0.2", "shared.test", RecordType::A);
+    assert_eq!(addrs(&m), ["0.0.0.0"]);
+    assert_blocked_by(&m, "strict");
+    assert_eq!(
+        addrs(&ts.q_from("127.0.0.1", "shared.test", RecordType::A)),
+        ["192.0.2.20"]
+    );
+    // The quiet group has office off: a name office blocks resolves for it.
+    assert_eq!(
+        addrs(&ts.q_from("127.0.0.3", "tracker.blocked.test", RecordType::A)),
+        ["192.0.2.66"]
+    );
+    assert_eq!(
+        addrs(&ts.q_from("127.0.0.1", "tracker.blocked.test", RecordType::A)),
+        ["0.0.0.0"]
+    );
+    // Outside allowed_clients: REFUSED, for blocked and ordinary names alike.
+    for name in ["www.test", "nexus.officeapps.live.com"] {
+        let m = ts.q_from("127.0.0.9", name, RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        assert!(m.answers.is_empty());
+    }
+}
+
+#[test]
+fn forwarding_keeps_cname_chains_and_cloaking_blocks_them() {
+    let Some((_k, ts)) = setup("") else { return };
+    let m = ts.q("chain.test", RecordType::A);
+    assert_eq!(m.answers.len(), 3, "CNAME chain kept: {m:?}");
+    assert_eq!(addrs(&m), ["192.0.2.10"]);
+    for name in ["cloak.test", "deep.test"] {
+        let m = ts.q(name, RecordType::A);
+        assert_eq!(addrs(&m), ["0.0.0.0"], "{name}");
+        let (_, text) = ede(&m).unwrap();
+        assert!(text.contains("CNAME tracker.blocked.test"), "{text}");
+        // Cached now; the second answer is checked again.
+        assert_eq!(addrs(&ts.q(name, RecordType::A)), ["0.0.0.0"]);
+        // A client without the profile gets the real chain.
+        assert_eq!(
+            addrs(&ts.q_from("127.0.0.3", name, RecordType::A)),
+            ["192.0.2.66"]
+        );
+    }
+}
+
+#[test]
+fn cname_cloaking_can_be_turned_off() {
+    let Some((_k, ts)) = setup("cname_cloaking = false") else {
+        return;
+    };
+    assert_eq!(addrs(&ts.q("cloak.test", RecordType::A)), ["192.0.2.66"]);
+}
+
+#[test]
+fn upstream_down_gives_servfail_in_time_and_blocks_still_answer() {
+    if !require("knotd") {
+        return;
+    }
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ts = Telesink::start(&config(dead, ""), FILES);
+    let started = Instant::now();
+    let m = ts.q("www.test", RecordType::A);
+    let took = started.elapsed();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(ede(&m).map(|e| e.0), Some(22));
+    assert!(
+        took < Duration::from_millis(2000),
+        "SERVFAIL took {took:?}, the bound is 2 s"
+    );
+    assert_eq!(
+        addrs(&ts.q("nexus.officeapps.live.com", RecordType::A)),
+        ["0.0.0.0"]
+    );
+}
+
+#[test]
+fn udp_truncates_and_tcp_carries_the_whole_answer() {
+    let Some((_k, ts)) = setup("") else { return };
+    let m = ts.q("big.test", RecordType::TXT);
+    assert!(
+        m.metadata.truncation,
+        "a 2.4 kB answer must set TC over UDP with a 1232 buffer"
+    );
+    let no_edns = udp_query(
+        ts.udp,
+        "127.0.0.1".parse().unwrap(),
+        "big.test",
+        RecordType::TXT,
+        false,
+    )
+    .unwrap();
+    assert!(no_edns.metadata.truncation);
+    assert!(
+        no_edns.edns.is_none(),
+        "no OPT in the answer to a query without OPT"
+    );
+    let full = tcp_query(ts.tcp, "big.test", RecordType::TXT);
+    assert!(!full.metadata.truncation);
+    assert_eq!(full.answers.len(), 12);
+    // Blocked names over TCP too.
+    assert_eq!(
+        addrs(&tcp_query(
+            ts.tcp,
+            "nexus.officeapps.live.com",
+            RecordType::A
+        )),
+        ["0.0.0.0"]
+    );
+}
+
+#[test]
+fn question_case_is_echoed_and_edns_is_answered() {
+    let Some((_k, ts)) = setup("") else { return };
+    let m = ts.q("WwW.TeSt.", RecordType::A);
+    assert_eq!(m.queries[0].name().to_ascii(), "WwW.TeSt.");
+    assert_eq!(addrs(&m), ["192.0.2.10"]);
+    let edns = m.edns.expect("OPT echoed");
+    assert_eq!(edns.version(), 0);
+    assert!(edns.max_payload() <= 1232);
+    let b = ts.q("NEXUS.officeapps.LIVE.com", RecordType::A);
+    assert_eq!(b.queries[0].name().to_ascii(), "NEXUS.officeapps.LIVE.com.");
+    assert_eq!(addrs(&b), ["0.0.0.0"]);
+}
+
+#[test]
+fn special_use_names_keep_clients_off_doh() {
+    let Some((_k, ts)) = setup("") else { return };
+    let m = ts.q("use-application-dns.net", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(soa_of(&m).is_some());
+    let m = ts.q("_dns.resolver.arpa", RecordType::SVCB);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty());
+    assert!(soa_of(&m).is_some());
+}
+
+/// A hand-made header: id 0x1234, given flags word, and section counts.
+fn header(flags: u16, qd: u16, ar: u16) -> Vec<u8> {
+    let mut h = vec![0x12, 0x34];
+    h.extend_from_slice(&flags.to_be_bytes());
+    for c in [qd, 0, 0, ar] {
+        h.extend_from_slice(&c.to_be_bytes());
+    }
+    h
+}
+
+fn question(name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = Vec::new();
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    q
+}
+
+fn rcode_of(reply: &[u8]) -> u8 {
+    reply[3] & 0x0f
+}
+
+#[test]
+fn malformed_and_unsupported_queries_get_rfc_answers_and_the_server_keeps_going() {
+    let Some((_k, mut ts)) = setup("") else {
+        return;
+    };
+    let lo = "127.0.0.1".parse().unwrap();
+    // Two questions: FORMERR.
+    let mut p = header(0x0100, 2, 0);
+    p.extend(question("www.test", 1));
+    p.extend(question("www.test", 1));
+    assert_eq!(rcode_of(&udp_raw(ts.udp, lo, &p).unwrap()), 1);
+    // No question: FORMERR.
+    assert_eq!(
+        rcode_of(&udp_raw(ts.udp, lo, &header(0x0100, 0, 0)).unwrap()),
+        1
+    );
+    // Opcode STATUS (2): NOTIMP.
+    let mut p = header(0x1100, 1, 0);
+    p.extend(question("www.test", 1));
+    assert_eq!(rcode_of(&udp_raw(ts.udp, lo, &p).unwrap()), 4);
+    // EDNS version 1: BADVERS (16 = extended rcode 1 in the OPT TTL, header rcode 0).
+    let mut p = header(0x0100, 1, 1);
+    p.extend(question("www.test", 1));
+    p.extend([0, 0, 41, 0x04, 0xd0, 0, 1, 0, 0, 0, 0]);
+    let reply = udp_raw(ts.udp, lo, &p).unwrap();
+    let m = Message::from_vec(&reply).unwrap();
+    // 16 is both BADVERS and BADSIG; hickory names it BADSIG when decoding.
+    assert_eq!(u16::from(m.metadata.response_code), 16);
+    assert_eq!(m.edns.as_ref().map(|e| e.version()), Some(0));
+    // Question claims more bytes than the packet has: FORMERR, not a crash.
+    let mut p = header(0x0100, 1, 0);
+    p.extend([20, b'w', b'w']);
+    assert_eq!(rcode_of(&udp_raw(ts.udp, lo, &p).unwrap()), 1);
+    // Deterministic garbage (xorshift), some of it shaped like headers.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..500 {
+        let len = 1 + (i * 7) % 300;
+        let pkt: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        sock.send_to(&pkt, ts.udp).unwrap();
+    }
+    // Zone transfer and CHAOS class: refused.
+    let mut p = header(0x0100, 1, 0);
+    p.extend(question("test", 252));
+    assert_eq!(rcode_of(&udp_raw(ts.udp, lo, &p).unwrap()), 5);
+    // Still serving, both kinds of answer.
+    assert!(ts.is_running());
+    assert_eq!(addrs(&ts.q("www.test", RecordType::A)), ["192.0.2.10"]);
+    assert_eq!(
+        addrs(&ts.q("nexus.officeapps.live.com", RecordType::A)),
+        ["0.0.0.0"]
+    );
+}
+
+#[test]
+fn dig_sees_the_block_with_its_ede() {
+    let Some((_k, ts)) = setup("") else { return };
+    if !require("dig") {
+        return;
+    }
+    let out = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &ts.udp.port().to_string(),
+            "nexus.officeapps.live.com",
+            "A",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status: NOERROR"), "{text}");
+    assert!(text.contains("EDE: 15 (Blocked)"), "{text}");
+    assert!(text.contains("0.0.0.0"), "{text}");
+    // dig retries a truncated answer over TCP by itself and gets all 12 records.
+    let out = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &ts.udp.port().to_string(),
+            "big.test",
+            "TXT",
+            "+noall",
+            "+answer",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().filter(|l| l.contains("TXT")).count(),
+        12,
+        "{text}"
+    );
+}
+
+#[test]
+fn sighup_reloads_lists_and_a_broken_reload_keeps_the_old_policy() {
+    let Some((_k, ts)) = setup("") else { return };
+    assert_eq!(addrs(&ts.q("www.test", RecordType::A)), ["192.0.2.10"]);
+    ts.dir.write("block.list", &format!("{BLOCK}www.test\n"));
+    ts.signal("HUP");
+    assert!(
+        ts.wait_log("generation=2", Duration::from_secs(10)),
+        "no reload logged"
+    );
+    assert!(ts.wait_log("reloaded", Duration::from_secs(5)));
+    assert_eq!(addrs(&ts.q("www.test", RecordType::A)), ["0.0.0.0"]);
+    // A config that does not parse: the reload fails and generation 2 keeps serving.
+    let cfg = ts.dir.path().join("telesink.toml");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{good}\n[bogus\n")).unwrap();
+    ts.signal("HUP");
+    assert!(ts.wait_log("reload failed", Duration::from_secs(10)));
+    assert_eq!(addrs(&ts.q("www.test", RecordType::A)), ["0.0.0.0"]);
+    assert_eq!(
+        addrs(&ts.q("nexus.officeapps.live.com", RecordType::A)),
+        ["0.0.0.0"]
+    );
+}
