@@ -93,18 +93,32 @@ pub struct Knot {
     _dir: TempDir,
 }
 
+/// A root zone whose wildcard answers every name: whatever telesink forwards resolves to
+/// 203.0.113.1, so a test can tell "forwarded" from "sinkholed" for any real-world name.
+pub const ROOT_WILDCARD: &str = "$ORIGIN .\n$TTL 300\n@ SOA ns.test. hostmaster.test. 1 3600 600 86400 120\n@ NS ns.test.\n* A 203.0.113.1\n* AAAA 2001:db8::1\n";
+
 impl Knot {
     pub fn start(extra_records: &str) -> Knot {
-        let dir = TempDir::new("knot");
-        let port = free_port();
         let mut zone = ZONE.to_owned();
         zone.push_str(extra_records);
-        let zone_path = dir.write("test.zone", &zone);
-        let conf = format!(
-            "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\ndatabase:\n    storage: {d}/db\nlog:\n  - target: stderr\n    any: warning\nzone:\n  - domain: test\n    file: {z}\n",
+        Self::start_zones(&[("test", &zone)])
+    }
+
+    /// Serves each (origin, zone text); origin "." is the root.
+    pub fn start_zones(zones: &[(&str, &str)]) -> Knot {
+        let dir = TempDir::new("knot");
+        let port = free_port();
+        let mut conf = format!(
+            "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\ndatabase:\n    storage: {d}/db\nlog:\n  - target: stderr\n    any: warning\nzone:\n",
             d = dir.path().display(),
-            z = zone_path.display()
         );
+        for (i, (origin, text)) in zones.iter().enumerate() {
+            let zone_path = dir.write(&format!("z{i}.zone"), text);
+            conf.push_str(&format!(
+                "  - domain: \"{origin}\"\n    file: {}\n",
+                zone_path.display()
+            ));
+        }
         let conf_path = dir.write("knot.conf", &conf);
         let child = Command::new("knotd")
             .arg("-c")
@@ -121,16 +135,12 @@ impl Knot {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(m) = udp_query(
-                addr,
-                "127.0.0.1".parse().unwrap(),
-                "www.test.",
-                RecordType::A,
-                false,
-            ) {
-                if m.metadata.response_code == ResponseCode::NoError {
-                    return knot;
-                }
+            let lo = "127.0.0.1".parse().unwrap();
+            if udp_query(addr, lo, "ns.test.", RecordType::SOA, false).is_ok_and(|m| {
+                m.metadata.response_code != ResponseCode::ServFail
+                    && m.metadata.response_code != ResponseCode::Refused
+            }) {
+                return knot;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -194,10 +204,8 @@ impl Telesink {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 log2.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(t) = &tx {
-                    if t.send(line.clone()).is_err() {
-                        tx = None;
-                    }
+                if tx.as_ref().is_some_and(|t| t.send(line.clone()).is_err()) {
+                    tx = None;
                 }
             }
         });

@@ -1,0 +1,147 @@
+//! `telesink check`: exit 0 on a good config, every problem as file:line otherwise.
+
+mod common;
+
+use common::*;
+
+const GOOD: &str = r#"[policy]
+lists_dir = "."
+guard = "guard.list"
+
+[profiles.p]
+enabled = true
+lists = ["block.list"]
+"#;
+
+fn dir_with(config: &str, block: &str) -> (TempDir, std::path::PathBuf) {
+    let d = TempDir::new("check");
+    d.write("guard.list", "blob.core.windows.net\nmicrosoft.com\n");
+    d.write("block.list", block);
+    let cfg = d.write("telesink.toml", config);
+    (d, cfg)
+}
+
+#[test]
+fn shipped_configs_pass() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, out) = check(&root.join("config/telesink.toml"));
+    assert!(ok, "{out}");
+    assert!(out.contains(": ok ("), "{out}");
+}
+
+#[test]
+fn a_good_config_passes() {
+    let (_d, cfg) = dir_with(GOOD, "a.example\n*.b.example\n");
+    let (ok, out) = check(&cfg);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn bad_list_lines_are_reported_with_file_and_line() {
+    let (_d, cfg) = dir_with(
+        GOOD,
+        "good.example\n\nnot a name\n||x.example^$third-party\nbad..name\n",
+    );
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    assert!(out.contains("block.list:3: "), "{out}");
+    assert!(out.contains("block.list:4: "), "{out}");
+    assert!(out.contains("block.list:5: "), "{out}");
+    assert!(!out.contains("block.list:1:"), "{out}");
+    assert!(out.contains("3 problem(s)"), "{out}");
+}
+
+#[test]
+fn guard_refuses_suffix_rules_on_or_above_shared_zones() {
+    let (_d, cfg) = dir_with(
+        GOOD,
+        "*.x.blob.core.windows.net\n*.windows.net\nexact.microsoft.com\n*.microsoft.com\n",
+    );
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    assert!(
+        out.contains("block.list:2: suffix rule *.windows.net"),
+        "{out}"
+    );
+    assert!(
+        out.contains("block.list:4: suffix rule *.microsoft.com"),
+        "{out}"
+    );
+    // Below a guarded zone, and exact names, are fine.
+    assert!(
+        !out.contains("block.list:1:") && !out.contains("block.list:3:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn config_mistakes_point_at_their_line() {
+    let cases = [
+        // (config, expected line, words in the message)
+        (
+            format!("{GOOD}\n[[groups]]\nname = \"g\"\nenable = [\"nope\"]\n"),
+            11,
+            "no profile named nope",
+        ),
+        (format!("{GOOD}bogus_key = 1\n"), 8, "unknown field"),
+        (
+            "[server]\nlisten = [\"not-an-address\"]\n".to_owned(),
+            2,
+            "invalid",
+        ),
+        (
+            "[policy]\nlists_dir = \".\"\n[profiles.p]\nlists = [\"missing.list\"]\n".to_owned(),
+            4,
+            "cannot read list",
+        ),
+        ("[profiles.p]\nmode = \"ip\"\n".to_owned(), 2, "needs ipv4"),
+        (
+            "[profiles.p]\nmode = \"sinkhole\"\n".to_owned(),
+            2,
+            "unknown variant",
+        ),
+        ("[server\n".to_owned(), 1, ""),
+    ];
+    for (config, line, words) in cases {
+        let (_d, cfg) = dir_with(&config, "a.example\n");
+        let (ok, out) = check(&cfg);
+        assert!(!ok, "should fail:\n{config}");
+        let at = format!("telesink.toml:{line}:");
+        assert!(
+            out.contains(&at),
+            "expected {at} in:\n{out}\nfor:\n{config}"
+        );
+        assert!(out.contains(words), "expected {words:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn run_loads_valid_entries_and_says_how_many_lines_it_skipped() {
+    if !require("knotd") {
+        return;
+    }
+    let knot = Knot::start("");
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"{}\"]\n{}",
+        knot.addr,
+        GOOD.replace(
+            "[policy]\n",
+            "[policy]\nallowed_clients = [\"127.0.0.0/8\"]\n"
+        )
+    );
+    let ts = Telesink::start(
+        &cfg,
+        &[
+            ("guard.list", "microsoft.com\n"),
+            ("block.list", "www.test\nbad line\n*.microsoft.com\n"),
+        ],
+    );
+    assert!(ts.wait_log(
+        "2 invalid list lines were skipped",
+        std::time::Duration::from_secs(2)
+    ));
+    assert_eq!(
+        addrs(&ts.q("www.test", hickory_proto::rr::RecordType::A)),
+        ["0.0.0.0"]
+    );
+}
