@@ -1,11 +1,14 @@
 //! The compiled name index: every rule of every list in one compact table.
 //!
-//! Why not `HashSet<String>`: a million names would cost ~90 MiB that way (measured, see
-//! docs/BENCHMARKS.md). Here all names live back to back in one byte arena, each rule is a
-//! 12-byte record, and the hash table holds only `u32` indices into those records, so a
-//! million names cost about 40 bytes each including the table. Names that carry more than
-//! one rule (the same name in two lists) keep the extra rules in a small side table; that
-//! is rare in practice and keeps the common record small.
+//! Why not `HashSet<Box<str>>`: a million names cost +92 MiB that way (measured on this
+//! machine kind, shared/reference/engineering-notes.md); this layout adds 46 MiB
+//! (docs/BENCHMARKS.md). Here all names live back to back in one byte arena, each name's
+//! first rule is an 8-byte record, and the hash table holds only `u32` indices into those
+//! records. Line numbers (for `check` and "which line decided") cost one byte per record:
+//! records are appended in file order, so a line is stored as the distance from the
+//! previous record's line, with a full checkpoint every 64 records. Names that carry more
+//! than one rule (the same name in two lists) keep the extra rules in a small side table;
+//! that is rare in practice and keeps the common record small.
 
 use std::hash::BuildHasher;
 
@@ -32,24 +35,81 @@ const F_MORE: u8 = 4;
 #[repr(C)]
 struct Record {
     off: u32,
-    line: u32,
     list: u16,
     len: u8,
     flags: u8,
 }
 
 impl Record {
-    fn rule(&self) -> Rule {
+    fn rule(&self, line: u32) -> Rule {
+        let reach = if self.flags & F_SUFFIX != 0 {
+            Reach::Suffix
+        } else {
+            Reach::Exact
+        };
         Rule {
             list: self.list,
-            line: self.line,
-            reach: if self.flags & F_SUFFIX != 0 {
-                Reach::Suffix
-            } else {
-                Reach::Exact
-            },
+            line,
+            reach,
             allow: self.flags & F_ALLOW != 0,
         }
+    }
+}
+
+/// Line numbers of the records, one byte each: the step from the previous record's line.
+/// A step that does not fit (or goes backwards, at a list boundary) is `ESCAPE` and kept
+/// whole in `far`. `checkpoints[k]` is the line of record `64 k`.
+#[derive(Default)]
+struct Lines {
+    steps: Vec<u8>,
+    checkpoints: Vec<u32>,
+    far: HashMap<u32, u32>,
+    last: u32,
+}
+
+const ESCAPE: u8 = u8::MAX;
+const CHECKPOINT: usize = 64;
+
+impl Lines {
+    fn push(&mut self, index: usize, line: u32) {
+        if index.is_multiple_of(CHECKPOINT) {
+            self.checkpoints.push(line);
+            self.steps.push(0);
+        } else {
+            match line
+                .checked_sub(self.last)
+                .and_then(|d| u8::try_from(d).ok())
+            {
+                Some(step) if step != ESCAPE => self.steps.push(step),
+                _ => {
+                    self.steps.push(ESCAPE);
+                    self.far.insert(index as u32, line);
+                }
+            }
+        }
+        self.last = line;
+    }
+
+    fn get(&self, index: usize) -> u32 {
+        let base = index - index % CHECKPOINT;
+        let mut line = self
+            .checkpoints
+            .get(base / CHECKPOINT)
+            .copied()
+            .unwrap_or(0);
+        for i in base + 1..=index {
+            match self.steps.get(i) {
+                Some(&ESCAPE) => line = self.far.get(&(i as u32)).copied().unwrap_or(0),
+                Some(&step) => line += u32::from(step),
+                None => break,
+            }
+        }
+        line
+    }
+
+    fn shrink(&mut self) {
+        self.steps.shrink_to_fit();
+        self.checkpoints.shrink_to_fit();
     }
 }
 
@@ -60,12 +120,13 @@ type Hasher = foldhash::fast::FixedState;
 pub struct NameIndex {
     arena: Vec<u8>,
     records: Vec<Record>,
+    lines: Lines,
     table: HashTable<u32>,
     extra: HashMap<u32, Vec<Rule>>,
     hasher: Hasher,
-    /// The deepest suffix rule in labels: names with more labels than this need not be
-    /// probed at their longest suffixes.
-    max_suffix_labels: usize,
+    /// Bit n set: some suffix rule has n labels (n >= 63 share bit 63). A query suffix of
+    /// n labels is only probed for suffix rules when its bit is set.
+    suffix_depths: u64,
 }
 
 impl Default for NameIndex {
@@ -79,10 +140,14 @@ impl NameIndex {
         Self {
             arena: Vec::with_capacity(bytes),
             records: Vec::with_capacity(names),
+            lines: Lines {
+                steps: Vec::with_capacity(names),
+                ..Lines::default()
+            },
             table: HashTable::with_capacity(names),
             extra: HashMap::new(),
             hasher: Hasher::with_seed(0x7e1e_517c),
-            max_suffix_labels: 0,
+            suffix_depths: 0,
         }
     }
 
@@ -102,9 +167,8 @@ impl NameIndex {
             .find(hash, |&i| name_of(arena, &records[i as usize]) == bytes)
             .copied();
         if rule.reach == Reach::Suffix {
-            self.max_suffix_labels = self
-                .max_suffix_labels
-                .max(bytes.iter().filter(|&&b| b == b'.').count() + 1);
+            let labels = bytes.iter().filter(|&&b| b == b'.').count() + 1;
+            self.suffix_depths |= 1 << labels.min(63);
         }
         match found {
             Some(i) => self.add_to_existing(i, rule),
@@ -117,9 +181,9 @@ impl NameIndex {
                 };
                 self.arena.extend_from_slice(bytes);
                 let index = self.records.len() as u32;
+                self.lines.push(self.records.len(), rule.line);
                 self.records.push(Record {
                     off,
-                    line: rule.line,
                     list: rule.list,
                     len,
                     flags: flags_of(&rule),
@@ -134,9 +198,10 @@ impl NameIndex {
     }
 
     fn add_to_existing(&mut self, index: u32, rule: Rule) -> bool {
+        let line = self.lines.get(index as usize);
         let record = &mut self.records[index as usize];
         let same = |r: &Rule| r.list == rule.list && r.reach == rule.reach && r.allow == rule.allow;
-        if same(&record.rule()) {
+        if same(&record.rule(line)) {
             return false;
         }
         record.flags |= F_MORE;
@@ -158,7 +223,7 @@ impl NameIndex {
             return;
         };
         let record = &self.records[i as usize];
-        f(record.rule());
+        f(record.rule(self.lines.get(i as usize)));
         if record.flags & F_MORE != 0 {
             for rule in self.extra.get(&i).into_iter().flatten() {
                 f(*rule);
@@ -166,8 +231,10 @@ impl NameIndex {
         }
     }
 
-    pub fn max_suffix_labels(&self) -> usize {
-        self.max_suffix_labels
+    /// Whether any suffix rule has this many labels; lets a lookup skip a level.
+    #[inline]
+    pub fn has_suffix_depth(&self, labels: usize) -> bool {
+        self.suffix_depths & (1 << labels.min(63)) != 0
     }
 
     /// Iterates every (name, rule) pair; used by dry-run diffs and the firewall, never per query.
@@ -182,7 +249,7 @@ impl NameIndex {
             } else {
                 &[]
             };
-            std::iter::once(r.rule())
+            std::iter::once(r.rule(self.lines.get(i)))
                 .chain(more.iter().copied())
                 .map(move |rule| (name, rule))
         })
@@ -192,6 +259,7 @@ impl NameIndex {
     pub fn shrink(&mut self) {
         self.arena.shrink_to_fit();
         self.records.shrink_to_fit();
+        self.lines.shrink();
         let (arena, records, hasher) = (&self.arena, &self.records, &self.hasher);
         self.table
             .shrink_to_fit(|&i| hasher.hash_one(name_of(arena, &records[i as usize])));
@@ -218,6 +286,35 @@ fn name_of<'a>(arena: &'a [u8], record: &Record) -> &'a [u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_numbers_survive_the_compact_encoding() {
+        let mut index = NameIndex::default();
+        // Steps of 1, large jumps, and a new list starting again at line 1.
+        let lines: Vec<u32> = (0..300)
+            .map(|i| {
+                if i == 150 {
+                    1
+                } else if i % 50 == 7 {
+                    i * 1000
+                } else {
+                    i + 10
+                }
+            })
+            .collect();
+        for (i, &line) in lines.iter().enumerate() {
+            let list = u16::from(i >= 150);
+            assert!(index.insert(
+                &format!("n{i}.example"),
+                rule(list, line, Reach::Exact, false)
+            ));
+        }
+        for (i, &line) in lines.iter().enumerate() {
+            let mut got = None;
+            index.for_each(format!("n{i}.example").as_bytes(), |r| got = Some(r.line));
+            assert_eq!(got, Some(line), "record {i}");
+        }
+    }
 
     fn rule(list: u16, line: u32, reach: Reach, allow: bool) -> Rule {
         Rule {
@@ -248,7 +345,7 @@ mod tests {
         index.for_each(b"c.example", |r| seen.push(r));
         assert!(seen.is_empty());
         assert_eq!(index.names(), 2);
-        assert_eq!(index.max_suffix_labels(), 2);
+        assert!(index.has_suffix_depth(2) && !index.has_suffix_depth(3));
         assert_eq!(index.iter().count(), 3);
     }
 }

@@ -1,0 +1,153 @@
+//! Policy load and lookup with a 1,000,000-name list (5% suffix rules), fixed seed.
+//! Run: `cargo bench --bench policy`. Reports load time, RSS added and ns per verdict.
+
+use std::io::Write;
+use std::time::Instant;
+
+use telesink::config::LoadedConfig;
+use telesink::policy::{self, QName, Verdict};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+const WORDS: &[&str] = &[
+    "ads",
+    "track",
+    "metrics",
+    "telemetry",
+    "stats",
+    "pixel",
+    "cdn",
+    "api",
+    "events",
+    "collect",
+    "beacon",
+    "log",
+    "analytics",
+    "data",
+    "edge",
+    "static",
+    "img",
+    "sync",
+    "push",
+    "report",
+    "insights",
+    "click",
+    "tag",
+    "srv",
+];
+const TLDS: &[&str] = &[
+    "com", "net", "org", "io", "de", "nl", "co.uk", "info", "fr", "ru", "cn", "xyz",
+];
+
+/// Names shaped like real blocklist entries: one to three labels of words, digits and
+/// dashes under a registrable domain.
+fn name(r: &mut Rng) -> String {
+    let mut s = String::new();
+    for _ in 0..(1 + r.next() % 3) {
+        s.push_str(r.pick(WORDS));
+        if r.next() % 2 == 0 {
+            s.push_str(&format!("{}", r.next() % 1000));
+        }
+        s.push(if r.next() % 4 == 0 { '-' } else { '.' });
+    }
+    s.push_str(r.pick(WORDS));
+    s.push_str(&format!("{}", r.next() % 100_000));
+    s.push('.');
+    s.push_str(r.pick(TLDS));
+    s
+}
+
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4
+}
+
+fn main() {
+    let n: usize = std::env::var("TELESINK_BENCH_NAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = std::env::temp_dir().join(format!("telesink-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut r = Rng(0x5eed_1234_abcd_9876);
+    let mut names = Vec::with_capacity(n);
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("big.list")).unwrap());
+        for i in 0..n {
+            let nm = name(&mut r);
+            if i % 20 == 0 {
+                writeln!(f, "*.{nm}").unwrap();
+            } else {
+                writeln!(f, "{nm}").unwrap();
+            }
+            names.push((nm, i % 20 == 0));
+        }
+    }
+    let file_bytes = std::fs::metadata(dir.join("big.list")).unwrap().len();
+    std::fs::write(
+        dir.join("t.toml"),
+        "[policy]\nlists_dir = \".\"\n[profiles.big]\nenabled = true\nlists = [\"big.list\"]\n",
+    )
+    .unwrap();
+    let cfg = LoadedConfig::load(&dir.join("t.toml")).unwrap();
+
+    let before = rss_kib();
+    let t = Instant::now();
+    let outcome = policy::build(&cfg, 1);
+    let load = t.elapsed();
+    let policy = outcome.policy.expect("policy builds");
+    let after = rss_kib();
+
+    // Lookups: blocked exact names, subdomains of suffix rules, and misses, interleaved.
+    let mut queries = Vec::new();
+    for (i, (nm, suffix)) in names.iter().enumerate().step_by(7).take(300_000) {
+        let q = match (i % 3, suffix) {
+            (0, true) => format!("a.b.{nm}"),
+            (0, false) | (1, _) => nm.clone(),
+            _ => format!("miss{i}.example.org"),
+        };
+        queries.push(QName::parse(&q).unwrap());
+    }
+    let t = Instant::now();
+    let mut blocked = 0usize;
+    for _ in 0..3 {
+        for q in &queries {
+            if matches!(policy.verdict(0, q), Verdict::Block { .. }) {
+                blocked += 1;
+            }
+        }
+    }
+    let per = t.elapsed().as_nanos() as f64 / (3 * queries.len()) as f64;
+    println!(
+        "names in list        {n} ({} suffix rules), file {:.1} MiB",
+        n / 20,
+        file_bytes as f64 / 1048576.0
+    );
+    println!("distinct names       {}", policy.total_names());
+    println!("load (parse+index)   {:.0} ms", load.as_secs_f64() * 1000.0);
+    println!(
+        "RSS added            {:.1} MiB",
+        (after.saturating_sub(before)) as f64 / 1024.0
+    );
+    println!(
+        "verdict              {per:.0} ns/lookup ({} lookups, {blocked} blocked)",
+        3 * queries.len()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
