@@ -56,10 +56,10 @@ fn name(r: &mut Rng) -> String {
     let mut s = String::new();
     for _ in 0..(1 + r.next() % 3) {
         s.push_str(r.pick(WORDS));
-        if r.next() % 2 == 0 {
+        if r.next().is_multiple_of(2) {
             s.push_str(&format!("{}", r.next() % 1000));
         }
-        s.push(if r.next() % 4 == 0 { '-' } else { '.' });
+        s.push(if r.next().is_multiple_of(4) { '-' } else { '.' });
     }
     s.push_str(r.pick(WORDS));
     s.push_str(&format!("{}", r.next() % 100_000));
@@ -91,7 +91,7 @@ fn main() {
         let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("big.list")).unwrap());
         for i in 0..n {
             let nm = name(&mut r);
-            if i % 20 == 0 {
+            if i.is_multiple_of(20) {
                 writeln!(f, "*.{nm}").unwrap();
             } else {
                 writeln!(f, "{nm}").unwrap();
