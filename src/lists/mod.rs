@@ -24,7 +24,7 @@ pub struct ListProblem {
 pub fn read_list(
     path: &Path,
     problems: &mut Vec<ListProblem>,
-    mut sink: impl FnMut(Entry, u32),
+    mut sink: impl FnMut(Entry<'_>, u32),
 ) -> Result<(), std::io::Error> {
     let text = std::fs::read_to_string(path)?;
     let mut entries = Vec::new();

@@ -8,6 +8,7 @@
 //! - `0.0.0.0 a b c`   hosts lines (any IPv4/IPv6 address first); each name exact
 //! - `#` and `!` start comments, also after an entry.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// How far a rule reaches.
@@ -21,9 +22,10 @@ pub enum Reach {
 
 /// One entry from a list line, before it is placed in the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Lowercase, no trailing dot.
-    pub name: String,
+pub struct Entry<'a> {
+    /// Lowercase, no trailing dot. Borrowed from the line unless it had to be lowercased:
+    /// a million-line list then costs no allocation per line.
+    pub name: Cow<'a, str>,
     pub reach: Reach,
     /// `@@` exceptions turn a line in a block list into an allow rule.
     pub allow: bool,
@@ -41,7 +43,7 @@ pub enum LineError {
 }
 
 /// Parses one line into zero or more entries (hosts lines may carry several names).
-pub fn parse_line(raw: &str, out: &mut Vec<Entry>) -> Result<(), LineError> {
+pub fn parse_line<'a>(raw: &'a str, out: &mut Vec<Entry<'a>>) -> Result<(), LineError> {
     let line = strip_comment(raw).trim();
     if line.is_empty() {
         return Ok(());
@@ -115,14 +117,14 @@ fn adblock_name(rule: &str) -> Option<&str> {
     Some(body)
 }
 
-fn entry(name: &str, reach: Reach, allow: bool) -> Result<Entry, LineError> {
+fn entry(name: &str, reach: Reach, allow: bool) -> Result<Entry<'_>, LineError> {
     let name = normalize(name)?;
     Ok(Entry { name, reach, allow })
 }
 
 /// Lowercases and validates a host name as lists write them: LDH labels, underscores
 /// allowed (they occur in real service names), 1..=63 per label, <= 253 in total.
-pub fn normalize(name: &str) -> Result<String, LineError> {
+pub fn normalize(name: &str) -> Result<Cow<'_, str>, LineError> {
     let bad = |why| LineError::BadName {
         name: name.to_owned(),
         why,
@@ -151,21 +153,25 @@ pub fn normalize(name: &str) -> Result<String, LineError> {
             return Err(bad("a label may not start or end with '-'"));
         }
     }
-    Ok(trimmed.to_ascii_lowercase())
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(trimmed.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(trimmed))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(line: &str) -> Result<Vec<Entry>, LineError> {
+    fn parse(line: &str) -> Result<Vec<Entry<'_>>, LineError> {
         let mut out = Vec::new();
         parse_line(line, &mut out).map(|()| out)
     }
 
-    fn e(name: &str, reach: Reach, allow: bool) -> Entry {
+    fn e(name: &str, reach: Reach, allow: bool) -> Entry<'_> {
         Entry {
-            name: name.into(),
+            name: Cow::Borrowed(name),
             reach,
             allow,
         }

@@ -10,9 +10,8 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::{
-    ClientTable, Group, ListInfo, MAX_PROFILES, Mode, NameIndex, Policy, Profile, Rule, Scope,
-};
+use super::index::IndexBuilder;
+use super::{ClientTable, Group, ListInfo, MAX_PROFILES, Mode, Policy, Profile, Rule, Scope};
 use crate::config::{LoadedConfig, Location, ModeName, ProfileConfig};
 use crate::lists::{self, Guard, Reach};
 
@@ -52,7 +51,7 @@ struct Builder<'c> {
     cfg: &'c LoadedConfig,
     lists_dir: PathBuf,
     problems: Vec<BuildProblem>,
-    index: NameIndex,
+    index: IndexBuilder,
     lists: Vec<ListInfo>,
     guard: Guard,
 }
@@ -64,7 +63,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         cfg,
         lists_dir,
         problems: Vec::new(),
-        index: NameIndex::default(),
+        index: IndexBuilder::with_capacity(0, 0),
         lists: Vec::new(),
         guard: Guard::default(),
     };
@@ -97,10 +96,9 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         .collect();
 
     let fatal = b.problems.iter().any(|p| p.severity == Severity::Fatal);
-    b.index.shrink();
     let policy = (!fatal).then(|| Policy {
         generation,
-        index: Arc::new(b.index),
+        index: Arc::new(b.index.finish()),
         lists: Arc::new(b.lists),
         profiles,
         groups,
@@ -147,7 +145,7 @@ impl Builder<'_> {
             .sum();
         let bytes = usize::try_from(bytes).unwrap_or(usize::MAX / 64);
         // Measured on real lists: about one name per 24-40 bytes of file.
-        self.index = NameIndex::with_capacity(bytes / 24, bytes);
+        self.index = IndexBuilder::with_capacity(bytes / 24, bytes);
     }
 
     fn profiles(&mut self) -> Vec<Profile> {
@@ -232,7 +230,7 @@ impl Builder<'_> {
         let read = lists::read_list(&file, &mut problems, |e, line| {
             let allow = allowlist || e.allow;
             if !allow && e.reach == Reach::Suffix && guard.refuses_suffix(&e.name) {
-                refused.push((line, e.name));
+                refused.push((line, e.name.into_owned()));
                 return;
             }
             let rule = Rule {

@@ -1,20 +1,22 @@
-//! The compiled name index: every rule of every list in one compact table.
+//! The compiled name index: every rule of every list in one compact, read-only table.
 //!
 //! Why not `HashSet<Box<str>>`: a million names cost +92 MiB that way (measured on this
-//! machine kind, shared/reference/engineering-notes.md); this layout adds 46 MiB
-//! (docs/BENCHMARKS.md). Here all names live back to back in one byte arena, each name's
-//! first rule is an 8-byte record, and the hash table holds only `u32` indices into those
-//! records. Line numbers (for `check` and "which line decided") cost one byte per record:
-//! records are appended in file order, so a line is stored as the distance from the
-//! previous record's line, with a full checkpoint every 64 records. Names that carry more
-//! than one rule (the same name in two lists) keep the extra rules in a small side table;
-//! that is rare in practice and keeps the common record small.
-
-use std::hash::BuildHasher;
+//! machine kind, shared/reference/engineering-notes.md). Here:
+//! - all names live back to back in one byte arena, each followed by its line number as a
+//!   LEB128 varint (two or three bytes), so "which line decided" costs no record space;
+//! - each name's first rule is an 8-byte record stored inline in an open-addressing table
+//!   sized to the final name count (load 0.8), not to the next power of two;
+//! - a parallel array holds one tag byte per slot (occupied bit + 7 hash bits). A probe
+//!   that finds nothing reads only tags, which are a few cache lines of a 1 MiB array,
+//!   instead of following an index into a 10 MiB one: on big lists, where every access is
+//!   a cache and TLB miss, this is what a lookup costs.
+//!
+//! The table is built once by `IndexBuilder::finish`, after every list is read, so slots
+//! never move and the rare names with more than one rule keep the extra rules in a side
+//! table keyed by slot.
 
 use std::collections::HashMap;
-
-use hashbrown::HashTable;
+use std::hash::BuildHasher;
 
 use crate::lists::Reach;
 
@@ -30,8 +32,9 @@ pub struct Rule {
 const F_SUFFIX: u8 = 1;
 const F_ALLOW: u8 = 2;
 const F_MORE: u8 = 4;
+const TAG_USED: u8 = 0x80;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 #[repr(C)]
 struct Record {
     off: u32,
@@ -40,192 +43,159 @@ struct Record {
     flags: u8,
 }
 
-impl Record {
-    fn rule(&self, line: u32) -> Rule {
-        let reach = if self.flags & F_SUFFIX != 0 {
-            Reach::Suffix
-        } else {
-            Reach::Exact
-        };
-        Rule {
-            list: self.list,
-            line,
-            reach,
-            allow: self.flags & F_ALLOW != 0,
-        }
-    }
-}
-
-/// Line numbers of the records, one byte each: the step from the previous record's line.
-/// A step that does not fit (or goes backwards, at a list boundary) is `ESCAPE` and kept
-/// whole in `far`. `checkpoints[k]` is the line of record `64 k`.
-#[derive(Default)]
-struct Lines {
-    steps: Vec<u8>,
-    checkpoints: Vec<u32>,
-    far: HashMap<u32, u32>,
-    last: u32,
-}
-
-const ESCAPE: u8 = u8::MAX;
-const CHECKPOINT: usize = 64;
-
-impl Lines {
-    fn push(&mut self, index: usize, line: u32) {
-        if index.is_multiple_of(CHECKPOINT) {
-            self.checkpoints.push(line);
-            self.steps.push(0);
-        } else {
-            match line
-                .checked_sub(self.last)
-                .and_then(|d| u8::try_from(d).ok())
-            {
-                Some(step) if step != ESCAPE => self.steps.push(step),
-                _ => {
-                    self.steps.push(ESCAPE);
-                    self.far.insert(index as u32, line);
-                }
-            }
-        }
-        self.last = line;
-    }
-
-    fn get(&self, index: usize) -> u32 {
-        let base = index - index % CHECKPOINT;
-        let mut line = self
-            .checkpoints
-            .get(base / CHECKPOINT)
-            .copied()
-            .unwrap_or(0);
-        for i in base + 1..=index {
-            match self.steps.get(i) {
-                Some(&ESCAPE) => line = self.far.get(&(i as u32)).copied().unwrap_or(0),
-                Some(&step) => line += u32::from(step),
-                None => break,
-            }
-        }
-        line
-    }
-
-    fn shrink(&mut self) {
-        self.steps.shrink_to_fit();
-        self.checkpoints.shrink_to_fit();
-    }
-}
-
 /// Fixed seed: the table is built from admin-supplied lists, not from queries, so there
 /// is nothing for a remote party to flood, and a fixed seed keeps builds reproducible.
 type Hasher = foldhash::fast::FixedState;
 
+fn hasher() -> Hasher {
+    Hasher::with_seed(0x7e1e_517c)
+}
+
+/// Collects rules list by list; `finish` turns them into the read-only index.
+pub struct IndexBuilder {
+    arena: Vec<u8>,
+    pending: Vec<Record>,
+    suffix_depths: u64,
+}
+
 pub struct NameIndex {
     arena: Vec<u8>,
-    records: Vec<Record>,
-    lines: Lines,
-    table: HashTable<u32>,
+    tags: Box<[u8]>,
+    slots: Box<[Record]>,
     extra: HashMap<u32, Vec<Rule>>,
+    names: usize,
     hasher: Hasher,
     /// Bit n set: some suffix rule has n labels (n >= 63 share bit 63). A query suffix of
     /// n labels is only probed for suffix rules when its bit is set.
     suffix_depths: u64,
 }
 
-impl Default for NameIndex {
-    fn default() -> Self {
-        Self::with_capacity(0, 0)
-    }
-}
-
-impl NameIndex {
+impl IndexBuilder {
+    /// `names` and `bytes` are estimates; they only avoid regrowing.
     pub fn with_capacity(names: usize, bytes: usize) -> Self {
         Self {
             arena: Vec::with_capacity(bytes),
-            records: Vec::with_capacity(names),
-            lines: Lines {
-                steps: Vec::with_capacity(names),
-                ..Lines::default()
-            },
-            table: HashTable::with_capacity(names),
-            extra: HashMap::new(),
-            hasher: Hasher::with_seed(0x7e1e_517c),
+            pending: Vec::with_capacity(names),
             suffix_depths: 0,
         }
     }
 
-    /// Number of distinct names.
-    pub fn names(&self) -> usize {
-        self.records.len()
-    }
-
-    /// Adds a rule. Returns false when this exact rule (name, reach, allow, list) is
-    /// already present: the first line wins so `explain` points at the first occurrence.
+    /// Adds a rule for `name` (lowercase, validated, no trailing dot). Names over 255
+    /// bytes cannot be valid and are refused (returns false).
     pub fn insert(&mut self, name: &str, rule: Rule) -> bool {
-        let bytes = name.as_bytes();
-        let hash = self.hasher.hash_one(bytes);
-        let (arena, records) = (&self.arena, &self.records);
-        let found = self
-            .table
-            .find(hash, |&i| name_of(arena, &records[i as usize]) == bytes)
-            .copied();
+        let (Ok(off), Ok(len)) = (u32::try_from(self.arena.len()), u8::try_from(name.len())) else {
+            return false;
+        };
         if rule.reach == Reach::Suffix {
-            let labels = bytes.iter().filter(|&&b| b == b'.').count() + 1;
+            let labels = name.bytes().filter(|&b| b == b'.').count() + 1;
             self.suffix_depths |= 1 << labels.min(63);
         }
-        match found {
-            Some(i) => self.add_to_existing(i, rule),
-            None => {
-                let (Ok(off), Ok(len)) =
-                    (u32::try_from(self.arena.len()), u8::try_from(bytes.len()))
-                else {
-                    // Unreachable for validated names and lists under 4 GiB; refuse rather than wrap.
-                    return false;
-                };
-                self.arena.extend_from_slice(bytes);
-                let index = self.records.len() as u32;
-                self.lines.push(self.records.len(), rule.line);
-                self.records.push(Record {
-                    off,
-                    list: rule.list,
-                    len,
-                    flags: flags_of(&rule),
-                });
-                let (arena, records, hasher) = (&self.arena, &self.records, &self.hasher);
-                self.table.insert_unique(hash, index, |&i| {
-                    hasher.hash_one(name_of(arena, &records[i as usize]))
-                });
-                true
+        self.arena.extend_from_slice(name.as_bytes());
+        push_varint(&mut self.arena, rule.line);
+        self.pending.push(Record {
+            off,
+            list: rule.list,
+            len,
+            flags: flags_of(&rule),
+        });
+        true
+    }
+
+    /// Builds the table. Rules are placed in the order they were added, so for a rule
+    /// given twice the first line is the one `explain` reports.
+    pub fn finish(self) -> NameIndex {
+        let capacity = (self.pending.len() as u64 * 5 / 4 + 8) as usize;
+        let mut index = NameIndex {
+            arena: self.arena,
+            tags: vec![0u8; capacity].into_boxed_slice(),
+            slots: vec![Record::default(); capacity].into_boxed_slice(),
+            extra: HashMap::new(),
+            names: 0,
+            hasher: hasher(),
+            suffix_depths: self.suffix_depths,
+        };
+        for record in self.pending {
+            index.place(record);
+        }
+        index.arena.shrink_to_fit();
+        index
+    }
+}
+
+impl NameIndex {
+    fn place(&mut self, record: Record) {
+        let name = name_of(&self.arena, &record);
+        let hash = self.hasher.hash_one(name);
+        let tag = tag_of(hash);
+        let mut i = self.home(hash);
+        loop {
+            match self.tags[i] {
+                0 => {
+                    self.tags[i] = tag;
+                    self.slots[i] = record;
+                    self.names += 1;
+                    return;
+                }
+                t if t == tag && name_of(&self.arena, &self.slots[i]) == name => {
+                    let rule = rule_of(&self.arena, &record);
+                    self.add_to_existing(i, rule);
+                    return;
+                }
+                _ => i = self.next(i),
             }
         }
     }
 
-    fn add_to_existing(&mut self, index: u32, rule: Rule) -> bool {
-        let line = self.lines.get(index as usize);
-        let record = &mut self.records[index as usize];
+    fn add_to_existing(&mut self, slot: usize, rule: Rule) {
+        let first = rule_of(&self.arena, &self.slots[slot]);
         let same = |r: &Rule| r.list == rule.list && r.reach == rule.reach && r.allow == rule.allow;
-        if same(&record.rule(line)) {
-            return false;
+        if same(&first) {
+            return;
         }
-        record.flags |= F_MORE;
-        let more = self.extra.entry(index).or_default();
-        if more.iter().any(same) {
-            return false;
+        self.slots[slot].flags |= F_MORE;
+        let more = self.extra.entry(slot as u32).or_default();
+        if !more.iter().any(same) {
+            more.push(rule);
         }
-        more.push(rule);
-        true
+    }
+
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        // Multiply-shift maps the hash onto any table size, so the table need not be a
+        // power of two (that alone would double its size at a million names).
+        ((u128::from(hash) * self.tags.len() as u128) >> 64) as usize
+    }
+
+    #[inline]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.tags.len() { 0 } else { i + 1 }
+    }
+
+    /// Number of distinct names.
+    pub fn names(&self) -> usize {
+        self.names
     }
 
     /// Calls `f` for every rule stored under exactly `name` (lowercase, no trailing dot).
     #[inline]
     pub fn for_each(&self, name: &[u8], mut f: impl FnMut(Rule)) {
-        let hash = self.hasher.hash_one(name);
-        let Some(&i) = self.table.find(hash, |&i| {
-            name_of(&self.arena, &self.records[i as usize]) == name
-        }) else {
+        if self.tags.is_empty() {
             return;
-        };
-        let record = &self.records[i as usize];
-        f(record.rule(self.lines.get(i as usize)));
+        }
+        let hash = self.hasher.hash_one(name);
+        let tag = tag_of(hash);
+        let mut i = self.home(hash);
+        loop {
+            match self.tags[i] {
+                0 => return,
+                t if t == tag && name_of(&self.arena, &self.slots[i]) == name => break,
+                _ => i = self.next(i),
+            }
+        }
+        let record = &self.slots[i];
+        f(rule_of(&self.arena, record));
         if record.flags & F_MORE != 0 {
-            for rule in self.extra.get(&i).into_iter().flatten() {
+            for rule in self.extra.get(&(i as u32)).into_iter().flatten() {
                 f(*rule);
             }
         }
@@ -237,33 +207,36 @@ impl NameIndex {
         self.suffix_depths & (1 << labels.min(63)) != 0
     }
 
-    /// Iterates every (name, rule) pair; used by dry-run diffs and the firewall, never per query.
+    /// Every (name, rule) pair; for dry-run diffs and the firewall, never per query.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Rule)> + '_ {
-        self.records.iter().enumerate().flat_map(move |(i, r)| {
-            let name = std::str::from_utf8(name_of(&self.arena, r)).unwrap_or("");
-            let more = if r.flags & F_MORE != 0 {
-                self.extra
-                    .get(&(i as u32))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[])
-            } else {
-                &[]
-            };
-            std::iter::once(r.rule(self.lines.get(i)))
-                .chain(more.iter().copied())
-                .map(move |rule| (name, rule))
-        })
+        self.tags
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t != 0)
+            .flat_map(move |(i, _)| {
+                let r = &self.slots[i];
+                let name = std::str::from_utf8(name_of(&self.arena, r)).unwrap_or("");
+                let more = match (r.flags & F_MORE != 0, self.extra.get(&(i as u32))) {
+                    (true, Some(v)) => v.as_slice(),
+                    _ => &[],
+                };
+                std::iter::once(rule_of(&self.arena, r))
+                    .chain(more.iter().copied())
+                    .map(move |rule| (name, rule))
+            })
     }
+}
 
-    /// Trims spare capacity after loading, so RSS reflects what is used.
-    pub fn shrink(&mut self) {
-        self.arena.shrink_to_fit();
-        self.records.shrink_to_fit();
-        self.lines.shrink();
-        let (arena, records, hasher) = (&self.arena, &self.records, &self.hasher);
-        self.table
-            .shrink_to_fit(|&i| hasher.hash_one(name_of(arena, &records[i as usize])));
+impl Default for NameIndex {
+    fn default() -> Self {
+        IndexBuilder::with_capacity(0, 0).finish()
     }
+}
+
+#[inline]
+fn tag_of(hash: u64) -> u8 {
+    // The low bits: the slot position comes from the high bits (multiply-shift).
+    TAG_USED | (hash as u8 & 0x7f)
 }
 
 fn flags_of(rule: &Rule) -> u8 {
@@ -283,38 +256,42 @@ fn name_of<'a>(arena: &'a [u8], record: &Record) -> &'a [u8] {
     &arena[start..start + record.len as usize]
 }
 
+fn rule_of(arena: &[u8], record: &Record) -> Rule {
+    let reach = if record.flags & F_SUFFIX != 0 {
+        Reach::Suffix
+    } else {
+        Reach::Exact
+    };
+    Rule {
+        list: record.list,
+        line: read_varint(&arena[record.off as usize + record.len as usize..]),
+        reach,
+        allow: record.flags & F_ALLOW != 0,
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(bytes: &[u8]) -> u32 {
+    let mut v = 0u32;
+    for (i, &b) in bytes.iter().take(5).enumerate() {
+        v |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn line_numbers_survive_the_compact_encoding() {
-        let mut index = NameIndex::default();
-        // Steps of 1, large jumps, and a new list starting again at line 1.
-        let lines: Vec<u32> = (0..300)
-            .map(|i| {
-                if i == 150 {
-                    1
-                } else if i % 50 == 7 {
-                    i * 1000
-                } else {
-                    i + 10
-                }
-            })
-            .collect();
-        for (i, &line) in lines.iter().enumerate() {
-            let list = u16::from(i >= 150);
-            assert!(index.insert(
-                &format!("n{i}.example"),
-                rule(list, line, Reach::Exact, false)
-            ));
-        }
-        for (i, &line) in lines.iter().enumerate() {
-            let mut got = None;
-            index.for_each(format!("n{i}.example").as_bytes(), |r| got = Some(r.line));
-            assert_eq!(got, Some(line), "record {i}");
-        }
-    }
 
     fn rule(list: u16, line: u32, reach: Reach, allow: bool) -> Rule {
         Rule {
@@ -325,27 +302,72 @@ mod tests {
         }
     }
 
+    fn rules_of(index: &NameIndex, name: &str) -> Vec<Rule> {
+        let mut seen = Vec::new();
+        index.for_each(name.as_bytes(), |r| seen.push(r));
+        seen
+    }
+
     #[test]
     fn stores_several_rules_per_name_and_skips_duplicates() {
-        let mut index = NameIndex::default();
-        assert!(index.insert("a.example", rule(0, 1, Reach::Exact, false)));
-        assert!(!index.insert("a.example", rule(0, 9, Reach::Exact, false)));
-        assert!(index.insert("a.example", rule(1, 2, Reach::Suffix, true)));
-        assert!(index.insert("b.example", rule(0, 3, Reach::Suffix, false)));
-        let mut seen = Vec::new();
-        index.for_each(b"a.example", |r| seen.push(r));
+        let mut b = IndexBuilder::with_capacity(0, 0);
+        b.insert("a.example", rule(0, 1, Reach::Exact, false));
+        b.insert("a.example", rule(0, 9, Reach::Exact, false));
+        b.insert("a.example", rule(1, 2, Reach::Suffix, true));
+        b.insert("b.example", rule(0, 3, Reach::Suffix, false));
+        let index = b.finish();
         assert_eq!(
-            seen,
+            rules_of(&index, "a.example"),
             [
                 rule(0, 1, Reach::Exact, false),
                 rule(1, 2, Reach::Suffix, true)
             ]
         );
-        seen.clear();
-        index.for_each(b"c.example", |r| seen.push(r));
-        assert!(seen.is_empty());
+        assert!(rules_of(&index, "c.example").is_empty());
         assert_eq!(index.names(), 2);
         assert!(index.has_suffix_depth(2) && !index.has_suffix_depth(3));
         assert_eq!(index.iter().count(), 3);
+    }
+
+    #[test]
+    fn every_name_is_found_with_its_line_and_absent_names_are_not() {
+        let mut b = IndexBuilder::with_capacity(0, 0);
+        let lines = [
+            1u32,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            u32::MAX,
+        ];
+        for i in 0..20_000u32 {
+            let line = lines[i as usize % lines.len()];
+            assert!(b.insert(
+                &format!("n{i}.example"),
+                rule((i % 3) as u16, line, Reach::Exact, false)
+            ));
+        }
+        let index = b.finish();
+        assert_eq!(index.names(), 20_000);
+        for i in 0..20_000u32 {
+            let got = rules_of(&index, &format!("n{i}.example"));
+            assert_eq!(
+                got,
+                [rule(
+                    (i % 3) as u16,
+                    lines[i as usize % lines.len()],
+                    Reach::Exact,
+                    false
+                )]
+            );
+            assert!(rules_of(&index, &format!("m{i}.example")).is_empty());
+        }
+    }
+
+    #[test]
+    fn an_empty_index_finds_nothing() {
+        assert!(rules_of(&NameIndex::default(), "a.example").is_empty());
     }
 }
