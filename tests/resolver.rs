@@ -493,3 +493,158 @@ fn sighup_reloads_lists_and_a_broken_reload_keeps_the_old_policy() {
         ["0.0.0.0"]
     );
 }
+
+#[test]
+fn ipv6_and_several_listeners() {
+    if !require("knotd") {
+        return;
+    }
+    let knot = Knot::start("");
+    let cfg = config(knot.addr, "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]",
+    );
+    let cfg = cfg.replace("allowed_clients = [", "allowed_clients = [\"::1/128\", ");
+    let ts = Telesink::start(&cfg, FILES);
+    let log = ts.log.lock().unwrap().clone();
+    let v6: std::net::SocketAddr = log
+        .lines()
+        .find_map(|l| {
+            l.split("listening on udp ")
+                .nth(1)
+                .filter(|a| a.starts_with('['))?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("an IPv6 UDP listener");
+    let m = udp_query(
+        v6,
+        "::1".parse().unwrap(),
+        "www.test",
+        RecordType::AAAA,
+        true,
+    )
+    .unwrap();
+    assert_eq!(addrs(&m), ["2001:db8::10"]);
+    let m = udp_query(
+        v6,
+        "::1".parse().unwrap(),
+        "nexus.officeapps.live.com",
+        RecordType::AAAA,
+        true,
+    )
+    .unwrap();
+    assert_eq!(addrs(&m), ["::"]);
+    let mx = ts.q("www.test", RecordType::MX);
+    assert!(
+        matches!(&mx.answers[0].data, RData::MX(m) if m.exchange.to_ascii() == "mail.test."),
+        "{mx:?}"
+    );
+}
+
+#[test]
+fn a_profile_allowlist_exempts_names_from_that_profile_only() {
+    if !require("knotd") {
+        return;
+    }
+    let knot = Knot::start("");
+    // Both profiles block *.blocked.test; only "office" exempts tracker.blocked.test.
+    let cfg = config(knot.addr, "")
+        .replace(
+            "lists = [\"block.list\"]",
+            "lists = [\"block.list\"]\nallowlists = [\"office-allow.list\"]",
+        )
+        .replace(
+            "[profiles.strict]\nlists = [\"strict.list\"]",
+            "[profiles.strict]\nlists = [\"strict.list\", \"block.list\"]",
+        );
+    let mut files = FILES.to_vec();
+    files.push(("office-allow.list", "tracker.blocked.test\n"));
+    let ts = Telesink::start(&cfg, &files);
+    // Default group: only office is on, and it exempts the name.
+    assert_eq!(
+        addrs(&ts.q_from("127.0.0.1", "tracker.blocked.test", RecordType::A)),
+        ["192.0.2.66"]
+    );
+    // Lab group: strict is on too, and its own rule still blocks.
+    let m = ts.q_from("127.0.0.2", "tracker.blocked.test", RecordType::A);
+    assert_eq!(addrs(&m), ["0.0.0.0"]);
+    assert_blocked_by(&m, "strict");
+    // The exemption is exact: its neighbours stay blocked by office.
+    assert_eq!(
+        addrs(&ts.q_from("127.0.0.1", "other.blocked.test", RecordType::A)),
+        ["0.0.0.0"]
+    );
+}
+
+#[test]
+fn queries_beyond_max_in_flight_are_shed_at_once_not_queued() {
+    if !require("knotd") {
+        return;
+    }
+    // An upstream that swallows queries: every forwarded query waits out the timeout.
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cfg = config(sink.local_addr().unwrap(), "")
+        .replace("[server]\n", "[server]\nmax_in_flight = 2\n");
+    let ts = Telesink::start(&cfg, FILES);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 0..10 {
+        let q = query_message(&format!("n{i}.test"), RecordType::A, true);
+        sock.send_to(&q.to_vec().unwrap(), ts.udp).unwrap();
+    }
+    let (mut shed, mut timed_out) = (0, 0);
+    let mut buf = [0u8; 4096];
+    for _ in 0..10 {
+        let (n, _) = sock.recv_from(&mut buf).expect("every query is answered");
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        match ede(&m) {
+            Some((0, text)) if text.starts_with("overloaded") => shed += 1,
+            Some((22, _)) => timed_out += 1,
+            other => panic!("unexpected EDE {other:?}"),
+        }
+    }
+    assert_eq!((shed, timed_out), (8, 2));
+    // Blocked names never need a slot.
+    assert_eq!(
+        addrs(&ts.q("nexus.officeapps.live.com", RecordType::A)),
+        ["0.0.0.0"]
+    );
+}
+
+#[test]
+fn reloads_under_a_steady_query_stream_lose_no_query() {
+    let Some((_k, ts)) = setup("") else { return };
+    let udp = ts.udp;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let client = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let lo = "127.0.0.1".parse().unwrap();
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            for name in ["www.test", "nexus.officeapps.live.com"] {
+                match udp_query(udp, lo, name, RecordType::A, true) {
+                    Ok(m) if !m.answers.is_empty() => ok += 1,
+                    other => failed.push(format!("{name}: {other:?}")),
+                }
+            }
+        }
+        (ok, failed)
+    });
+    for generation in 2..=6 {
+        ts.signal("HUP");
+        assert!(ts.wait_log(&format!("generation={generation}"), Duration::from_secs(10)));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} queries failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 20, "only {ok} queries were made");
+}

@@ -6,7 +6,8 @@
 //! - RFC 6891: a query with OPT gets OPT back; our UDP size is the smaller of the client's
 //!   and our own limit, which is also what hickory truncates (TC) against.
 //! - RFC 8914: blocked answers carry EDE 15 "Blocked" naming the profile; upstream
-//!   failures carry EDE 22 "No Reachable Authority".
+//!   failures carry EDE 22 "No Reachable Authority"; shedding under overload EDE 0
+//!   "Other" with a text that says so.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -17,6 +18,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::policy::Mode;
 
+pub const EDE_OTHER: u16 = 0;
 pub const EDE_BLOCKED: u16 = 15;
 pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
 /// RFC 8914 section 3: EDE option code.

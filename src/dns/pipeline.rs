@@ -18,7 +18,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::answer::{self, EDE_BLOCKED, EDE_NO_REACHABLE_AUTHORITY, Synth};
+use super::answer::{self, EDE_BLOCKED, EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER, Synth};
 use super::cache::{self, Cache};
 use super::outcome::{Outcome, Outcomes};
 use super::protocol;
@@ -159,9 +159,18 @@ impl Pipeline {
                     (answer, Outcome::Forwarded)
                 }
                 Err(why) => {
-                    debug!(%why, name = %query.name(), "upstream failed");
+                    debug!(%why, name = %query.name(), "not forwarded");
+                    let ede = match why {
+                        ForwardError::Overloaded => (
+                            EDE_OTHER,
+                            "overloaded: too many queries waiting on upstreams",
+                        ),
+                        ForwardError::Upstream(_) => {
+                            (EDE_NO_REACHABLE_AUTHORITY, "upstream resolvers unavailable")
+                        }
+                    };
                     let reply = Reply {
-                        ede: Some((EDE_NO_REACHABLE_AUTHORITY, "upstream resolvers unavailable")),
+                        ede: Some(ede),
                         ..Reply::rcode(ResponseCode::ServFail)
                     };
                     return (Outcome::ServFail, self.send(request, handle, reply).await);
@@ -196,14 +205,16 @@ impl Pipeline {
         (outcome, info)
     }
 
-    async fn forward(&self, query: &LowerQuery) -> Result<Upstreamed, String> {
+    async fn forward(&self, query: &LowerQuery) -> Result<Upstreamed, ForwardError> {
+        // Shed at once rather than queue: a queued query would only time out later, and
+        // the queue itself is what a flood would grow.
         let Ok(_slot) = self.forward_slots.try_acquire() else {
-            return Err("too many queries in flight".into());
+            return Err(ForwardError::Overloaded);
         };
         self.upstream
             .resolve(query.original().clone())
             .await
-            .map_err(|e| e.to_string())
+            .map_err(ForwardError::Upstream)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -285,6 +296,14 @@ impl Pipeline {
             }
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error("max_in_flight queries are already waiting on upstreams")]
+    Overloaded,
+    #[error(transparent)]
+    Upstream(#[from] super::upstream::UpstreamError),
 }
 
 /// The first CNAME target in the answer that this client's policy blocks.
