@@ -4,5 +4,6 @@
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod firewall;
 pub mod lists;
 pub mod policy;

@@ -41,6 +41,27 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// The nftables firewall, without the resolver.
+    Firewall {
+        #[command(subcommand)]
+        action: FirewallAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirewallAction {
+    /// Print the table the config produces, in nft syntax (changes nothing).
+    Show {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Program the table once and exit (early boot, before the daemon starts).
+    Apply {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Delete the table.
+    Remove,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +73,7 @@ fn main() -> ExitCode {
             upstream,
         } => run(config, Overrides { listen, upstream }),
         Command::Check { config } => check(&config),
+        Command::Firewall { action } => firewall(action),
     }
 }
 
@@ -113,6 +135,56 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         _ => {
             eprintln!("{}: {} problem(s)", path.display(), outcome.problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn firewall(action: FirewallAction) -> ExitCode {
+    let (path, apply) = match action {
+        FirewallAction::Show { config } => (config, false),
+        FirewallAction::Apply { config } => (config, true),
+        FirewallAction::Remove => {
+            return match telesink::firewall::netlink::remove() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("telesink: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
+    let cfg = match LoadedConfig::load(&path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = policy::build(&cfg, 1);
+    let Some(policy) = outcome.policy else {
+        for p in &outcome.problems {
+            eprintln!("{p}");
+        }
+        return ExitCode::FAILURE;
+    };
+    let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
+    if !apply {
+        print!("{plan}");
+        return ExitCode::SUCCESS;
+    }
+    match telesink::firewall::netlink::apply(&plan) {
+        Ok(()) => {
+            println!(
+                "table inet {} applied ({} sets, {} rules)",
+                telesink::firewall::plan::TABLE,
+                plan.sets.len(),
+                plan.rules.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("telesink: {e}");
             ExitCode::FAILURE
         }
     }

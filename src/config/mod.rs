@@ -31,6 +31,68 @@ pub struct Config {
     pub profiles: indexmap_like::OrderedProfiles,
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
+    #[serde(default)]
+    pub firewall: FirewallConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallVerdict {
+    /// TCP reset for TCP, ICMP admin-prohibited otherwise: clients fail fast.
+    #[default]
+    Reject,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    /// Leave the table in place: blocking persists while telesink is down (fail-closed).
+    #[default]
+    Keep,
+    Remove,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// LAN interfaces: traffic entering on these and forwarded is filtered.
+    #[serde(default)]
+    pub lan: Vec<String>,
+    /// Also filter traffic of the gateway itself (output hook).
+    #[serde(default = "default_true")]
+    pub output: bool,
+    #[serde(default)]
+    pub verdict: FirewallVerdict,
+    #[serde(default)]
+    pub on_exit: OnExit,
+    /// Address lists accepted before any block set (e.g. Microsoft 365 Required ranges).
+    #[serde(default)]
+    pub allow_cidrs: Vec<Spanned<PathBuf>>,
+    /// Clients tracked per profile for the per-client reject counters; beyond that, rejects
+    /// are still enforced and counted in the rule's own counter.
+    #[serde(default = "default_accounting_clients")]
+    pub accounting_clients: u32,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lan: Vec::new(),
+            output: true,
+            verdict: FirewallVerdict::default(),
+            on_exit: OnExit::default(),
+            allow_cidrs: Vec::new(),
+            accounting_clients: default_accounting_clients(),
+        }
+    }
+}
+
+fn default_accounting_clients() -> u32 {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +194,9 @@ pub struct ProfileConfig {
     /// Logged at load when the profile is on: what it breaks.
     #[serde(default)]
     pub warning: Option<String>,
+    /// Address lists (one CIDR or address per line) the firewall rejects for this profile.
+    #[serde(default)]
+    pub cidrs: Vec<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -44,3 +44,32 @@ pub fn read_list(
     }
     Ok(())
 }
+
+/// Reads an address list: one CIDR or single address per line, `#` comments.
+pub fn read_cidrs(
+    path: &Path,
+    problems: &mut Vec<ListProblem>,
+    mut sink: impl FnMut(ipnet::IpNet),
+) -> Result<(), std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parsed = line
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| line.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => sink(net.trunc()),
+            Err(_) => problems.push(ListProblem {
+                at: Location {
+                    path: path.to_owned(),
+                    line: i + 1,
+                },
+                message: format!("not an address or CIDR: {line:?}"),
+            }),
+        }
+    }
+    Ok(())
+}

@@ -83,6 +83,11 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
             b.load(path, Scope::Profile(i as u16), true);
         }
     }
+    let mut profiles = profiles;
+    for (i, (_, p)) in cfg.config.profiles.0.iter().enumerate().take(MAX_PROFILES) {
+        profiles[i].nets = b.load_cidrs(&p.cidrs);
+    }
+    let allow_nets = b.load_cidrs(&cfg.config.firewall.allow_cidrs);
     let (groups, nets) = b.groups(&profiles);
     let warnings = profiles
         .iter()
@@ -103,6 +108,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         profiles,
         groups,
         clients: ClientTable::new(nets, cfg.config.policy.allowed_clients.clone()),
+        allow_nets,
         block_ttl: cfg.config.policy.block_ttl_secs,
         cname_cloaking: cfg.config.policy.cname_cloaking,
     });
@@ -170,6 +176,7 @@ impl Builder<'_> {
                 enabled: p.enabled,
                 warning: p.warning.clone(),
                 ede_text: format!("blocked by telesink profile {}", name.get_ref()),
+                nets: super::AddressSet::default(),
             });
         }
         out
@@ -260,6 +267,17 @@ impl Builder<'_> {
             entries,
             skipped,
         });
+    }
+
+    fn load_cidrs(&mut self, paths: &[Spanned<PathBuf>]) -> super::AddressSet {
+        let mut nets = Vec::new();
+        for path in paths {
+            let file = self.resolve(path.get_ref());
+            let mut problems = Vec::new();
+            let read = lists::read_cidrs(&file, &mut problems, |n| nets.push(n));
+            self.take_read(path, &file, read, problems);
+        }
+        super::AddressSet::from_nets(nets)
     }
 
     fn take_read(

@@ -27,6 +27,19 @@ impl ClientTable {
             .map_or(0, |&(_, g)| g)
     }
 
+    /// The networks configured for a group (none for the default group).
+    pub fn nets_of(&self, group: u16) -> impl Iterator<Item = IpNet> + '_ {
+        self.nets
+            .iter()
+            .filter(move |(_, g)| *g == group)
+            .map(|(n, _)| *n)
+    }
+
+    /// Every network that belongs to some configured group.
+    pub fn grouped_nets(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.nets.iter().map(|(n, _)| *n)
+    }
+
     pub fn is_allowed(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.allowed.iter().any(|net| net.contains(&ip))

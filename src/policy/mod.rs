@@ -54,6 +54,44 @@ impl Mode {
     }
 }
 
+/// Networks, merged: no two overlap or touch (what an nftables interval set needs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressSet {
+    pub v4: Vec<ipnet::Ipv4Net>,
+    pub v6: Vec<ipnet::Ipv6Net>,
+}
+
+impl AddressSet {
+    pub fn from_nets(nets: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for net in nets {
+            match net {
+                ipnet::IpNet::V4(n) => v4.push(n),
+                ipnet::IpNet::V6(n) => v6.push(n),
+            }
+        }
+        Self {
+            v4: ipnet::Ipv4Net::aggregate(&v4),
+            v6: ipnet::Ipv6Net::aggregate(&v6),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.v4.iter().any(|n| n.contains(&a)),
+            IpAddr::V6(a) => self.v6.iter().any(|n| n.contains(&a)),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Profile {
     pub name: String,
@@ -64,6 +102,8 @@ pub struct Profile {
     pub warning: Option<String>,
     /// Text of the RFC 8914 EDE attached to its answers; built once, not per query.
     pub ede_text: String,
+    /// Destinations the firewall rejects for clients that have this profile on.
+    pub nets: AddressSet,
 }
 
 /// Which profiles a list's rules speak for.
@@ -119,6 +159,8 @@ pub struct Policy {
     pub profiles: Vec<Profile>,
     pub groups: Vec<Group>,
     pub clients: ClientTable,
+    /// Destinations the firewall accepts before any block set.
+    pub allow_nets: AddressSet,
     pub block_ttl: u32,
     pub cname_cloaking: bool,
 }

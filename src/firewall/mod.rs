@@ -1,0 +1,6 @@
+//! The egress firewall: an nftables table derived from the policy snapshot.
+
+pub mod netlink;
+pub mod plan;
+
+pub use plan::{Plan, plan};

@@ -1,0 +1,632 @@
+//! The only module with unsafe code: encoding a `Plan` as one nftables netlink batch,
+//! sending it, checking every acknowledgement, and reading counters back.
+//!
+//! nftnl's safe API covers tables, chains, plain rules and plain named sets. What it lacks
+//! (interval sets and their END elements, inverted lookups, dynset updates with a counter,
+//! dumping set elements with their counters, a single-`sendmsg` send) is done here through
+//! `nftnl::nftnl_sys`, each block with the reason it is sound. Ownership follows Mullvad's
+//! firewall: one `inet telesink` table; every apply is `add table; delete table; add table`
+//! plus everything else in the same batch, so the kernel swaps the whole policy in one
+//! transaction, never showing a half-built table; afterwards we check the table is there.
+
+use std::ffi::{CString, c_void};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use nftnl::expr::{Expression, IcmpCode, RejectionType, Verdict};
+use nftnl::nftnl_sys::{self as sys, libc};
+use nftnl::set::Set;
+use nftnl::{Batch, Chain, FinalizedBatch, MsgType, ProtoFamily, Rule, Table, nft_expr};
+
+use super::plan::{self, Action, Family, Hook, Plan, RuleSpec, SetKind, SetSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket (telesink needs CAP_NET_ADMIN): {0}")]
+    Socket(io::Error),
+    #[error("sending the nftables batch failed: {0}")]
+    Send(io::Error),
+    #[error("the kernel rejected the nftables batch: {0}")]
+    Rejected(io::Error),
+    #[error("no acknowledgement from the kernel within {0:?}")]
+    Timeout(Duration),
+    #[error(
+        "after applying, table inet {} is not there (is nf_tables available?)",
+        plan::TABLE
+    )]
+    TableMissing,
+    #[error("a name in the plan contains a NUL byte: {0:?}")]
+    BadName(String),
+}
+
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Big batches (100k ranges are ~5 MB) must fit the socket buffers in one go.
+const SOCKET_BUFFER: libc::c_int = 64 << 20;
+
+/// Replaces the whole `inet telesink` table with `plan`, atomically.
+pub fn apply(plan: &Plan) -> Result<(), NetlinkError> {
+    let table = Table::new(cstr(plan::TABLE)?, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    batch.add(&table, MsgType::Add);
+
+    let mut sets = Vec::with_capacity(plan.sets.len());
+    for (id, spec) in plan.sets.iter().enumerate() {
+        sets.push(NamedSet::new(spec, id as u32, &table)?);
+    }
+    for set in &sets {
+        set.add_to(&mut batch);
+    }
+
+    let mut chains = Vec::new();
+    for (hook, name, on) in [
+        (Hook::Forward, plan::CHAIN_FORWARD, plan.forward),
+        (Hook::Output, plan::CHAIN_OUTPUT, plan.output),
+    ] {
+        if !on {
+            continue;
+        }
+        let mut chain = Chain::new(cstr(name)?, &table);
+        chain.set_type(nftnl::ChainType::Filter);
+        let nf_hook = match hook {
+            Hook::Forward => nftnl::Hook::Forward,
+            Hook::Output => nftnl::Hook::Out,
+        };
+        chain.set_hook(nf_hook, 0);
+        chain.set_policy(nftnl::Policy::Accept);
+        batch.add(&chain, MsgType::Add);
+        chains.push((hook, chain));
+    }
+    for (hook, chain) in &chains {
+        for spec in plan.rules.iter().filter(|r| r.hook == *hook) {
+            let rule = build_rule(chain, spec, &sets)?;
+            batch.add(&rule, MsgType::Add);
+        }
+    }
+    send(batch.finalize())?;
+    if table_exists()? {
+        Ok(())
+    } else {
+        Err(NetlinkError::TableMissing)
+    }
+}
+
+/// Deletes our table if it exists. Adding it first makes the delete valid either way.
+pub fn remove() -> Result<(), NetlinkError> {
+    let table = Table::new(cstr(plan::TABLE)?, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    send(batch.finalize())
+}
+
+pub fn table_exists() -> Result<bool, NetlinkError> {
+    let socket = open()?;
+    let seq = 1;
+    socket
+        .send(&nftnl::table::get_tables_nlmsg(seq))
+        .map_err(NetlinkError::Send)?;
+    let mut tables = std::collections::HashSet::new();
+    let mut buf = AlignedBuf::new();
+    loop {
+        let n = recv(&socket, &mut buf)?;
+        match mnl::cb_run2(
+            &buf.0[..n],
+            seq,
+            socket.portid(),
+            nftnl::table::get_tables_cb,
+            &mut tables,
+        ) {
+            Ok(mnl::CbResult::Stop) => break,
+            Ok(mnl::CbResult::Ok) => {}
+            Err(e) => return Err(NetlinkError::Rejected(e)),
+        }
+    }
+    Ok(tables
+        .iter()
+        .any(|t| t.as_bytes() == plan::TABLE.as_bytes()))
+}
+
+/// One client's counter in an accounting set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCount {
+    pub client: IpAddr,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Reads every element of a dynamic accounting set with its counter.
+pub fn read_accounting(set_name: &str, family: Family) -> Result<Vec<ClientCount>, NetlinkError> {
+    let socket = open()?;
+    let seq = 7;
+    let table = cstr(plan::TABLE)?;
+    let name = cstr(set_name)?;
+    let mut request = AlignedBuf::new();
+    // SAFETY: `request` is a zeroed, aligned buffer far larger than one header plus two
+    // short string attributes; nftnl writes within it and we send only the length the
+    // header reports. The set object is allocated, used and freed here.
+    let len = unsafe {
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            request.0.as_mut_ptr().cast(),
+            libc::NFT_MSG_GETSETELEM as u16,
+            libc::NFPROTO_INET as u16,
+            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
+            seq,
+        );
+        let set = alloc(sys::nftnl_set_alloc())?;
+        sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+        sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_NAME as u16, name.as_ptr());
+        sys::nftnl_set_elems_nlmsg_build_payload(nlh, set.as_ptr());
+        sys::nftnl_set_free(set.as_ptr());
+        (*nlh).nlmsg_len as usize
+    };
+    socket.send(&request.0[..len]).map_err(NetlinkError::Send)?;
+
+    // SAFETY: a fresh set object that collects the parsed elements; freed below.
+    let collected = unsafe { alloc(sys::nftnl_set_alloc())? };
+    let mut buf = AlignedBuf::new();
+    let result = (|| {
+        loop {
+            let n = recv(&socket, &mut buf)?;
+            let mut target = collected;
+            match mnl::cb_run2(
+                &buf.0[..n],
+                seq,
+                socket.portid(),
+                parse_elems_cb,
+                &mut target,
+            ) {
+                Ok(mnl::CbResult::Stop) => return Ok(()),
+                Ok(mnl::CbResult::Ok) => {}
+                Err(e) => return Err(NetlinkError::Rejected(e)),
+            }
+        }
+    })();
+    let mut out = Vec::new();
+    if result.is_ok() {
+        let mut ctx = (family, &mut out);
+        // SAFETY: `collected` is a valid set filled by nftnl_set_elems_nlmsg_parse; the
+        // callback only reads elements while the set is alive and writes into `ctx`,
+        // which outlives the call.
+        unsafe {
+            sys::nftnl_set_elem_foreach(
+                collected.as_ptr(),
+                Some(elem_cb),
+                (&mut ctx as *mut (Family, &mut Vec<ClientCount>)).cast(),
+            );
+        }
+    }
+    // SAFETY: allocated above and no longer used.
+    unsafe { sys::nftnl_set_free(collected.as_ptr()) };
+    result.map(|()| out)
+}
+
+fn parse_elems_cb(msg: &libc::nlmsghdr, set: &mut NonNull<sys::nftnl_set>) -> libc::c_int {
+    // SAFETY: mnl hands us a complete, validated netlink message; nftnl parses it into
+    // the set we own, appending elements.
+    unsafe { sys::nftnl_set_elems_nlmsg_parse(msg, set.as_ptr()) };
+    mnl_sys_cb_ok()
+}
+
+fn mnl_sys_cb_ok() -> libc::c_int {
+    1 // MNL_CB_OK
+}
+
+unsafe extern "C" fn elem_cb(elem: *mut sys::nftnl_set_elem, data: *mut c_void) -> libc::c_int {
+    // SAFETY: `data` is the `(Family, &mut Vec)` passed by read_accounting, alive for the
+    // whole foreach; `elem` is a valid element of the set being iterated.
+    unsafe {
+        let (family, out) = &mut *data.cast::<(Family, &mut Vec<ClientCount>)>();
+        let mut len = 0u32;
+        let key = sys::nftnl_set_elem_get(elem, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
+        if key.is_null() {
+            return 0;
+        }
+        let bytes = std::slice::from_raw_parts(key.cast::<u8>(), len as usize);
+        let client = match (*family, bytes.len()) {
+            (Family::V4, 4) => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+            (Family::V6, 16) => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(bytes);
+                IpAddr::V6(Ipv6Addr::from(a))
+            }
+            _ => return 0,
+        };
+        let mut counts = (0u64, 0u64);
+        sys::nftnl_set_elem_expr_foreach(
+            elem,
+            Some(counter_cb),
+            (&mut counts as *mut (u64, u64)).cast(),
+        );
+        out.push(ClientCount {
+            client,
+            packets: counts.0,
+            bytes: counts.1,
+        });
+        0
+    }
+}
+
+unsafe extern "C" fn counter_cb(expr: *mut sys::nftnl_expr, data: *mut c_void) -> libc::c_int {
+    // SAFETY: `data` is the `(u64, u64)` of elem_cb, alive for this foreach; `expr` is a
+    // valid expression of the element; the name string is owned by nftnl.
+    unsafe {
+        let name = sys::nftnl_expr_get_str(expr, sys::NFTNL_EXPR_NAME as u16);
+        if !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"counter" {
+            let counts = &mut *data.cast::<(u64, u64)>();
+            counts.0 = sys::nftnl_expr_get_u64(expr, sys::NFTNL_EXPR_CTR_PACKETS as u16);
+            counts.1 = sys::nftnl_expr_get_u64(expr, sys::NFTNL_EXPR_CTR_BYTES as u16);
+        }
+    }
+    0
+}
+
+/// A named set of the plan, typed by address family for nftnl.
+enum NamedSet<'t> {
+    V4(Set<'t, Ipv4Addr>),
+    V6(Set<'t, Ipv6Addr>),
+}
+
+impl<'t> NamedSet<'t> {
+    fn new(spec: &SetSpec, id: u32, table: &'t Table) -> Result<Self, NetlinkError> {
+        let name = cstr(&spec.name)?;
+        let set = match spec.family {
+            Family::V4 => NamedSet::V4(Set::new_named(&name, id, table, ProtoFamily::Inet)),
+            Family::V6 => NamedSet::V6(Set::new_named(&name, id, table, ProtoFamily::Inet)),
+        };
+        let ptr = set.ptr();
+        match &spec.kind {
+            SetKind::Interval(ranges) => {
+                // SAFETY: `ptr` is the live set nftnl allocated above; setting a u32
+                // attribute copies the value.
+                unsafe {
+                    sys::nftnl_set_set_u32(
+                        ptr,
+                        sys::NFTNL_SET_FLAGS as u16,
+                        libc::NFT_SET_INTERVAL as u32,
+                    )
+                };
+                let width = if spec.family == Family::V4 { 4 } else { 16 };
+                // The kernel wants [start, end+1) pairs, and an END element at address 0
+                // when the first range does not start there (what nft itself sends).
+                if ranges.first().is_some_and(|r| r.0 != 0) {
+                    add_elem(ptr, &key_bytes(0, width), true);
+                }
+                let max = if width == 4 {
+                    u128::from(u32::MAX)
+                } else {
+                    u128::MAX
+                };
+                for &(start, end) in ranges {
+                    add_elem(ptr, &key_bytes(start, width), false);
+                    if end < max {
+                        add_elem(ptr, &key_bytes(end + 1, width), true);
+                    }
+                }
+            }
+            SetKind::Accounting { size } => {
+                // SAFETY: as above; NFT_SET_EVAL marks a set filled from the packet path.
+                unsafe {
+                    sys::nftnl_set_set_u32(
+                        ptr,
+                        sys::NFTNL_SET_FLAGS as u16,
+                        libc::NFT_SET_EVAL as u32,
+                    );
+                    sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_DESC_SIZE as u16, *size);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    fn ptr(&self) -> *mut sys::nftnl_set {
+        match self {
+            NamedSet::V4(s) => s.as_ptr().as_ptr(),
+            NamedSet::V6(s) => s.as_ptr().as_ptr(),
+        }
+    }
+
+    fn name(&self) -> &std::ffi::CStr {
+        match self {
+            NamedSet::V4(s) => s.get_name(),
+            NamedSet::V6(s) => s.get_name(),
+        }
+    }
+
+    fn id(&self) -> u32 {
+        match self {
+            NamedSet::V4(s) => s.get_id(),
+            NamedSet::V6(s) => s.get_id(),
+        }
+    }
+
+    fn add_to(&self, batch: &mut Batch) {
+        match self {
+            NamedSet::V4(s) => {
+                batch.add(s, MsgType::Add);
+                batch.add_iter(s.elems_iter(), MsgType::Add);
+            }
+            NamedSet::V6(s) => {
+                batch.add(s, MsgType::Add);
+                batch.add_iter(s.elems_iter(), MsgType::Add);
+            }
+        }
+    }
+}
+
+fn key_bytes(v: u128, width: usize) -> Vec<u8> {
+    v.to_be_bytes()[16 - width..].to_vec()
+}
+
+fn add_elem(set: *mut sys::nftnl_set, key: &[u8], end: bool) {
+    // SAFETY: `set` is a live nftnl set; the element is allocated here, its key copied
+    // from `key` by nftnl_set_elem_set, and ownership passes to the set on add.
+    unsafe {
+        let Some(elem) = NonNull::new(sys::nftnl_set_elem_alloc()) else {
+            std::process::abort();
+        };
+        sys::nftnl_set_elem_set(
+            elem.as_ptr(),
+            sys::NFTNL_SET_ELEM_KEY as u16,
+            key.as_ptr().cast(),
+            key.len() as u32,
+        );
+        if end {
+            sys::nftnl_set_elem_set_u32(
+                elem.as_ptr(),
+                sys::NFTNL_SET_ELEM_FLAGS as u16,
+                libc::NFT_SET_ELEM_INTERVAL_END as u32,
+            );
+        }
+        sys::nftnl_set_elem_add(set, elem.as_ptr());
+    }
+}
+
+fn build_rule<'c>(
+    chain: &'c Chain<'_>,
+    spec: &RuleSpec,
+    sets: &[NamedSet<'_>],
+) -> Result<Rule<'c>, NetlinkError> {
+    let find = |name: &str| sets.iter().find(|s| s.name().to_bytes() == name.as_bytes());
+    let mut rule = Rule::new(chain);
+    if let Some(iface) = &spec.iif {
+        let mut padded = [0u8; libc::IFNAMSIZ];
+        let n = iface.len().min(libc::IFNAMSIZ - 1);
+        padded[..n].copy_from_slice(&iface.as_bytes()[..n]);
+        rule.add_expr(&nft_expr!(meta iifname));
+        rule.add_expr(&nft_expr!(cmp == &padded[..]));
+    }
+    // In an inet table every rule must pin the family before loading an address.
+    let proto = match spec.family {
+        Family::V4 => libc::NFPROTO_IPV4 as u8,
+        Family::V6 => libc::NFPROTO_IPV6 as u8,
+    };
+    rule.add_expr(&nft_expr!(meta nfproto));
+    rule.add_expr(&nft_expr!(cmp == proto));
+    if let Some((name, negate)) = &spec.saddr {
+        let set = find(name).ok_or_else(|| NetlinkError::BadName(name.clone()))?;
+        rule.add_expr(&address(spec.family, true));
+        rule.add_expr(&SetLookup {
+            name: set.name().to_owned(),
+            id: set.id(),
+            invert: *negate,
+        });
+    }
+    let daddr = find(&spec.daddr).ok_or_else(|| NetlinkError::BadName(spec.daddr.clone()))?;
+    rule.add_expr(&address(spec.family, false));
+    rule.add_expr(&SetLookup {
+        name: daddr.name().to_owned(),
+        id: daddr.id(),
+        invert: false,
+    });
+    if spec.tcp_only {
+        rule.add_expr(&nft_expr!(meta l4proto));
+        rule.add_expr(&nft_expr!(cmp == libc::IPPROTO_TCP as u8));
+    }
+    match &spec.action {
+        Action::Accept => rule.add_expr(&nft_expr!(verdict accept)),
+        Action::Account { set } => {
+            let acct = find(set).ok_or_else(|| NetlinkError::BadName(set.clone()))?;
+            rule.add_expr(&address(spec.family, true));
+            rule.add_expr(&DynsetCount {
+                name: acct.name().to_owned(),
+                id: acct.id(),
+            });
+        }
+        Action::RejectTcp => {
+            rule.add_expr(&nft_expr!(counter));
+            rule.add_expr(&Verdict::Reject(RejectionType::TcpRst));
+        }
+        Action::Reject => {
+            rule.add_expr(&nft_expr!(counter));
+            rule.add_expr(&Verdict::Reject(RejectionType::Icmp(
+                IcmpCode::AdminProhibited,
+            )));
+        }
+        Action::Drop => {
+            rule.add_expr(&nft_expr!(counter));
+            rule.add_expr(&nft_expr!(verdict drop));
+        }
+    }
+    rule.set_comment(cstr(&spec.comment)?)
+        .map_err(|_| NetlinkError::BadName(spec.comment.clone()))?;
+    Ok(rule)
+}
+
+/// Loads the source or destination address into register 1.
+fn address(family: Family, source: bool) -> nftnl::expr::Payload {
+    match (family, source) {
+        (Family::V4, true) => nft_expr!(payload ipv4 saddr),
+        (Family::V4, false) => nft_expr!(payload ipv4 daddr),
+        (Family::V6, true) => nft_expr!(payload ipv6 saddr),
+        (Family::V6, false) => nft_expr!(payload ipv6 daddr),
+    }
+}
+
+/// `[ lookup reg 1 set NAME (0x1 = inverted) ]`: nftnl's Lookup cannot invert.
+struct SetLookup {
+    name: CString,
+    id: u32,
+    invert: bool,
+}
+
+impl Expression for SetLookup {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: a fresh expression; string attributes are copied by nftnl, so `name`
+        // need not outlive it. The caller (Rule::add_expr) takes ownership.
+        unsafe {
+            let expr = new_expr(c"lookup");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_LOOKUP_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.name.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.id);
+            if self.invert {
+                sys::nftnl_expr_set_u32(
+                    e,
+                    sys::NFTNL_EXPR_LOOKUP_FLAGS as u16,
+                    libc::NFT_LOOKUP_F_INV as u32,
+                );
+            }
+            expr
+        }
+    }
+}
+
+/// `[ dynset update reg_key 1 set NAME expr [ counter ] ]`.
+struct DynsetCount {
+    name: CString,
+    id: u32,
+}
+
+impl Expression for DynsetCount {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as in SetLookup; the nested counter expression is handed to the dynset
+        // expression, which frees it with itself.
+        unsafe {
+            let expr = new_expr(c"dynset");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_DYNSET_SREG_KEY as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_DYNSET_OP as u16,
+                libc::NFT_DYNSET_OP_UPDATE as u32,
+            );
+            sys::nftnl_expr_set_str(
+                e,
+                sys::NFTNL_EXPR_DYNSET_SET_NAME as u16,
+                self.name.as_ptr(),
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SET_ID as u16, self.id);
+            let counter = new_expr(c"counter");
+            sys::nftnl_expr_set(
+                e,
+                sys::NFTNL_EXPR_DYNSET_EXPR as u16,
+                counter.as_ptr().cast(),
+                0,
+            );
+            expr
+        }
+    }
+}
+
+/// # Safety
+/// `name` must be an expression type libnftnl knows.
+unsafe fn new_expr(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
+    // SAFETY: nftnl_expr_alloc returns null only on allocation failure, which we treat
+    // like Rust's own out-of-memory: abort.
+    match NonNull::new(unsafe { sys::nftnl_expr_alloc(name.as_ptr()) }) {
+        Some(e) => e,
+        None => std::process::abort(),
+    }
+}
+
+fn alloc<T>(ptr: *mut T) -> Result<NonNull<T>, NetlinkError> {
+    NonNull::new(ptr)
+        .ok_or_else(|| NetlinkError::Socket(io::Error::from(io::ErrorKind::OutOfMemory)))
+}
+
+fn cstr(s: &str) -> Result<CString, NetlinkError> {
+    CString::new(s).map_err(|_| NetlinkError::BadName(s.to_owned()))
+}
+
+fn open() -> Result<mnl::Socket, NetlinkError> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Socket)?;
+    let fd = socket.as_raw_fd();
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
+        // SAFETY: `fd` is the open socket owned by `socket`; the option value is a c_int
+        // on our stack, and its size is passed. Failure (no CAP_NET_ADMIN) only leaves the
+        // default buffer sizes, which suffice for all but very large batches.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&SOCKET_BUFFER as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    Ok(socket)
+}
+
+/// Sends the whole batch in one `sendmsg` (mnl's send_all sends each page separately, and
+/// the kernel then sees an unterminated batch) and checks every acknowledgement.
+fn send(batch: FinalizedBatch) -> Result<(), NetlinkError> {
+    let socket = open()?;
+    let mut whole = Vec::new();
+    for page in &batch {
+        whole.extend_from_slice(page);
+    }
+    socket.send(&whole).map_err(NetlinkError::Send)?;
+    let portid = socket.portid();
+    let mut expected = batch.sequence_numbers();
+    let mut buf = AlignedBuf::new();
+    while !expected.is_empty() {
+        let n = recv(&socket, &mut buf)?;
+        for msg in mnl::NlMessages::new(&buf.0[..n]) {
+            let msg = msg.map_err(NetlinkError::Rejected)?;
+            // The kernel sends fewer ACKs than messages after an error: stop at the first.
+            match mnl::cb_run(msg, expected.start, portid) {
+                Ok(_) => expected.start += 1,
+                Err(e) => return Err(NetlinkError::Rejected(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn recv(socket: &mnl::Socket, buf: &mut AlignedBuf) -> Result<usize, NetlinkError> {
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on our stack, count 1.
+    let ready = unsafe { libc::poll(&mut pfd, 1, ACK_TIMEOUT.as_millis() as libc::c_int) };
+    if ready <= 0 {
+        return Err(NetlinkError::Timeout(ACK_TIMEOUT));
+    }
+    socket.recv_raw(&mut buf.0).map_err(NetlinkError::Send)
+}
+
+/// Netlink parsing needs buffers aligned for `nlmsghdr`.
+#[repr(C, align(8))]
+struct AlignedBuf([u8; 1 << 16]);
+
+impl AlignedBuf {
+    fn new() -> Box<Self> {
+        Box::new(AlignedBuf([0; 1 << 16]))
+    }
+}

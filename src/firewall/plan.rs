@@ -1,0 +1,408 @@
+//! The firewall as data: what `inet telesink` must contain for a policy snapshot.
+//!
+//! Pure and safe: derived from the same `Policy` the DNS answers come from, rendered as
+//! nft text for `telesink firewall show`, and turned into one netlink batch by
+//! `firewall::netlink`. Keeping the two apart means every rule decision is testable
+//! without root, and the unsafe code only encodes what this module decided.
+
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::config::{FirewallConfig, FirewallVerdict};
+use crate::policy::{AddressSet, Policy};
+
+pub const TABLE: &str = "telesink";
+/// Not "fwd" or "forward": those are nft keywords and break `nft -f` round trips.
+pub const CHAIN_FORWARD: &str = "lan_forward";
+pub const CHAIN_OUTPUT: &str = "gateway_output";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Family::V4 => "4",
+            Family::V6 => "6",
+        }
+    }
+    fn addr_type(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+    fn nft(self) -> (&'static str, &'static str) {
+        match self {
+            Family::V4 => ("ipv4", "ip"),
+            Family::V6 => ("ipv6", "ip6"),
+        }
+    }
+}
+
+/// An inclusive address range, as u128 for both families.
+pub type Range = (u128, u128);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetKind {
+    /// Constant ranges: merged, sorted, neither overlapping nor touching.
+    Interval(Vec<Range>),
+    /// Client addresses with a counter each, filled by the accounting rules.
+    Accounting { size: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    pub name: String,
+    pub family: Family,
+    pub kind: SetKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Forward,
+    Output,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Accept,
+    /// `update @set { ip saddr counter }`: counts, never decides. Kept in its own rule:
+    /// a full set would otherwise end the rule before its verdict (engineering notes).
+    Account {
+        set: String,
+    },
+    RejectTcp,
+    Reject,
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub hook: Hook,
+    pub family: Family,
+    pub iif: Option<String>,
+    /// Source must (or, when negated, must not) be in this set.
+    pub saddr: Option<(String, bool)>,
+    pub daddr: String,
+    pub tcp_only: bool,
+    pub action: Action,
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub sets: Vec<SetSpec>,
+    pub rules: Vec<RuleSpec>,
+    pub forward: bool,
+    pub output: bool,
+}
+
+/// Which clients a profile's rules apply to.
+enum Scope {
+    Everyone,
+    /// Source in one of these sets, or (for the default group) in none of the group sets.
+    Sets(Vec<(String, bool)>),
+}
+
+pub fn set_name(prefix: &str, name: &str, family: Family) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{prefix}{clean}_{}", family.suffix())
+}
+
+pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
+    let mut p = Plan {
+        forward: !cfg.lan.is_empty(),
+        output: cfg.output,
+        ..Plan::default()
+    };
+    let ifaces: Vec<Option<String>> = if cfg.lan.is_empty() {
+        Vec::new()
+    } else {
+        cfg.lan.iter().cloned().map(Some).collect()
+    };
+    let families = [Family::V4, Family::V6];
+
+    // Client group sets, needed when a profile is on for some groups only.
+    let all_groups = policy.groups.iter().fold(0u64, |m, g| m | g.active);
+    let scoped_somewhere = policy
+        .profiles
+        .iter()
+        .enumerate()
+        .any(|(i, pr)| !pr.nets.is_empty() && !on_everywhere(policy, i));
+    if scoped_somewhere && all_groups != 0 {
+        for fam in families {
+            for (g, _) in policy.groups.iter().enumerate().skip(1) {
+                let nets = AddressSet::from_nets(policy.clients.nets_of(g as u16));
+                p.sets
+                    .push(interval(set_name("grp_", &g.to_string(), fam), fam, &nets));
+            }
+            let grouped = AddressSet::from_nets(policy.clients.grouped_nets());
+            p.sets
+                .push(interval(set_name("", "grouped", fam), fam, &grouped));
+        }
+    }
+
+    // The allow set comes first in every chain: shared Microsoft 365 and CDN addresses
+    // must keep working whatever a block set says.
+    for fam in families {
+        let name = set_name("", "allow", fam);
+        p.sets.push(interval(name.clone(), fam, &policy.allow_nets));
+        let rule = |hook, iif: Option<String>| RuleSpec {
+            hook,
+            family: fam,
+            iif,
+            saddr: None,
+            daddr: name.clone(),
+            tcp_only: false,
+            action: Action::Accept,
+            comment: "allow: accepted before every block set".into(),
+        };
+        p.rules
+            .extend(ifaces.iter().map(|i| rule(Hook::Forward, i.clone())));
+        if p.output {
+            p.rules.push(rule(Hook::Output, None));
+        }
+    }
+
+    for (i, profile) in policy.profiles.iter().enumerate() {
+        if profile.nets.is_empty() {
+            continue;
+        }
+        let bit = 1u64 << i;
+        let scope = if on_everywhere(policy, i) {
+            Scope::Everyone
+        } else {
+            let mut sets: Vec<(String, bool)> = Vec::new();
+            for (g, group) in policy.groups.iter().enumerate().skip(1) {
+                if group.active & bit != 0 {
+                    sets.push((format!("grp_{g}"), false));
+                }
+            }
+            if policy.groups[0].active & bit != 0 {
+                sets.push(("grouped".into(), true));
+            }
+            Scope::Sets(sets)
+        };
+        for fam in families {
+            let block = set_name("p_", &profile.name, fam);
+            p.sets.push(interval(block.clone(), fam, &profile.nets));
+            let acct = set_name("acct_", &profile.name, fam);
+            p.sets.push(SetSpec {
+                name: acct.clone(),
+                family: fam,
+                kind: SetKind::Accounting {
+                    size: cfg.accounting_clients.max(1),
+                },
+            });
+            let sources: Vec<Option<(String, bool)>> = match &scope {
+                Scope::Everyone => vec![None],
+                Scope::Sets(sets) => sets
+                    .iter()
+                    .map(|(n, neg)| Some((format!("{n}_{}", fam.suffix()), *neg)))
+                    .collect(),
+            };
+            let comment = format!("profile {}", profile.name);
+            let verdicts: &[(bool, Action)] = match cfg.verdict {
+                FirewallVerdict::Reject => &[(true, Action::RejectTcp), (false, Action::Reject)],
+                FirewallVerdict::Drop => &[(false, Action::Drop)],
+            };
+            for iif in &ifaces {
+                for saddr in &sources {
+                    let base = RuleSpec {
+                        hook: Hook::Forward,
+                        family: fam,
+                        iif: iif.clone(),
+                        saddr: saddr.clone(),
+                        daddr: block.clone(),
+                        tcp_only: false,
+                        action: Action::Account { set: acct.clone() },
+                        comment: comment.clone(),
+                    };
+                    p.rules.push(base.clone());
+                    for (tcp, action) in verdicts {
+                        p.rules.push(RuleSpec {
+                            tcp_only: *tcp,
+                            action: action.clone(),
+                            ..base.clone()
+                        });
+                    }
+                }
+            }
+            // The gateway's own traffic belongs to the default group.
+            if p.output && policy.groups[0].active & bit != 0 {
+                for (tcp, action) in verdicts {
+                    p.rules.push(RuleSpec {
+                        hook: Hook::Output,
+                        family: fam,
+                        iif: None,
+                        saddr: None,
+                        daddr: block.clone(),
+                        tcp_only: *tcp,
+                        action: action.clone(),
+                        comment: comment.clone(),
+                    });
+                }
+            }
+        }
+    }
+    p
+}
+
+fn on_everywhere(policy: &Policy, profile: usize) -> bool {
+    policy.groups.iter().all(|g| g.active & (1 << profile) != 0)
+}
+
+fn interval(name: String, family: Family, nets: &AddressSet) -> SetSpec {
+    let ranges = match family {
+        Family::V4 => merge(nets.v4.iter().map(v4_range)),
+        Family::V6 => merge(nets.v6.iter().map(v6_range)),
+    };
+    SetSpec {
+        name,
+        family,
+        kind: SetKind::Interval(ranges),
+    }
+}
+
+fn v4_range(n: &Ipv4Net) -> Range {
+    (
+        u128::from(u32::from(n.network())),
+        u128::from(u32::from(n.broadcast())),
+    )
+}
+
+fn v6_range(n: &Ipv6Net) -> Range {
+    (u128::from(n.network()), u128::from(n.broadcast()))
+}
+
+/// Sorts and merges ranges so that none overlap or touch: the kernel rejects overlapping
+/// interval elements and aborts the whole batch.
+pub fn merge(ranges: impl Iterator<Item = Range>) -> Vec<Range> {
+    let mut v: Vec<Range> = ranges.collect();
+    v.sort_unstable();
+    let mut out: Vec<Range> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+pub fn addr(family: Family, v: u128) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(v as u32)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(v)),
+    }
+}
+
+impl fmt::Display for Plan {
+    /// The plan in nft syntax, as `nft list table inet telesink` would show it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "table inet {TABLE} {{")?;
+        for s in &self.sets {
+            write!(
+                f,
+                "\tset {} {{\n\t\ttype {}\n",
+                s.name,
+                s.family.addr_type()
+            )?;
+            match &s.kind {
+                SetKind::Interval(ranges) => {
+                    writeln!(f, "\t\tflags interval")?;
+                    if !ranges.is_empty() {
+                        let mut els = String::new();
+                        for (i, (a, b)) in ranges.iter().enumerate() {
+                            let sep = if i == 0 { "" } else { ", " };
+                            if a == b {
+                                let _ = write!(els, "{sep}{}", addr(s.family, *a));
+                            } else {
+                                let _ = write!(
+                                    els,
+                                    "{sep}{}-{}",
+                                    addr(s.family, *a),
+                                    addr(s.family, *b)
+                                );
+                            }
+                        }
+                        writeln!(f, "\t\telements = {{ {els} }}")?;
+                    }
+                }
+                SetKind::Accounting { size } => writeln!(f, "\t\tsize {size}\n\t\tflags dynamic")?,
+            }
+            writeln!(f, "\t}}")?;
+        }
+        for (hook, name, on) in [
+            (Hook::Forward, CHAIN_FORWARD, self.forward),
+            (Hook::Output, CHAIN_OUTPUT, self.output),
+        ] {
+            if !on {
+                continue;
+            }
+            let h = if hook == Hook::Forward {
+                "forward"
+            } else {
+                "output"
+            };
+            writeln!(
+                f,
+                "\tchain {name} {{\n\t\ttype filter hook {h} priority filter; policy accept;"
+            )?;
+            for r in self.rules.iter().filter(|r| r.hook == hook) {
+                writeln!(f, "\t\t{r}")?;
+            }
+            writeln!(f, "\t}}")?;
+        }
+        writeln!(f, "}}")
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (proto, kw) = self.family.nft();
+        if let Some(i) = &self.iif {
+            write!(f, "iifname \"{i}\" ")?;
+        }
+        write!(f, "meta nfproto {proto} ")?;
+        if let Some((set, neg)) = &self.saddr {
+            write!(f, "{kw} saddr {}@{set} ", if *neg { "!= " } else { "" })?;
+        }
+        write!(f, "{kw} daddr @{} ", self.daddr)?;
+        if self.tcp_only {
+            write!(f, "meta l4proto tcp ")?;
+        }
+        match &self.action {
+            Action::Accept => write!(f, "accept")?,
+            Action::Account { set } => write!(f, "update @{set} {{ {kw} saddr counter }}")?,
+            Action::RejectTcp => write!(f, "counter reject with tcp reset")?,
+            Action::Reject => write!(f, "counter reject with icmpx admin-prohibited")?,
+            Action::Drop => write!(f, "counter drop")?,
+        }
+        write!(f, " comment \"{}\"", self.comment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_joins_overlapping_and_touching_ranges_only() {
+        let got = merge([(10, 20), (0, 5), (6, 8), (15, 30), (40, 50)].into_iter());
+        assert_eq!(got, [(0, 8), (10, 30), (40, 50)]);
+        assert_eq!(
+            merge([(0, u128::MAX), (5, 6)].into_iter()),
+            [(0, u128::MAX)]
+        );
+    }
+}
