@@ -41,6 +41,30 @@ pub enum DaemonError {
     },
     #[error("cannot set up signal handling: {0}")]
     Signal(std::io::Error),
+    #[error("firewall: {0} (set firewall.enabled = false to run DNS alone)")]
+    Firewall(#[from] crate::firewall::netlink::NetlinkError),
+}
+
+/// Programs the firewall for a policy, when the config enables it.
+fn program_firewall(
+    cfg: &LoadedConfig,
+    policy: &Policy,
+) -> Result<(), crate::firewall::netlink::NetlinkError> {
+    let fw = &cfg.config.firewall;
+    if !fw.enabled {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let plan = crate::firewall::plan(policy, fw);
+    crate::firewall::netlink::apply(&plan)?;
+    info!(
+        sets = plan.sets.len(),
+        rules = plan.rules.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "firewall table inet {} programmed",
+        crate::firewall::plan::TABLE
+    );
+    Ok(())
 }
 
 /// Builds a policy and logs what it found; `None` if it has fatal problems.
@@ -93,9 +117,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if !overrides.upstream.is_empty() {
         cfg.config.upstream.servers = overrides.upstream.clone();
     }
-    let policy = Arc::new(ArcSwap::from_pointee(
-        compile(&cfg, 1).map_err(DaemonError::Policy)?,
-    ));
+    let first = compile(&cfg, 1).map_err(DaemonError::Policy)?;
+    // The firewall goes in before any listener answers: a gateway that says it is up
+    // already blocks what its policy says.
+    program_firewall(&cfg, &first)?;
+    let policy = Arc::new(ArcSwap::from_pointee(first));
 
     let c = &cfg.config;
     let upstreams = if c.upstream.servers.is_empty() {
@@ -162,6 +188,17 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if let Err(e) = server.shutdown_gracefully().await {
         warn!("shutdown: {e}");
     }
+    if cfg.config.firewall.enabled {
+        match cfg.config.firewall.on_exit {
+            crate::config::OnExit::Keep => {
+                info!("firewall table kept: blocking stays in force while telesink is down")
+            }
+            crate::config::OnExit::Remove => match crate::firewall::netlink::remove() {
+                Ok(()) => info!("firewall table removed"),
+                Err(e) => error!("could not remove the firewall table: {e}"),
+            },
+        }
+    }
     info!("queries: {}", outcomes.summary());
     Ok(())
 }
@@ -176,7 +213,11 @@ async fn reload(config_path: &Path, overrides: &Overrides, policy: &Arc<ArcSwap<
     // Compiling a big list takes a while: keep it off the threads that answer queries.
     let built = tokio::task::spawn_blocking(move || {
         let cfg = LoadedConfig::load(&path).map_err(|e| e.to_string())?;
-        compile(&cfg, generation)
+        let new = compile(&cfg, generation)?;
+        // Firewall first: its batch is atomic, so if the kernel refuses it the old table
+        // stays, and returning here keeps the old DNS policy too. Neither changes alone.
+        program_firewall(&cfg, &new).map_err(|e| format!("firewall: {e}"))?;
+        Ok::<_, String>(new)
     })
     .await;
     match built {

@@ -62,6 +62,11 @@ enum FirewallAction {
     },
     /// Delete the table.
     Remove,
+    /// Print the per-client reject counters of every profile.
+    Counters {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +149,7 @@ fn firewall(action: FirewallAction) -> ExitCode {
     let (path, apply) = match action {
         FirewallAction::Show { config } => (config, false),
         FirewallAction::Apply { config } => (config, true),
+        FirewallAction::Counters { config } => return firewall_counters(&config),
         FirewallAction::Remove => {
             return match telesink::firewall::netlink::remove() {
                 Ok(()) => ExitCode::SUCCESS,
@@ -188,4 +194,44 @@ fn firewall(action: FirewallAction) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn firewall_counters(path: &std::path::Path) -> ExitCode {
+    use telesink::firewall::plan::SetKind;
+    let cfg = match LoadedConfig::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(policy) = policy::build(&cfg, 1).policy else {
+        eprintln!(
+            "{}: the policy has errors; run telesink check",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
+    for set in plan
+        .sets
+        .iter()
+        .filter(|s| matches!(s.kind, SetKind::Accounting { .. }))
+    {
+        match telesink::firewall::netlink::read_accounting(&set.name, set.family) {
+            Ok(counts) => {
+                for c in counts {
+                    println!(
+                        "set={} client={} packets={} bytes={}",
+                        set.name, c.client, c.packets, c.bytes
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("telesink: {}: {e}", set.name);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

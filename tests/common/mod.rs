@@ -2,6 +2,8 @@
 //! ports, and a DNS client built on hickory-proto that can send from any 127.x address.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,368 @@
+//! The nftables firewall with real traffic, in throwaway network namespaces only.
+//! Root is required (CI runs as root); elsewhere these tests skip loudly.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::netns::*;
+use common::*;
+
+const BLOCK: &str = "203.0.113.0/28\n203.0.113.7\n2001:db8:f::/124 # v6 range\n";
+const ALLOW: &str = "203.0.113.7/32\n";
+
+fn config(extra_firewall: &str, extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+[upstream]
+servers = ["127.0.0.1:9"]
+[policy]
+lists_dir = "."
+[firewall]
+enabled = true
+lan = ["lan0"]
+allow_cidrs = ["allow.cidrs"]
+{extra_firewall}
+[profiles.legacy-ip-telemetry]
+enabled = true
+cidrs = ["block.cidrs"]
+{extra}"#
+    )
+}
+
+fn write(dir: &TempDir, config: &str) -> std::path::PathBuf {
+    dir.write("block.cidrs", BLOCK);
+    dir.write("allow.cidrs", ALLOW);
+    dir.write("telesink.toml", config)
+}
+
+/// Runs `telesink firewall ...` inside the gateway namespace.
+fn fw(t: &Topology, args: &str, cfg: &std::path::Path) -> String {
+    t.sh(
+        &t.gateway,
+        &format!("{} firewall {args} --config {}", bin(), cfg.display()),
+    )
+}
+
+#[test]
+fn blocked_ranges_are_rejected_allowed_pass_and_allow_wins() {
+    if !require_root() {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let dir = TempDir::new("fw");
+    let cfg = write(&dir, &config("", ""));
+    // Before the table: everything passes.
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "ok");
+    fw(&t, "apply", &cfg);
+    // From a LAN client through the gateway: reset at once, not a timeout.
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
+    assert_eq!(t.connect(&t.client, None, "2001:db8:f::1", 8080), "refused");
+    // From the gateway itself (output hook).
+    assert_eq!(t.connect(&t.gateway, None, "203.0.113.5", 8080), "refused");
+    // Outside the block ranges: passes.
+    assert_eq!(t.connect(&t.client, None, "203.0.113.50", 8080), "ok");
+    assert_eq!(t.connect(&t.client, None, "2001:db8:f::7", 8080), "refused");
+    // In both the allow set and a block set: the allow set wins.
+    assert_eq!(t.connect(&t.client, None, "203.0.113.7", 8080), "ok");
+    assert_eq!(t.connect(&t.gateway, None, "203.0.113.7", 8080), "ok");
+    // UDP and ICMP get icmpx admin-prohibited: ping fails fast.
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.client,
+            "ping",
+            "-c1",
+            "-W1",
+            "203.0.113.5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!ping.status.success());
+    // The ruleset reads as the plan says, with the profile named in comments.
+    let listing = t.sh(&t.gateway, "nft list table inet telesink");
+    assert!(
+        listing.contains("comment \"profile legacy-ip-telemetry\""),
+        "{listing}"
+    );
+    assert!(listing.contains("reject with tcp reset"), "{listing}");
+    // Removing the table restores traffic.
+    t.sh(&t.gateway, &format!("{} firewall remove", bin()));
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "ok");
+}
+
+#[test]
+fn drop_verdict_times_out_instead_of_resetting() {
+    if !require_root() {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let dir = TempDir::new("fw");
+    let cfg = write(&dir, &config("verdict = \"drop\"", ""));
+    fw(&t, "apply", &cfg);
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "timeout");
+}
+
+#[test]
+fn per_client_counters_match_the_attempts_and_a_full_set_still_blocks() {
+    if !require_root() {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let dir = TempDir::new("fw");
+    // Room for one client only: the second must still be blocked, just not counted.
+    let cfg = write(&dir, &config("accounting_clients = 1", ""));
+    fw(&t, "apply", &cfg);
+    for _ in 0..5 {
+        assert_eq!(
+            t.connect(&t.client, Some(CLIENT_IP), "203.0.113.5", 8080),
+            "refused"
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            t.connect(&t.client, Some(CLIENT_IP2), "203.0.113.9", 8080),
+            "refused"
+        );
+    }
+    let counters = fw(&t, "counters", &cfg);
+    let lines: Vec<&str> = counters
+        .lines()
+        .filter(|l| l.contains("acct_legacy_ip_telemetry_4"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one client fits the set: {counters}");
+    assert!(
+        lines[0].contains(&format!("client={CLIENT_IP} packets=5 ")),
+        "{counters}"
+    );
+}
+
+#[test]
+fn counters_for_many_clients_and_group_scoping() {
+    if !require_root() {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let dir = TempDir::new("fw");
+    dir.write("lab.cidrs", "203.0.113.40/30\n");
+    // "lab-only" applies to the lab group (192.0.2.3) alone.
+    let extra = "[profiles.lab-only]\ncidrs = [\"lab.cidrs\"]\n[[groups]]\nname = \"lab\"\nclients = [\"192.0.2.3/32\"]\nenable = [\"lab-only\"]\n";
+    let cfg = write(&dir, &config("", extra));
+    fw(&t, "apply", &cfg);
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP), "203.0.113.41", 8080),
+        "ok"
+    );
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP2), "203.0.113.41", 8080),
+        "refused"
+    );
+    // Both groups have the legacy profile.
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP), "203.0.113.1", 8080),
+        "refused"
+    );
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP2), "203.0.113.1", 8080),
+        "refused"
+    );
+    let counters = fw(&t, "counters", &cfg);
+    assert!(
+        counters.contains(&format!(
+            "set=acct_lab_only_4 client={CLIENT_IP2} packets=1 "
+        )),
+        "{counters}"
+    );
+    assert!(
+        !counters.contains(&format!("set=acct_lab_only_4 client={CLIENT_IP} ")),
+        "{counters}"
+    );
+    assert!(
+        counters.contains(&format!(
+            "set=acct_legacy_ip_telemetry_4 client={CLIENT_IP} packets=1 "
+        )),
+        "{counters}"
+    );
+}
+
+#[test]
+fn a_second_apply_replaces_the_table_and_replaces_under_traffic_leak_nothing() {
+    if !require_root() {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let dir = TempDir::new("fw");
+    let cfg = write(&dir, &config("", ""));
+    fw(&t, "apply", &cfg);
+    let before = t.sh(&t.gateway, "nft list table inet telesink");
+    fw(&t, "apply", &cfg);
+    let after = t.sh(&t.gateway, "nft list table inet telesink");
+    assert_eq!(before, after, "a second apply must replace, not duplicate");
+    assert_eq!(
+        t.sh(&t.gateway, "nft list tables")
+            .lines()
+            .filter(|l| l.contains("telesink"))
+            .count(),
+        1
+    );
+
+    // A client hammers a blocked address while the gateway replaces the table 100 times.
+    let client = t.client.clone();
+    let probe = std::thread::spawn(move || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &client, "python3", "-c", PROBE])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    t.sh(
+        &t.gateway,
+        &format!(
+            "for i in $(seq 100); do {} firewall apply --config {} >/dev/null || exit 1; done",
+            bin(),
+            cfg.display()
+        ),
+    );
+    let result = probe.join().unwrap();
+    let mut parts = result.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+    let (ok, attempts) = (parts.next().unwrap(), parts.next().unwrap());
+    assert!(attempts > 100, "the probe made only {attempts} attempts");
+    assert_eq!(
+        ok, 0,
+        "{ok} of {attempts} connections to a blocked address got through during 100 replaces"
+    );
+}
+
+/// Connects to a blocked address in a loop for 6 seconds; prints "connected attempts".
+const PROBE: &str = "import socket,time
+end=time.time()+6
+ok=n=0
+while time.time()<end:
+    s=socket.socket(); s.settimeout(1)
+    try:
+        s.connect(('203.0.113.5',8080)); ok+=1
+    except OSError:
+        pass
+    s.close(); n+=1
+print(ok, n)";
+
+/// The daemon in the gateway namespace, killed on drop if the test fails before it stops it.
+struct Daemon {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(t: &Topology, dir: &TempDir, cfg: &std::path::Path) -> Daemon {
+        let log = dir.path().join("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &t.gateway, bin(), "run", "--config"])
+            .arg(cfg)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, log };
+        for _ in 0..200 {
+            if d.log().lines().any(|l| l.ends_with("ready")) {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon not ready:\n{}", d.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> (bool, String) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let ok = self.child.wait().unwrap().success();
+        (ok, self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn daemon_programs_the_table_before_ready_and_keeps_or_removes_it_on_exit() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    for (on_exit, expect_table) in [("keep", true), ("remove", false)] {
+        let dir = TempDir::new("fwd");
+        let cfg = write(&dir, &config(&format!("on_exit = \"{on_exit}\""), ""));
+        let daemon = Daemon::start(&t, &dir, &cfg);
+        let log = daemon.log();
+        let programmed = log
+            .find("firewall table inet telesink programmed")
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            programmed < log.find("ready").unwrap(),
+            "the table must be programmed before ready:\n{log}"
+        );
+        assert!(t.sh(&t.gateway, "nft list tables").contains("telesink"));
+        let (ok, log) = daemon.stop();
+        assert!(ok, "{log}");
+        let has = t.sh(&t.gateway, "nft list tables").contains("telesink");
+        assert_eq!(has, expect_table, "on_exit = {on_exit}:\n{log}");
+        t.sh(
+            &t.gateway,
+            "nft delete table inet telesink 2>/dev/null || true",
+        );
+    }
+}
+
+#[test]
+fn without_cap_net_admin_the_daemon_says_so_clearly() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let dir = TempDir::new("fwcap");
+    let cfg = write(&dir, &config("", ""));
+    // Drop CAP_NET_ADMIN from the bounding set (capsh), keep root otherwise.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.gateway,
+            "timeout",
+            "10",
+            "capsh",
+            "--drop=cap_net_admin",
+            "--",
+            "-c",
+        ])
+        .arg(format!("exec {} run --config {}", bin(), cfg.display()))
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("firewall") && err.contains("CAP_NET_ADMIN")
+            || err.contains("Operation not permitted"),
+        "{err}"
+    );
+}
