@@ -366,3 +366,71 @@ fn without_cap_net_admin_the_daemon_says_so_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn dns_dot_and_doh_that_bypass_telesink_are_rejected_and_counted_per_client() {
+    if !require_root() {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let dir = TempDir::new("fwb");
+    dir.write(
+        "doh.cidrs",
+        "203.0.113.53\n2001:db8:f::53 # a v6 DoH address\n",
+    );
+    let cfg = write(
+        &dir,
+        &config("[firewall.bypass]\ndoh_cidrs = [\"doh.cidrs\"]", ""),
+    );
+    t.sh(&t.wan, "ip -6 addr add 2001:db8:f::53/64 dev lo nodad");
+    // Without the table, all of it works.
+    assert_eq!(t.udp(&t.client, None, WAN_IP, 53), "ok");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.53", 443), "ok");
+    fw(&t, "apply", &cfg);
+    assert_eq!(
+        t.udp(&t.client, Some(CLIENT_IP), WAN_IP, 53),
+        "refused",
+        "plain DNS to an outside resolver"
+    );
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP), WAN_IP, 53),
+        "refused",
+        "DNS over TCP"
+    );
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP), WAN_IP, 853),
+        "refused",
+        "DoT"
+    );
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP), "203.0.113.53", 443),
+        "refused",
+        "DoH"
+    );
+    assert_eq!(
+        t.connect(&t.client, None, "2001:db8:f::53", 443),
+        "refused",
+        "DoH over IPv6"
+    );
+    // HTTPS to anyone else is untouched.
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP), "203.0.113.54", 443),
+        "ok"
+    );
+    // The gateway itself may still ask outside resolvers (bypass rules are forward-only).
+    assert_eq!(t.udp(&t.gateway, None, WAN_IP, 53), "ok");
+    let counters = fw(&t, "counters", &cfg);
+    for (set, n) in [
+        ("bypass_dns_4", 2),
+        ("bypass_dot_4", 1),
+        ("bypass_doh_4", 1),
+    ] {
+        let want = format!("set={set} client={CLIENT_IP} packets={n} ");
+        assert!(counters.contains(&want), "missing {want:?} in:\n{counters}");
+    }
+    assert!(
+        counters.contains("set=bypass_doh_6 client=2001:db8:1::2 packets=1 "),
+        "{counters}"
+    );
+}

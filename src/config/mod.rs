@@ -75,6 +75,36 @@ pub struct FirewallConfig {
     /// are still enforced and counted in the rule's own counter.
     #[serde(default = "default_accounting_clients")]
     pub accounting_clients: u32,
+    #[serde(default)]
+    pub bypass: BypassConfig,
+}
+
+/// Stops LAN clients from resolving around telesink (forward path only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BypassConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Reject DNS (53/udp, 53/tcp) that a LAN client sends to any server but the gateway.
+    #[serde(default = "default_true")]
+    pub dns: bool,
+    /// Reject DNS over TLS / QUIC (853).
+    #[serde(default = "default_true")]
+    pub dot: bool,
+    /// Address lists of public DoH resolvers: HTTPS and QUIC (443) to them is rejected.
+    #[serde(default)]
+    pub doh_cidrs: Vec<Spanned<PathBuf>>,
+}
+
+impl Default for BypassConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dns: true,
+            dot: true,
+            doh_cidrs: Vec::new(),
+        }
+    }
 }
 
 impl Default for FirewallConfig {
@@ -87,6 +117,7 @@ impl Default for FirewallConfig {
             on_exit: OnExit::default(),
             allow_cidrs: Vec::new(),
             accounting_clients: default_accounting_clients(),
+            bypass: BypassConfig::default(),
         }
     }
 }

@@ -21,7 +21,7 @@ use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::set::Set;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, ProtoFamily, Rule, Table, nft_expr};
 
-use super::plan::{self, Action, Family, Hook, Plan, RuleSpec, SetKind, SetSpec};
+use super::plan::{self, Action, Family, Hook, L4, Plan, RuleSpec, SetKind, SetSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -416,16 +416,30 @@ fn build_rule<'c>(
             invert: *negate,
         });
     }
-    let daddr = find(&spec.daddr).ok_or_else(|| NetlinkError::BadName(spec.daddr.clone()))?;
-    rule.add_expr(&address(spec.family, false));
-    rule.add_expr(&SetLookup {
-        name: daddr.name().to_owned(),
-        id: daddr.id(),
-        invert: false,
-    });
-    if spec.tcp_only {
+    if let Some(name) = &spec.daddr {
+        let daddr = find(name).ok_or_else(|| NetlinkError::BadName(name.clone()))?;
+        rule.add_expr(&address(spec.family, false));
+        rule.add_expr(&SetLookup {
+            name: daddr.name().to_owned(),
+            id: daddr.id(),
+            invert: false,
+        });
+    }
+    if let Some(l4) = spec.l4 {
+        let proto = match l4 {
+            L4::Tcp => libc::IPPROTO_TCP as u8,
+            L4::Udp => libc::IPPROTO_UDP as u8,
+        };
         rule.add_expr(&nft_expr!(meta l4proto));
-        rule.add_expr(&nft_expr!(cmp == libc::IPPROTO_TCP as u8));
+        rule.add_expr(&nft_expr!(cmp == proto));
+        if let Some(port) = spec.dport {
+            match l4 {
+                L4::Tcp => rule.add_expr(&nft_expr!(payload tcp dport)),
+                L4::Udp => rule.add_expr(&nft_expr!(payload udp dport)),
+            }
+            // Ports are big-endian on the wire; cmp compares raw bytes.
+            rule.add_expr(&nft_expr!(cmp == &port.to_be_bytes()[..]));
+        }
     }
     match &spec.action {
         Action::Accept => rule.add_expr(&nft_expr!(verdict accept)),

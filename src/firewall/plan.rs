@@ -82,6 +82,21 @@ pub enum Action {
     Drop,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Tcp,
+    Udp,
+}
+
+impl L4 {
+    fn name(self) -> &'static str {
+        match self {
+            L4::Tcp => "tcp",
+            L4::Udp => "udp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSpec {
     pub hook: Hook,
@@ -89,8 +104,10 @@ pub struct RuleSpec {
     pub iif: Option<String>,
     /// Source must (or, when negated, must not) be in this set.
     pub saddr: Option<(String, bool)>,
-    pub daddr: String,
-    pub tcp_only: bool,
+    /// Destination must be in this set (any destination when None).
+    pub daddr: Option<String>,
+    pub l4: Option<L4>,
+    pub dport: Option<u16>,
     pub action: Action,
     pub comment: String,
 }
@@ -151,7 +168,13 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
         }
     }
 
-    // The allow set comes first in every chain: shared Microsoft 365 and CDN addresses
+    // Bypass prevention comes first: it is narrowed by port, and a resolver's address
+    // being in the allow set must not let DNS around the sinkhole.
+    if cfg.bypass.enabled && !ifaces.is_empty() {
+        bypass(&mut p, policy, cfg, &ifaces);
+    }
+
+    // The allow set comes next in every chain: shared Microsoft 365 and CDN addresses
     // must keep working whatever a block set says.
     for fam in families {
         let name = set_name("", "allow", fam);
@@ -161,8 +184,9 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
             family: fam,
             iif,
             saddr: None,
-            daddr: name.clone(),
-            tcp_only: false,
+            daddr: Some(name.clone()),
+            l4: None,
+            dport: None,
             action: Action::Accept,
             comment: "allow: accepted before every block set".into(),
         };
@@ -222,15 +246,16 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
                         family: fam,
                         iif: iif.clone(),
                         saddr: saddr.clone(),
-                        daddr: block.clone(),
-                        tcp_only: false,
+                        daddr: Some(block.clone()),
+                        l4: None,
+                        dport: None,
                         action: Action::Account { set: acct.clone() },
                         comment: comment.clone(),
                     };
                     p.rules.push(base.clone());
                     for (tcp, action) in verdicts {
                         p.rules.push(RuleSpec {
-                            tcp_only: *tcp,
+                            l4: tcp.then_some(L4::Tcp),
                             action: action.clone(),
                             ..base.clone()
                         });
@@ -245,8 +270,9 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
                         family: fam,
                         iif: None,
                         saddr: None,
-                        daddr: block.clone(),
-                        tcp_only: *tcp,
+                        daddr: Some(block.clone()),
+                        l4: tcp.then_some(L4::Tcp),
+                        dport: None,
                         action: action.clone(),
                         comment: comment.clone(),
                     });
@@ -255,6 +281,63 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
         }
     }
     p
+}
+
+/// DNS (53) and DoT (853) from LAN clients to anyone are forwarded only if they bypass
+/// telesink (queries to the gateway itself are not forwarded), and HTTPS/QUIC to known
+/// DoH resolvers is DNS in disguise. Each is rejected and counted per client and kind.
+fn bypass(p: &mut Plan, policy: &Policy, cfg: &FirewallConfig, ifaces: &[Option<String>]) {
+    let b = &cfg.bypass;
+    let kinds: [(&str, bool, u16, bool); 3] = [
+        ("dns", b.dns, 53, false),
+        ("dot", b.dot, 853, false),
+        ("doh", !policy.bypass_nets.is_empty(), 443, true),
+    ];
+    for fam in [Family::V4, Family::V6] {
+        let doh_set = set_name("", "doh", fam);
+        if !policy.bypass_nets.is_empty() {
+            p.sets
+                .push(interval(doh_set.clone(), fam, &policy.bypass_nets));
+        }
+        for (kind, on, port, to_doh) in kinds {
+            if !on {
+                continue;
+            }
+            let acct = set_name("bypass_", kind, fam);
+            p.sets.push(SetSpec {
+                name: acct.clone(),
+                family: fam,
+                kind: SetKind::Accounting {
+                    size: cfg.accounting_clients.max(1),
+                },
+            });
+            for iif in ifaces {
+                for l4 in [L4::Tcp, L4::Udp] {
+                    let base = RuleSpec {
+                        hook: Hook::Forward,
+                        family: fam,
+                        iif: iif.clone(),
+                        saddr: None,
+                        daddr: to_doh.then(|| doh_set.clone()),
+                        l4: Some(l4),
+                        dport: Some(port),
+                        action: Action::Account { set: acct.clone() },
+                        comment: format!("bypass {kind}"),
+                    };
+                    let verdict = match (cfg.verdict, l4) {
+                        (FirewallVerdict::Drop, _) => Action::Drop,
+                        (FirewallVerdict::Reject, L4::Tcp) => Action::RejectTcp,
+                        (FirewallVerdict::Reject, L4::Udp) => Action::Reject,
+                    };
+                    p.rules.push(base.clone());
+                    p.rules.push(RuleSpec {
+                        action: verdict,
+                        ..base
+                    });
+                }
+            }
+        }
+    }
 }
 
 fn on_everywhere(policy: &Policy, profile: usize) -> bool {
@@ -377,9 +460,14 @@ impl fmt::Display for RuleSpec {
         if let Some((set, neg)) = &self.saddr {
             write!(f, "{kw} saddr {}@{set} ", if *neg { "!= " } else { "" })?;
         }
-        write!(f, "{kw} daddr @{} ", self.daddr)?;
-        if self.tcp_only {
-            write!(f, "meta l4proto tcp ")?;
+        if let Some(set) = &self.daddr {
+            write!(f, "{kw} daddr @{set} ")?;
+        }
+        if let Some(l4) = self.l4 {
+            write!(f, "meta l4proto {} ", l4.name())?;
+            if let Some(port) = self.dport {
+                write!(f, "{} dport {port} ", l4.name())?;
+            }
         }
         match &self.action {
             Action::Accept => write!(f, "accept")?,

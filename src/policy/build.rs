@@ -88,6 +88,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         profiles[i].nets = b.load_cidrs(&p.cidrs);
     }
     let allow_nets = b.load_cidrs(&cfg.config.firewall.allow_cidrs);
+    let bypass_nets = b.load_cidrs(&cfg.config.firewall.bypass.doh_cidrs);
     let (groups, nets) = b.groups(&profiles);
     let warnings = profiles
         .iter()
@@ -109,6 +110,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         groups,
         clients: ClientTable::new(nets, cfg.config.policy.allowed_clients.clone()),
         allow_nets,
+        bypass_nets,
         block_ttl: cfg.config.policy.block_ttl_secs,
         cname_cloaking: cfg.config.policy.cname_cloaking,
     });

@@ -161,6 +161,8 @@ pub struct Policy {
     pub clients: ClientTable,
     /// Destinations the firewall accepts before any block set.
     pub allow_nets: AddressSet,
+    /// Public DoH resolvers' addresses, for the firewall's bypass prevention.
+    pub bypass_nets: AddressSet,
     pub block_ttl: u32,
     pub cname_cloaking: bool,
 }

@@ -122,6 +122,26 @@ impl Topology {
         panic!("wan listener did not start");
     }
 
+    /// Sends one UDP datagram and waits for the echo: "ok", "refused" (ICMP unreachable
+    /// from a reject) or "timeout".
+    pub fn udp(&self, ns: &str, from: Option<&str>, dst: &str, port: u16) -> String {
+        let bind = from.map_or(String::new(), |f| format!("s.bind(('{f}', 0));"));
+        let fam = if dst.contains(':') {
+            "socket.AF_INET6"
+        } else {
+            "socket.AF_INET"
+        };
+        let script = format!(
+            "import socket\ns=socket.socket({fam}, socket.SOCK_DGRAM); s.settimeout(2); {bind}\ns.connect(('{dst}', {port}))\ntry:\n  s.send(b'x'); s.recv(10); print('ok')\nexcept socket.timeout: print('timeout')\nexcept OSError as e: print('refused' if e.errno in (111, 113) else 'error %d' % e.errno)"
+        );
+        self.sh(
+            ns,
+            &format!("python3 -c \"{}\"", script.replace('"', "\\\"")),
+        )
+        .trim()
+        .to_owned()
+    }
+
     /// Attempts a TCP connection from `ns`, optionally from a given source address:
     /// "ok", "refused" (a reset: rejected) or "timeout".
     pub fn connect(&self, ns: &str, from: Option<&str>, dst: &str, port: u16) -> String {
@@ -143,15 +163,26 @@ impl Topology {
     }
 }
 
+/// TCP servers on 8080, 53, 853 and 443 that accept and close, and a UDP echo on 53,
+/// on every wan address, IPv4 and IPv6.
 const LISTENER: &str = "import socket,threading
-def serve(fam, addr):
+def tcp(fam, addr, port):
     s=socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if fam == socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    s.bind((addr, 8080)); s.listen(512)
+    s.bind((addr, port)); s.listen(512)
     while True:
         c,_=s.accept(); c.close()
-threading.Thread(target=serve, args=(socket.AF_INET6, '::'), daemon=True).start()
-serve(socket.AF_INET, '0.0.0.0')";
+def udp(fam, addr, port):
+    s=socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, port))
+    while True:
+        d,a=s.recvfrom(2048); s.sendto(d,a)
+for fam, addr in ((socket.AF_INET, '0.0.0.0'), (socket.AF_INET6, '::')):
+    for port in (8080, 53, 853, 443):
+        threading.Thread(target=tcp, args=(fam, addr, port), daemon=True).start()
+    threading.Thread(target=udp, args=(fam, addr, 53), daemon=True).start()
+threading.Event().wait()";
 
 impl Drop for Topology {
     fn drop(&mut self) {
