@@ -24,9 +24,11 @@ fn dir_with(config: &str, block: &str) -> (TempDir, std::path::PathBuf) {
 #[test]
 fn shipped_configs_pass() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (ok, out) = check(&root.join("config/telesink.toml"));
-    assert!(ok, "{out}");
-    assert!(out.contains(": ok ("), "{out}");
+    for name in ["config/telesink.toml", "config/gateway.toml"] {
+        let (ok, out) = check(&root.join(name));
+        assert!(ok, "{name}: {out}");
+        assert!(out.contains(": ok ("), "{out}");
+    }
 }
 
 #[test]

@@ -78,6 +78,8 @@ fn check_every_depth(file: &Path, with_groups: bool) -> usize {
 fn shipped_config_rejects_unknown_keys_at_every_table() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let n = check_every_depth(&root.join("config/telesink.toml"), true);
-    // root, server, upstream, cache, policy, profiles, 10 profiles, groups[0]
-    assert!(n >= 16, "only {n} tables visited");
+    // root, server, upstream, cache, policy, profiles, 11 profiles, firewall, bypass, groups[0]
+    assert!(n >= 19, "only {n} tables visited");
+    let n = check_every_depth(&root.join("config/gateway.toml"), false);
+    assert!(n >= 12, "only {n} tables visited");
 }

@@ -23,6 +23,7 @@ lists_dir = "."
 [firewall]
 enabled = true
 lan = ["lan0"]
+wan = ["wan0"]
 allow_cidrs = ["allow.cidrs"]
 {extra_firewall}
 [profiles.legacy-ip-telemetry]
@@ -433,4 +434,30 @@ fn dns_dot_and_doh_that_bypass_telesink_are_rejected_and_counted_per_client() {
         counters.contains("set=bypass_doh_6 client=2001:db8:1::2 packets=1 "),
         "{counters}"
     );
+}
+
+#[test]
+fn the_shipped_gateway_config_programs_a_working_firewall() {
+    if !require_root() {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+    fw(&t, "apply", &cfg);
+    // The documentation topology uses the same interface names as config/gateway.toml.
+    assert_eq!(t.connect(&t.client, None, WAN_IP, 853), "refused", "DoT");
+    assert_eq!(
+        t.udp(&t.client, None, WAN_IP, 53),
+        "refused",
+        "DNS around telesink"
+    );
+    assert_eq!(
+        t.connect(&t.client, None, "203.0.113.80", 443),
+        "ok",
+        "ordinary HTTPS"
+    );
+    let listing = t.sh(&t.gateway, "nft list table inet telesink");
+    assert!(listing.contains("oifname \"wan0\""), "{listing}");
+    assert!(listing.contains("set allow_4"), "{listing}");
 }

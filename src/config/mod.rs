@@ -61,6 +61,10 @@ pub struct FirewallConfig {
     /// LAN interfaces: traffic entering on these and forwarded is filtered.
     #[serde(default)]
     pub lan: Vec<String>,
+    /// WAN interfaces: when set, only LAN traffic leaving on these is filtered (LAN to
+    /// LAN or to a DMZ is not); when empty, all forwarded LAN traffic is.
+    #[serde(default)]
+    pub wan: Vec<String>,
     /// Also filter traffic of the gateway itself (output hook).
     #[serde(default = "default_true")]
     pub output: bool,
@@ -112,6 +116,7 @@ impl Default for FirewallConfig {
         Self {
             enabled: false,
             lan: Vec::new(),
+            wan: Vec::new(),
             output: true,
             verdict: FirewallVerdict::default(),
             on_exit: OnExit::default(),

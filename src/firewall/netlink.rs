@@ -393,11 +393,17 @@ fn build_rule<'c>(
 ) -> Result<Rule<'c>, NetlinkError> {
     let find = |name: &str| sets.iter().find(|s| s.name().to_bytes() == name.as_bytes());
     let mut rule = Rule::new(chain);
-    if let Some(iface) = &spec.iif {
+    for (iface, incoming) in [(&spec.via.iif, true), (&spec.via.oif, false)] {
+        let Some(iface) = iface else { continue };
+        // Interface names compare as the kernel stores them: IFNAMSIZ bytes, NUL-padded.
         let mut padded = [0u8; libc::IFNAMSIZ];
         let n = iface.len().min(libc::IFNAMSIZ - 1);
         padded[..n].copy_from_slice(&iface.as_bytes()[..n]);
-        rule.add_expr(&nft_expr!(meta iifname));
+        if incoming {
+            rule.add_expr(&nft_expr!(meta iifname));
+        } else {
+            rule.add_expr(&nft_expr!(meta oifname));
+        }
         rule.add_expr(&nft_expr!(cmp == &padded[..]));
     }
     // In an inet table every rule must pin the family before loading an address.

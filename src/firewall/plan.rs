@@ -97,11 +97,18 @@ impl L4 {
     }
 }
 
+/// The interfaces a forwarded packet must come in on and go out on (None: any).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ifaces {
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSpec {
     pub hook: Hook,
     pub family: Family,
-    pub iif: Option<String>,
+    pub via: Ifaces,
     /// Source must (or, when negated, must not) be in this set.
     pub saddr: Option<(String, bool)>,
     /// Destination must be in this set (any destination when None).
@@ -141,11 +148,22 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
         output: cfg.output,
         ..Plan::default()
     };
-    let ifaces: Vec<Option<String>> = if cfg.lan.is_empty() {
-        Vec::new()
+    // Forwarded traffic from each LAN interface, to each WAN interface when named.
+    let wans: Vec<Option<String>> = if cfg.wan.is_empty() {
+        vec![None]
     } else {
-        cfg.lan.iter().cloned().map(Some).collect()
+        cfg.wan.iter().cloned().map(Some).collect()
     };
+    let ifaces: Vec<Ifaces> = cfg
+        .lan
+        .iter()
+        .flat_map(|lan| {
+            wans.iter().map(move |wan| Ifaces {
+                iif: Some(lan.clone()),
+                oif: wan.clone(),
+            })
+        })
+        .collect();
     let families = [Family::V4, Family::V6];
 
     // Client group sets, needed when a profile is on for some groups only.
@@ -179,10 +197,10 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
     for fam in families {
         let name = set_name("", "allow", fam);
         p.sets.push(interval(name.clone(), fam, &policy.allow_nets));
-        let rule = |hook, iif: Option<String>| RuleSpec {
+        let rule = |hook, via: Ifaces| RuleSpec {
             hook,
             family: fam,
-            iif,
+            via,
             saddr: None,
             daddr: Some(name.clone()),
             l4: None,
@@ -193,7 +211,7 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
         p.rules
             .extend(ifaces.iter().map(|i| rule(Hook::Forward, i.clone())));
         if p.output {
-            p.rules.push(rule(Hook::Output, None));
+            p.rules.push(rule(Hook::Output, Ifaces::default()));
         }
     }
 
@@ -239,12 +257,12 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
                 FirewallVerdict::Reject => &[(true, Action::RejectTcp), (false, Action::Reject)],
                 FirewallVerdict::Drop => &[(false, Action::Drop)],
             };
-            for iif in &ifaces {
+            for via in &ifaces {
                 for saddr in &sources {
                     let base = RuleSpec {
                         hook: Hook::Forward,
                         family: fam,
-                        iif: iif.clone(),
+                        via: via.clone(),
                         saddr: saddr.clone(),
                         daddr: Some(block.clone()),
                         l4: None,
@@ -268,7 +286,7 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
                     p.rules.push(RuleSpec {
                         hook: Hook::Output,
                         family: fam,
-                        iif: None,
+                        via: Ifaces::default(),
                         saddr: None,
                         daddr: Some(block.clone()),
                         l4: tcp.then_some(L4::Tcp),
@@ -286,7 +304,7 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
 /// DNS (53) and DoT (853) from LAN clients to anyone are forwarded only if they bypass
 /// telesink (queries to the gateway itself are not forwarded), and HTTPS/QUIC to known
 /// DoH resolvers is DNS in disguise. Each is rejected and counted per client and kind.
-fn bypass(p: &mut Plan, policy: &Policy, cfg: &FirewallConfig, ifaces: &[Option<String>]) {
+fn bypass(p: &mut Plan, policy: &Policy, cfg: &FirewallConfig, ifaces: &[Ifaces]) {
     let b = &cfg.bypass;
     let kinds: [(&str, bool, u16, bool); 3] = [
         ("dns", b.dns, 53, false),
@@ -311,12 +329,12 @@ fn bypass(p: &mut Plan, policy: &Policy, cfg: &FirewallConfig, ifaces: &[Option<
                     size: cfg.accounting_clients.max(1),
                 },
             });
-            for iif in ifaces {
+            for via in ifaces {
                 for l4 in [L4::Tcp, L4::Udp] {
                     let base = RuleSpec {
                         hook: Hook::Forward,
                         family: fam,
-                        iif: iif.clone(),
+                        via: via.clone(),
                         saddr: None,
                         daddr: to_doh.then(|| doh_set.clone()),
                         l4: Some(l4),
@@ -453,8 +471,11 @@ impl fmt::Display for Plan {
 impl fmt::Display for RuleSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (proto, kw) = self.family.nft();
-        if let Some(i) = &self.iif {
+        if let Some(i) = &self.via.iif {
             write!(f, "iifname \"{i}\" ")?;
+        }
+        if let Some(o) = &self.via.oif {
+            write!(f, "oifname \"{o}\" ")?;
         }
         write!(f, "meta nfproto {proto} ")?;
         if let Some((set, neg)) = &self.saddr {
