@@ -152,6 +152,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
 
     let mut server = Server::new(pipeline);
     let tcp_idle = Duration::from_secs(c.server.tcp_idle_timeout_secs.max(1));
+    let mut bound = Vec::new();
     for &addr in &c.server.listen {
         let udp = bind_udp(addr).map_err(|source| DaemonError::Bind {
             proto: "udp",
@@ -169,22 +170,46 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         // Tests and admins read the real ports from these lines (port 0 picks a free one).
         info!("listening on udp {}", udp.local_addr().unwrap_or(addr));
         info!("listening on tcp {}", tcp.local_addr().unwrap_or(addr));
+        bound.push(udp.local_addr().unwrap_or(addr));
         server.register_socket(udp);
         server.register_listener(tcp, tcp_idle, 65535);
     }
     info!("ready");
+    let notifier = crate::notify::Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        n.send(&format!(
+            "READY=1\nSTATUS={}",
+            status_line(&policy.load(), &cfg)
+        ));
+    }
+    if let (Some(n), Some(every), Some(&probe)) =
+        (&notifier, crate::notify::watchdog_interval(), bound.first())
+    {
+        tokio::spawn(watchdog(n.clone(), every, probe));
+    }
 
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&config_path, &overrides, &policy).await,
+            _ = hup.recv() => {
+                if let Some(n) = &notifier {
+                    n.send("RELOADING=1");
+                }
+                reload(&config_path, &overrides, &policy).await;
+                if let Some(n) = &notifier {
+                    n.send(&format!("READY=1\nSTATUS={}", status_line(&policy.load(), &cfg)));
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     info!("stopping");
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1");
+    }
     if let Err(e) = server.shutdown_gracefully().await {
         warn!("shutdown: {e}");
     }
@@ -228,6 +253,84 @@ async fn reload(config_path: &Path, overrides: &Overrides, policy: &Arc<ArcSwap<
         Ok(Err(e)) => error!("reload failed, the previous policy keeps serving:\n{e}"),
         Err(e) => error!("reload failed, the previous policy keeps serving: {e}"),
     }
+}
+
+/// One line for `systemctl status`: what is on, how big, which generation.
+fn status_line(policy: &Policy, cfg: &LoadedConfig) -> String {
+    let on: Vec<&str> = policy
+        .profiles
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            policy
+                .groups
+                .first()
+                .is_some_and(|g| g.active & (1 << i) != 0)
+        })
+        .map(|(_, p)| p.name.as_str())
+        .collect();
+    format!(
+        "policy generation {}: {} names; profiles on: {}; firewall {}",
+        policy.generation,
+        policy.total_names(),
+        if on.is_empty() {
+            "none".to_owned()
+        } else {
+            on.join(", ")
+        },
+        if cfg.config.firewall.enabled {
+            "on"
+        } else {
+            "off"
+        }
+    )
+}
+
+/// Pings systemd's watchdog only when the resolver really answers: each round sends a
+/// query for `resolver.arpa` (answered locally, no upstream needed) to our own listener.
+async fn watchdog(n: Arc<crate::notify::Notifier>, every: Duration, listener: SocketAddr) {
+    let target = match listener.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], listener.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listener.port()))
+        }
+        _ => listener,
+    };
+    let local: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut id: u16 = 0x7e1e;
+    loop {
+        tokio::time::sleep(every).await;
+        id = id.wrapping_add(1);
+        let answered = async {
+            let sock = UdpSocket::bind(local).await.ok()?;
+            sock.send_to(&self_query(id), target).await.ok()?;
+            let mut buf = [0u8; 512];
+            let n = sock.recv(&mut buf).await.ok()?;
+            (n >= 2 && buf[..2] == id.to_be_bytes()).then_some(())
+        };
+        match tokio::time::timeout(every, answered).await {
+            Ok(Some(())) => n.send("WATCHDOG=1"),
+            _ => warn!("watchdog: no answer from our own listener {target}; not pinging systemd"),
+        }
+    }
+}
+
+/// A standard query for resolver.arpa NS.
+fn self_query(id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in ["resolver", "arpa"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 2, 0, 1]);
+    q
 }
 
 fn socket_for(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {

@@ -6,4 +6,5 @@ pub mod daemon;
 pub mod dns;
 pub mod firewall;
 pub mod lists;
+pub mod notify;
 pub mod policy;

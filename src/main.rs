@@ -174,6 +174,13 @@ fn firewall(action: FirewallAction) -> ExitCode {
         }
         return ExitCode::FAILURE;
     };
+    if apply && !cfg.config.firewall.enabled {
+        println!(
+            "{}: firewall.enabled is false; nothing applied",
+            path.display()
+        );
+        return ExitCode::SUCCESS;
+    }
     let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
     if !apply {
         print!("{plan}");

@@ -49,19 +49,37 @@ impl BuildOutcome {
 
 struct Builder<'c> {
     cfg: &'c LoadedConfig,
-    lists_dir: PathBuf,
+    /// Folders a relative list path is looked up in, first match wins.
+    search: Vec<PathBuf>,
     problems: Vec<BuildProblem>,
     index: IndexBuilder,
     lists: Vec<ListInfo>,
     guard: Guard,
 }
 
+/// Where relative list paths are looked up, so one config works from the repository and
+/// installed:
+/// 1. `<config dir>/blocklists`: admin overrides next to the config (/etc/telesink/blocklists);
+/// 2. `<config dir>/<lists_dir>`: the repository layout (config/../blocklists);
+/// 3. `<binary>/../share/telesink/blocklists`: the shipped lists (/usr/share/telesink/blocklists
+///    for /usr/bin/telesink, /usr/local/share/... for `make install`).
+pub fn list_search_path(config_dir: &Path, lists_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![config_dir.join("blocklists"), config_dir.join(lists_dir)];
+    if let Some(prefix) = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.to_path_buf()))
+    {
+        dirs.push(prefix.join("share/telesink/blocklists"));
+    }
+    dirs
+}
+
 pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     let base = cfg.base_dir();
-    let lists_dir = base.join(&cfg.config.policy.lists_dir);
+    let search = list_search_path(&base, &cfg.config.policy.lists_dir);
     let mut b = Builder {
         cfg,
-        lists_dir,
+        search,
         problems: Vec::new(),
         index: IndexBuilder::with_capacity(0, 0),
         lists: Vec::new(),
@@ -130,8 +148,14 @@ impl Builder<'_> {
         });
     }
 
+    /// The first folder of the search path that has the file; if none has it, the path in
+    /// the configured lists_dir, so the error names the place the admin expects.
     fn resolve(&self, path: &Path) -> PathBuf {
-        self.lists_dir.join(path)
+        self.search
+            .iter()
+            .map(|dir| dir.join(path))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| self.search.get(1).unwrap_or(&self.search[0]).join(path))
     }
 
     /// Sizes the index from the files' byte counts, so a million-name load does not pay

@@ -183,6 +183,10 @@ impl Telesink {
     }
 
     pub fn start_with(dir: TempDir, cfg: &Path, args: &[&str]) -> Telesink {
+        Self::start_env(dir, cfg, args, &[])
+    }
+
+    pub fn start_env(dir: TempDir, cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> Telesink {
         let mut child = Command::new(bin())
             .arg("run")
             .arg("--config")
@@ -193,6 +197,7 @@ impl Telesink {
                 "info,hickory_server=warn,hickory_resolver=warn,hickory_net=warn",
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
