@@ -42,13 +42,11 @@ impl Notifier {
 
 /// How often to ping, if systemd asked for a watchdog: half the configured interval.
 pub fn watchdog_interval() -> Option<Duration> {
-    if let Some(pid) = std::env::var("WATCHDOG_PID")
+    let for_pid = std::env::var("WATCHDOG_PID")
         .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-    {
-        if pid != std::process::id() {
-            return None;
-        }
+        .and_then(|p| p.parse::<u32>().ok());
+    if for_pid.is_some_and(|pid| pid != std::process::id()) {
+        return None;
     }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec / 2))
