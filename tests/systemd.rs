@@ -22,10 +22,9 @@ fn next_message(sock: &UnixDatagram, timeout: Duration) -> Option<String> {
 fn wait_for(sock: &UnixDatagram, prefix: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Some(m) = next_message(sock, Duration::from_secs(10)) {
-            if m.starts_with(prefix) {
-                return m;
-            }
+        match next_message(sock, Duration::from_secs(10)) {
+            Some(m) if m.starts_with(prefix) => return m,
+            _ => {}
         }
     }
     panic!("no {prefix} notification");
