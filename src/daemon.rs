@@ -179,7 +179,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if let Some(n) = &notifier {
         n.send(&format!(
             "READY=1\nSTATUS={}",
-            status_line(&policy.load(), &cfg)
+            status_line(&policy.load(), &cfg, &outcomes)
         ));
     }
     if let (Some(n), Some(every), Some(&probe)) =
@@ -199,7 +199,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
                 }
                 reload(&config_path, &overrides, &policy).await;
                 if let Some(n) = &notifier {
-                    n.send(&format!("READY=1\nSTATUS={}", status_line(&policy.load(), &cfg)));
+                    n.send(&format!("READY=1\nSTATUS={}", status_line(&policy.load(), &cfg, &outcomes)));
                 }
             }
             _ = term.recv() => break,
@@ -256,7 +256,7 @@ async fn reload(config_path: &Path, overrides: &Overrides, policy: &Arc<ArcSwap<
 }
 
 /// One line for `systemctl status`: what is on, how big, which generation.
-fn status_line(policy: &Policy, cfg: &LoadedConfig) -> String {
+fn status_line(policy: &Policy, cfg: &LoadedConfig, outcomes: &Outcomes) -> String {
     let on: Vec<&str> = policy
         .profiles
         .iter()
@@ -270,7 +270,7 @@ fn status_line(policy: &Policy, cfg: &LoadedConfig) -> String {
         .map(|(_, p)| p.name.as_str())
         .collect();
     format!(
-        "policy generation {}: {} names; profiles on: {}; firewall {}",
+        "policy generation {}: {} names; profiles on: {}; firewall {}; {} clients seen, {} queries ({} blocked)",
         policy.generation,
         policy.total_names(),
         if on.is_empty() {
@@ -282,7 +282,10 @@ fn status_line(policy: &Policy, cfg: &LoadedConfig) -> String {
             "on"
         } else {
             "off"
-        }
+        },
+        outcomes.clients_seen(),
+        outcomes.total(),
+        outcomes.get(crate::dns::Outcome::Blocked),
     )
 }
 

@@ -147,3 +147,36 @@ fn run_loads_valid_entries_and_says_how_many_lines_it_skipped() {
         ["0.0.0.0"]
     );
 }
+
+#[test]
+fn profiles_that_block_required_endpoints_warn_when_on() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("config/telesink.toml")).unwrap();
+    let d = TempDir::new("warn");
+    // Every opt-in profile that targets a Microsoft-marked Required endpoint, switched on.
+    let on = shipped.replace(
+        "lists_dir = \"../blocklists\"",
+        &format!(
+            "lists_dir = {:?}",
+            root.join("blocklists").display().to_string()
+        ),
+    ) + "\n[[groups]]\nname = \"default\"\nenable = [\"office-telemetry-strict\", \"office-experimentation\", \"windows-activity\", \"ms-app-analytics\"]\n";
+    let cfg = d.write("telesink.toml", &on);
+    let (ok, out) = check(&cfg);
+    assert!(ok, "{out}");
+    for (profile, words) in [
+        ("office-telemetry-strict", "cloud save"),
+        ("office-experimentation", "Teams/Skype presence"),
+        ("windows-activity", "Microsoft 365 Required, ID 156"),
+        ("ms-app-analytics", "Application Insights"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("profile {profile} is on:")))
+            .unwrap_or_else(|| panic!("no warning for {profile}:\n{out}"));
+        assert!(line.contains(words), "{line}");
+    }
+    // Off by default: the shipped config does not warn about them.
+    let (_, plain) = check(&root.join("config/telesink.toml"));
+    assert!(!plain.contains("office-telemetry-strict is on"), "{plain}");
+}

@@ -264,11 +264,21 @@ struct Daemon {
 
 impl Daemon {
     fn start(t: &Topology, dir: &TempDir, cfg: &std::path::Path) -> Daemon {
+        Self::start_env(t, dir, cfg, &[])
+    }
+
+    fn start_env(
+        t: &Topology,
+        dir: &TempDir,
+        cfg: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = dir.path().join("log");
         let child = Command::new("ip")
             .args(["netns", "exec", &t.gateway, bin(), "run", "--config"])
             .arg(cfg)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -460,4 +470,37 @@ fn the_shipped_gateway_config_programs_a_working_firewall() {
     let listing = t.sh(&t.gateway, "nft list table inet telesink");
     assert!(listing.contains("oifname \"wan0\""), "{listing}");
     assert!(listing.contains("set allow_4"), "{listing}");
+}
+
+#[test]
+fn ready_is_sent_to_systemd_only_once_the_table_exists() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let dir = TempDir::new("fwready");
+    let cfg = write(&dir, &config("", ""));
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let daemon = Daemon::start_env(
+        &t,
+        &dir,
+        &cfg,
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 2048];
+    let n = sock.recv(&mut buf).expect("a notification");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        msg.starts_with("READY=1") && msg.contains("firewall on"),
+        "{msg}"
+    );
+    // The moment READY=1 arrives, the table is in the kernel.
+    assert!(
+        t.sh(&t.gateway, "nft list tables")
+            .contains("table inet telesink")
+    );
+    drop(daemon);
 }

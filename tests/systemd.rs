@@ -79,6 +79,13 @@ fn ready_reloading_watchdog_and_stopping_are_sent_at_the_right_moments() {
     wait_for(&sock, "RELOADING=1");
     let again = wait_for(&sock, "READY=1");
     assert!(again.contains("STATUS=policy generation 2"), "{again}");
+    // The two queries above came from one client, one of them blocked (the watchdog's
+    // self-queries come from the same loopback address).
+    assert!(again.contains("1 clients seen"), "{again}");
+    assert!(
+        again.contains(" blocked)") && again.contains("(1 blocked)"),
+        "{again}"
+    );
 
     ts.signal("TERM");
     wait_for(&sock, "STOPPING=1");

@@ -1,7 +1,15 @@
 //! What happened to each query, counted without locks. The metrics endpoint (and the
 //! shutdown summary) read these; labels stay bounded because the outcome is an enum.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+/// Distinct client addresses remembered for STATUS; beyond this, "at least" is reported.
+const CLIENTS_MAX: usize = 65_536;
+const CLIENT_SHARDS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -45,12 +53,34 @@ impl Outcome {
 #[derive(Default)]
 pub struct Outcomes {
     counts: [AtomicU64; 8],
+    clients: [Mutex<HashSet<IpAddr>>; CLIENT_SHARDS],
 }
 
 impl Outcomes {
     #[inline]
     pub fn record(&self, outcome: Outcome) {
         self.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Remembers a client address (bounded), for "clients seen" in STATUS.
+    #[inline]
+    pub fn saw(&self, client: IpAddr) {
+        let shard = match client {
+            IpAddr::V4(a) => a.octets()[3] as usize,
+            IpAddr::V6(a) => a.octets()[15] as usize,
+        } % CLIENT_SHARDS;
+        let mut set = self.clients[shard].lock();
+        if set.len() < CLIENTS_MAX / CLIENT_SHARDS {
+            set.insert(client);
+        }
+    }
+
+    pub fn clients_seen(&self) -> usize {
+        self.clients.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn total(&self) -> u64 {
+        Outcome::ALL.iter().map(|o| self.get(*o)).sum()
     }
 
     pub fn get(&self, outcome: Outcome) -> u64 {

@@ -67,6 +67,7 @@ impl RequestHandler for Pipeline {
         let (outcome, info) = self.answer(request, handle).await;
         // Last: counting after the send keeps the metrics off the answer's critical path.
         self.outcomes.record(outcome);
+        self.outcomes.saw(request.src().ip());
         info
     }
 }
