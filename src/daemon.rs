@@ -45,17 +45,23 @@ pub enum DaemonError {
     Firewall(#[from] crate::firewall::netlink::NetlinkError),
 }
 
-/// Programs the firewall for a policy, when the config enables it.
+/// Programs the firewall for a policy, when the config enables it. Learned addresses
+/// (shadow resolution) are carried into the new table with their remaining lifetimes.
 fn program_firewall(
     cfg: &LoadedConfig,
     policy: &Policy,
+    shadow: Option<&crate::firewall::shadow::Shadow>,
 ) -> Result<(), crate::firewall::netlink::NetlinkError> {
     let fw = &cfg.config.firewall;
     if !fw.enabled {
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let plan = crate::firewall::plan(policy, fw);
+    let mut plan = crate::firewall::plan(policy, fw);
+    let _kernel = shadow.map(|s| s.kernel.lock());
+    if let Some(s) = shadow {
+        plan.fill_learned(|set| s.snapshot(set));
+    }
     crate::firewall::netlink::apply(&plan)?;
     info!(
         sets = plan.sets.len(),
@@ -120,7 +126,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     let first = compile(&cfg, 1).map_err(DaemonError::Policy)?;
     // The firewall goes in before any listener answers: a gateway that says it is up
     // already blocks what its policy says.
-    program_firewall(&cfg, &first)?;
+    program_firewall(&cfg, &first, None)?;
     let policy = Arc::new(ArcSwap::from_pointee(first));
 
     let c = &cfg.config;
@@ -133,6 +139,20 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         warn!("no upstream resolver: blocked names are answered, everything else gets SERVFAIL");
     }
     info!(upstreams = ?upstreams, "forwarding");
+    let upstream = Arc::new(Upstream::new(
+        upstreams,
+        Duration::from_millis(c.upstream.timeout_ms),
+    ));
+    let shadow =
+        (c.firewall.enabled && policy.load().profiles.iter().any(|p| p.shadow)).then(|| {
+            let s = crate::firewall::shadow::Shadow::start(
+                c.firewall.shadow.clone(),
+                upstream.clone(),
+                policy.clone(),
+            );
+            s.seed(&policy.load());
+            s
+        });
     let pipeline = Pipeline {
         policy: policy.clone(),
         cache: Cache::new(
@@ -143,7 +163,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
                 negative_max_ttl: c.cache.negative_max_ttl_secs,
             },
         ),
-        upstream: Upstream::new(upstreams, Duration::from_millis(c.upstream.timeout_ms)),
+        upstream: upstream.clone(),
+        shadow: shadow.clone(),
         forward_slots: Arc::new(Semaphore::new(c.server.max_in_flight.max(1))),
         udp_payload_max: c.server.udp_payload_max,
         outcomes: Arc::new(Outcomes::default()),
@@ -197,7 +218,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
                 if let Some(n) = &notifier {
                     n.send("RELOADING=1");
                 }
-                reload(&config_path, &overrides, &policy).await;
+                reload(&config_path, &overrides, &policy, shadow.clone()).await;
                 if let Some(n) = &notifier {
                     n.send(&format!("READY=1\nSTATUS={}", status_line(&policy.load(), &cfg, &outcomes)));
                 }
@@ -231,7 +252,12 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
 /// Rebuilds the policy from the config and lists on disk and swaps it in. On any error
 /// the old policy keeps serving. Listeners and upstreams are not rebound: that needs a
 /// restart (documented in the README).
-async fn reload(config_path: &Path, overrides: &Overrides, policy: &Arc<ArcSwap<Policy>>) {
+async fn reload(
+    config_path: &Path,
+    overrides: &Overrides,
+    policy: &Arc<ArcSwap<Policy>>,
+    shadow: Option<Arc<crate::firewall::shadow::Shadow>>,
+) {
     let generation = policy.load().generation + 1;
     let path = config_path.to_owned();
     let _ = overrides;
@@ -241,14 +267,17 @@ async fn reload(config_path: &Path, overrides: &Overrides, policy: &Arc<ArcSwap<
         let new = compile(&cfg, generation)?;
         // Firewall first: its batch is atomic, so if the kernel refuses it the old table
         // stays, and returning here keeps the old DNS policy too. Neither changes alone.
-        program_firewall(&cfg, &new).map_err(|e| format!("firewall: {e}"))?;
-        Ok::<_, String>(new)
+        program_firewall(&cfg, &new, shadow.as_deref()).map_err(|e| format!("firewall: {e}"))?;
+        Ok::<_, String>((new, shadow))
     })
     .await;
     match built {
-        Ok(Ok(new)) => {
+        Ok(Ok((new, shadow))) => {
             policy.store(Arc::new(new));
             info!(generation, "reloaded");
+            if let Some(s) = shadow {
+                s.seed(&policy.load());
+            }
         }
         Ok(Err(e)) => error!("reload failed, the previous policy keeps serving:\n{e}"),
         Err(e) => error!("reload failed, the previous policy keeps serving: {e}"),

@@ -504,3 +504,137 @@ fn ready_is_sent_to_systemd_only_once_the_table_exists() {
     );
     drop(daemon);
 }
+
+const SHADOW_ZONE: &str = "$ORIGIN shadow.test.
+$TTL 2
+@          SOA ns hostmaster 1 3600 600 86400 2
+@          NS  ns
+ns         A   198.51.100.2
+collector  A   203.0.113.100
+collector  AAAA 2001:db8:f::100
+x.suffix   A   203.0.113.102
+shared     A   203.0.113.7
+";
+
+#[test]
+fn shadow_resolution_blocks_direct_connections_to_blocked_names_and_lets_them_expire() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    t.sh(&t.wan, "ip -6 addr add 2001:db8:f::100/64 dev lo nodad");
+    // A real authoritative upstream in the wan namespace.
+    let knot_dir = TempDir::new("shknot");
+    let zone = knot_dir.write("shadow.zone", SHADOW_ZONE);
+    let conf = knot_dir.write(
+        "knot.conf",
+        &format!(
+            "server:\n    listen: 198.51.100.2@5353\n    rundir: {d}\ndatabase:\n    storage: {d}/db\nzone:\n  - domain: shadow.test\n    file: {z}\n",
+            d = knot_dir.path().display(),
+            z = zone.display()
+        ),
+    );
+    let wan = t.wan.clone();
+    t.spawn(&wan, &["knotd", "-c", conf.to_str().unwrap()]);
+    let mut up = false;
+    for _ in 0..100 {
+        if t.sh(
+            &t.gateway,
+            "dig +short +time=1 +tries=1 -p 5353 @198.51.100.2 collector.shadow.test A || true",
+        )
+        .trim()
+            == "203.0.113.100"
+        {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "knotd did not answer in the wan namespace");
+
+    let dir = TempDir::new("shadow");
+    dir.write(
+        "tele.list",
+        "collector.shadow.test\nshared.shadow.test\n*.suffix.shadow.test\n",
+    );
+    dir.write("allow.cidrs", ALLOW);
+    let cfg_text = |list: &str| {
+        format!(
+            r#"[server]
+listen = ["192.0.2.1:53"]
+[upstream]
+servers = ["198.51.100.2:5353"]
+[policy]
+lists_dir = "."
+allowed_clients = ["192.0.2.0/24", "127.0.0.0/8"]
+[firewall]
+enabled = true
+lan = ["lan0"]
+wan = ["wan0"]
+allow_cidrs = ["allow.cidrs"]
+[firewall.shadow]
+min_ttl_secs = 2
+max_ttl_secs = 2
+[profiles.tele]
+enabled = true
+shadow = true
+lists = ["{list}"]
+"#
+        )
+    };
+    let cfg = dir.write("telesink.toml", &cfg_text("tele.list"));
+    let daemon = Daemon::start_env(
+        &t,
+        &dir,
+        &cfg,
+        &[("TELESINK_LOG", "info,telesink=debug,hickory_server=warn")],
+    );
+    let until = |what: &str, dst: &str, want: &str| {
+        for _ in 0..60 {
+            if t.connect(&t.client, None, dst, 8080) == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what}: {dst} never became {want}\n{}", daemon.log());
+    };
+    // Exact names from the list are learned at start: connecting by address is rejected.
+    until("learned from the list", "203.0.113.100", "refused");
+    until("learned from the list (IPv6)", "2001:db8:f::100", "refused");
+    let set = t.sh(&t.gateway, "nft list set inet telesink learned_tele_4");
+    assert!(
+        set.contains("203.0.113.100") && set.contains("expires"),
+        "{set}"
+    );
+    // A name under a suffix rule is learned when a client asks for it (and gets 0.0.0.0).
+    assert_eq!(t.connect(&t.client, None, "203.0.113.102", 8080), "ok");
+    assert_eq!(
+        t.sh(&t.client, "dig +short @192.0.2.1 x.suffix.shadow.test A")
+            .trim(),
+        "0.0.0.0"
+    );
+    until("learned from a client query", "203.0.113.102", "refused");
+    // An address in the allow set is never added, and that is said.
+    assert_eq!(t.connect(&t.client, None, "203.0.113.7", 8080), "ok");
+    assert!(
+        daemon.log().contains("address is in the allow set"),
+        "{}",
+        daemon.log()
+    );
+    // Refreshed while blocked: still rejected after several lifetimes of 2 s.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(t.connect(&t.client, None, "203.0.113.100", 8080), "refused");
+    // Once the name leaves the list, nothing refreshes it and the address expires.
+    dir.write("other.list", "unrelated.shadow.test\n");
+    std::fs::write(&cfg, cfg_text("other.list")).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    until(
+        "expired after the name left the list",
+        "203.0.113.100",
+        "ok",
+    );
+}

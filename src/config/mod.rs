@@ -81,6 +81,43 @@ pub struct FirewallConfig {
     pub accounting_clients: u32,
     #[serde(default)]
     pub bypass: BypassConfig,
+    #[serde(default)]
+    pub shadow: ShadowConfig,
+}
+
+/// How learned addresses of blocked names are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// An address stays blocked for its DNS TTL, but at least this long.
+    #[serde(default = "default_shadow_floor")]
+    pub min_ttl_secs: u32,
+    /// And at most this long without a refresh.
+    #[serde(default = "default_shadow_max")]
+    pub max_ttl_secs: u32,
+    /// Learned addresses kept at most (all profiles); beyond, new ones are not added.
+    #[serde(default = "default_shadow_entries")]
+    pub max_addresses: usize,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        Self {
+            min_ttl_secs: default_shadow_floor(),
+            max_ttl_secs: default_shadow_max(),
+            max_addresses: default_shadow_entries(),
+        }
+    }
+}
+
+fn default_shadow_floor() -> u32 {
+    300
+}
+fn default_shadow_max() -> u32 {
+    86400
+}
+fn default_shadow_entries() -> usize {
+    65536
 }
 
 /// Stops LAN clients from resolving around telesink (forward path only).
@@ -123,6 +160,7 @@ impl Default for FirewallConfig {
             allow_cidrs: Vec::new(),
             accounting_clients: default_accounting_clients(),
             bypass: BypassConfig::default(),
+            shadow: ShadowConfig::default(),
         }
     }
 }
@@ -233,6 +271,10 @@ pub struct ProfileConfig {
     /// Address lists (one CIDR or address per line) the firewall rejects for this profile.
     #[serde(default)]
     pub cidrs: Vec<Spanned<PathBuf>>,
+    /// Shadow resolution: telesink resolves the names this profile blocks itself and has
+    /// the firewall reject their addresses, for clients that connect by address.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -28,7 +28,9 @@ use crate::policy::{Policy, QName, Verdict};
 pub struct Pipeline {
     pub policy: Arc<ArcSwap<Policy>>,
     pub cache: Cache,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
+    /// Shadow resolution: blocked names of shadow profiles are handed to the firewall.
+    pub shadow: Option<Arc<crate::firewall::shadow::Shadow>>,
     /// Bounds queries waiting on upstreams: a flood of cache misses cannot pile up
     /// unbounded tasks and sockets. Blocked and cached answers never wait, so need no slot.
     pub forward_slots: Arc<Semaphore>,
@@ -140,6 +142,7 @@ impl Pipeline {
                 .count()
                 + 1;
             let zone = query.original().name().trim_to(labels);
+            self.learn(&policy, profile, query.original().name());
             return self
                 .sinkhole(request, handle, &policy, profile, query, &zone, None)
                 .await;
@@ -182,6 +185,7 @@ impl Pipeline {
         // 6. CNAME cloaking after the cache, per client: a tracker hidden behind a CNAME
         //    is caught on cached answers too, and only for clients whose profiles block it.
         if let Some((profile, target)) = cloaked(&policy, group, &answer) {
+            self.learn(&policy, profile, &target);
             let zone = query.original().name().clone();
             let via = Some(&target);
             return self
@@ -204,6 +208,17 @@ impl Pipeline {
             outcome
         };
         (outcome, info)
+    }
+
+    /// Hands a name a shadow profile blocked to the firewall's resolver (never waits).
+    fn learn(&self, policy: &Policy, profile: u16, name: &Name) {
+        let shadowed = policy
+            .profiles
+            .get(profile as usize)
+            .is_some_and(|p| p.shadow);
+        if let (Some(shadow), true) = (&self.shadow, shadowed) {
+            shadow.learn(profile, name);
+        }
     }
 
     async fn forward(&self, query: &LowerQuery) -> Result<Upstreamed, ForwardError> {

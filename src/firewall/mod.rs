@@ -2,5 +2,6 @@
 
 pub mod netlink;
 pub mod plan;
+pub mod shadow;
 
 pub use plan::{Plan, plan};

@@ -308,6 +308,20 @@ impl<'t> NamedSet<'t> {
                     }
                 }
             }
+            SetKind::Timed(elements) => {
+                // SAFETY: as above; NFT_SET_TIMEOUT lets elements carry a lifetime.
+                unsafe {
+                    sys::nftnl_set_set_u32(
+                        ptr,
+                        sys::NFTNL_SET_FLAGS as u16,
+                        libc::NFT_SET_TIMEOUT as u32,
+                    )
+                };
+                let width = if spec.family == Family::V4 { 4 } else { 16 };
+                for &(addr, ttl) in elements {
+                    add_timed_elem(ptr, &key_bytes(addr, width), ttl);
+                }
+            }
             SetKind::Accounting { size } => {
                 // SAFETY: as above; NFT_SET_EVAL marks a set filled from the packet path.
                 unsafe {
@@ -383,6 +397,109 @@ fn add_elem(set: *mut sys::nftnl_set, key: &[u8], end: bool) {
             );
         }
         sys::nftnl_set_elem_add(set, elem.as_ptr());
+    }
+}
+
+fn add_timed_elem(set: *mut sys::nftnl_set, key: &[u8], ttl: Duration) {
+    // SAFETY: as in add_elem; the timeout is a plain u64 (milliseconds) copied by nftnl.
+    unsafe {
+        let Some(elem) = NonNull::new(sys::nftnl_set_elem_alloc()) else {
+            std::process::abort();
+        };
+        sys::nftnl_set_elem_set(
+            elem.as_ptr(),
+            sys::NFTNL_SET_ELEM_KEY as u16,
+            key.as_ptr().cast(),
+            key.len() as u32,
+        );
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
+        sys::nftnl_set_elem_set_u64(elem.as_ptr(), sys::NFTNL_SET_ELEM_TIMEOUT as u16, ms);
+        sys::nftnl_set_elem_add(set, elem.as_ptr());
+    }
+}
+
+/// Elements per NEWSETELEM message: nftnl writes a message without bounds checks, so
+/// each must stay well inside one batch page (~48 bytes per element here).
+const ELEMS_PER_MSG: usize = 512;
+
+/// Adds or refreshes addresses in a timed set, outside a full apply. Sent without
+/// NLM_F_EXCL, so an address already there gets its timeout renewed instead of failing
+/// the batch (kernels since 6.12 update the timeout of an existing element).
+pub fn update_timed(
+    set_name: &str,
+    family: Family,
+    elements: &[(IpAddr, Duration)],
+) -> Result<(), NetlinkError> {
+    if elements.is_empty() {
+        return Ok(());
+    }
+    let table = cstr(plan::TABLE)?;
+    let name = cstr(set_name)?;
+    let width = if family == Family::V4 { 4 } else { 16 };
+    let mut messages = Vec::new();
+    for chunk in elements.chunks(ELEMS_PER_MSG) {
+        let msg = ElemUpdate::new(&table, &name)?;
+        for &(ip, ttl) in chunk {
+            let v = match ip {
+                IpAddr::V4(a) => u128::from(u32::from(a)),
+                IpAddr::V6(a) => u128::from(a),
+            };
+            add_timed_elem(msg.set.as_ptr(), &key_bytes(v, width), ttl);
+        }
+        messages.push(msg);
+    }
+    let mut batch = Batch::new();
+    for m in &messages {
+        batch.add(m, MsgType::Add);
+    }
+    send(batch.finalize())
+}
+
+/// A NEWSETELEM message for a set named by table and name, with CREATE but not EXCL.
+struct ElemUpdate {
+    set: NonNull<sys::nftnl_set>,
+}
+
+impl ElemUpdate {
+    fn new(table: &std::ffi::CStr, name: &std::ffi::CStr) -> Result<Self, NetlinkError> {
+        // SAFETY: a fresh set object; string attributes are copied. Freed in Drop.
+        unsafe {
+            let set = alloc(sys::nftnl_set_alloc())?;
+            sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_NAME as u16, name.as_ptr());
+            sys::nftnl_set_set_u32(
+                set.as_ptr(),
+                sys::NFTNL_SET_FAMILY as u16,
+                libc::NFPROTO_INET as u32,
+            );
+            Ok(ElemUpdate { set })
+        }
+    }
+}
+
+impl Drop for ElemUpdate {
+    fn drop(&mut self) {
+        // SAFETY: allocated in new, freed once here; the set owns its elements.
+        unsafe { sys::nftnl_set_free(self.set.as_ptr()) };
+    }
+}
+
+// SAFETY: write() only builds one message of at most ELEMS_PER_MSG elements into the
+// batch buffer nftnl hands us, which holds a full page.
+unsafe impl nftnl::NlMsg for ElemUpdate {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
+        // SAFETY: see the impl comment; the header builder and payload builder write
+        // within the buffer and the set outlives the call.
+        unsafe {
+            let nlh = sys::nftnl_nlmsg_build_hdr(
+                buf.cast(),
+                libc::NFT_MSG_NEWSETELEM as u16,
+                libc::NFPROTO_INET as u16,
+                (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.set.as_ptr());
+        }
     }
 }
 

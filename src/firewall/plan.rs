@@ -7,6 +7,7 @@
 
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -52,6 +53,9 @@ pub type Range = (u128, u128);
 pub enum SetKind {
     /// Constant ranges: merged, sorted, neither overlapping nor touching.
     Interval(Vec<Range>),
+    /// Addresses learned by shadow resolution, each with its remaining lifetime; the
+    /// kernel drops them when it runs out unless a refresh extends it.
+    Timed(Vec<(u128, Duration)>),
     /// Client addresses with a counter each, filled by the accounting rules.
     Accounting { size: u32 },
 }
@@ -172,7 +176,7 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
         .profiles
         .iter()
         .enumerate()
-        .any(|(i, pr)| !pr.nets.is_empty() && !on_everywhere(policy, i));
+        .any(|(i, pr)| (!pr.nets.is_empty() || pr.shadow) && !on_everywhere(policy, i));
     if scoped_somewhere && all_groups != 0 {
         for fam in families {
             for (g, _) in policy.groups.iter().enumerate().skip(1) {
@@ -216,7 +220,7 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
     }
 
     for (i, profile) in policy.profiles.iter().enumerate() {
-        if profile.nets.is_empty() {
+        if profile.nets.is_empty() && !profile.shadow {
             continue;
         }
         let bit = 1u64 << i;
@@ -235,8 +239,22 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
             Scope::Sets(sets)
         };
         for fam in families {
-            let block = set_name("p_", &profile.name, fam);
-            p.sets.push(interval(block.clone(), fam, &profile.nets));
+            // The profile's own ranges, and (shadow) the addresses learned for its names.
+            let mut targets = Vec::new();
+            if !profile.nets.is_empty() {
+                let block = set_name("p_", &profile.name, fam);
+                p.sets.push(interval(block.clone(), fam, &profile.nets));
+                targets.push(block);
+            }
+            if profile.shadow {
+                let learned = learned_set(&profile.name, fam);
+                p.sets.push(SetSpec {
+                    name: learned.clone(),
+                    family: fam,
+                    kind: SetKind::Timed(Vec::new()),
+                });
+                targets.push(learned);
+            }
             let acct = set_name("acct_", &profile.name, fam);
             p.sets.push(SetSpec {
                 name: acct.clone(),
@@ -257,8 +275,12 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
                 FirewallVerdict::Reject => &[(true, Action::RejectTcp), (false, Action::Reject)],
                 FirewallVerdict::Drop => &[(false, Action::Drop)],
             };
-            for via in &ifaces {
-                for saddr in &sources {
+            for (via, saddr, block) in ifaces
+                .iter()
+                .flat_map(|v| sources.iter().map(move |s| (v, s)))
+                .flat_map(|(v, s)| targets.iter().map(move |t| (v, s, t)))
+            {
+                {
                     let base = RuleSpec {
                         hook: Hook::Forward,
                         family: fam,
@@ -282,7 +304,10 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
             }
             // The gateway's own traffic belongs to the default group.
             if p.output && policy.groups[0].active & bit != 0 {
-                for (tcp, action) in verdicts {
+                for (block, (tcp, action)) in targets
+                    .iter()
+                    .flat_map(|t| verdicts.iter().map(move |v| (t, v)))
+                {
                     p.rules.push(RuleSpec {
                         hook: Hook::Output,
                         family: fam,
@@ -353,6 +378,23 @@ fn bypass(p: &mut Plan, policy: &Policy, cfg: &FirewallConfig, ifaces: &[Ifaces]
                         ..base
                     });
                 }
+            }
+        }
+    }
+}
+
+/// The timed set holding the learned addresses of a shadow profile's blocked names.
+pub fn learned_set(profile: &str, family: Family) -> String {
+    set_name("learned_", profile, family)
+}
+
+impl Plan {
+    /// Puts the currently learned addresses (with their remaining lifetimes) into the
+    /// plan's timed sets, so a full apply does not forget them.
+    pub fn fill_learned(&mut self, learned: impl Fn(&str) -> Vec<(u128, Duration)>) {
+        for set in &mut self.sets {
+            if let SetKind::Timed(elements) = &mut set.kind {
+                *elements = learned(&set.name);
             }
         }
     }
@@ -440,6 +482,18 @@ impl fmt::Display for Plan {
                     }
                 }
                 SetKind::Accounting { size } => writeln!(f, "\t\tsize {size}\n\t\tflags dynamic")?,
+                SetKind::Timed(elements) => {
+                    writeln!(f, "\t\tflags timeout")?;
+                    if !elements.is_empty() {
+                        let els: Vec<String> = elements
+                            .iter()
+                            .map(|(a, t)| {
+                                format!("{} timeout {}s", addr(s.family, *a), t.as_secs().max(1))
+                            })
+                            .collect();
+                        writeln!(f, "\t\telements = {{ {} }}", els.join(", "))?;
+                    }
+                }
             }
             writeln!(f, "\t}}")?;
         }

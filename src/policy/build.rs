@@ -203,6 +203,7 @@ impl Builder<'_> {
                 warning: p.warning.clone(),
                 ede_text: format!("blocked by telesink profile {}", name.get_ref()),
                 nets: super::AddressSet::default(),
+                shadow: p.shadow,
             });
         }
         out

@@ -104,6 +104,8 @@ pub struct Profile {
     pub ede_text: String,
     /// Destinations the firewall rejects for clients that have this profile on.
     pub nets: AddressSet,
+    /// Whether the addresses of the names it blocks are learned for the firewall.
+    pub shadow: bool,
 }
 
 /// Which profiles a list's rules speak for.
