@@ -414,6 +414,9 @@ fn add_timed_elem(set: *mut sys::nftnl_set, key: &[u8], ttl: Duration) {
         );
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1000);
         sys::nftnl_set_elem_set_u64(elem.as_ptr(), sys::NFTNL_SET_ELEM_TIMEOUT as u16, ms);
+        // The expiration too: on an element that already exists, the kernel (6.12+)
+        // renews its lifetime from this attribute; the timeout alone is ignored there.
+        sys::nftnl_set_elem_set_u64(elem.as_ptr(), sys::NFTNL_SET_ELEM_EXPIRATION as u16, ms);
         sys::nftnl_set_elem_add(set, elem.as_ptr());
     }
 }
