@@ -113,12 +113,9 @@ fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let cfg = match LoadedConfig::load(path) {
+    let cfg = match load(path) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = policy::build(&cfg, 1);
     for p in &outcome.problems {
@@ -160,12 +157,9 @@ fn firewall(action: FirewallAction) -> ExitCode {
             };
         }
     };
-    let cfg = match LoadedConfig::load(&path) {
+    let cfg = match load(&path) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = policy::build(&cfg, 1);
     let Some(policy) = outcome.policy else {
@@ -205,12 +199,9 @@ fn firewall(action: FirewallAction) -> ExitCode {
 
 fn firewall_counters(path: &std::path::Path) -> ExitCode {
     use telesink::firewall::plan::SetKind;
-    let cfg = match LoadedConfig::load(path) {
+    let cfg = match load(path) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let Some(policy) = policy::build(&cfg, 1).policy else {
         eprintln!(
@@ -241,4 +232,12 @@ fn firewall_counters(path: &std::path::Path) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Loads a config or reports why not (already printed) as the exit code.
+fn load(path: &std::path::Path) -> Result<LoadedConfig, ExitCode> {
+    LoadedConfig::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })
 }
