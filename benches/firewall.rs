@@ -167,6 +167,7 @@ fn bench_plan(v4: Vec<plan::Range>, v6: Vec<plan::Range>, clients: usize) -> Pla
             daddr: Some(block),
             l4: None,
             dport: None,
+            not_local: false,
             action: Action::Account { set: acct },
             comment: "profile bench".into(),
         };

@@ -638,3 +638,95 @@ lists = ["{list}"]
         "ok",
     );
 }
+
+#[test]
+fn dns_to_an_outside_resolver_can_be_redirected_to_telesink_and_is_counted() {
+    if !require_root() || !require("dig") {
+        return;
+    }
+    let mut t = Topology::new();
+    // The wan "resolver" only echoes datagrams and accepts TCP: it cannot answer a query.
+    t.wan_listener();
+    let dir = TempDir::new("redir");
+    dir.write("redir.list", "collector.redir.test\n");
+    let cfg = dir.write(
+        "telesink.toml",
+        r#"[server]
+listen = ["192.0.2.1:53"]
+[upstream]
+servers = ["127.0.0.1:9"]
+[policy]
+lists_dir = "."
+allowed_clients = ["192.0.2.0/24"]
+[firewall]
+enabled = true
+lan = ["lan0"]
+wan = ["wan0"]
+[firewall.bypass]
+dns_action = "redirect"
+[profiles.p]
+enabled = true
+lists = ["redir.list"]
+"#,
+    );
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    // Asked of an outside server, answered by telesink, over UDP and over TCP.
+    let udp = t.sh(
+        &t.client,
+        "dig +short +time=2 +tries=1 @198.51.100.2 collector.redir.test A",
+    );
+    assert_eq!(udp.trim(), "0.0.0.0", "{}", daemon.log());
+    let tcp = t.sh(
+        &t.client,
+        "dig +tcp +short +time=2 +tries=1 @198.51.100.2 collector.redir.test A",
+    );
+    assert_eq!(tcp.trim(), "0.0.0.0", "{}", daemon.log());
+    // Asking the gateway itself is not a bypass attempt.
+    assert_eq!(
+        t.sh(&t.client, "dig +short @192.0.2.1 collector.redir.test A")
+            .trim(),
+        "0.0.0.0"
+    );
+    let counters = fw(&t, "counters", &cfg);
+    assert!(
+        counters.contains(&format!("set=bypass_dns_4 client={CLIENT_IP} packets=2 ")),
+        "{counters}"
+    );
+    // DoT is still rejected in redirect mode.
+    assert_eq!(t.connect(&t.client, None, WAN_IP, 853), "refused");
+}
+
+#[test]
+fn what_show_prints_is_accepted_by_nft_itself() {
+    if !require_root() {
+        return;
+    }
+    let dir = TempDir::new("show");
+    dir.write("lab.cidrs", "203.0.113.40/30\n");
+    dir.write("doh.cidrs", "203.0.113.53\n");
+    let extra = "[profiles.lab-only]\ncidrs = [\"lab.cidrs\"]\nshadow = true\n[[groups]]\nname = \"lab\"\nclients = [\"192.0.2.3/32\"]\nenable = [\"lab-only\"]\n";
+    for fw_extra in [
+        "[firewall.bypass]\ndns_action = \"redirect\"\ndoh_cidrs = [\"doh.cidrs\"]",
+        "verdict = \"drop\"",
+    ] {
+        let cfg = write(&dir, &config(fw_extra, extra));
+        let shown = Command::new(bin())
+            .args(["firewall", "show", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(shown.status.success());
+        let file = dir.write("shown.nft", &String::from_utf8_lossy(&shown.stdout));
+        let out = Command::new("unshare")
+            .args(["-n", "nft", "-c", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft rejects what show prints:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&shown.stdout)
+        );
+    }
+}

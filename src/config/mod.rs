@@ -126,9 +126,13 @@ fn default_shadow_entries() -> usize {
 pub struct BypassConfig {
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Reject DNS (53/udp, 53/tcp) that a LAN client sends to any server but the gateway.
+    /// Act on DNS (53/udp, 53/tcp) that a LAN client sends to any server but the gateway.
     #[serde(default = "default_true")]
     pub dns: bool,
+    /// "reject" it, or "redirect" it to telesink on the gateway (the client gets telesink's
+    /// answer as if from the server it asked; telesink must listen on the LAN address).
+    #[serde(default)]
+    pub dns_action: DnsAction,
     /// Reject DNS over TLS / QUIC (853).
     #[serde(default = "default_true")]
     pub dot: bool,
@@ -137,11 +141,20 @@ pub struct BypassConfig {
     pub doh_cidrs: Vec<Spanned<PathBuf>>,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsAction {
+    #[default]
+    Reject,
+    Redirect,
+}
+
 impl Default for BypassConfig {
     fn default() -> Self {
         Self {
             enabled: true,
             dns: true,
+            dns_action: DnsAction::default(),
             dot: true,
             doh_cidrs: Vec::new(),
         }

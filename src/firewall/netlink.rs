@@ -64,6 +64,7 @@ pub fn apply(plan: &Plan) -> Result<(), NetlinkError> {
 
     let mut chains = Vec::new();
     for (hook, name, on) in [
+        (Hook::Prerouting, plan::CHAIN_DNAT, plan.prerouting),
         (Hook::Forward, plan::CHAIN_FORWARD, plan.forward),
         (Hook::Output, plan::CHAIN_OUTPUT, plan.output),
     ] {
@@ -71,12 +72,14 @@ pub fn apply(plan: &Plan) -> Result<(), NetlinkError> {
             continue;
         }
         let mut chain = Chain::new(cstr(name)?, &table);
-        chain.set_type(nftnl::ChainType::Filter);
-        let nf_hook = match hook {
-            Hook::Forward => nftnl::Hook::Forward,
-            Hook::Output => nftnl::Hook::Out,
+        // (type, hook, priority): filter at 0; the redirect at dstnat (-100), as nft does.
+        let (kind, nf_hook, priority) = match hook {
+            Hook::Prerouting => (nftnl::ChainType::Nat, nftnl::Hook::PreRouting, -100),
+            Hook::Forward => (nftnl::ChainType::Filter, nftnl::Hook::Forward, 0),
+            Hook::Output => (nftnl::ChainType::Filter, nftnl::Hook::Out, 0),
         };
-        chain.set_hook(nf_hook, 0);
+        chain.set_type(kind);
+        chain.set_hook(nf_hook, priority);
         chain.set_policy(nftnl::Policy::Accept);
         batch.add(&chain, MsgType::Add);
         chains.push((hook, chain));
@@ -567,8 +570,20 @@ fn build_rule<'c>(
             rule.add_expr(&nft_expr!(cmp == &port.to_be_bytes()[..]));
         }
     }
+    if spec.not_local {
+        rule.add_expr(&FibDaddrType);
+        rule.add_expr(&nft_expr!(cmp != libc::RTN_LOCAL as u32));
+    }
     match &spec.action {
         Action::Accept => rule.add_expr(&nft_expr!(verdict accept)),
+        Action::Redirect { port } => {
+            rule.add_expr(&nft_expr!(counter));
+            rule.add_expr(&nftnl::expr::Immediate::new(
+                port.to_be(),
+                nftnl::expr::Register::Reg1,
+            ));
+            rule.add_expr(&RedirectPort);
+        }
         Action::Account { set } => {
             let acct = find(set).ok_or_else(|| NetlinkError::BadName(set.clone()))?;
             rule.add_expr(&address(spec.family, true));
@@ -635,6 +650,57 @@ impl Expression for SetLookup {
                     libc::NFT_LOOKUP_F_INV as u32,
                 );
             }
+            expr
+        }
+    }
+}
+
+/// `[ fib daddr type => reg 1 ]`: the address type (local, unicast...) of the destination.
+struct FibDaddrType;
+
+/// From linux/netfilter/nf_tables.h (not in libc): NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR.
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+/// From linux/netfilter/nf_nat.h: the port range in the registers applies.
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 1 << 1;
+
+impl Expression for FibDaddrType {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: a fresh expression with three u32 attributes; ownership passes to the rule.
+        unsafe {
+            let expr = new_expr(c"fib");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_DREG as u16, libc::NFT_REG_1 as u32);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_FIB_RESULT as u16,
+                NFT_FIB_RESULT_ADDRTYPE,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_FLAGS as u16, NFTA_FIB_F_DADDR);
+            expr
+        }
+    }
+}
+
+/// `[ redir proto_min reg 1 flags 0x2 ]`: redirect to the port loaded into register 1.
+struct RedirectPort;
+
+impl Expression for RedirectPort {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as FibDaddrType.
+        unsafe {
+            let expr = new_expr(c"redir");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_REDIR_REG_PROTO_MIN as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_REDIR_FLAGS as u16,
+                NF_NAT_RANGE_PROTO_SPECIFIED,
+            );
             expr
         }
     }

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::config::{FirewallConfig, FirewallVerdict};
+use crate::config::{DnsAction, FirewallConfig, FirewallVerdict};
 use crate::policy::{AddressSet, Policy};
 
 pub const TABLE: &str = "telesink";
 /// Not "fwd" or "forward": those are nft keywords and break `nft -f` round trips.
 pub const CHAIN_FORWARD: &str = "lan_forward";
 pub const CHAIN_OUTPUT: &str = "gateway_output";
+pub const CHAIN_DNAT: &str = "lan_dnat";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -71,6 +72,8 @@ pub struct SetSpec {
 pub enum Hook {
     Forward,
     Output,
+    /// A nat chain at prerouting, for redirecting DNS to telesink.
+    Prerouting,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +87,10 @@ pub enum Action {
     RejectTcp,
     Reject,
     Drop,
+    /// Destination NAT to the gateway's own address on the incoming interface.
+    Redirect {
+        port: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +126,8 @@ pub struct RuleSpec {
     pub daddr: Option<String>,
     pub l4: Option<L4>,
     pub dport: Option<u16>,
+    /// Destination is not one of the gateway's own addresses (`fib daddr type != local`).
+    pub not_local: bool,
     pub action: Action,
     pub comment: String,
 }
@@ -129,6 +138,7 @@ pub struct Plan {
     pub rules: Vec<RuleSpec>,
     pub forward: bool,
     pub output: bool,
+    pub prerouting: bool,
 }
 
 /// Which clients a profile's rules apply to.
@@ -209,6 +219,7 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
             daddr: Some(name.clone()),
             l4: None,
             dport: None,
+            not_local: false,
             action: Action::Accept,
             comment: "allow: accepted before every block set".into(),
         };
@@ -289,6 +300,7 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
                         daddr: Some(block.clone()),
                         l4: None,
                         dport: None,
+                        not_local: false,
                         action: Action::Account { set: acct.clone() },
                         comment: comment.clone(),
                     };
@@ -316,6 +328,7 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
                         daddr: Some(block.clone()),
                         l4: tcp.then_some(L4::Tcp),
                         dport: None,
+                        not_local: false,
                         action: action.clone(),
                         comment: comment.clone(),
                     });
@@ -364,9 +377,35 @@ fn bypass(p: &mut Plan, policy: &Policy, cfg: &FirewallConfig, ifaces: &[Ifaces]
                         daddr: to_doh.then(|| doh_set.clone()),
                         l4: Some(l4),
                         dport: Some(port),
+                        not_local: false,
                         action: Action::Account { set: acct.clone() },
                         comment: format!("bypass {kind}"),
                     };
+                    if kind == "dns" && b.dns_action == DnsAction::Redirect {
+                        // Redirected before routing, so it never reaches the forward
+                        // chain; queries already addressed to the gateway are left alone.
+                        p.prerouting = true;
+                        // Before routing there is no output interface to match on, so
+                        // one rule pair per LAN interface, whatever the WANs.
+                        if via.oif.as_ref() != wan_first(ifaces, via) {
+                            continue;
+                        }
+                        let base = RuleSpec {
+                            hook: Hook::Prerouting,
+                            via: Ifaces {
+                                iif: via.iif.clone(),
+                                oif: None,
+                            },
+                            not_local: true,
+                            ..base
+                        };
+                        p.rules.push(base.clone());
+                        p.rules.push(RuleSpec {
+                            action: Action::Redirect { port: 53 },
+                            ..base
+                        });
+                        continue;
+                    }
                     let verdict = match (cfg.verdict, l4) {
                         (FirewallVerdict::Drop, _) => Action::Drop,
                         (FirewallVerdict::Reject, L4::Tcp) => Action::RejectTcp,
@@ -398,6 +437,14 @@ impl Plan {
             }
         }
     }
+}
+
+/// The first WAN interface paired with this LAN interface (None when no WAN is named).
+fn wan_first<'a>(ifaces: &'a [Ifaces], via: &Ifaces) -> Option<&'a String> {
+    ifaces
+        .iter()
+        .find(|i| i.iif == via.iif)
+        .and_then(|i| i.oif.as_ref())
 }
 
 fn on_everywhere(policy: &Policy, profile: usize) -> bool {
@@ -498,20 +545,21 @@ impl fmt::Display for Plan {
             writeln!(f, "\t}}")?;
         }
         for (hook, name, on) in [
+            (Hook::Prerouting, CHAIN_DNAT, self.prerouting),
             (Hook::Forward, CHAIN_FORWARD, self.forward),
             (Hook::Output, CHAIN_OUTPUT, self.output),
         ] {
             if !on {
                 continue;
             }
-            let h = if hook == Hook::Forward {
-                "forward"
-            } else {
-                "output"
+            let (kind, h, prio) = match hook {
+                Hook::Prerouting => ("nat", "prerouting", "dstnat"),
+                Hook::Forward => ("filter", "forward", "filter"),
+                Hook::Output => ("filter", "output", "filter"),
             };
             writeln!(
                 f,
-                "\tchain {name} {{\n\t\ttype filter hook {h} priority filter; policy accept;"
+                "\tchain {name} {{\n\t\ttype {kind} hook {h} priority {prio}; policy accept;"
             )?;
             for r in self.rules.iter().filter(|r| r.hook == hook) {
                 writeln!(f, "\t\t{r}")?;
@@ -544,12 +592,16 @@ impl fmt::Display for RuleSpec {
                 write!(f, "{} dport {port} ", l4.name())?;
             }
         }
+        if self.not_local {
+            write!(f, "fib daddr type != local ")?;
+        }
         match &self.action {
             Action::Accept => write!(f, "accept")?,
             Action::Account { set } => write!(f, "update @{set} {{ {kw} saddr counter }}")?,
             Action::RejectTcp => write!(f, "counter reject with tcp reset")?,
             Action::Reject => write!(f, "counter reject with icmpx admin-prohibited")?,
             Action::Drop => write!(f, "counter drop")?,
+            Action::Redirect { port } => write!(f, "counter redirect to :{port}")?,
         }
         write!(f, " comment \"{}\"", self.comment)
     }
