@@ -25,6 +25,7 @@ use crate::policy::{self, BuildOutcome, Policy};
 pub struct Overrides {
     pub listen: Vec<SocketAddr>,
     pub upstream: Vec<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +52,10 @@ fn program_firewall(
     cfg: &LoadedConfig,
     policy: &Policy,
     shadow: Option<&crate::firewall::shadow::Shadow>,
-) -> Result<(), crate::firewall::netlink::NetlinkError> {
+) -> Result<Vec<crate::metrics::AcctSet>, crate::firewall::netlink::NetlinkError> {
     let fw = &cfg.config.firewall;
     if !fw.enabled {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let started = std::time::Instant::now();
     let mut plan = crate::firewall::plan(policy, fw);
@@ -70,7 +71,7 @@ fn program_firewall(
         "firewall table inet {} programmed",
         crate::firewall::plan::TABLE
     );
-    Ok(())
+    Ok(crate::metrics::accounting_sets(&plan, policy))
 }
 
 /// Builds a policy and logs what it found; `None` if it has fatal problems.
@@ -126,7 +127,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     let first = compile(&cfg, 1).map_err(DaemonError::Policy)?;
     // The firewall goes in before any listener answers: a gateway that says it is up
     // already blocks what its policy says.
-    program_firewall(&cfg, &first, None)?;
+    let accounting = program_firewall(&cfg, &first, None)?;
     let policy = Arc::new(ArcSwap::from_pointee(first));
 
     let c = &cfg.config;
@@ -153,23 +154,70 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
             s.seed(&policy.load());
             s
         });
+    let cache = Arc::new(Cache::new(
+        c.cache.size,
+        Limits {
+            min_ttl: c.cache.min_ttl_secs,
+            max_ttl: c.cache.max_ttl_secs,
+            negative_max_ttl: c.cache.negative_max_ttl_secs,
+        },
+    ));
+    let clients = Arc::new(crate::metrics::ClientCounts::new(c.metrics.max_clients));
+    let forward_slots = Arc::new(Semaphore::new(c.server.max_in_flight.max(1)));
     let pipeline = Pipeline {
         policy: policy.clone(),
-        cache: Cache::new(
-            c.cache.size,
-            Limits {
-                min_ttl: c.cache.min_ttl_secs,
-                max_ttl: c.cache.max_ttl_secs,
-                negative_max_ttl: c.cache.negative_max_ttl_secs,
-            },
-        ),
+        cache: cache.clone(),
+        clients: clients.clone(),
         upstream: upstream.clone(),
         shadow: shadow.clone(),
-        forward_slots: Arc::new(Semaphore::new(c.server.max_in_flight.max(1))),
+        forward_slots: forward_slots.clone(),
         udp_payload_max: c.server.udp_payload_max,
         outcomes: Arc::new(Outcomes::default()),
     };
     let outcomes = pipeline.outcomes.clone();
+    let max_in_flight = c.server.max_in_flight.max(1);
+    let shared = Arc::new(crate::metrics::Shared {
+        outcomes: outcomes.clone(),
+        clients,
+        policy: policy.clone(),
+        cache,
+        in_flight: Arc::new(move || {
+            max_in_flight.saturating_sub(forward_slots.available_permits())
+        }),
+        shadow: shadow.clone(),
+        accounting: ArcSwap::from_pointee(accounting),
+        reloads_ok: Default::default(),
+        reloads_failed: Default::default(),
+        last_reload_unix: std::sync::atomic::AtomicU64::new(crate::metrics::unix_now()),
+    });
+    if let Some(addr) = overrides.metrics.or(c.metrics.listen) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                proto: "metrics",
+                addr,
+                source,
+            })?;
+        info!(
+            "metrics listening on {}",
+            listener.local_addr().unwrap_or(addr)
+        );
+        let registry = prometheus::Registry::new();
+        if let Err(e) = registry.register(Box::new(crate::metrics::TelesinkCollector::new(
+            shared.clone(),
+        ))) {
+            warn!("metrics: {e}");
+        }
+        let no_upstream = upstream.servers().is_empty();
+        let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || {
+            if no_upstream {
+                Err("no upstream resolver".into())
+            } else {
+                Ok(())
+            }
+        });
+        tokio::spawn(crate::metrics::serve(listener, registry, health));
+    }
 
     let mut server = Server::new(pipeline);
     let tcp_idle = Duration::from_secs(c.server.tcp_idle_timeout_secs.max(1));
@@ -218,7 +266,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
                 if let Some(n) = &notifier {
                     n.send("RELOADING=1");
                 }
-                reload(&config_path, &overrides, &policy, shadow.clone()).await;
+                reload(&config_path, &overrides, &policy, shadow.clone(), &shared).await;
                 if let Some(n) = &notifier {
                     n.send(&format!("READY=1\nSTATUS={}", status_line(&policy.load(), &cfg, &outcomes)));
                 }
@@ -257,6 +305,7 @@ async fn reload(
     overrides: &Overrides,
     policy: &Arc<ArcSwap<Policy>>,
     shadow: Option<Arc<crate::firewall::shadow::Shadow>>,
+    shared: &crate::metrics::Shared,
 ) {
     let generation = policy.load().generation + 1;
     let path = config_path.to_owned();
@@ -267,20 +316,29 @@ async fn reload(
         let new = compile(&cfg, generation)?;
         // Firewall first: its batch is atomic, so if the kernel refuses it the old table
         // stays, and returning here keeps the old DNS policy too. Neither changes alone.
-        program_firewall(&cfg, &new, shadow.as_deref()).map_err(|e| format!("firewall: {e}"))?;
-        Ok::<_, String>((new, shadow))
+        let accounting = program_firewall(&cfg, &new, shadow.as_deref())
+            .map_err(|e| format!("firewall: {e}"))?;
+        Ok::<_, String>((new, shadow, accounting))
     })
     .await;
     match built {
-        Ok(Ok((new, shadow))) => {
+        Ok(Ok((new, shadow, accounting))) => {
             policy.store(Arc::new(new));
+            shared.accounting.store(Arc::new(accounting));
+            shared.mark_reload(true);
             info!(generation, "reloaded");
             if let Some(s) = shadow {
                 s.seed(&policy.load());
             }
         }
-        Ok(Err(e)) => error!("reload failed, the previous policy keeps serving:\n{e}"),
-        Err(e) => error!("reload failed, the previous policy keeps serving: {e}"),
+        Ok(Err(e)) => {
+            shared.mark_reload(false);
+            error!("reload failed, the previous policy keeps serving:\n{e}");
+        }
+        Err(e) => {
+            shared.mark_reload(false);
+            error!("reload failed, the previous policy keeps serving: {e}");
+        }
     }
 }
 

@@ -6,5 +6,6 @@ pub mod daemon;
 pub mod dns;
 pub mod firewall;
 pub mod lists;
+pub mod metrics;
 pub mod notify;
 pub mod policy;

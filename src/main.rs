@@ -35,6 +35,9 @@ enum Command {
         /// Forward to this upstream instead of the config's; repeatable.
         #[arg(long)]
         upstream: Vec<SocketAddr>,
+        /// Serve Prometheus metrics here instead of the config's metrics.listen.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// Validate the config and every list it names; print each problem as file:line.
     Check {
@@ -76,7 +79,15 @@ fn main() -> ExitCode {
             config,
             listen,
             upstream,
-        } => run(config, Overrides { listen, upstream }),
+            metrics,
+        } => run(
+            config,
+            Overrides {
+                listen,
+                upstream,
+                metrics,
+            },
+        ),
         Command::Check { config } => check(&config),
         Command::Firewall { action } => firewall(action),
     }

@@ -730,3 +730,39 @@ fn what_show_prints_is_accepted_by_nft_itself() {
         );
     }
 }
+
+#[test]
+fn firewall_rejects_per_client_reach_the_metrics() {
+    if !require_root() {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let dir = TempDir::new("fwmetrics");
+    let cfg = write(
+        &dir,
+        &config("", "[metrics]\nlisten = \"127.0.0.1:9153\"\n"),
+    );
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    for _ in 0..3 {
+        assert_eq!(
+            t.connect(&t.client, Some(CLIENT_IP), "203.0.113.5", 8080),
+            "refused"
+        );
+    }
+    assert_eq!(t.udp(&t.client, Some(CLIENT_IP), WAN_IP, 53), "refused");
+    let body = t.sh(
+        &t.gateway,
+        "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9153/metrics').read().decode())\"",
+    );
+    let want = format!(
+        "telesink_firewall_rejects_total{{client=\"{CLIENT_IP}\",profile=\"legacy-ip-telemetry\"}} 3"
+    );
+    assert!(
+        body.contains(&want),
+        "missing {want}:\n{body}\n{}",
+        daemon.log()
+    );
+    let bypass = format!("telesink_bypass_attempts_total{{client=\"{CLIENT_IP}\",kind=\"dns\"}} 1");
+    assert!(body.contains(&bypass), "missing {bypass}:\n{body}");
+}

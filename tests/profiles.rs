@@ -28,7 +28,14 @@ fn shipped(knot: &Knot, extra: &str) -> Telesink {
     Telesink::start_with(
         dir,
         &cfg,
-        &["--listen", "127.0.0.1:0", "--upstream", &upstream],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
     )
 }
 

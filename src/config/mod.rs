@@ -33,6 +33,32 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     #[serde(default)]
     pub firewall: FirewallConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where /metrics and /health are served; absent: no endpoint.
+    pub listen: Option<SocketAddr>,
+    /// Distinct client labels at most; later clients are counted as client="other".
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_clients: default_max_clients(),
+        }
+    }
+}
+
+fn default_max_clients() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

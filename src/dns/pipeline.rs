@@ -27,7 +27,9 @@ use crate::policy::{Policy, QName, Verdict};
 
 pub struct Pipeline {
     pub policy: Arc<ArcSwap<Policy>>,
-    pub cache: Cache,
+    pub cache: Arc<Cache>,
+    /// Blocked queries per client and profile, for the metrics (bounded labels).
+    pub clients: Arc<crate::metrics::ClientCounts>,
     pub upstream: Arc<Upstream>,
     /// Shadow resolution: blocked names of shadow profiles are handed to the firewall.
     pub shadow: Option<Arc<crate::firewall::shadow::Shadow>>,
@@ -244,6 +246,7 @@ impl Pipeline {
         zone: &Name,
         via_cname: Option<&Name>,
     ) -> (Outcome, ResponseInfo) {
+        self.clients.blocked(request.src().ip(), profile);
         let Some(p) = policy.profiles.get(profile as usize) else {
             return (
                 Outcome::ServFail,

@@ -1,0 +1,106 @@
+//! Blocked queries per client and profile, with the number of client labels bounded by
+//! design: the first `max_clients` addresses get their own label, every later one counts
+//! as `client="other"`, and how often that happened is itself counted. Never a domain
+//! label. Sharded by address so two cores rarely meet on one lock; no allocation once a
+//! client is known.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+const SHARDS: usize = 16;
+
+/// Per client: blocked count per profile index (up to 64 profiles).
+type Counts = Box<[u64; 64]>;
+
+pub struct ClientCounts {
+    max_clients: usize,
+    known: AtomicUsize,
+    shards: [Mutex<HashMap<IpAddr, Counts>>; SHARDS],
+    other: Mutex<Counts>,
+    pub overflow: AtomicU64,
+}
+
+impl ClientCounts {
+    pub fn new(max_clients: usize) -> Self {
+        Self {
+            max_clients,
+            known: AtomicUsize::new(0),
+            shards: Default::default(),
+            other: Mutex::new(Box::new([0; 64])),
+            overflow: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn blocked(&self, client: IpAddr, profile: u16) {
+        let p = (profile as usize).min(63);
+        let shard = &self.shards[shard_of(client)];
+        let mut map = shard.lock();
+        if let Some(counts) = map.get_mut(&client) {
+            counts[p] += 1;
+            return;
+        }
+        if self.known.load(Ordering::Relaxed) < self.max_clients {
+            self.known.fetch_add(1, Ordering::Relaxed);
+            let mut counts: Counts = Box::new([0; 64]);
+            counts[p] = 1;
+            map.insert(client, counts);
+            return;
+        }
+        drop(map);
+        self.overflow.fetch_add(1, Ordering::Relaxed);
+        self.other.lock()[p] += 1;
+    }
+
+    /// (client label, profile index, count) for every non-zero count.
+    pub fn snapshot(&self) -> Vec<(String, usize, u64)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for (ip, counts) in shard.lock().iter() {
+                push(&mut out, ip.to_string(), counts);
+            }
+        }
+        push(&mut out, "other".into(), &self.other.lock());
+        out
+    }
+}
+
+fn push(out: &mut Vec<(String, usize, u64)>, label: String, counts: &[u64; 64]) {
+    for (p, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+        out.push((label.clone(), p, n));
+    }
+}
+
+fn shard_of(ip: IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(a) => a.octets()[3] as usize % SHARDS,
+        IpAddr::V6(a) => a.octets()[15] as usize % SHARDS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_beyond_the_bound_count_as_other() {
+        let c = ClientCounts::new(2);
+        for last in 1..=4u8 {
+            c.blocked(IpAddr::from([192, 0, 2, last]), 1);
+        }
+        c.blocked(IpAddr::from([192, 0, 2, 1]), 1);
+        let snap = c.snapshot();
+        let get = |label: &str| {
+            snap.iter()
+                .find(|(l, p, _)| l == label && *p == 1)
+                .map(|x| x.2)
+        };
+        assert_eq!(get("192.0.2.1"), Some(2));
+        assert_eq!(get("192.0.2.2"), Some(1));
+        assert_eq!(get("other"), Some(2));
+        assert_eq!(c.overflow.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,100 @@
+//! The scrape endpoint: GET /metrics and GET /health, hardened like a data plane (few
+//! connections at once, short timeouts), because it listens next to the resolver.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::warn;
+
+const MAX_CONNECTIONS: usize = 4;
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until the process ends. `health` says "ok" or why not.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let registry = Arc::new(registry);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        // Over the limit: close at once rather than queue.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (registry, health) = (registry.clone(), health.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| respond(req, registry.clone(), health.clone()));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(CONNECTION_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            if tokio::time::timeout(CONNECTION_TIMEOUT, conn)
+                .await
+                .is_err()
+            {
+                warn!("metrics connection timed out");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn respond(
+    req: Request<hyper::body::Incoming>,
+    registry: Arc<Registry>,
+    health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, ctype: &str, body: Vec<u8>| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        if let Ok(v) = ctype.parse() {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        Ok(r)
+    };
+    if req.method() != Method::GET {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            b"GET only\n".to_vec(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let encoder = TextEncoder::new();
+            let mut body = Vec::new();
+            match encoder.encode(&registry.gather(), &mut body) {
+                Ok(()) => reply(StatusCode::OK, encoder.format_type(), body),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n").into_bytes(),
+                ),
+            }
+        }
+        "/health" => match health() {
+            Ok(()) => reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+            Err(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("degraded: {why}\n").into_bytes(),
+            ),
+        },
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+    }
+}

@@ -1,0 +1,318 @@
+//! Prometheus metrics, gathered at scrape time.
+//!
+//! Nothing on the query path formats labels or allocates for metrics: outcomes are the
+//! pipeline's atomic counters, blocked queries go through `ClientCounts` (bounded client
+//! labels), and the firewall's per-client reject counters are read from the kernel over
+//! netlink when Prometheus scrapes. Names are the constants in `names`; docs/METRICS.md
+//! lists them.
+
+mod clients;
+mod http;
+pub mod names;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+
+pub use clients::ClientCounts;
+pub use http::serve;
+
+use crate::dns::cache::Cache;
+use crate::dns::{Outcome, Outcomes};
+use crate::firewall::netlink;
+use crate::firewall::plan::Family;
+use crate::firewall::shadow::Shadow;
+use crate::policy::Policy;
+
+/// One accounting set of the current firewall table and what its label says.
+#[derive(Debug, Clone)]
+pub struct AcctSet {
+    pub set: String,
+    pub family: Family,
+    /// (metric name, label name, label value): a profile's rejects or a bypass kind.
+    pub metric: &'static str,
+    pub label: &'static str,
+    pub value: String,
+}
+
+/// Everything the scrape reads, shared with the daemon.
+pub struct Shared {
+    pub outcomes: Arc<Outcomes>,
+    pub clients: Arc<ClientCounts>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub cache: Arc<Cache>,
+    pub in_flight: Arc<dyn Fn() -> usize + Send + Sync>,
+    pub shadow: Option<Arc<Shadow>>,
+    pub accounting: ArcSwap<Vec<AcctSet>>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub last_reload_unix: AtomicU64,
+}
+
+impl Shared {
+    pub fn mark_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            self.last_reload_unix.store(unix_now(), Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The custom collector: builds every family from the shared state at scrape time.
+pub struct TelesinkCollector {
+    pub shared: Arc<Shared>,
+    descs: Vec<Desc>,
+}
+
+impl TelesinkCollector {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            descs: Vec::new(),
+        }
+    }
+}
+
+struct Family_ {
+    mf: MetricFamily,
+}
+
+impl Family_ {
+    fn new(name: &str, help: &str, kind: MetricType) -> Self {
+        let mut mf = MetricFamily::default();
+        mf.set_name(name.to_owned());
+        mf.set_help(help.to_owned());
+        mf.set_field_type(kind);
+        Self { mf }
+    }
+
+    fn add(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut m = Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut lp = LabelPair::default();
+                    lp.set_name((*k).to_owned());
+                    lp.set_value((*v).to_owned());
+                    lp
+                })
+                .collect(),
+        );
+        if self.mf.get_field_type() == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        self.mf.mut_metric().push(m);
+    }
+}
+
+impl Collector for TelesinkCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use names::*;
+        let s = &self.shared;
+        let policy = s.policy.load();
+        let mut out = Vec::new();
+
+        let mut q = Family_::new(
+            DNS_QUERIES,
+            "DNS queries answered, by outcome.",
+            MetricType::COUNTER,
+        );
+        for o in Outcome::ALL {
+            q.add(&[("outcome", o.name())], s.outcomes.get(o) as f64);
+        }
+        out.push(q.mf);
+
+        let mut b = Family_::new(
+            DNS_BLOCKED,
+            "DNS queries answered with a sinkhole, by client and profile.",
+            MetricType::COUNTER,
+        );
+        for (client, profile, n) in s.clients.snapshot() {
+            let name = policy
+                .profiles
+                .get(profile)
+                .map_or("unknown", |p| p.name.as_str());
+            b.add(&[("client", &client), ("profile", name)], n as f64);
+        }
+        out.push(b.mf);
+
+        let mut ov = Family_::new(
+            CLIENT_OVERFLOW,
+            "Blocked queries counted as client=\"other\" because the client label limit was reached.",
+            MetricType::COUNTER,
+        );
+        ov.add(&[], s.clients.overflow.load(Ordering::Relaxed) as f64);
+        out.push(ov.mf);
+
+        // Kernel counters, read now: they only grow, so they are exported as counters.
+        let mut fw = Family_::new(
+            FIREWALL_REJECTS,
+            "Packets the firewall rejected, by client and profile.",
+            MetricType::COUNTER,
+        );
+        let mut by = Family_::new(
+            BYPASS_ATTEMPTS,
+            "DNS bypass attempts stopped by the firewall, by client and kind.",
+            MetricType::COUNTER,
+        );
+        for a in s.accounting.load().iter() {
+            let Ok(counts) = netlink::read_accounting(&a.set, a.family) else {
+                continue;
+            };
+            let target = if a.metric == FIREWALL_REJECTS {
+                &mut fw
+            } else {
+                &mut by
+            };
+            for c in counts {
+                let client = client_label(c.client);
+                target.add(
+                    &[("client", &client), (a.label, &a.value)],
+                    c.packets as f64,
+                );
+            }
+        }
+        out.push(fw.mf);
+        out.push(by.mf);
+
+        if let Some(sh) = &s.shadow {
+            let mut added = Family_::new(
+                SHADOW_ADDED,
+                "Addresses of blocked names added to the firewall by shadow resolution.",
+                MetricType::COUNTER,
+            );
+            added.add(&[], sh.added.load(Ordering::Relaxed) as f64);
+            out.push(added.mf);
+            let mut skipped = Family_::new(
+                SHADOW_ALLOW_SKIPPED,
+                "Learned addresses not added because they are in the allow set.",
+                MetricType::COUNTER,
+            );
+            skipped.add(&[], sh.skipped_allow.load(Ordering::Relaxed) as f64);
+            out.push(skipped.mf);
+        }
+
+        let mut r = Family_::new(RELOADS, "Policy reloads, by result.", MetricType::COUNTER);
+        r.add(
+            &[("result", "success")],
+            s.reloads_ok.load(Ordering::Relaxed) as f64,
+        );
+        r.add(
+            &[("result", "failure")],
+            s.reloads_failed.load(Ordering::Relaxed) as f64,
+        );
+        out.push(r.mf);
+
+        let gauge = |name: &str, help: &str, v: f64| {
+            let mut g = Family_::new(name, help, MetricType::GAUGE);
+            g.add(&[], v);
+            g.mf
+        };
+        out.push(gauge(
+            POLICY_GENERATION,
+            "Generation of the policy in use.",
+            policy.generation as f64,
+        ));
+        out.push(gauge(
+            LAST_RELOAD,
+            "Unix time of the last successful policy load.",
+            s.last_reload_unix.load(Ordering::Relaxed) as f64,
+        ));
+        out.push(gauge(
+            CACHE_ENTRIES,
+            "Answers in the cache.",
+            s.cache.len() as f64,
+        ));
+        out.push(gauge(
+            IN_FLIGHT,
+            "Queries waiting on an upstream.",
+            (s.in_flight)() as f64,
+        ));
+        out.push(gauge(
+            CLIENTS_SEEN,
+            "Distinct client addresses seen (bounded).",
+            s.outcomes.clients_seen() as f64,
+        ));
+
+        let mut l = Family_::new(
+            LIST_ENTRIES,
+            "Entries read from each list.",
+            MetricType::GAUGE,
+        );
+        for list in policy.lists.iter() {
+            let name = list
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            l.add(&[("list", &name)], list.entries as f64);
+        }
+        out.push(l.mf);
+
+        let mut bi = Family_::new(BUILD_INFO, "Build information.", MetricType::GAUGE);
+        bi.add(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        out.push(bi.mf);
+        out
+    }
+}
+
+fn client_label(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+/// The accounting sets of a plan, with the label each one's counters get.
+pub fn accounting_sets(plan: &crate::firewall::Plan, policy: &Policy) -> Vec<AcctSet> {
+    use crate::firewall::plan::{SetKind, set_name};
+    let mut out = Vec::new();
+    for set in plan
+        .sets
+        .iter()
+        .filter(|s| matches!(s.kind, SetKind::Accounting { .. }))
+    {
+        let profile = policy
+            .profiles
+            .iter()
+            .find(|p| set_name("acct_", &p.name, set.family) == set.name)
+            .map(|p| (names::FIREWALL_REJECTS, "profile", p.name.clone()));
+        let bypass = ["dns", "dot", "doh"]
+            .into_iter()
+            .find(|k| set_name("bypass_", k, set.family) == set.name)
+            .map(|k| (names::BYPASS_ATTEMPTS, "kind", k.to_owned()));
+        if let Some((metric, label, value)) = profile.or(bypass) {
+            out.push(AcctSet {
+                set: set.name.clone(),
+                family: set.family,
+                metric,
+                label,
+                value,
+            });
+        }
+    }
+    out
+}

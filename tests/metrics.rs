@@ -1,0 +1,172 @@
+//! The Prometheus endpoint: per-client counts match the queries sent, labels stay
+//! bounded, and promtool accepts the exposition.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::rr::RecordType;
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn start(max_clients: usize) -> Option<(Knot, Telesink, SocketAddr)> {
+    if !require("knotd") {
+        return None;
+    }
+    let knot = Knot::start("");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"{}\"]\n[policy]\nlists_dir = \".\"\n[profiles.p]\nenabled = true\nlists = [\"block.list\"]\n[metrics]\nmax_clients = {max_clients}\n",
+        knot.addr
+    );
+    let dir = TempDir::new("metrics");
+    dir.write("block.list", "blocked.test\n");
+    let cfg = dir.write("telesink.toml", &config);
+    let ts = Telesink::start_with(dir, &cfg, &["--metrics", "127.0.0.1:0"]);
+    let log = ts.log.lock().unwrap().clone();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
+        .expect("metrics address in the log");
+    Some((knot, ts, addr))
+}
+
+#[test]
+fn per_client_blocked_counts_match_what_was_sent() {
+    let Some((_k, ts, addr)) = start(1000) else {
+        return;
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            addrs(&ts.q_from("127.0.0.1", "blocked.test", RecordType::A)),
+            ["0.0.0.0"]
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            addrs(&ts.q_from("127.0.0.2", "blocked.test", RecordType::AAAA)),
+            ["::"]
+        );
+    }
+    assert_eq!(addrs(&ts.q("www.test", RecordType::A)), ["192.0.2.10"]);
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        value(
+            &body,
+            "telesink_dns_blocked_total{client=\"127.0.0.1\",profile=\"p\"}"
+        ),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(
+            &body,
+            "telesink_dns_blocked_total{client=\"127.0.0.2\",profile=\"p\"}"
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "telesink_dns_queries_total{outcome=\"blocked\"}"),
+        Some(5.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "telesink_dns_queries_total{outcome=\"forwarded\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "telesink_policy_generation"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(!body.contains("blocked.test"), "never a domain label");
+    let (status, health) = get(addr, "/health");
+    assert_eq!((status, health.trim()), (200, "ready"));
+    assert_eq!(get(addr, "/nope").0, 404);
+    if require("promtool") {
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn clients_beyond_max_clients_are_counted_as_other() {
+    let Some((_k, ts, addr)) = start(1) else {
+        return;
+    };
+    ts.q_from("127.0.0.1", "blocked.test", RecordType::A);
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        ts.q_from(from, "blocked.test", RecordType::A);
+    }
+    let (_, body) = get(addr, "/metrics");
+    assert_eq!(
+        value(
+            &body,
+            "telesink_dns_blocked_total{client=\"127.0.0.1\",profile=\"p\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(
+            &body,
+            "telesink_dns_blocked_total{client=\"other\",profile=\"p\"}"
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "telesink_client_label_overflow_total"),
+        Some(2.0),
+        "{body}"
+    );
+    assert!(!body.contains("127.0.0.3"), "{body}");
+}
