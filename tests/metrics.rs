@@ -170,3 +170,63 @@ fn clients_beyond_max_clients_are_counted_as_other() {
     );
     assert!(!body.contains("127.0.0.3"), "{body}");
 }
+
+#[test]
+fn a_real_prometheus_server_scrapes_the_series() {
+    let Some((_k, ts, addr)) = start(1000) else {
+        return;
+    };
+    if !require("prometheus") {
+        return;
+    }
+    for _ in 0..4 {
+        ts.q_from("127.0.0.2", "blocked.test", RecordType::A);
+    }
+    let dir = TempDir::new("prom");
+    let port = free_port();
+    let conf = dir.write(
+        "prometheus.yml",
+        &format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: telesink\n    static_configs:\n      - targets: ['{addr}']\n"),
+    );
+    let mut prom = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", conf.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let api: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The target shows up after a few seconds: poll, never sleep a fixed time.
+    let query = "/api/v1/query?query=telesink_dns_blocked_total%7Bclient%3D%22127.0.0.2%22%7D";
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let found = loop {
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(mut s) = TcpStream::connect(api) else {
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(
+            s,
+            "GET {query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        last.clear();
+        let _ = s.read_to_string(&mut last);
+        if last.contains("\"profile\":\"p\"") && last.contains("\"4\"") {
+            break true;
+        }
+    };
+    let _ = prom.kill();
+    let _ = prom.wait();
+    assert!(
+        found,
+        "Prometheus never returned the series; last answer:\n{last}"
+    );
+}
