@@ -44,6 +44,19 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Why a name is blocked or not for a client: the verdict, the profile and the rule
+    /// with its list file and line (including an allow rule that won).
+    Explain {
+        name: String,
+        /// The client's address (decides its group); default 127.0.0.1.
+        #[arg(long, default_value = "127.0.0.1")]
+        client: std::net::IpAddr,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// The nftables firewall, without the resolver.
     Firewall {
         #[command(subcommand)]
@@ -90,6 +103,12 @@ fn main() -> ExitCode {
         ),
         Command::Check { config } => check(&config),
         Command::Firewall { action } => firewall(action),
+        Command::Explain {
+            name,
+            client,
+            config,
+            json,
+        } => explain(&config, &name, client, json),
     }
 }
 
@@ -251,4 +270,34 @@ fn load(path: &std::path::Path) -> Result<LoadedConfig, ExitCode> {
         eprintln!("{e}");
         ExitCode::FAILURE
     })
+}
+
+fn explain(path: &std::path::Path, name: &str, client: std::net::IpAddr, json: bool) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let Some(policy) = policy::build(&cfg, 1).policy else {
+        eprintln!(
+            "{}: the policy has errors; run telesink check",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let Some(e) = policy::explain(&policy, name, client) else {
+        eprintln!("not a domain name: {name:?}");
+        return ExitCode::FAILURE;
+    };
+    if json {
+        match serde_json::to_string_pretty(&e) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("{err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{e}");
+    }
+    ExitCode::SUCCESS
 }

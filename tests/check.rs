@@ -180,3 +180,82 @@ fn profiles_that_block_required_endpoints_warn_when_on() {
     let (_, plain) = check(&root.join("config/telesink.toml"));
     assert!(!plain.contains("office-telemetry-strict is on"), "{plain}");
 }
+
+/// `telesink explain --json` as parsed JSON.
+fn explain(cfg: &std::path::Path, name: &str, client: &str) -> serde_json::Value {
+    let out = std::process::Command::new(bin())
+        .args(["explain", name, "--client", client, "--json", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// The line the explanation points at really holds the rule it names.
+fn assert_points_at_its_rule(e: &serde_json::Value) {
+    let rule = &e["rule"];
+    let file = rule["file"].as_str().unwrap();
+    let line = rule["line"].as_u64().unwrap() as usize;
+    let text = std::fs::read_to_string(file).unwrap();
+    let at = text.lines().nth(line - 1).unwrap_or("");
+    assert!(
+        at.trim_start().starts_with(rule["rule"].as_str().unwrap()),
+        "{file}:{line} is {at:?}, not {}",
+        rule["rule"]
+    );
+}
+
+#[test]
+fn explain_names_the_profile_and_the_file_and_line_that_decided() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = root.join("config/telesink.toml");
+    let e = explain(&cfg, "nexus.officeapps.live.com", "127.0.0.1");
+    assert_eq!(e["verdict"], "blocked");
+    assert_eq!(e["profile"], "office-telemetry");
+    assert_eq!(e["rule"]["rule"], "nexus.officeapps.live.com");
+    assert_points_at_its_rule(&e);
+    // Licensing under the same zone: the allow rule that won is named.
+    let e = explain(&cfg, "ols.officeapps.live.com", "127.0.0.1");
+    assert_eq!(e["verdict"], "allowed");
+    assert_eq!(e["rule"]["allow"], true);
+    assert!(
+        e["rule"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("allow-office-core.domains")
+    );
+    assert_points_at_its_rule(&e);
+    // A suffix rule is shown as written.
+    let e = explain(&cfg, "a.b.vortex-win.data.microsoft.com", "127.0.0.1");
+    assert_eq!(e["rule"]["rule"], "*.vortex-win.data.microsoft.com");
+    assert_points_at_its_rule(&e);
+    assert_eq!(
+        explain(&cfg, "www.example.org", "127.0.0.1")["verdict"],
+        "forwarded"
+    );
+}
+
+#[test]
+fn explain_follows_the_client_group() {
+    let (_d, cfg) = dir_with(
+        &format!(
+            "{GOOD}[profiles.q]\nlists = [\"q.list\"]\n[[groups]]\nname = \"lab\"\nclients = [\"192.0.2.0/24\"]\nenable = [\"q\"]\n"
+        ),
+        "a.example\n",
+    );
+    _d.write("q.list", "only-lab.example\n");
+    assert_eq!(
+        explain(&cfg, "only-lab.example", "198.51.100.1")["verdict"],
+        "forwarded"
+    );
+    let lab = explain(&cfg, "only-lab.example", "192.0.2.9");
+    assert_eq!(
+        (lab["verdict"].as_str(), lab["group"].as_str()),
+        (Some("blocked"), Some("lab"))
+    );
+}

@@ -9,6 +9,7 @@
 
 mod build;
 mod clients;
+mod explain;
 mod index;
 mod qname;
 
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 pub use build::{BuildOutcome, BuildProblem, Severity, build};
 pub use clients::ClientTable;
+pub use explain::{Explanation, explain};
 pub use index::{NameIndex, Rule};
 pub use qname::QName;
 
