@@ -26,10 +26,6 @@ impl Guard {
     pub fn refuses_suffix(&self, name: &str) -> bool {
         self.covered.contains(name)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.covered.is_empty()
-    }
 }
 
 #[cfg(test)]

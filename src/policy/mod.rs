@@ -82,10 +82,6 @@ impl AddressSet {
         self.v4.is_empty() && self.v6.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
-    }
-
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(a) => self.v4.iter().any(|n| n.contains(&a)),
@@ -279,13 +275,6 @@ impl Policy {
         }
         *undecided &= !(allow_mask | block_mask);
         (*undecided == 0).then_some(Verdict::Pass { allow: *allow_seen })
-    }
-
-    pub fn profile_index(&self, name: &str) -> Option<u16> {
-        self.profiles
-            .iter()
-            .position(|p| p.name == name)
-            .map(|i| i as u16)
     }
 
     /// Number of index entries (names) each list contributed, for logs and metrics.
