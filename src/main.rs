@@ -229,16 +229,9 @@ fn firewall(action: FirewallAction) -> ExitCode {
 
 fn firewall_counters(path: &std::path::Path) -> ExitCode {
     use telesink::firewall::plan::SetKind;
-    let cfg = match load(path) {
-        Ok(cfg) => cfg,
+    let (cfg, policy) = match load_policy(path) {
+        Ok(both) => both,
         Err(code) => return code,
-    };
-    let Some(policy) = policy::build(&cfg, 1).policy else {
-        eprintln!(
-            "{}: the policy has errors; run telesink check",
-            path.display()
-        );
-        return ExitCode::FAILURE;
     };
     let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
     for set in plan
@@ -264,6 +257,21 @@ fn firewall_counters(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Loads a config and compiles its policy, or reports why not.
+fn load_policy(path: &std::path::Path) -> Result<(LoadedConfig, policy::Policy), ExitCode> {
+    let cfg = load(path)?;
+    match policy::build(&cfg, 1).policy {
+        Some(policy) => Ok((cfg, policy)),
+        None => {
+            eprintln!(
+                "{}: the policy has errors; run telesink check",
+                path.display()
+            );
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// Loads a config or reports why not (already printed) as the exit code.
 fn load(path: &std::path::Path) -> Result<LoadedConfig, ExitCode> {
     LoadedConfig::load(path).map_err(|e| {
@@ -273,16 +281,9 @@ fn load(path: &std::path::Path) -> Result<LoadedConfig, ExitCode> {
 }
 
 fn explain(path: &std::path::Path, name: &str, client: std::net::IpAddr, json: bool) -> ExitCode {
-    let cfg = match load(path) {
-        Ok(cfg) => cfg,
+    let (_, policy) = match load_policy(path) {
+        Ok(both) => both,
         Err(code) => return code,
-    };
-    let Some(policy) = policy::build(&cfg, 1).policy else {
-        eprintln!(
-            "{}: the policy has errors; run telesink check",
-            path.display()
-        );
-        return ExitCode::FAILURE;
     };
     let Some(e) = policy::explain(&policy, name, client) else {
         eprintln!("not a domain name: {name:?}");
