@@ -44,11 +44,15 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error("firewall: {0} (set firewall.enabled = false to run DNS alone)")]
     Firewall(#[from] crate::firewall::netlink::NetlinkError),
+    #[error(transparent)]
+    Labels(#[from] crate::metrics::KeyError),
+    #[error("{0} (set control.socket to a folder telesink may write)")]
+    Socket(#[from] crate::control::api::SocketError),
 }
 
 /// Programs the firewall for a policy, when the config enables it. Learned addresses
 /// (shadow resolution) are carried into the new table with their remaining lifetimes.
-fn program_firewall(
+pub(crate) fn program_firewall(
     cfg: &LoadedConfig,
     policy: &Policy,
     shadow: Option<&crate::firewall::shadow::Shadow>,
@@ -124,7 +128,13 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if !overrides.upstream.is_empty() {
         cfg.config.upstream.servers = overrides.upstream.clone();
     }
-    let first = compile(&cfg, 1).map_err(DaemonError::Policy)?;
+    let base = compile(&cfg, 1).map_err(DaemonError::Policy)?;
+    // Toggles made at runtime survive a restart: they are applied before the firewall
+    // and the listeners start, so a client never sees the config-only policy in between.
+    let state = crate::control::StateFile::new(crate::control::state::state_path(
+        cfg.config.control.state_file.as_deref(),
+    ));
+    let first = crate::control::initial(base, &state);
     // The firewall goes in before any listener answers: a gateway that says it is up
     // already blocks what its policy says.
     let accounting = program_firewall(&cfg, &first, None)?;
@@ -176,11 +186,21 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     };
     let outcomes = pipeline.outcomes.clone();
     let max_in_flight = c.server.max_in_flight.max(1);
+    let key_file = c.metrics.pseudonym_key_file.clone().unwrap_or_else(|| {
+        state
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("client-label.key")
+    });
+    let labels = crate::metrics::Labeler::new(c.metrics.client_labels, &key_file)?;
     let shared = Arc::new(crate::metrics::Shared {
         outcomes: outcomes.clone(),
         clients,
         policy: policy.clone(),
         cache,
+        upstream: upstream.clone(),
+        labels,
         in_flight: Arc::new(move || {
             max_in_flight.saturating_sub(forward_slots.available_permits())
         }),
@@ -218,6 +238,17 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         });
         tokio::spawn(crate::metrics::serve(listener, registry, health));
     }
+
+    let control = Arc::new(crate::control::Control::new(
+        policy.clone(),
+        shared.clone(),
+        shadow.clone(),
+        cfg.clone(),
+        config_path.clone(),
+        state,
+    ));
+    tokio::spawn(control.clone().expire_forever());
+    let socket = control_socket(&cfg, control.clone())?;
 
     let mut server = Server::new(pipeline);
     let tcp_idle = Duration::from_secs(c.server.tcp_idle_timeout_secs.max(1));
@@ -266,7 +297,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
                 if let Some(n) = &notifier {
                     n.send("RELOADING=1");
                 }
-                reload(&config_path, &overrides, &policy, shadow.clone(), &shared).await;
+                let _ = control.reload().await;
                 if let Some(n) = &notifier {
                     n.send(&format!("READY=1\nSTATUS={}", status_line(&policy.load(), &cfg, &outcomes)));
                 }
@@ -293,51 +324,32 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
             },
         }
     }
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
     info!("queries: {}", outcomes.summary());
     Ok(())
 }
 
-/// Rebuilds the policy from the config and lists on disk and swaps it in. On any error
-/// the old policy keeps serving. Listeners and upstreams are not rebound: that needs a
-/// restart (documented in the README).
-async fn reload(
-    config_path: &Path,
-    overrides: &Overrides,
-    policy: &Arc<ArcSwap<Policy>>,
-    shadow: Option<Arc<crate::firewall::shadow::Shadow>>,
-    shared: &crate::metrics::Shared,
-) {
-    let generation = policy.load().generation + 1;
-    let path = config_path.to_owned();
-    let _ = overrides;
-    // Compiling a big list takes a while: keep it off the threads that answer queries.
-    let built = tokio::task::spawn_blocking(move || {
-        let cfg = LoadedConfig::load(&path).map_err(|e| e.to_string())?;
-        let new = compile(&cfg, generation)?;
-        // Firewall first: its batch is atomic, so if the kernel refuses it the old table
-        // stays, and returning here keeps the old DNS policy too. Neither changes alone.
-        let accounting = program_firewall(&cfg, &new, shadow.as_deref())
-            .map_err(|e| format!("firewall: {e}"))?;
-        Ok::<_, String>((new, shadow, accounting))
-    })
-    .await;
-    match built {
-        Ok(Ok((new, shadow, accounting))) => {
-            policy.store(Arc::new(new));
-            shared.accounting.store(Arc::new(accounting));
-            shared.mark_reload(true);
-            info!(generation, "reloaded");
-            if let Some(s) = shadow {
-                s.seed(&policy.load());
-            }
+/// Opens the control socket. Where the config names it, failing is fatal; the default
+/// place (/run/telesink) may not be writable for a trial run as a normal user, so there
+/// telesink warns and runs without it.
+fn control_socket(
+    cfg: &LoadedConfig,
+    control: Arc<crate::control::Control>,
+) -> Result<Option<PathBuf>, DaemonError> {
+    let c = &cfg.config.control;
+    let (path, explicit) = crate::control::socket_path(c.socket.as_deref());
+    match crate::control::api::bind(&path, c.socket_group.as_deref()) {
+        Ok(listener) => {
+            info!("control socket {}", path.display());
+            tokio::spawn(crate::control::api::serve(listener, control));
+            Ok(Some(path))
         }
-        Ok(Err(e)) => {
-            shared.mark_reload(false);
-            error!("reload failed, the previous policy keeps serving:\n{e}");
-        }
+        Err(e) if explicit => Err(e.into()),
         Err(e) => {
-            shared.mark_reload(false);
-            error!("reload failed, the previous policy keeps serving: {e}");
+            warn!("{e}; running without the control socket (set control.socket)");
+            Ok(None)
         }
     }
 }

@@ -2,6 +2,7 @@
 //! The binary is `src/main.rs`; this library exists so tests and benchmarks reach the parts.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod firewall;

@@ -1,4 +1,5 @@
-//! The telesink command line: `run` the appliance, `check` a configuration.
+//! The telesink command line: `run` the appliance, `check` a configuration, and talk to
+//! the running daemon over its control socket (`status`, `profile`, `reload`, ...).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,12 +57,86 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Ask the running daemon through this socket (default: as for `status`).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Evaluate the config on disk, not the running daemon's policy.
+        #[arg(long)]
+        offline: bool,
     },
     /// The nftables firewall, without the resolver.
     Firewall {
         #[command(subcommand)]
         action: FirewallAction,
     },
+    /// What the running daemon serves: generation, profiles per group, toggles, counts.
+    Status {
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Every profile with its size and its state in each group.
+    Profiles {
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Switch a profile on or off at runtime (kept across restarts).
+    Profile {
+        #[arg(value_enum)]
+        action: OnOff,
+        name: String,
+        /// Only for this client group (default: every group).
+        #[arg(long)]
+        group: Option<String>,
+        /// Revert by itself after this long: 90s, 30m, 2h, 1d.
+        #[arg(long = "for", value_parser = telesink::control::client::parse_duration)]
+        duration: Option<u64>,
+        /// Show what would change (names, CIDRs, clients) without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Log-only mode: the profile answers normally and counts what it would block.
+    LogOnly {
+        name: String,
+        #[arg(value_enum)]
+        state: LogOnlyState,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Re-read config and lists in the running daemon (like SIGHUP, but reports errors).
+    Reload {
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    Enable,
+    Disable,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogOnlyState {
+    On,
+    Off,
+}
+
+#[derive(clap::Args, Clone)]
+struct SocketArgs {
+    /// The daemon's control socket (default: the config's control.socket, else
+    /// /run/telesink/control.sock; also TELESINK_SOCKET).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Read the socket path from this config.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +159,8 @@ enum FirewallAction {
         config: PathBuf,
     },
 }
+
+mod ctl;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -108,7 +185,35 @@ fn main() -> ExitCode {
             client,
             config,
             json,
-        } => explain(&config, &name, client, json),
+            socket,
+            offline,
+        } => explain(&config, &name, client, json, socket, offline),
+        Command::Status { socket } => ctl::status(&socket),
+        Command::Profiles { socket } => ctl::profiles(&socket),
+        Command::Profile {
+            action,
+            name,
+            group,
+            duration,
+            dry_run,
+            socket,
+        } => ctl::profile(
+            &socket,
+            &name,
+            serde_json::json!({
+                "enabled": matches!(action, OnOff::Enable),
+                "group": group,
+                "for_secs": duration,
+                "dry_run": dry_run,
+            }),
+        ),
+        Command::LogOnly {
+            name,
+            state,
+            dry_run,
+            socket,
+        } => ctl::log_only(&socket, &name, matches!(state, LogOnlyState::On), dry_run),
+        Command::Reload { socket } => ctl::reload(&socket),
     }
 }
 
@@ -280,7 +385,37 @@ fn load(path: &std::path::Path) -> Result<LoadedConfig, ExitCode> {
     })
 }
 
-fn explain(path: &std::path::Path, name: &str, client: std::net::IpAddr, json: bool) -> ExitCode {
+fn explain(
+    path: &std::path::Path,
+    name: &str,
+    client: std::net::IpAddr,
+    json: bool,
+    socket: Option<PathBuf>,
+    offline: bool,
+) -> ExitCode {
+    // The running daemon's answer includes runtime toggles; without a daemon (or with
+    // --offline) the config on disk is evaluated, and the output says so.
+    if !offline {
+        let args = SocketArgs {
+            socket,
+            config: path.to_owned(),
+            json,
+        };
+        let body = serde_json::json!({ "name": name, "client": client });
+        match ctl::call(&args, "POST", "/v1/explain", Some(&body)) {
+            Ok(v) => return ctl::print(&args, &v, ctl::explanation),
+            Err(telesink::control::client::ClientError::Connect { .. }) => {
+                eprintln!(
+                    "(the daemon is not reachable: evaluating {} offline)",
+                    path.display()
+                );
+            }
+            Err(e) => {
+                eprintln!("telesink: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let (_, policy) = match load_policy(path) {
         Ok(both) => both,
         Err(code) => return code,

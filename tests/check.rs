@@ -184,7 +184,15 @@ fn profiles_that_block_required_endpoints_warn_when_on() {
 /// `telesink explain --json` as parsed JSON.
 fn explain(cfg: &std::path::Path, name: &str, client: &str) -> serde_json::Value {
     let out = std::process::Command::new(bin())
-        .args(["explain", name, "--client", client, "--json", "--config"])
+        .args([
+            "explain",
+            name,
+            "--client",
+            client,
+            "--json",
+            "--offline",
+            "--config",
+        ])
         .arg(cfg)
         .output()
         .unwrap();
@@ -257,5 +265,22 @@ fn explain_follows_the_client_group() {
     assert_eq!(
         (lab["verdict"].as_str(), lab["group"].as_str()),
         (Some("blocked"), Some("lab"))
+    );
+}
+
+/// The first profile in the file wins a tie, whatever the names' alphabetical order
+/// (the TOML map must keep the file's order).
+#[test]
+fn profiles_keep_the_order_of_the_file() {
+    let (_d, cfg) = dir_with(
+        &format!(
+            "{GOOD}[profiles.zeta]\nenabled = true\nlists = [\"z.list\"]\n[profiles.alpha]\nenabled = true\nlists = [\"z.list\"]\n"
+        ),
+        "a.example\n",
+    );
+    _d.write("z.list", "both.example\n");
+    assert_eq!(
+        explain(&cfg, "both.example", "127.0.0.1")["profile"],
+        "zeta"
     );
 }

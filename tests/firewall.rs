@@ -278,6 +278,8 @@ impl Daemon {
             .args(["netns", "exec", &t.gateway, bin(), "run", "--config"])
             .arg(cfg)
             .env("NO_COLOR", "1")
+            .env("RUNTIME_DIRECTORY", dir.path())
+            .env("STATE_DIRECTORY", dir.path())
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -35,6 +35,35 @@ pub struct Config {
     pub firewall: FirewallConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// The local control API (`telesink status`, `profile enable`, ...): a Unix socket only,
+/// never TCP, guarded by file permissions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Socket path. Default: $RUNTIME_DIRECTORY/control.sock under systemd, else
+    /// /run/telesink/control.sock. Unset and not creatable: telesink runs without it.
+    pub socket: Option<PathBuf>,
+    /// Group that may use the socket (mode 0660). Default: the daemon's own group.
+    pub socket_group: Option<String>,
+    /// Runtime toggles, kept across restarts. Default: $STATE_DIRECTORY/state.json under
+    /// systemd, else /var/lib/telesink/state.json.
+    pub state_file: Option<PathBuf>,
+}
+
+/// What the `client` label of the per-client metrics shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientLabels {
+    /// The host's name from a group's `hosts`, else its address.
+    #[default]
+    Address,
+    /// The host's name from a group's `hosts`, else a keyed hash of the address that is
+    /// stable across restarts (for sites that must not expose addresses).
+    Pseudonym,
 }
 
 /// The Prometheus endpoint.
@@ -46,6 +75,11 @@ pub struct MetricsConfig {
     /// Distinct client labels at most; later clients are counted as client="other".
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    #[serde(default)]
+    pub client_labels: ClientLabels,
+    /// Key of the pseudonyms; created (random, mode 0600) if missing. Default: next to the
+    /// state file, client-label.key.
+    pub pseudonym_key_file: Option<PathBuf>,
 }
 
 impl Default for MetricsConfig {
@@ -53,6 +87,8 @@ impl Default for MetricsConfig {
         Self {
             listen: None,
             max_clients: default_max_clients(),
+            client_labels: ClientLabels::default(),
+            pseudonym_key_file: None,
         }
     }
 }
@@ -323,6 +359,10 @@ pub struct GroupConfig {
     /// Addresses and networks; the most specific match over all groups decides.
     #[serde(default)]
     pub clients: Vec<IpNet>,
+    /// Named hosts of this group, name = "address": members of the group, and their name
+    /// is their `client` label in the metrics.
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, IpAddr>,
     /// Profiles switched on for this group on top of the enabled ones.
     #[serde(default)]
     pub enable: Vec<Spanned<String>>,

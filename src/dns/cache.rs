@@ -47,6 +47,8 @@ pub struct Cache {
     shards: Vec<Mutex<LruCache<Key, Arc<Entry>>>>,
     hasher: foldhash::fast::RandomState,
     limits: Limits,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl Cache {
@@ -61,6 +63,8 @@ impl Cache {
             shards,
             hasher: foldhash::fast::RandomState::default(),
             limits,
+            hits: Default::default(),
+            misses: Default::default(),
         }
     }
 
@@ -72,7 +76,25 @@ impl Cache {
         self.shards.get(h % self.shards.len())
     }
 
+    /// A fresh answer for `key`, its TTLs aged; counts the hit or miss.
     pub fn get(&self, key: &Key, now: Instant) -> Option<Hit> {
+        let hit = self.lookup(key, now);
+        let counter = if hit.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        hit
+    }
+
+    /// (hits, misses) since start.
+    pub fn lookups(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+
+    fn lookup(&self, key: &Key, now: Instant) -> Option<Hit> {
         let shard = self.shard(key)?;
         let entry = {
             let mut lru = shard.lock();

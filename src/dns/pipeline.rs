@@ -1,7 +1,8 @@
 //! The query pipeline, in the order every query travels through it:
 //!
 //! listener (hickory-server) -> protocol checks -> client identity -> special-use names ->
-//! policy verdict -> sinkhole answer | cache -> upstream -> CNAME cloaking -> send -> outcome
+//! policy verdict -> sinkhole answer | log-only count -> cache -> upstream -> CNAME cloaking ->
+//! send -> outcome
 //!
 //! The order is fixed here, in code; configuration switches stages on and off but never
 //! reorders them. Each stage below says why it sits where it does.
@@ -148,6 +149,13 @@ impl Pipeline {
             return self
                 .sinkhole(request, handle, &policy, profile, query, &zone, None)
                 .await;
+        }
+
+        // 4b. Log-only profiles, after the real verdict: a name that some enforcing profile
+        //     blocks was answered above; what passes is counted as a would-be block of a
+        //     log-only profile and then answered normally.
+        if let Some(profile) = policy.would_block(group, &qname) {
+            self.clients.logged(client, profile);
         }
 
         // 5. Cache, then upstream. Only a miss takes a forwarding slot.

@@ -8,7 +8,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::debug;
 
 use futures_util::StreamExt;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
@@ -37,64 +40,149 @@ pub enum UpstreamError {
     Failed(String),
 }
 
+/// One upstream resolver: its own pool (UDP with TCP fallback), its smoothed round-trip
+/// time for choosing, and its latency histogram for the metrics.
+struct Server {
+    addr: SocketAddr,
+    pool: NameServerPool<TokioRuntimeProvider>,
+    /// Smoothed RTT in microseconds; a failure counts as the whole budget.
+    srtt_us: AtomicU64,
+    latency: Option<prometheus::Histogram>,
+}
+
+/// Forwarding to several upstreams: the fastest first, the next one on failure.
+///
+/// One hickory pool per server rather than one pool for all, because a shared pool does
+/// not say which server answered, and admins need latency per upstream to find the slow
+/// one. Choosing by smoothed RTT is what the shared pool did too.
 pub struct Upstream {
-    pool: Option<NameServerPool<TokioRuntimeProvider>>,
+    servers: Vec<Server>,
     budget: Duration,
-    servers: Vec<SocketAddr>,
+    addrs: Vec<SocketAddr>,
+    latency: Option<prometheus::HistogramVec>,
 }
 
 impl Upstream {
     pub fn new(servers: Vec<SocketAddr>, budget: Duration) -> Self {
-        if servers.is_empty() {
-            return Self {
-                pool: None,
-                budget,
-                servers,
-            };
-        }
         let mut opts = ResolverOpts::default();
-        // The pool's own deadline covers every server and the TCP retry; our outer timeout
-        // is the hard bound. Keeping both at the budget makes the total time to SERVFAIL
-        // the budget, not budget x transports (a measured hickory pitfall).
+        // The pool's own deadline covers the TCP retry; our outer timeout is the hard
+        // bound. Keeping both at the budget makes the total time to SERVFAIL the budget,
+        // not budget x transports (a measured hickory pitfall).
         opts.timeout = budget;
         opts.attempts = 1;
         opts.cache_size = 0;
         opts.edns0 = true;
         opts.case_randomization = false;
-        let configs = servers.iter().map(|s| {
-            let mut udp = ConnectionConfig::udp();
-            udp.port = s.port();
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = s.port();
-            NameServerConfig::new(s.ip(), true, vec![udp, tcp])
-        });
+        let latency = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                crate::metrics::names::UPSTREAM_LATENCY,
+                "Time until an upstream answered (NXDOMAIN included), by upstream.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["upstream"],
+        );
+        // Fails only for an invalid metric name or buckets, both constants here.
+        let latency = latency.ok();
         let tls = TlsConfig::new().ok();
-        let pool = tls.map(|tls| {
-            let cx = Arc::new(PoolContext::new(opts, tls));
-            NameServerPool::from_config(configs, cx, TokioRuntimeProvider::default())
-        });
+        let cx = tls.map(|tls| Arc::new(PoolContext::new(opts, tls)));
+        let built = servers
+            .iter()
+            .filter_map(|s| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = s.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = s.port();
+                let config = NameServerConfig::new(s.ip(), true, vec![udp, tcp]);
+                let pool = NameServerPool::from_config(
+                    [config],
+                    cx.clone()?,
+                    TokioRuntimeProvider::default(),
+                );
+                Some(Server {
+                    addr: *s,
+                    pool,
+                    srtt_us: AtomicU64::new(0),
+                    latency: latency
+                        .as_ref()
+                        .map(|v| v.with_label_values(&[&s.to_string()])),
+                })
+            })
+            .collect();
         Self {
-            pool,
+            servers: built,
             budget,
-            servers,
+            addrs: servers,
+            latency,
         }
     }
 
     pub fn servers(&self) -> &[SocketAddr] {
-        &self.servers
+        &self.addrs
+    }
+
+    /// The latency histograms, for the metrics collector.
+    pub fn latency(&self) -> Option<&prometheus::HistogramVec> {
+        self.latency.as_ref()
     }
 
     pub async fn resolve(&self, query: Query) -> Result<Upstreamed, UpstreamError> {
-        let Some(pool) = &self.pool else {
+        if self.servers.is_empty() {
             return Err(UpstreamError::NoUpstreams);
-        };
+        }
+        let deadline = Instant::now() + self.budget;
+        // A fixed array keeps the query path free of allocation; beyond eight upstreams
+        // (resolv.conf allows three) the rest are never asked.
+        let mut order: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+        let n = self.servers.len().min(order.len());
+        order[..n].sort_by_key(|&i| self.servers[i].srtt_us.load(Ordering::Relaxed));
+        let mut last = UpstreamError::Timeout(self.budget);
+        for (rank, &i) in order[..n].iter().enumerate() {
+            let server = &self.servers[i];
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let started = Instant::now();
+            match self.ask(server, query.clone(), left).await {
+                Ok(answer) => {
+                    let took = started.elapsed();
+                    if let Some(h) = &server.latency {
+                        h.observe(took.as_secs_f64());
+                    }
+                    smooth(&server.srtt_us, took.as_micros() as u64);
+                    // Servers skipped ahead of this one had failed; the ones behind it
+                    // drift back toward zero so a recovered server gets tried again.
+                    for &j in &order[rank + 1..n] {
+                        let s = &self.servers[j].srtt_us;
+                        s.store(s.load(Ordering::Relaxed) * 63 / 64, Ordering::Relaxed);
+                    }
+                    return Ok(answer);
+                }
+                Err(e) => {
+                    debug!(upstream = %server.addr, error = %e, "upstream failed");
+                    smooth(&server.srtt_us, self.budget.as_micros() as u64);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn ask(
+        &self,
+        server: &Server,
+        query: Query,
+        left: Duration,
+    ) -> Result<Upstreamed, UpstreamError> {
         let mut options = DnsRequestOptions::default();
         options.recursion_desired = true;
         options.use_edns = true;
         options.edns_payload_len = 1232;
         let request = DnsRequest::from_query(query, options);
-        let mut stream = pool.send(request);
-        let next = tokio::time::timeout(self.budget, stream.next()).await;
+        let mut stream = server.pool.send(request);
+        let next = tokio::time::timeout(left, stream.next()).await;
         match next {
             Err(_) => Err(UpstreamError::Timeout(self.budget)),
             Ok(None) => Err(UpstreamError::Failed("no response".into())),
@@ -130,6 +218,17 @@ impl Upstream {
             Ok(Some(Err(e))) => Err(UpstreamError::Failed(e.to_string())),
         }
     }
+}
+
+/// srtt = 7/8 srtt + 1/8 sample (RFC 6298's weight).
+fn smooth(srtt: &AtomicU64, sample_us: u64) {
+    let old = srtt.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample_us
+    } else {
+        (old * 7 + sample_us) / 8
+    };
+    srtt.store(new, Ordering::Relaxed);
 }
 
 /// The `nameserver` lines of a resolv.conf, port 53, minus addresses telesink itself

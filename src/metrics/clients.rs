@@ -12,8 +12,9 @@ use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
 
-/// Per client: blocked count per profile index (up to 64 profiles).
-type Counts = Box<[u64; 64]>;
+/// Per client: blocked count per profile index (up to 64 profiles), then at 64 + index
+/// the would-be blocks of log-only profiles.
+type Counts = Box<[u64; 128]>;
 
 pub struct ClientCounts {
     max_clients: usize,
@@ -29,14 +30,23 @@ impl ClientCounts {
             max_clients,
             known: AtomicUsize::new(0),
             shards: Default::default(),
-            other: Mutex::new(Box::new([0; 64])),
+            other: Mutex::new(Box::new([0; 128])),
             overflow: AtomicU64::new(0),
         }
     }
 
     #[inline]
     pub fn blocked(&self, client: IpAddr, profile: u16) {
-        let p = (profile as usize).min(63);
+        self.count(client, (profile as usize).min(63));
+    }
+
+    /// A name a log-only profile would have blocked for this client.
+    #[inline]
+    pub fn logged(&self, client: IpAddr, profile: u16) {
+        self.count(client, 64 + (profile as usize).min(63));
+    }
+
+    fn count(&self, client: IpAddr, p: usize) {
         let shard = &self.shards[shard_of(client)];
         let mut map = shard.lock();
         if let Some(counts) = map.get_mut(&client) {
@@ -45,7 +55,7 @@ impl ClientCounts {
         }
         if self.known.load(Ordering::Relaxed) < self.max_clients {
             self.known.fetch_add(1, Ordering::Relaxed);
-            let mut counts: Counts = Box::new([0; 64]);
+            let mut counts: Counts = Box::new([0; 128]);
             counts[p] = 1;
             map.insert(client, counts);
             return;
@@ -55,22 +65,23 @@ impl ClientCounts {
         self.other.lock()[p] += 1;
     }
 
-    /// (client label, profile index, count) for every non-zero count.
-    pub fn snapshot(&self) -> Vec<(String, usize, u64)> {
+    /// (client, slot, count) for every non-zero count; client None is "other"; slot is
+    /// the profile index for blocks, 64 + the profile index for log-only would-be blocks.
+    pub fn snapshot(&self) -> Vec<(Option<IpAddr>, usize, u64)> {
         let mut out = Vec::new();
         for shard in &self.shards {
             for (ip, counts) in shard.lock().iter() {
-                push(&mut out, ip.to_string(), counts);
+                push(&mut out, Some(*ip), counts);
             }
         }
-        push(&mut out, "other".into(), &self.other.lock());
+        push(&mut out, None, &self.other.lock());
         out
     }
 }
 
-fn push(out: &mut Vec<(String, usize, u64)>, label: String, counts: &[u64; 64]) {
+fn push(out: &mut Vec<(Option<IpAddr>, usize, u64)>, client: Option<IpAddr>, counts: &[u64; 128]) {
     for (p, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
-        out.push((label.clone(), p, n));
+        out.push((client, p, n));
     }
 }
 
@@ -93,14 +104,14 @@ mod tests {
         }
         c.blocked(IpAddr::from([192, 0, 2, 1]), 1);
         let snap = c.snapshot();
-        let get = |label: &str| {
+        let get = |client: Option<[u8; 4]>| {
             snap.iter()
-                .find(|(l, p, _)| l == label && *p == 1)
+                .find(|(c, p, _)| *c == client.map(IpAddr::from) && *p == 1)
                 .map(|x| x.2)
         };
-        assert_eq!(get("192.0.2.1"), Some(2));
-        assert_eq!(get("192.0.2.2"), Some(1));
-        assert_eq!(get("other"), Some(2));
+        assert_eq!(get(Some([192, 0, 2, 1])), Some(2));
+        assert_eq!(get(Some([192, 0, 2, 2])), Some(1));
+        assert_eq!(get(None), Some(2));
         assert_eq!(c.overflow.load(Ordering::Relaxed), 2);
     }
 }

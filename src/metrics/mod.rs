@@ -8,9 +8,9 @@
 
 mod clients;
 mod http;
+mod labels;
 pub mod names;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +20,7 @@ use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricT
 
 pub use clients::ClientCounts;
 pub use http::serve;
+pub use labels::{KeyError, Labeler};
 
 use crate::dns::cache::Cache;
 use crate::dns::{Outcome, Outcomes};
@@ -45,6 +46,8 @@ pub struct Shared {
     pub clients: Arc<ClientCounts>,
     pub policy: Arc<ArcSwap<Policy>>,
     pub cache: Arc<Cache>,
+    pub upstream: Arc<crate::dns::upstream::Upstream>,
+    pub labels: Labeler,
     pub in_flight: Arc<dyn Fn() -> usize + Send + Sync>,
     pub shadow: Option<Arc<Shadow>>,
     pub accounting: ArcSwap<Vec<AcctSet>>,
@@ -153,14 +156,23 @@ impl Collector for TelesinkCollector {
             "DNS queries answered with a sinkhole, by client and profile.",
             MetricType::COUNTER,
         );
-        for (client, profile, n) in s.clients.snapshot() {
+        let mut lo = Family_::new(
+            DNS_LOGGED,
+            "Queries a log-only profile would have blocked (answered normally), by client and profile.",
+            MetricType::COUNTER,
+        );
+        for (client, slot, n) in s.clients.snapshot() {
             let name = policy
                 .profiles
-                .get(profile)
+                .get(slot % 64)
                 .map_or("unknown", |p| p.name.as_str());
-            b.add(&[("client", &client), ("profile", name)], n as f64);
+            let client =
+                client.map_or_else(|| "other".to_owned(), |ip| s.labels.label(&policy, ip));
+            let family = if slot < 64 { &mut b } else { &mut lo };
+            family.add(&[("client", &client), ("profile", name)], n as f64);
         }
         out.push(b.mf);
+        out.push(lo.mf);
 
         let mut ov = Family_::new(
             CLIENT_OVERFLOW,
@@ -191,7 +203,7 @@ impl Collector for TelesinkCollector {
                 &mut by
             };
             for c in counts {
-                let client = client_label(c.client);
+                let client = s.labels.label(&policy, c.client);
                 target.add(
                     &[("client", &client), (a.label, &a.value)],
                     c.packets as f64,
@@ -244,6 +256,18 @@ impl Collector for TelesinkCollector {
             "Unix time of the last successful policy load.",
             s.last_reload_unix.load(Ordering::Relaxed) as f64,
         ));
+        let (hits, misses) = s.cache.lookups();
+        let mut cl = Family_::new(
+            CACHE_LOOKUPS,
+            "Cache lookups of allowed names, by result.",
+            MetricType::COUNTER,
+        );
+        cl.add(&[("result", "hit")], hits as f64);
+        cl.add(&[("result", "miss")], misses as f64);
+        out.push(cl.mf);
+        if let Some(h) = s.upstream.latency() {
+            out.extend(h.collect());
+        }
         out.push(gauge(
             CACHE_ENTRIES,
             "Answers in the cache.",
@@ -280,10 +304,6 @@ impl Collector for TelesinkCollector {
         out.push(bi.mf);
         out
     }
-}
-
-fn client_label(ip: IpAddr) -> String {
-    ip.to_string()
 }
 
 /// The accounting sets of a plan, with the label each one's counters get.

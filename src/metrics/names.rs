@@ -15,3 +15,6 @@ pub const CACHE_ENTRIES: &str = "telesink_cache_entries";
 pub const IN_FLIGHT: &str = "telesink_dns_in_flight";
 pub const CLIENTS_SEEN: &str = "telesink_clients_seen";
 pub const BUILD_INFO: &str = "telesink_build_info";
+pub const UPSTREAM_LATENCY: &str = "telesink_upstream_latency_seconds";
+pub const CACHE_LOOKUPS: &str = "telesink_cache_lookups_total";
+pub const DNS_LOGGED: &str = "telesink_dns_logged_total";

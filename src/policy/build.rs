@@ -47,6 +47,13 @@ impl BuildOutcome {
     }
 }
 
+/// The groups, the client networks with their group, and the named hosts.
+type GroupsBuilt = (
+    Vec<Group>,
+    Vec<(ipnet::IpNet, u16)>,
+    Vec<(std::net::IpAddr, String)>,
+);
+
 struct Builder<'c> {
     cfg: &'c LoadedConfig,
     /// Folders a relative list path is looked up in, first match wins.
@@ -107,7 +114,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     }
     let allow_nets = b.load_cidrs(&cfg.config.firewall.allow_cidrs);
     let bypass_nets = b.load_cidrs(&cfg.config.firewall.bypass.doh_cidrs);
-    let (groups, nets) = b.groups(&profiles);
+    let (groups, nets, host_names) = b.groups(&profiles);
     let warnings = profiles
         .iter()
         .enumerate()
@@ -125,8 +132,11 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         index: Arc::new(b.index.finish()),
         lists: Arc::new(b.lists),
         profiles,
+        base_groups: Arc::new(groups.clone()),
         groups,
-        clients: ClientTable::new(nets, cfg.config.policy.allowed_clients.clone()),
+        toggles: super::Toggles::default(),
+        clients: ClientTable::new(nets, cfg.config.policy.allowed_clients.clone())
+            .with_names(host_names),
         allow_nets,
         bypass_nets,
         block_ttl: cfg.config.policy.block_ttl_secs,
@@ -328,7 +338,7 @@ impl Builder<'_> {
             }));
     }
 
-    fn groups(&mut self, profiles: &[Profile]) -> (Vec<Group>, Vec<(ipnet::IpNet, u16)>) {
+    fn groups(&mut self, profiles: &[Profile]) -> GroupsBuilt {
         let defaults = profiles
             .iter()
             .enumerate()
@@ -337,8 +347,10 @@ impl Builder<'_> {
         let mut groups = vec![Group {
             name: "default".into(),
             active: defaults,
+            logged: 0,
         }];
         let mut nets = Vec::new();
+        let mut names = Vec::new();
         for g in &self.cfg.config.groups {
             let name = g.name.get_ref();
             let idx = match groups.iter().position(|x| x.name == *name) {
@@ -354,6 +366,7 @@ impl Builder<'_> {
                     groups.push(Group {
                         name: name.clone(),
                         active: defaults,
+                        logged: 0,
                     });
                     groups.len() - 1
                 }
@@ -373,7 +386,11 @@ impl Builder<'_> {
             }
             groups[idx].active = active;
             nets.extend(g.clients.iter().map(|n| (n.trunc(), idx as u16)));
+            for (host, &ip) in &g.hosts {
+                nets.push((ipnet::IpNet::from(ip), idx as u16));
+                names.push((ip, host.clone()));
+            }
         }
-        (groups, nets)
+        (groups, nets, names)
     }
 }

@@ -10,12 +10,33 @@ use ipnet::IpNet;
 pub struct ClientTable {
     nets: Vec<(IpNet, u16)>,
     allowed: Vec<IpNet>,
+    /// Host names from the groups' `hosts`, for metric labels; shared between snapshots.
+    names: std::sync::Arc<std::collections::HashMap<IpAddr, String>>,
 }
 
 impl ClientTable {
     pub fn new(mut nets: Vec<(IpNet, u16)>, allowed: Vec<IpNet>) -> Self {
         nets.sort_by_key(|n| std::cmp::Reverse(n.0.prefix_len()));
-        Self { nets, allowed }
+        Self {
+            nets,
+            allowed,
+            names: Default::default(),
+        }
+    }
+
+    pub fn with_names(mut self, names: Vec<(IpAddr, String)>) -> Self {
+        self.names = std::sync::Arc::new(
+            names
+                .into_iter()
+                .map(|(ip, n)| (canonical(ip), n))
+                .collect(),
+        );
+        self
+    }
+
+    /// The inventory name of a client address, if a group names it.
+    pub fn name_of(&self, ip: IpAddr) -> Option<&str> {
+        self.names.get(&canonical(ip)).map(String::as_str)
     }
 
     /// Group 0 is the default group.

@@ -18,6 +18,8 @@ pub struct Explanation {
     pub mode: Option<&'static str>,
     /// The deciding rule as written (`name` or `*.name`), where, and what it does.
     pub rule: Option<RuleAt>,
+    /// A log-only profile that would have blocked the name (it is answered normally).
+    pub log_only: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +61,10 @@ pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Option<Explanatio
         profile: None,
         mode: None,
         rule: None,
+        log_only: policy
+            .would_block(g, &q)
+            .and_then(|p| policy.profiles.get(p as usize))
+            .map(|p| p.name.clone()),
     };
     Some(match policy.verdict(g, &q) {
         Verdict::Block { profile, by } => {
@@ -98,6 +104,13 @@ impl std::fmt::Display for Explanation {
                 r.line
             ),
             None => writeln!(f, "  no rule matches: forwarded upstream"),
+        }?;
+        if let Some(p) = &self.log_only {
+            writeln!(
+                f,
+                "  log-only: profile {p} would block it; answered normally and counted"
+            )?;
         }
+        Ok(())
     }
 }

@@ -12,6 +12,7 @@ mod clients;
 mod explain;
 mod index;
 mod qname;
+mod toggles;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ pub use clients::ClientTable;
 pub use explain::{Explanation, explain};
 pub use index::{NameIndex, Rule};
 pub use qname::QName;
+pub use toggles::{Toggle, ToggleError, Toggles};
 
 use crate::lists::Reach;
 
@@ -124,11 +126,14 @@ pub struct ListInfo {
     pub skipped: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     pub name: String,
-    /// Bit i set: profile i is on for this group.
+    /// Bit i set: profile i blocks for this group (DNS and firewall).
     pub active: u64,
+    /// Bit i set: profile i is on in log-only mode for this group: it answers normally
+    /// and only counts what it would have blocked. Never overlaps `active`.
+    pub logged: u64,
 }
 
 /// Where a rule matched: the rule and the name it is written for.
@@ -151,6 +156,7 @@ pub enum Verdict {
     },
 }
 
+#[derive(Clone)]
 pub struct Policy {
     /// Increases with every swap; shown in the SOA serial and the metrics.
     pub generation: u64,
@@ -158,6 +164,10 @@ pub struct Policy {
     pub lists: Arc<Vec<ListInfo>>,
     pub profiles: Vec<Profile>,
     pub groups: Vec<Group>,
+    /// The groups as the config alone defines them; runtime toggles apply on top of these.
+    pub base_groups: Arc<Vec<Group>>,
+    /// The runtime toggles this snapshot was built with.
+    pub toggles: Toggles,
     pub clients: ClientTable,
     /// Destinations the firewall accepts before any block set.
     pub allow_nets: AddressSet,
@@ -187,10 +197,27 @@ impl Policy {
     /// a tie within a tier, allow wins. The name is blocked when any active profile's
     /// deciding rule blocks; among several, the first profile in config order is reported.
     pub fn verdict(&self, group: u16, name: &QName) -> Verdict {
-        let Some(group) = self.groups.get(group as usize) else {
-            return Verdict::Pass { allow: None };
-        };
-        let mut undecided = group.active;
+        let mask = self.groups.get(group as usize).map_or(0, |g| g.active);
+        self.verdict_for(mask, name)
+    }
+
+    /// For a name that passed: the log-only profile that would have blocked it, if any.
+    /// Costs nothing unless the client's group has a log-only profile on.
+    #[inline]
+    pub fn would_block(&self, group: u16, name: &QName) -> Option<u16> {
+        let mask = self.groups.get(group as usize).map_or(0, |g| g.logged);
+        if mask == 0 {
+            return None;
+        }
+        match self.verdict_for(mask, name) {
+            Verdict::Block { profile, .. } => Some(profile),
+            Verdict::Pass { .. } => None,
+        }
+    }
+
+    /// The verdict with the profiles of `mask` on.
+    pub fn verdict_for(&self, mask: u64, name: &QName) -> Verdict {
+        let mut undecided = mask;
         if undecided == 0 || name.is_root() {
             return Verdict::Pass { allow: None };
         }

@@ -1,0 +1,272 @@
+//! The control API: JSON over HTTP/1.1 on a Unix socket.
+//!
+//! A Unix socket, not TCP, so access is decided by file permissions (mode 0660, the
+//! configured group) and nothing on the network can reach it. Each change is logged with
+//! the caller's uid (SO_PEERCRED), so the journal tells who switched a profile off.
+//!
+//! | method | path                 | body                                              |
+//! |--------|----------------------|---------------------------------------------------|
+//! | GET    | /v1/status           |                                                   |
+//! | GET    | /v1/profiles         |                                                   |
+//! | POST   | /v1/profiles/NAME    | {"enabled": bool, "group"?, "for_secs"?, "dry_run"?} |
+//! | POST   | /v1/log-only/NAME    | {"on": bool, "dry_run"?}                          |
+//! | POST   | /v1/reload           |                                                   |
+//! | POST   | /v1/explain          | {"name": "...", "client"?: "192.0.2.10"}          |
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use super::{Control, ControlError, Edit};
+use crate::policy::{Toggle, ToggleError};
+
+const MAX_CONNECTIONS: usize = 8;
+const TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: no group named {group} in /etc/group")]
+    NoGroup { path: String, group: String },
+}
+
+/// Creates the socket: a stale one from an earlier run is replaced (anything else at the
+/// path is left alone and reported), mode 0660, group `group` if given.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketError> {
+    let io = |source| SocketError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        Ok(_) => {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; not touching it",
+            )));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    if let Some(group) = group {
+        let gid = gid_of(group).ok_or_else(|| SocketError::NoGroup {
+            path: path.display().to_string(),
+            group: group.to_owned(),
+        })?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
+    }
+    Ok(listener)
+}
+
+/// The gid of a group, from /etc/group (no NSS: an appliance's admin group is local).
+fn gid_of(group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == group).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+pub async fn serve(listener: UnixListener, control: Arc<Control>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        let control = control.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(respond(req, &control, uid).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            if tokio::time::timeout(TIMEOUT, conn).await.is_err() {
+                warn!("control connection timed out");
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileBody {
+    enabled: bool,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    for_secs: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogOnlyBody {
+    on: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainBody {
+    name: String,
+    #[serde(default)]
+    client: Option<IpAddr>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|e| e.to_string().into_bytes());
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
+    json(status, &serde_json::json!({ "error": message.to_string() }))
+}
+
+fn control_error(e: ControlError) -> Reply {
+    let status = match &e {
+        ControlError::Toggle(ToggleError::NoProfile(_) | ToggleError::NoGroup(_)) => {
+            StatusCode::NOT_FOUND
+        }
+        ControlError::Reload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ControlError::Firewall(_) | ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e)
+}
+
+async fn body<T: serde::de::DeserializeOwned>(
+    req: Request<hyper::body::Incoming>,
+) -> Result<T, Reply> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("request body: {e}")))?
+        .to_bytes();
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("request body: {e}")))
+}
+
+async fn respond(req: Request<hyper::body::Incoming>, c: &Control, uid: Option<u32>) -> Reply {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "status"]) => json(StatusCode::OK, &c.status()),
+        (&Method::GET, ["v1", "profiles"]) => json(StatusCode::OK, &c.profiles()),
+        (&Method::POST, ["v1", "profiles", name]) => {
+            let b: ProfileBody = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let until = b
+                .for_secs
+                .map(|s| crate::metrics::unix_now().saturating_add(s));
+            let edit = Edit::Profile(Toggle {
+                profile: (*name).to_owned(),
+                group: b.group,
+                enabled: b.enabled,
+                until,
+            });
+            change(c, edit, b.dry_run, uid).await
+        }
+        (&Method::POST, ["v1", "log-only", name]) => {
+            let b: LogOnlyBody = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let edit = Edit::LogOnly {
+                profile: (*name).to_owned(),
+                on: b.on,
+            };
+            change(c, edit, b.dry_run, uid).await
+        }
+        (&Method::POST, ["v1", "reload"]) => {
+            info!(uid, "reload requested over the control socket");
+            match c.reload().await {
+                Ok(report) => json(StatusCode::OK, &report),
+                Err(e) => control_error(e),
+            }
+        }
+        (&Method::POST, ["v1", "explain"]) => {
+            let b: ExplainBody = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let client = b.client.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            match crate::policy::explain(&c.policy.load(), &b.name, client) {
+                Some(e) => json(StatusCode::OK, &e),
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    format!("not a domain name: {:?}", b.name),
+                ),
+            }
+        }
+        (_, ["v1", ..]) => error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {method} {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, "the API is under /v1/"),
+    }
+}
+
+async fn change(c: &Control, edit: Edit, dry_run: bool, uid: Option<u32>) -> Reply {
+    if !dry_run {
+        info!(uid, ?edit, "change requested over the control socket");
+    }
+    match c.edit(edit, dry_run).await {
+        Ok(report) => json(StatusCode::OK, &report),
+        Err(e) => control_error(e),
+    }
+}

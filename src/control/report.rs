@@ -1,0 +1,220 @@
+//! What the control API answers: status, profile states, and the report of a change
+//! (the same for a dry run and a real one, so a dry run shows exactly what would happen).
+
+use serde::Serialize;
+
+use super::Control;
+use crate::policy::{Group, Policy, Scope, Toggle};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    /// Generation the change produces (or would produce).
+    pub generation: u64,
+    pub changes: Vec<Change>,
+    /// Time from request to the new snapshot serving (or to the dry run's answer).
+    pub ms: f64,
+}
+
+/// One profile changing state for one group.
+#[derive(Debug, Serialize)]
+pub struct Change {
+    pub profile: String,
+    pub group: String,
+    pub from: &'static str,
+    pub to: &'static str,
+    /// Names the profile's block lists hold: the names that start or stop being blocked.
+    pub names: usize,
+    /// Address ranges the firewall starts or stops rejecting.
+    pub cidrs: usize,
+    /// Who is affected: the group's networks and hosts.
+    pub clients: Vec<String>,
+}
+
+fn state_of(g: &Group, p: usize) -> &'static str {
+    if g.active & (1 << p) != 0 {
+        "on"
+    } else if g.logged & (1 << p) != 0 {
+        "log-only"
+    } else {
+        "off"
+    }
+}
+
+fn names_of(policy: &Policy, p: usize) -> usize {
+    policy
+        .lists
+        .iter()
+        .filter(|l| l.scope == Scope::Profile(p as u16) && !l.allowlist)
+        .map(|l| l.entries)
+        .sum()
+}
+
+fn clients_of(policy: &Policy, g: usize) -> Vec<String> {
+    if g == 0 {
+        return vec!["every client not in a group".into()];
+    }
+    policy
+        .clients
+        .nets_of(g as u16)
+        .map(|n| match policy.clients.name_of(n.addr()) {
+            Some(name) if n.prefix_len() == n.max_prefix_len() => format!("{name} ({})", n.addr()),
+            _ => n.to_string(),
+        })
+        .collect()
+}
+
+impl Report {
+    pub fn between(old: &Policy, new: &Policy, dry_run: bool) -> Self {
+        let mut changes = Vec::new();
+        for (gi, (og, ng)) in old.groups.iter().zip(&new.groups).enumerate() {
+            for (pi, profile) in new.profiles.iter().enumerate() {
+                let (from, to) = (state_of(og, pi), state_of(ng, pi));
+                if from != to {
+                    changes.push(Change {
+                        profile: profile.name.clone(),
+                        group: ng.name.clone(),
+                        from,
+                        to,
+                        names: names_of(new, pi),
+                        cidrs: profile.nets.v4.len() + profile.nets.v6.len(),
+                        clients: clients_of(new, gi),
+                    });
+                }
+            }
+        }
+        Self {
+            dry_run,
+            generation: new.generation,
+            changes,
+            ms: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupState {
+    pub group: String,
+    pub state: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProfileState {
+    pub name: String,
+    pub description: String,
+    pub mode: &'static str,
+    pub names: usize,
+    pub cidrs: usize,
+    pub shadow: bool,
+    pub log_only: bool,
+    pub warning: Option<String>,
+    pub groups: Vec<GroupState>,
+    /// Runtime toggles of this profile, with their expiry.
+    pub toggles: Vec<Toggle>,
+}
+
+impl ProfileState {
+    pub fn all(policy: &Policy) -> Vec<Self> {
+        policy
+            .profiles
+            .iter()
+            .enumerate()
+            .map(|(pi, p)| Self {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                mode: p.mode.name(),
+                names: names_of(policy, pi),
+                cidrs: p.nets.v4.len() + p.nets.v6.len(),
+                shadow: p.shadow,
+                log_only: policy.toggles.log_only.contains(&p.name),
+                warning: p.warning.clone(),
+                groups: policy
+                    .groups
+                    .iter()
+                    .map(|g| GroupState {
+                        group: g.name.clone(),
+                        state: state_of(g, pi),
+                    })
+                    .collect(),
+                toggles: policy
+                    .toggles
+                    .profiles
+                    .iter()
+                    .filter(|t| t.profile == p.name)
+                    .cloned()
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub config: String,
+    pub generation: u64,
+    pub uptime_secs: u64,
+    pub names: usize,
+    pub lists: usize,
+    pub firewall: bool,
+    pub queries: u64,
+    pub blocked: u64,
+    pub clients_seen: usize,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_reload_unix: u64,
+    /// Per group: the profiles on, and those in log-only mode.
+    pub groups: Vec<GroupProfiles>,
+    pub toggles: Vec<Toggle>,
+    pub state_file: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupProfiles {
+    pub group: String,
+    pub on: Vec<String>,
+    pub log_only: Vec<String>,
+}
+
+impl Status {
+    pub fn of(c: &Control) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let policy = c.policy.load();
+        let s = &c.shared;
+        let named = |mask: u64| -> Vec<String> {
+            policy
+                .profiles
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, p)| p.name.clone())
+                .collect()
+        };
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            config: c.config_path().display().to_string(),
+            generation: policy.generation,
+            uptime_secs: crate::metrics::unix_now().saturating_sub(c.started_unix),
+            names: policy.total_names(),
+            lists: policy.lists.len(),
+            firewall: c.config().config.firewall.enabled,
+            queries: s.outcomes.total(),
+            blocked: s.outcomes.get(crate::dns::Outcome::Blocked),
+            clients_seen: s.outcomes.clients_seen(),
+            reloads_ok: s.reloads_ok.load(Relaxed),
+            reloads_failed: s.reloads_failed.load(Relaxed),
+            last_reload_unix: s.last_reload_unix.load(Relaxed),
+            groups: policy
+                .groups
+                .iter()
+                .map(|g| GroupProfiles {
+                    group: g.name.clone(),
+                    on: named(g.active),
+                    log_only: named(g.logged),
+                })
+                .collect(),
+            toggles: policy.toggles.profiles.clone(),
+            state_file: c.state.path.display().to_string(),
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The control plane, end to end: the real daemon, its Unix socket, the real CLI, a real
+//! knotd upstream, and queries that show each change (or its absence) in the answers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+const TELE: &str = "nexus.tele.test";
+const ADS: &str = "banner.ads.test";
+
+fn config(knot: &Knot, extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+[upstream]
+servers = ["{}"]
+[policy]
+lists_dir = "."
+allowed_clients = ["127.0.0.0/8"]
+[profiles.tele]
+enabled = true
+mode = "nxdomain"
+lists = ["tele.list"]
+[profiles.ads]
+lists = ["ads.list"]
+[[groups]]
+name = "finance"
+clients = ["127.0.0.2/32"]
+hosts = {{ "reception-pc" = "127.0.0.3" }}
+{extra}"#,
+        knot.addr
+    )
+}
+
+fn start(extra: &str, args: &[&str]) -> Option<(Knot, Telesink)> {
+    if !require("knotd") {
+        return None;
+    }
+    let knot = Knot::start_zones(&[(".", ROOT_WILDCARD)]);
+    let dir = TempDir::new("control");
+    dir.write("tele.list", &format!("{TELE}\n*.more.tele.test\n"));
+    dir.write("ads.list", &format!("{ADS}\nad1.ads.test\nad2.ads.test\n"));
+    let cfg = dir.write("telesink.toml", &config(&knot, extra));
+    let ts = Telesink::start_with(dir, &cfg, args);
+    Some((knot, ts))
+}
+
+fn restart(ts: Telesink, args: &[&str]) -> Telesink {
+    let dir = ts.stop();
+    let cfg = dir.path().join("telesink.toml");
+    Telesink::start_with(dir, &cfg, args)
+}
+
+fn rcode(ts: &Telesink, from: &str, name: &str) -> ResponseCode {
+    ts.q_from(from, name, RecordType::A).metadata.response_code
+}
+
+fn ok(ts: &Telesink, args: &[&str]) -> String {
+    let (success, out, err) = ts.ctl(args);
+    assert!(success, "telesink {args:?} failed:\n{out}{err}");
+    out
+}
+
+fn json(ts: &Telesink, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    serde_json::from_str(&ok(ts, &args)).expect("JSON output")
+}
+
+fn metrics(ts: &Telesink) -> String {
+    let log = ts.log.lock().unwrap().clone();
+    let addr: SocketAddr = log
+        .lines()
+        .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
+        .expect("metrics address in the log");
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_group_toggle_changes_answers_for_that_group_only_and_survives_a_restart() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+    assert_eq!(rcode(&ts, "127.0.0.2", TELE), ResponseCode::NXDomain);
+
+    let out = ok(&ts, &["profile", "disable", "tele", "--group", "finance"]);
+    assert!(out.contains("tele for group finance: on -> off"), "{out}");
+    assert_eq!(rcode(&ts, "127.0.0.2", TELE), ResponseCode::NoError);
+    assert_eq!(rcode(&ts, "127.0.0.3", TELE), ResponseCode::NoError);
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+    let state = std::fs::read_to_string(ts.dir.path().join("state.json")).unwrap();
+    assert!(state.contains("\"finance\""), "{state}");
+
+    let ts = restart(ts, &[]);
+    assert_eq!(rcode(&ts, "127.0.0.2", TELE), ResponseCode::NoError);
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+    let status = json(&ts, &["status"]);
+    assert_eq!(status["toggles"].as_array().unwrap().len(), 1, "{status}");
+    let finance = &status["groups"][1];
+    assert_eq!(finance["group"], "finance");
+    assert!(
+        !finance["on"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "tele")
+    );
+
+    // Enabling again for the group puts it back; the global default is untouched.
+    ok(&ts, &["profile", "enable", "tele", "--group", "finance"]);
+    assert_eq!(rcode(&ts, "127.0.0.2", TELE), ResponseCode::NXDomain);
+}
+
+#[test]
+fn a_timed_disable_reverts_by_itself() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    let asked = Instant::now();
+    ok(&ts, &["profile", "disable", "tele", "--for", "2s"]);
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NoError);
+    let profiles = json(&ts, &["profiles"]);
+    let tele = profiles
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tele")
+        .unwrap();
+    let until = tele["toggles"][0]["until"].as_u64().unwrap();
+    assert!(until > 0);
+    let mut reverted = None;
+    while asked.elapsed() < Duration::from_secs(10) {
+        if rcode(&ts, "127.0.0.1", TELE) == ResponseCode::NXDomain {
+            reverted = Some(asked.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reverted = reverted.expect("the timed disable never reverted");
+    // Whole seconds: the toggle lapses at the next second boundary after 2 s.
+    assert!(
+        reverted >= Duration::from_secs(1),
+        "reverted after {reverted:?}"
+    );
+    assert!(ts.wait_log("timed toggle lapsed", Duration::from_secs(2)));
+    let state = std::fs::read_to_string(ts.dir.path().join("state.json")).unwrap();
+    assert!(
+        !state.contains("\"tele\""),
+        "the lapsed toggle is still saved: {state}"
+    );
+}
+
+#[test]
+fn a_dry_run_reports_names_cidrs_and_clients_and_changes_nothing() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    let report = json(&ts, &["profile", "enable", "ads", "--dry-run"]);
+    assert_eq!(report["dry_run"], true);
+    let changes = report["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{report}");
+    for c in changes {
+        assert_eq!(c["profile"], "ads");
+        assert_eq!(
+            (c["from"].as_str(), c["to"].as_str()),
+            (Some("off"), Some("on"))
+        );
+        assert_eq!(c["names"], 3);
+        assert_eq!(c["cidrs"], 0);
+    }
+    let finance = changes.iter().find(|c| c["group"] == "finance").unwrap();
+    let clients: Vec<&str> = finance["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(clients, ["127.0.0.2/32", "reception-pc (127.0.0.3)"]);
+    assert_eq!(rcode(&ts, "127.0.0.1", ADS), ResponseCode::NoError);
+    assert!(!ts.dir.path().join("state.json").exists());
+    assert_eq!(json(&ts, &["status"])["generation"], 1);
+
+    let out = ok(&ts, &["profile", "enable", "ads"]);
+    assert!(out.contains("live as generation 2"), "{out}");
+    let m = ts.q_from("127.0.0.1", ADS, RecordType::A);
+    assert_eq!(addrs(&m), ["0.0.0.0"]);
+}
+
+#[test]
+fn log_only_answers_normally_and_counts_would_be_blocks() {
+    let Some((_knot, ts)) = start("", &["--metrics", "127.0.0.1:0"]) else {
+        return;
+    };
+    ok(&ts, &["log-only", "tele", "on"]);
+    let m = ts.q_from("127.0.0.1", TELE, RecordType::A);
+    assert_eq!(addrs(&m), ["203.0.113.1"]);
+    ts.q_from("127.0.0.3", "x.more.tele.test", RecordType::A);
+    let text = metrics(&ts);
+    assert!(
+        text.contains("telesink_dns_logged_total{client=\"127.0.0.1\",profile=\"tele\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("telesink_dns_logged_total{client=\"reception-pc\",profile=\"tele\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("telesink_dns_blocked_total{"), "{text}");
+    let explained = ok(&ts, &["explain", TELE]);
+    assert!(
+        explained.contains("log-only: profile tele would block it"),
+        "{explained}"
+    );
+
+    ok(&ts, &["log-only", "tele", "off"]);
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+}
+
+#[test]
+fn a_bad_reload_is_refused_with_file_line_and_the_old_policy_keeps_serving() {
+    let Some((knot, ts)) = start("", &["--metrics", "127.0.0.1:0"]) else {
+        return;
+    };
+    let cfg = ts.dir.path().join("telesink.toml");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    ok(&ts, &["profile", "disable", "tele", "--group", "finance"]);
+
+    std::fs::write(&cfg, format!("{good}[metrics]\nmax_clients = \"many\"\n")).unwrap();
+    let line = good.lines().count() + 2;
+    let (success, out, err) = ts.ctl(&["reload"]);
+    assert!(!success, "a broken config reloaded: {out}");
+    assert!(err.contains(&format!("telesink.toml:{line}")), "{err}");
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+    assert_eq!(rcode(&ts, "127.0.0.2", TELE), ResponseCode::NoError);
+    assert!(metrics(&ts).contains("telesink_reloads_total{result=\"failure\"} 1"));
+
+    // A good reload picks up a list change and keeps the runtime toggle.
+    std::fs::write(&cfg, config(&knot, "")).unwrap();
+    ts.dir
+        .write("tele.list", &format!("{TELE}\nnew.tele.test\n"));
+    let out = ok(&ts, &["reload"]);
+    assert!(out.contains("live as generation"), "{out}");
+    assert_eq!(
+        rcode(&ts, "127.0.0.1", "new.tele.test"),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(rcode(&ts, "127.0.0.2", TELE), ResponseCode::NoError);
+}
+
+#[test]
+fn unknown_profiles_and_groups_are_refused_and_change_nothing() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    let (success, _, err) = ts.ctl(&["profile", "disable", "nope"]);
+    assert!(!success);
+    assert!(err.contains("no profile named nope"), "{err}");
+    let (success, _, err) = ts.ctl(&["profile", "disable", "tele", "--group", "nope"]);
+    assert!(!success);
+    assert!(err.contains("no group named nope"), "{err}");
+    assert_eq!(json(&ts, &["status"])["generation"], 1);
+    assert!(!ts.dir.path().join("state.json").exists());
+}
+
+#[test]
+fn a_corrupt_state_file_is_set_aside_and_the_config_applies() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    ok(&ts, &["profile", "disable", "tele"]);
+    let dir = ts.stop();
+    std::fs::write(
+        dir.path().join("state.json"),
+        "{\"version\": 1, \"toggles\": [",
+    )
+    .unwrap();
+    let cfg = dir.path().join("telesink.toml");
+    let ts = Telesink::start_with(dir, &cfg, &[]);
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+    assert!(ts.wait_log("is unreadable", Duration::from_secs(1)));
+    let aside = std::fs::read_dir(ts.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.corrupt-")
+        });
+    assert!(aside, "the corrupt state file was not kept aside");
+}
+
+#[test]
+fn pseudonymous_labels_hide_addresses_and_stay_stable_across_restarts() {
+    let extra = "[metrics]\nclient_labels = \"pseudonym\"\n";
+    let Some((_knot, ts)) = start(extra, &["--metrics", "127.0.0.1:0"]) else {
+        return;
+    };
+    for from in ["127.0.0.1", "127.0.0.3"] {
+        assert_eq!(rcode(&ts, from, TELE), ResponseCode::NXDomain);
+    }
+    let label = |text: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("telesink_dns_blocked_total{client=\"h-"))
+            .unwrap_or_else(|| panic!("no pseudonymous series:\n{text}"));
+        line.split('"').nth(1).unwrap().to_owned()
+    };
+    let text = metrics(&ts);
+    assert!(
+        !text.contains("client=\"127.0.0.1\""),
+        "an address leaked:\n{text}"
+    );
+    assert!(text.contains("client=\"reception-pc\""), "{text}");
+    let first = label(&text);
+    assert_eq!(first.len(), 2 + 16);
+
+    let ts = restart(ts, &["--metrics", "127.0.0.1:0"]);
+    rcode(&ts, "127.0.0.1", TELE);
+    assert_eq!(label(&metrics(&ts)), first);
+}
+
+/// Root only: another user, in and out of the socket's group.
+#[test]
+fn the_socket_refuses_a_user_outside_its_group() {
+    if !netns::require_root() {
+        return;
+    }
+    let extra = "[control]\nsocket_group = \"4242\"\n";
+    let Some((_knot, ts)) = start(extra, &[]) else {
+        return;
+    };
+    let sock = ts.dir.path().join("control.sock");
+    let as_nobody = |groups: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", groups, "--"])
+            .arg(bin())
+            .args(["status", "--socket"])
+            .arg(&sock)
+            .output()
+            .expect("setpriv")
+    };
+    let refused = as_nobody("--clear-groups");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    let member = as_nobody("--groups=4242");
+    assert!(
+        member.status.success(),
+        "{}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    let meta = std::fs::metadata(&sock).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 4242);
+}
+
+/// Toggles and reloads while dnsperf sends a steady stream: nothing lost or late (dnsperf
+/// counts an answer after its 1 s timeout as lost), and the answers change with the toggle.
+#[test]
+fn toggles_and_reloads_under_load_lose_no_query() {
+    if !require("dnsperf") {
+        return;
+    }
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    let queries = ts.dir.write("queries", &format!("{TELE} A\n"));
+    let server = ts.udp;
+    let perf = std::thread::spawn(move || {
+        std::process::Command::new("dnsperf")
+            .args([
+                "-s",
+                &server.ip().to_string(),
+                "-p",
+                &server.port().to_string(),
+            ])
+            .args(["-d", queries.to_str().unwrap()])
+            .args(["-l", "5", "-Q", "2000", "-t", "1", "-c", "4"])
+            .output()
+            .expect("dnsperf")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..8 {
+        let action = if i % 2 == 0 { "disable" } else { "enable" };
+        ok(&ts, &["profile", action, "tele"]);
+        std::thread::sleep(Duration::from_millis(250));
+        if i % 4 == 3 {
+            ok(&ts, &["reload"]);
+        }
+    }
+    let out = perf.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in dnsperf output:\n{text}"))
+    };
+    assert!(field("Queries sent:") > 5000, "{text}");
+    assert_eq!(field("Queries lost:"), 0, "{text}");
+    assert!(text.contains("NXDOMAIN"), "never blocked:\n{text}");
+    assert!(
+        text.contains("NOERROR"),
+        "never forwarded after a toggle:\n{text}"
+    );
+}
