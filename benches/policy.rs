@@ -1,72 +1,13 @@
 //! Policy load and lookup with a 1,000,000-name list (5% suffix rules), fixed seed.
 //! Run: `cargo bench --bench policy`. Reports load time, RSS added and ns per verdict.
 
-use std::io::Write;
 use std::time::Instant;
 
 use telesink::config::LoadedConfig;
 use telesink::policy::{self, QName, Verdict};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[(self.next() % xs.len() as u64) as usize]
-    }
-}
-
-const WORDS: &[&str] = &[
-    "ads",
-    "track",
-    "metrics",
-    "telemetry",
-    "stats",
-    "pixel",
-    "cdn",
-    "api",
-    "events",
-    "collect",
-    "beacon",
-    "log",
-    "analytics",
-    "data",
-    "edge",
-    "static",
-    "img",
-    "sync",
-    "push",
-    "report",
-    "insights",
-    "click",
-    "tag",
-    "srv",
-];
-const TLDS: &[&str] = &[
-    "com", "net", "org", "io", "de", "nl", "co.uk", "info", "fr", "ru", "cn", "xyz",
-];
-
-/// Names shaped like real blocklist entries: one to three labels of words, digits and
-/// dashes under a registrable domain.
-fn name(r: &mut Rng) -> String {
-    let mut s = String::new();
-    for _ in 0..(1 + r.next() % 3) {
-        s.push_str(r.pick(WORDS));
-        if r.next().is_multiple_of(2) {
-            s.push_str(&format!("{}", r.next() % 1000));
-        }
-        s.push(if r.next().is_multiple_of(4) { '-' } else { '.' });
-    }
-    s.push_str(r.pick(WORDS));
-    s.push_str(&format!("{}", r.next() % 100_000));
-    s.push('.');
-    s.push_str(r.pick(TLDS));
-    s
-}
+#[path = "common/workload.rs"]
+mod workload;
 
 fn rss_kib() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -88,20 +29,7 @@ fn main() {
         .unwrap_or(if full { 1_000_000 } else { 2_000 });
     let dir = std::env::temp_dir().join(format!("telesink-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut r = Rng(0x5eed_1234_abcd_9876);
-    let mut names = Vec::with_capacity(n);
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("big.list")).unwrap());
-        for i in 0..n {
-            let nm = name(&mut r);
-            if i.is_multiple_of(20) {
-                writeln!(f, "*.{nm}").unwrap();
-            } else {
-                writeln!(f, "{nm}").unwrap();
-            }
-            names.push((nm, i % 20 == 0));
-        }
-    }
+    let names = workload::write_list(&dir.join("big.list"), n, 0x5eed_1234_abcd_9876);
     let file_bytes = std::fs::metadata(dir.join("big.list")).unwrap().len();
     std::fs::write(
         dir.join("t.toml"),

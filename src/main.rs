@@ -227,6 +227,10 @@ fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A broken log stream (journald restarted, a closed pipe) must not take the
+        // resolver down: by default the subscriber reports its write error with
+        // eprintln!, which panics on that same broken stderr.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -768,3 +768,43 @@ fn firewall_rejects_per_client_reach_the_metrics() {
     let bypass = format!("telesink_bypass_attempts_total{{client=\"{CLIENT_IP}\",kind=\"dns\"}} 1");
     assert!(body.contains(&bypass), "missing {bypass}:\n{body}");
 }
+
+/// A runtime toggle reaches the firewall in the same change as DNS: disabling the profile
+/// opens its ranges, log-only keeps them open, enabling closes them again.
+#[test]
+fn profile_toggles_and_log_only_apply_to_the_firewall() {
+    if !require_root() {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let dir = TempDir::new("fwt");
+    let cfg = write(&dir, &config("", ""));
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    let ctl = |args: &str| {
+        let sock = dir.path().join("control.sock");
+        t.sh(
+            &t.gateway,
+            &format!("{} {args} --socket {}", bin(), sock.display()),
+        )
+    };
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
+    let dry = ctl("profile disable legacy-ip-telemetry --dry-run --json");
+    // 203.0.113.7 lies inside 203.0.113.0/28: merged, two ranges remain.
+    assert!(dry.contains("\"cidrs\": 2"), "{dry}");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
+    ctl("profile disable legacy-ip-telemetry");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "ok");
+    ctl("profile enable legacy-ip-telemetry");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
+    ctl("log-only legacy-ip-telemetry on");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "ok");
+    ctl("log-only legacy-ip-telemetry off");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}

@@ -648,3 +648,66 @@ fn reloads_under_a_steady_query_stream_lose_no_query() {
     );
     assert!(ok > 20, "only {ok} queries were made");
 }
+
+/// journald restarting (or a closed pipe) breaks the log stream: the resolver keeps
+/// answering and reloading instead of panicking on its next log line.
+#[test]
+fn a_broken_log_stream_does_not_stop_the_resolver() {
+    if !require("knotd") {
+        return;
+    }
+    let knot = Knot::start("");
+    let dir = TempDir::new("logpipe");
+    for (name, text) in FILES {
+        dir.write(name, text);
+    }
+    let cfg = dir.write("telesink.toml", &config(knot.addr, ""));
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUNTIME_DIRECTORY", dir.path())
+        .env("STATE_DIRECTORY", dir.path())
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut udp = None;
+    {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().unwrap();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(a) = line.split("listening on udp ").nth(1) {
+                udp = a.trim().parse::<SocketAddr>().ok();
+            }
+            if line.ends_with("ready") {
+                break;
+            }
+        }
+        // The read end closes here: every later log line fails with EPIPE.
+    }
+    let udp = udp.expect("udp port");
+    let pid = child.id().to_string();
+    for _ in 0..3 {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = udp_query(
+        udp,
+        "127.0.0.1".parse().unwrap(),
+        "nexus.officeapps.live.com",
+        RecordType::A,
+        true,
+    )
+    .expect("still answering");
+    assert_eq!(addrs(&m), ["0.0.0.0"]);
+    assert!(matches!(child.try_wait(), Ok(None)), "telesink exited");
+    let _ = child.kill();
+    let _ = child.wait();
+}
