@@ -250,28 +250,45 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     tokio::spawn(control.clone().expire_forever());
     let socket = control_socket(&cfg, control.clone())?;
 
+    // UDP: telesink's own listener with the replay fast path (src/dns/udp.rs), or, with
+    // udp_fast_path = false, hickory-server's. TCP: always hickory-server's.
+    let udp_threads = match c.server.udp_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let fast = c.server.udp_fast_path.then(|| {
+        crate::dns::udp::Udp::new(
+            Arc::new(pipeline.clone()),
+            tokio::runtime::Handle::current(),
+        )
+    });
     let mut server = Server::new(pipeline);
     let tcp_idle = Duration::from_secs(c.server.tcp_idle_timeout_secs.max(1));
     let mut bound = Vec::new();
     for &addr in &c.server.listen {
-        let udp = bind_udp(addr).map_err(|source| DaemonError::Bind {
-            proto: "udp",
-            addr,
-            source,
-        })?;
+        let bind_err = |proto| {
+            move |source| DaemonError::Bind {
+                proto,
+                addr,
+                source,
+            }
+        };
+        let udp_addr = match &fast {
+            Some(udp) => udp.listen(addr, udp_threads).map_err(bind_err("udp"))?,
+            None => {
+                let udp = bind_udp(addr).map_err(bind_err("udp"))?;
+                let at = udp.local_addr().unwrap_or(addr);
+                server.register_socket(udp);
+                at
+            }
+        };
         // TCP on the port UDP got, so a client retrying a truncated answer over TCP
         // finds us even when the config asked for port 0.
-        let addr = udp.local_addr().unwrap_or(addr);
-        let tcp = bind_tcp(addr).map_err(|source| DaemonError::Bind {
-            proto: "tcp",
-            addr,
-            source,
-        })?;
+        let tcp = bind_tcp(udp_addr).map_err(bind_err("tcp"))?;
         // Tests and admins read the real ports from these lines (port 0 picks a free one).
-        info!("listening on udp {}", udp.local_addr().unwrap_or(addr));
-        info!("listening on tcp {}", tcp.local_addr().unwrap_or(addr));
-        bound.push(udp.local_addr().unwrap_or(addr));
-        server.register_socket(udp);
+        info!("listening on udp {udp_addr}");
+        info!("listening on tcp {}", tcp.local_addr().unwrap_or(udp_addr));
+        bound.push(udp_addr);
         server.register_listener(tcp, tcp_idle, 65535);
     }
     info!("ready");

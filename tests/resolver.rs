@@ -711,3 +711,131 @@ fn a_broken_log_stream_does_not_stop_the_resolver() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The UDP fast path replays answers; it must replay exactly what the full hickory-server
+/// path sends. Two daemons on one config, one with `udp_fast_path = false`: every request
+/// below is sent to both, three times to the fast one (the first fills, the rest replay),
+/// and the answers must be equal byte for byte except the ID.
+#[test]
+fn fast_path_answers_match_the_hickory_path_byte_for_byte() {
+    if !require("knotd") {
+        return;
+    }
+    let big: String = (0..12)
+        .map(|i| format!("big TXT \"{}\"\n", format!("{i:02}").repeat(100)))
+        .collect();
+    let knot = Knot::start(&big);
+    let cfg = config(knot.addr, "");
+    let slow_cfg = cfg.replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nudp_fast_path = false",
+        1,
+    );
+    assert_ne!(cfg, slow_cfg);
+    let fast = Telesink::start(&cfg, FILES);
+    let slow = Telesink::start(&slow_cfg, FILES);
+
+    let q = |name: &str, qtype: RecordType, edns: bool| {
+        query_message(name, qtype, edns).to_vec().unwrap()
+    };
+    let mut small = query_message("big.test", RecordType::TXT, true);
+    if let Some(e) = small.edns.as_mut() {
+        e.set_max_payload(512);
+    }
+    let mut requests: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "127.0.0.1",
+            q("nexus.officeapps.live.com", RecordType::A, true),
+        ),
+        (
+            "127.0.0.1",
+            q("nexus.officeapps.live.com", RecordType::AAAA, false),
+        ),
+        (
+            "127.0.0.1",
+            q("nexus.officeapps.live.com", RecordType::MX, true),
+        ),
+        ("127.0.0.1", q("a.b.blocked.test", RecordType::A, true)),
+        (
+            "127.0.0.1",
+            q("NeXuS.OfficeApps.Live.com", RecordType::A, true),
+        ),
+        ("127.0.0.1", q("nx.modes.test", RecordType::A, true)),
+        ("127.0.0.1", q("nodata.modes.test", RecordType::A, true)),
+        ("127.0.0.1", q("refused.modes.test", RecordType::A, true)),
+        ("127.0.0.1", q("ip.modes.test", RecordType::AAAA, true)),
+        ("127.0.0.2", q("shared.test", RecordType::A, true)),
+        (
+            "127.0.0.3",
+            q("nexus.officeapps.live.com", RecordType::A, true),
+        ),
+        (
+            "127.0.0.1",
+            q("use-application-dns.net", RecordType::A, true),
+        ),
+        ("127.0.0.1", q("www.test", RecordType::A, true)),
+        ("127.0.0.1", q("www.test", RecordType::A, false)),
+        ("127.0.0.1", q("chain.test", RecordType::A, true)),
+        ("127.0.0.1", q("deep.test", RecordType::A, true)),
+        ("127.0.0.1", q("nodata.test", RecordType::A, true)),
+        ("127.0.0.1", q("missing.test", RecordType::A, true)),
+        ("127.0.0.1", q("big.test", RecordType::TXT, false)),
+        ("127.0.0.1", small.to_vec().unwrap()),
+        ("127.0.0.9", q("www.test", RecordType::A, true)),
+    ];
+    // Not queries a resolver answers normally: FORMERR, NOTIMP, REFUSED (class CH).
+    let mut two = query_message("www.test", RecordType::A, false);
+    two.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii("x.test").unwrap(),
+        RecordType::A,
+    ));
+    requests.push(("127.0.0.1", two.to_vec().unwrap()));
+    let mut notify = q("www.test", RecordType::SOA, false);
+    notify[2] = (notify[2] & 0x87) | (4 << 3);
+    requests.push(("127.0.0.1", notify));
+    let mut chaos = q("version.bind", RecordType::TXT, false);
+    let n = chaos.len();
+    chaos[n - 1] = 3;
+    requests.push(("127.0.0.1", chaos));
+    let mut garbage = q("www.test", RecordType::A, false);
+    garbage.truncate(15);
+    requests.push(("127.0.0.1", garbage));
+
+    // Warm both caches the same way first.
+    for (from, packet) in &requests {
+        let from = from.parse().unwrap();
+        let _ = udp_raw(slow.udp, from, packet);
+        let _ = udp_raw(fast.udp, from, packet);
+    }
+    for (from, packet) in &requests {
+        let from = from.parse().unwrap();
+        // A cached answer's TTLs count down by the second; retry when the two daemons'
+        // ages straddle a second boundary.
+        let mut last = None;
+        for attempt in 0..3u16 {
+            let want = udp_raw(slow.udp, from, packet).expect("full path answer");
+            // A new ID for every send: a replay must carry the asker's ID, not the first's.
+            let got: Vec<(u16, Vec<u8>)> = (0..3u16)
+                .map(|i| {
+                    let id = 0x4000 + attempt * 16 + i;
+                    let mut p = packet.clone();
+                    p[..2].copy_from_slice(&id.to_be_bytes());
+                    (id, udp_raw(fast.udp, from, &p).expect("fast path answer"))
+                })
+                .collect();
+            let fine = |(id, g): &(u16, Vec<u8>)| {
+                g.len() >= 2 && g[2..] == want[2..] && g[..2] == id.to_be_bytes()
+            };
+            if want.len() >= 2 && got.iter().all(fine) {
+                last = None;
+                break;
+            }
+            last = Some((want, got));
+        }
+        if let Some((want, got)) = last {
+            panic!("{from}: request {packet:02x?}\nfull path {want:02x?}\nfast path {got:02x?}");
+        }
+    }
+    let log = fast.log.lock().unwrap().clone();
+    assert!(!log.contains("could not"), "{log}");
+}

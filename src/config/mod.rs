@@ -259,6 +259,14 @@ pub struct ServerConfig {
     /// Largest UDP answer we send, whatever a client advertises (DNS flag day 2020).
     #[serde(default = "default_udp_payload")]
     pub udp_payload_max: u16,
+    /// Replay answers to repeated requests (blocked names, cache hits) without running
+    /// the pipeline again (docs/ARCHITECTURE.md, "The UDP fast path").
+    #[serde(default = "default_true")]
+    pub udp_fast_path: bool,
+    /// UDP receive threads per listen address (each with its own SO_REUSEPORT socket);
+    /// 0: one per CPU.
+    #[serde(default)]
+    pub udp_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -467,6 +475,8 @@ impl Default for ServerConfig {
             max_in_flight: default_max_in_flight(),
             tcp_idle_timeout_secs: default_tcp_idle(),
             udp_payload_max: default_udp_payload(),
+            udp_fast_path: true,
+            udp_threads: 0,
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct Entry {
 /// A cached answer with its TTLs already reduced by the time it has spent here.
 pub struct Hit {
     pub answer: Upstreamed,
+    /// Until when this exact answer (these TTLs) is what the cache gives: the next whole
+    /// second of the entry's age. The UDP fast path replays it until then.
+    pub fresh_until: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +91,11 @@ impl Cache {
         hit
     }
 
+    /// A hit served by the UDP fast path, which replays the answer without a lookup.
+    pub fn count_hit(&self) {
+        self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// (hits, misses) since start.
     pub fn lookups(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -118,6 +126,7 @@ impl Cache {
                 .collect()
         };
         Some(Hit {
+            fresh_until: entry.stored + Duration::from_secs(u64::from(age) + 1),
             answer: Upstreamed {
                 rcode: entry.answer.rcode,
                 answers: age_records(&entry.answer.answers),

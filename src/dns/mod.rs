@@ -5,6 +5,7 @@ pub mod cache;
 pub mod outcome;
 pub mod pipeline;
 pub mod protocol;
+pub mod udp;
 pub mod upstream;
 
 pub use outcome::{Outcome, Outcomes};

@@ -26,6 +26,7 @@ use super::protocol;
 use super::upstream::{Upstream, Upstreamed};
 use crate::policy::{Policy, QName, Verdict};
 
+#[derive(Clone)]
 pub struct Pipeline {
     pub policy: Arc<ArcSwap<Policy>>,
     pub cache: Arc<Cache>,
@@ -62,6 +63,25 @@ impl Reply<'_> {
     }
 }
 
+/// An answer the UDP fast path may send again, byte for byte, for the same request from
+/// the same group: what it depends on, and what the pipeline counted for it (the replay
+/// counts the same).
+#[derive(Debug, Clone)]
+pub struct Reuse {
+    pub outcome: Outcome,
+    pub generation: u64,
+    pub group: u16,
+    /// None: valid until the policy changes. Some: a cache hit, valid until its TTLs
+    /// would read one second less.
+    pub until: Option<Instant>,
+    pub blocked: Option<u16>,
+    pub logged: Option<u16>,
+    /// A blocked name of a shadow profile, to keep its addresses learned.
+    pub learn: Option<(u16, Name)>,
+}
+
+type Answered = (Outcome, ResponseInfo, Option<Reuse>);
+
 #[async_trait::async_trait]
 impl RequestHandler for Pipeline {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -69,20 +89,43 @@ impl RequestHandler for Pipeline {
         request: &Request,
         handle: R,
     ) -> ResponseInfo {
-        let (outcome, info) = self.answer(request, handle).await;
-        // Last: counting after the send keeps the metrics off the answer's critical path.
-        self.outcomes.record(outcome);
-        self.outcomes.saw(request.src().ip());
-        info
+        self.serve(request, handle).await.0
     }
 }
 
 impl Pipeline {
-    async fn answer<R: ResponseHandler>(
+    /// Answers one request and counts it; says whether the answer may be replayed.
+    pub async fn serve<R: ResponseHandler>(
         &self,
         request: &Request,
         handle: R,
-    ) -> (Outcome, ResponseInfo) {
+    ) -> (ResponseInfo, Option<Reuse>) {
+        let (outcome, info, reuse) = self.answer(request, handle).await;
+        // Last: counting after the send keeps the metrics off the answer's critical path.
+        self.outcomes.record(outcome);
+        self.outcomes.saw(request.src().ip());
+        (info, reuse)
+    }
+
+    /// Counts a replayed answer exactly as `serve` counted the original.
+    pub fn replayed(&self, client: std::net::IpAddr, reuse: &Reuse, learn_now: bool) {
+        self.outcomes.record(reuse.outcome);
+        self.outcomes.saw(client);
+        if let Some(p) = reuse.blocked {
+            self.clients.blocked(client, p);
+        }
+        if let Some(p) = reuse.logged {
+            self.clients.logged(client, p);
+        }
+        if reuse.outcome == Outcome::Cached {
+            self.cache.count_hit();
+        }
+        if let (true, Some((p, name)), Some(shadow)) = (learn_now, &reuse.learn, &self.shadow) {
+            shadow.learn(*p, name);
+        }
+    }
+
+    async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> Answered {
         // 1. Protocol checks first: malformed, non-query or unsupported-EDNS messages are
         //    answered by the RFCs alone, so no later stage has to cope with them.
         let query = match protocol::check(request) {
@@ -97,6 +140,7 @@ impl Pipeline {
                 return (
                     outcome,
                     self.send(request, handle, Reply::rcode(rcode)).await,
+                    None,
                 );
             }
         };
@@ -112,6 +156,7 @@ impl Pipeline {
                 Outcome::Refused,
                 self.send(request, handle, Reply::rcode(ResponseCode::Refused))
                     .await,
+                None,
             );
         }
         let group = policy.group_of(client);
@@ -120,7 +165,17 @@ impl Pipeline {
                 Outcome::FormErr,
                 self.send(request, handle, Reply::rcode(ResponseCode::FormErr))
                     .await,
+                None,
             );
+        };
+        let reuse = |outcome, until| Reuse {
+            outcome,
+            generation: policy.generation,
+            group,
+            until,
+            blocked: None,
+            logged: None,
+            learn: None,
         };
 
         // 3. Special-use names come before the lists: they keep clients from switching to
@@ -132,7 +187,8 @@ impl Pipeline {
                 authorities: &synth.authorities,
                 ..Reply::rcode(rcode)
             };
-            return (Outcome::Local, self.send(request, handle, reply).await);
+            let info = self.send(request, handle, reply).await;
+            return (Outcome::Local, info, Some(reuse(Outcome::Local, None)));
         }
 
         // 4. The policy verdict, before the cache: the cache holds real answers that an
@@ -145,16 +201,23 @@ impl Pipeline {
                 .count()
                 + 1;
             let zone = query.original().name().trim_to(labels);
-            self.learn(&policy, profile, query.original().name());
-            return self
+            let learn = self.learn(&policy, profile, query.original().name());
+            let (outcome, info) = self
                 .sinkhole(request, handle, &policy, profile, query, &zone, None)
                 .await;
+            let again = (outcome == Outcome::Blocked).then(|| Reuse {
+                blocked: Some(profile),
+                learn,
+                ..reuse(outcome, None)
+            });
+            return (outcome, info, again);
         }
 
         // 4b. Log-only profiles, after the real verdict: a name that some enforcing profile
         //     blocks was answered above; what passes is counted as a would-be block of a
         //     log-only profile and then answered normally.
-        if let Some(profile) = policy.would_block(group, &qname) {
+        let logged = policy.would_block(group, &qname);
+        if let Some(profile) = logged {
             self.clients.logged(client, profile);
         }
 
@@ -165,12 +228,12 @@ impl Pipeline {
             class: query.query_class(),
         };
         let now = Instant::now();
-        let (answer, outcome) = match self.cache.get(&key, now) {
-            Some(hit) => (hit.answer, Outcome::Cached),
+        let (answer, outcome, fresh_until) = match self.cache.get(&key, now) {
+            Some(hit) => (hit.answer, Outcome::Cached, Some(hit.fresh_until)),
             None => match self.forward(query).await {
                 Ok(answer) => {
                     self.cache.insert(key, &answer, now);
-                    (answer, Outcome::Forwarded)
+                    (answer, Outcome::Forwarded, None)
                 }
                 Err(why) => {
                     debug!(%why, name = %query.name(), "not forwarded");
@@ -187,20 +250,31 @@ impl Pipeline {
                         ede: Some(ede),
                         ..Reply::rcode(ResponseCode::ServFail)
                     };
-                    return (Outcome::ServFail, self.send(request, handle, reply).await);
+                    let info = self.send(request, handle, reply).await;
+                    return (Outcome::ServFail, info, None);
                 }
             },
         };
+        // Only a cache hit is replayed: a fresh upstream answer has the upstream's TTLs,
+        // which the cache may clamp, so the next hit's bytes can differ from it.
+        let cached = |outcome| fresh_until.map(|until| reuse(outcome, Some(until)));
 
         // 6. CNAME cloaking after the cache, per client: a tracker hidden behind a CNAME
         //    is caught on cached answers too, and only for clients whose profiles block it.
         if let Some((profile, target)) = cloaked(&policy, group, &answer) {
-            self.learn(&policy, profile, &target);
+            let learn = self.learn(&policy, profile, &target);
             let zone = query.original().name().clone();
             let via = Some(&target);
-            return self
+            let (outcome, info) = self
                 .sinkhole(request, handle, &policy, profile, query, &zone, via)
                 .await;
+            let again = cached(outcome).filter(|_| outcome == Outcome::Blocked);
+            let again = again.map(|r| Reuse {
+                blocked: Some(profile),
+                learn,
+                ..r
+            });
+            return (outcome, info, again);
         }
 
         // 7. Send the answer as the upstream gave it.
@@ -212,22 +286,26 @@ impl Pipeline {
             ede: None,
         };
         let info = self.send(request, handle, reply).await;
-        let outcome = if answer.rcode == ResponseCode::ServFail {
-            Outcome::ServFail
-        } else {
-            outcome
-        };
-        (outcome, info)
+        if answer.rcode == ResponseCode::ServFail {
+            return (Outcome::ServFail, info, None);
+        }
+        let again = cached(outcome).map(|r| Reuse { logged, ..r });
+        (outcome, info, again)
     }
 
-    /// Hands a name a shadow profile blocked to the firewall's resolver (never waits).
-    fn learn(&self, policy: &Policy, profile: u16, name: &Name) {
+    /// Hands a name a shadow profile blocked to the firewall's resolver (never waits);
+    /// returns it for a replay to hand over again.
+    fn learn(&self, policy: &Policy, profile: u16, name: &Name) -> Option<(u16, Name)> {
         let shadowed = policy
             .profiles
             .get(profile as usize)
             .is_some_and(|p| p.shadow);
-        if let (Some(shadow), true) = (&self.shadow, shadowed) {
-            shadow.learn(profile, name);
+        match (&self.shadow, shadowed) {
+            (Some(shadow), true) => {
+                shadow.learn(profile, name);
+                Some((profile, name.clone()))
+            }
+            _ => None,
         }
     }
 
