@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
-# Side-by-side baseline for issue 7: telesink, unbound and dnsmasq answering the same
-# blocklist and the same cached names, one after another, on loopback only.
-#   bash benches/peers.sh            # NAMES=1000 RUNS=3 SECS=10 by default
-# Each server is pinned to core 0 and dnsperf to core 1. For every server and workload it
-# reports the median, min and max queries per second of RUNS runs, the server's CPU time
-# per answered query (from /proc, so it holds even when dnsperf is the bottleneck) and
-# its RSS, then the ratio telesink/peer. Not yet measured here: latency percentiles,
-# the 1M-name list, start-up time, toggles and reloads under load (see docs/BENCHMARKS.md).
+# telesink side by side with unbound and dnsmasq, on loopback only, in one run.
+#
+#   bash benches/peers.sh                      # RUNS=3 SECS=5 BIG=1000000 RATE=20000
+#   RUNS=5 SECS=10 bash benches/peers.sh       # longer
+#   BIG=0 bash benches/peers.sh                # skip the 1M-name phase
+#
+# Installs dnsperf, unbound, dnsmasq and knot if missing; builds telesink; generates the
+# workload from a fixed seed; runs each server in turn pinned to core 0 with dnsperf on
+# core 1; prints a Markdown report (docs/BENCHMARKS.md keeps the last one).
+#
+# Workload: a 1,000-name and a BIG-name blocklist (5% suffix rules), each in the servers'
+# native form (unbound local-zone always_null, dnsmasq address=/name/0.0.0.0 and ::,
+# telesink a list of a profile in null mode); query files: blocked (names of the list,
+# "sub." under suffix rules), cached (1,000 names of a knotd zone, warmed first), miss
+# (unique names of a TTL-0 wildcard zone, so every query goes upstream to knotd), and mix
+# (30% blocked, 65% cached, 5% miss). Every server forwards to the same knotd.
+#
+# Figures: open-loop QPS (dnsperf -c 8 -q 200) and server CPU time per answered query
+# (from /proc, valid even when dnsperf's core is the limit); p50/p99 latency at a fixed
+# RATE (dnsperf -Q -v); the median of RUNS runs with min and max; the ratio telesink/peer.
+# 1M phase: time from exec until a blocked name of the big list is answered as blocked,
+# RSS then, blocked QPS, CPU and latency. Live phase (telesink only; its peers have no
+# runtime toggle and drop or stall queries on reload, see docs/BENCHMARKS.md): a profile
+# toggle and a reload of the big list under a steady stream, counting lost, late (> 1 s),
+# wrong and stale answers and the time until the new policy answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAMES=${NAMES:-1000}; RUNS=${RUNS:-3}; SECS=${SECS:-10}
-want=(dnsperf unbound dnsmasq-base knot)
+RUNS=${RUNS:-3}; SECS=${SECS:-5}; BIG=${BIG:-1000000}; RATE=${RATE:-20000}
+want=(dnsperf unbound dnsmasq-base knot dnsutils python3)
 missing=()
 for p in "${want[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -24,40 +41,63 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-# Workload, fixed seed: NAMES blocked names (5% suffix rules), and 1000 names of a zone
-# served by knotd that every resolver caches after a warm-up.
-python3 - "$work" "$NAMES" <<'PY'
+python3 - "$work" "$BIG" <<'PY'
 import random, sys
-work, n = sys.argv[1], int(sys.argv[2])
+work, big = sys.argv[1], int(sys.argv[2])
 r = random.Random(20261126)
-words = ["ads","track","metrics","telemetry","stats","pixel","cdn","api","events","collect","beacon","log"]
-tlds = ["com","net","org","io","de","nl"]
-names, seen = [], set()
-while len(names) < n:
-    name = f"{r.choice(words)}{r.randrange(1000)}.{r.choice(words)}-{r.randrange(100000)}.{r.choice(tlds)}"
-    if name not in seen:
-        seen.add(name); names.append(name)
-suffix = set(range(0, n, 20))
-with open(f"{work}/block.list", "w") as f:
-    for i, name in enumerate(names):
-        f.write(("*." if i in suffix else "") + name + "\n")
-with open(f"{work}/unbound-block.conf", "w") as f:
-    f.write("server:\n")
-    for name in names:
-        f.write(f'  local-zone: "{name}." always_null\n')
-with open(f"{work}/dnsmasq-block.conf", "w") as f:
-    for name in names:
-        f.write(f"address=/{name}/0.0.0.0\naddress=/{name}/::\n")
+words = ["ads","track","metrics","telemetry","stats","pixel","cdn","api","events","collect","beacon","log",
+         "sync","edge","data","report","watson","vortex","nexus","self","browser","pipe","mobile","settings"]
+tlds = ["com","net","org","io","de","nl","co.uk","info","fr","xyz"]
+def names(n, seen):
+    out = []
+    while len(out) < n:
+        labels = [f"{r.choice(words)}{r.randrange(1000)}" for _ in range(1 + r.randrange(3))]
+        name = ".".join(labels + [f"{r.choice(words)}-{r.randrange(100000)}", r.choice(tlds)])
+        if name not in seen:
+            seen.add(name); out.append(name)
+    return out
+seen = set()
+small = names(1000, seen)
+large = names(big, seen) if big else []
+def write_lists(tag, ns):
+    suffix = set(range(0, len(ns), 20))
+    with open(f"{work}/{tag}.list", "w") as f:
+        for i, n in enumerate(ns):
+            f.write(("*." if i in suffix else "") + n + "\n")
+    with open(f"{work}/unbound-{tag}.conf", "w") as f:
+        f.write("server:\n")
+        for n in ns:
+            f.write(f'  local-zone: "{n}." always_null\n')
+    with open(f"{work}/dnsmasq-{tag}.conf", "w") as f:
+        for n in ns:
+            f.write(f"address=/{n}/0.0.0.0\naddress=/{n}/::\n")
+    qs = [("sub." if i in suffix else "") + n for i, n in enumerate(ns)]
+    return qs
+blocked = write_lists("small", small)
 with open(f"{work}/blocked.q", "w") as f:
-    for i, name in enumerate(names):
-        f.write(f"{'sub.' if i in suffix else ''}{name} A\n")
+    f.writelines(f"{q} A\n" for q in blocked)
+if big:
+    bq = write_lists("big", large)
+    sample = r.sample(bq, min(100000, len(bq)))
+    with open(f"{work}/big-blocked.q", "w") as f:
+        f.writelines(f"{q} A\n" for q in sample)
+    with open(f"{work}/probe-big", "w") as f:
+        f.write(bq[1] + "\n")
+cached = [f"h{i}.bench.test" for i in range(1000)]
+with open(f"{work}/cached.q", "w") as f:
+    f.writelines(f"{q} A\n" for q in cached)
+with open(f"{work}/miss.q", "w") as f:
+    f.writelines(f"m{i}.miss.bench.test A\n" for i in range(300000))
+with open(f"{work}/mix.q", "w") as f:
+    for i in range(100000):
+        x = r.random()
+        q = r.choice(blocked) if x < 0.30 else (r.choice(cached) if x < 0.95 else f"x{i}.miss.bench.test")
+        f.write(f"{q} A\n")
 with open(f"{work}/zone", "w") as f:
     f.write("$ORIGIN bench.test.\n$TTL 3600\n@ SOA ns h 1 3600 600 86400 3600\n@ NS ns\nns A 127.0.0.1\n")
+    f.write("stale A 192.0.2.250\n*.miss 0 A 192.0.2.251\n")
     for i in range(1000):
         f.write(f"h{i} A 192.0.2.{i % 250 + 1}\n")
-with open(f"{work}/cached.q", "w") as f:
-    for i in range(1000):
-        f.write(f"h{i}.bench.test A\n")
 PY
 
 kport=55301
@@ -72,10 +112,12 @@ zone:
     file: $work/zone
 K
 knotd -c "$work/knot.conf" >/dev/null 2>&1 & pids+=($!)
+sleep 0.5
 
-cat > "$work/telesink.toml" <<T
+telesink_conf() { # tag port
+  cat > "$work/telesink-$1.toml" <<T
 [server]
-listen = ["127.0.0.1:55302"]
+listen = ["127.0.0.1:$2"]
 [upstream]
 servers = ["127.0.0.1:$kport"]
 [policy]
@@ -83,12 +125,17 @@ lists_dir = "$work"
 allowed_clients = ["127.0.0.0/8"]
 [profiles.bench]
 enabled = true
-lists = ["block.list"]
+lists = ["$1.list"]
+[control]
+socket = "$work/control-$1.sock"
+state_file = "$work/state-$1.json"
 T
-cat > "$work/unbound.conf" <<U
+}
+unbound_conf() { # tag port
+  cat > "$work/unbound-$1-main.conf" <<U
 server:
   interface: 127.0.0.1
-  port: 55303
+  port: $2
   num-threads: 1
   do-daemonize: no
   use-syslog: no
@@ -99,76 +146,207 @@ server:
   pidfile: ""
   access-control: 127.0.0.0/8 allow
   do-not-query-localhost: no
-  include: "$work/unbound-block.conf"
+  # unbound answers the special-use zone test. itself (NXDOMAIN) unless told not to.
+  local-zone: "test." nodefault
+  include: "$work/unbound-$1.conf"
 forward-zone:
   name: "."
   forward-addr: 127.0.0.1@$kport
 U
+}
+for tag in small big; do
+  [[ $tag == big && $BIG == 0 ]] && continue
+  telesink_conf "$tag" 55302; unbound_conf "$tag" 55303
+done
+cmd_for() { # server tag -> command line
+  case $1 in
+    telesink) echo "$bin run --config $work/telesink-$2.toml" ;;
+    unbound) echo "unbound -d -c $work/unbound-$2-main.conf" ;;
+    dnsmasq) echo "dnsmasq -k --port=55304 --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts --server=127.0.0.1#$kport --cache-size=10000 --conf-file=$work/dnsmasq-$2.conf --user=root" ;;
+  esac
+}
+port_for() { case $1 in telesink) echo 55302 ;; unbound) echo 55303 ;; dnsmasq) echo 55304 ;; esac; }
 
-start() { # name port command...
-  local name=$1 port=$2; shift 2
-  taskset -c 0 "$@" >"$work/$name.log" 2>&1 & local pid=$!
-  pids+=($pid)
-  for _ in $(seq 100); do
-    dig +short +time=1 +tries=1 -p "$port" @127.0.0.1 h1.bench.test A >/dev/null 2>&1 && { echo "$pid"; return; }
-    sleep 0.1
+# Starts a server on core 0; waits until NAME is answered with ANSWER (0.0.0.0 for a
+# blocked name); sets PID and MS (milliseconds from exec until then).
+start() { # server tag name answer
+  local port; port=$(port_for "$1")
+  local t0; t0=$(date +%s%N)
+  # shellcheck disable=SC2046
+  taskset -c 0 $(cmd_for "$1" "$2") >"$work/$1-$2.log" 2>&1 & PID=$!
+  pids+=("$PID")
+  for _ in $(seq 3000); do
+    if [[ $(dig +short +time=1 +tries=1 -p "$port" @127.0.0.1 "$3" A 2>/dev/null | tail -1) == "$4" ]]; then
+      MS=$(( ($(date +%s%N) - t0) / 1000000 )); return
+    fi
+    sleep 0.01
   done
-  echo "$name did not start" >&2; cat "$work/$name.log" >&2; exit 1
+  echo "$1 did not start" >&2; cat "$work/$1-$2.log" >&2; exit 1
 }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+results="$work/results"; : > "$results"
 
-results="$work/results"
-: > "$results"
-run_server() { # name port command...
-  local name=$1 port=$2; shift 2
-  local pid; pid=$(start "$name" "$port" "$@")
-  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$work/cached.q" -l 2 >/dev/null 2>&1 || true  # warm the cache
-  for workload in blocked cached; do
-    for run in $(seq "$RUNS"); do
-      local t0; t0=$(cpu_ticks "$pid")
-      local out; out=$(taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$work/$workload.q" -l "$SECS" -c 8 -q 200 2>&1)
-      local t1; t1=$(cpu_ticks "$pid")
-      local qps; qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
-      local done_q; done_q=$(awk '/Queries completed:/ {print $3}' <<<"$out")
-      local us; us=$(python3 -c "print(round(($t1-$t0)*1e6/$(getconf CLK_TCK)/max($done_q,1),2))")
-      echo "$name $workload $run $qps $us" >> "$results"
-    done
+# Open loop: QPS and CPU per query. Fixed rate: p50 / p99 from dnsperf -v.
+measure() { # server pid port workload-file label
+  local name=$1 pid=$2 port=$3 q=$4 label=$5
+  for run in $(seq "$RUNS"); do
+    local t0; t0=$(cpu_ticks "$pid")
+    local out; out=$(taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$q" -l "$SECS" -c 8 -q 200 2>&1)
+    local t1; t1=$(cpu_ticks "$pid")
+    local qps; qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
+    local done_q; done_q=$(awk '/Queries completed:/ {print $3}' <<<"$out")
+    local us; us=$(python3 -c "print(round(($t1-$t0)*1e6/$(getconf CLK_TCK)/max($done_q,1),2))")
+    echo "$name $label qps $run $qps" >> "$results"
+    echo "$name $label cpu $run $us" >> "$results"
+    taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$q" -l "$SECS" -Q "$RATE" -v 2>&1 | python3 -c "
+import sys
+lat = sorted(float(l.split()[-1]) for l in sys.stdin if l.startswith('> '))
+if lat:
+    p = lambda x: lat[min(len(lat) - 1, int(len(lat) * x))] * 1e6
+    print('$name $label p50 $run', round(p(0.50), 1)); print('$name $label p99 $run', round(p(0.99), 1))
+" >> "$results"
   done
-  local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-  echo "$name rss 0 $rss 0" >> "$results"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-run_server telesink 55302 "$bin" run --config "$work/telesink.toml"
-run_server unbound 55303 unbound -d -c "$work/unbound.conf"
-run_server dnsmasq 55304 dnsmasq -k --port=55304 --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
-  --server=127.0.0.1#$kport --cache-size=10000 --conf-file="$work/dnsmasq-block.conf" --user=root
+for server in telesink unbound dnsmasq; do
+  port=$(port_for $server)
+  start $server small h1.bench.test 192.0.2.2; pid=$PID
+  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$work/cached.q" -l 2 >/dev/null 2>&1 || true  # warm the cache
+  for w in blocked cached miss mix; do measure $server "$pid" "$port" "$work/$w.q" "$w"; done
+  echo "$server small rss 1 $(awk '/VmRSS/ {print $2}' "/proc/$pid/status")" >> "$results"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  if [[ $BIG != 0 ]]; then
+    start $server big "$(cat "$work/probe-big")" 0.0.0.0; pid=$PID
+    echo "$server big startms 1 $MS" >> "$results"
+    echo "$server big rss 1 $(awk '/VmRSS/ {print $2}' "/proc/$pid/status")" >> "$results"
+    measure $server "$pid" "$port" "$work/big-blocked.q" big-blocked
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  fi
+done
 
-python3 - "$results" "$NAMES" "$RUNS" "$SECS" <<'PY'
+# Live changes, telesink with the big list (or the small one with BIG=0).
+tag=big; [[ $BIG == 0 ]] && tag=small
+start telesink $tag h1.bench.test 192.0.2.2; pid=$PID
+python3 - "$work" "$tag" "$bin" "$RATE" "$results" "$pid" <<'PY'
+import os, signal, socket, struct, subprocess, sys, threading, time
+work, tag, binary, rate, results, pid = sys.argv[1:7]
+server = ("127.0.0.1", 55302)
+sock = f"{work}/control-{tag}.sock"
+def ask(name, timeout=1.0):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2.0)
+    q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0\0\1\0\1"
+    t = time.monotonic(); s.sendto(q, server)
+    try:
+        data = s.recv(1500)
+    except socket.timeout:
+        return None, 2.0
+    finally:
+        s.close()
+    took = time.monotonic() - t
+    an = struct.unpack(">H", data[6:8])[0]
+    rcode = data[3] & 15
+    ip = ".".join(map(str, data[-4:])) if an and rcode == 0 else f"rcode{rcode}"
+    return ip, took
+blocked = open(f"{work}/blocked.q").readline().split()[0] if tag == "small" else open(f"{work}/probe-big").read().strip()
+stats = {"lost": 0, "late": 0, "wrong": 0, "stale": 0, "asked": 0}
+stop = threading.Event()
+def probe():
+    while not stop.is_set():
+        ip, took = ask("h5.bench.test")
+        stats["asked"] += 1
+        if ip is None: stats["lost"] += 1
+        elif took > 1.0: stats["late"] += 1
+        elif ip != "192.0.2.6": stats["wrong"] += 1
+        time.sleep(0.002)
+load = subprocess.Popen(["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", "55302", "-d", f"{work}/mix.q",
+                         "-l", "12", "-Q", rate, "-t", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+t = threading.Thread(target=probe); t.start()
+time.sleep(2)
+def ctl(*args):
+    subprocess.run([binary, *args, "--socket", sock], check=True, capture_output=True)
+def until(want_blocked):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        ip, _ = ask(blocked)
+        if (ip == "0.0.0.0") == want_blocked:
+            return time.monotonic() - t0
+    return float("inf")
+t0 = time.monotonic(); ctl("profile", "disable", "bench"); toggle_off = time.monotonic() - t0 + until(False)
+time.sleep(1)
+t0 = time.monotonic(); ctl("profile", "enable", "bench"); toggle_on = time.monotonic() - t0 + until(True)
+time.sleep(1)
+# Stale: a name cached just before the reload that the reloaded list blocks.
+assert ask("stale.bench.test")[0] == "192.0.2.250"
+with open(f"{work}/{tag}.list", "a") as f:
+    f.write("stale.bench.test\n")
+t0 = time.monotonic(); ctl("reload"); reload_s = time.monotonic() - t0
+ip, _ = ask("stale.bench.test")
+if ip != "0.0.0.0": stats["stale"] += 1
+time.sleep(1)
+os.kill(int(pid), signal.SIGHUP)  # a second reload, the way systemctl reload does it
+time.sleep(2)
+stop.set(); t.join()
+out = load.communicate()[0]
+lost = next((l.split()[2] for l in out.splitlines() if "Queries lost:" in l), "?")
+sent = next((l.split()[2] for l in out.splitlines() if "Queries sent:" in l), "?")
+with open(results, "a") as f:
+    f.write(f"live toggle_off_ms 1 {toggle_off*1e3:.1f}\nlive toggle_on_ms 1 {toggle_on*1e3:.1f}\nlive reload_ms 1 {reload_s*1e3:.0f}\n")
+    f.write(f"live dnsperf_sent 1 {sent}\nlive dnsperf_lost_or_late 1 {lost}\n")
+    for k, v in stats.items():
+        f.write(f"live probe_{k} 1 {v}\n")
+PY
+kill "$pid"; wait "$pid" 2>/dev/null || true
+
+python3 - "$results" "$RUNS" "$SECS" "$BIG" "$RATE" <<'PY'
 import sys, statistics, subprocess, platform
 rows = [l.split() for l in open(sys.argv[1])]
-names, runs, secs = sys.argv[2:5]
-def med(server, workload, col):
-    v = [float(r[col]) for r in rows if r[0] == server and r[1] == workload]
-    return (statistics.median(v), min(v), max(v)) if v else (0, 0, 0)
+runs, secs, big, rate = sys.argv[2:6]
+def vals(server, label, metric):
+    return [float(r[-1]) for r in rows if r[0] == server and r[1] == label and r[2] == metric]
+def med(server, label, metric):
+    v = vals(server, label, metric)
+    return (statistics.median(v), min(v), max(v)) if v else None
 def ver(cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0].strip()
     except Exception:
         return "?"
-print(f"# Side-by-side: {names}-name blocklist, {runs} runs x {secs} s, servers on core 0, dnsperf on core 1\n")
-print(f"machine: {platform.machine()}, {open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}, kernel {platform.release()}")
-print(f"versions: {ver(['target/release/telesink','--version'])}; {ver(['unbound','-V'])}; {ver(['dnsmasq','--version'])}; {ver(['dnsperf','-h'])[:40]}\n")
-print("| server | workload | QPS median [min-max] | CPU us/query | ratio telesink/peer (QPS) |")
-print("|---|---|---|---|---|")
-for w in ["blocked", "cached"]:
-    t = med("telesink", w, 3)[0]
-    for s in ["telesink", "unbound", "dnsmasq"]:
-        q = med(s, w, 3); c = med(s, w, 4)
-        ratio = "-" if s == "telesink" or q[0] == 0 else f"{t / q[0]:.2f}"
-        print(f"| {s} | {w} | {q[0]:.0f} [{q[1]:.0f}-{q[2]:.0f}] | {c[0]:.2f} | {ratio} |")
-print("\n| server | RSS after the runs |\n|---|---|")
-for s in ["telesink", "unbound", "dnsmasq"]:
-    r = [float(x[3]) for x in rows if x[0] == s and x[1] == "rss"]
-    print(f"| {s} | {r[0]/1024:.1f} MiB |" if r else f"| {s} | ? |")
+peers = ["unbound", "dnsmasq"]
+print(f"# telesink side by side: {runs} runs x {secs} s, servers on core 0, dnsperf on core 1\n")
+cpu = open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()
+print(f"machine: {platform.machine()}, {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPUs, kernel {platform.release()}")
+print(f"versions: {ver(['target/release/telesink','--version'])}; {ver(['unbound','-V'])}; {ver(['dnsmasq','--version'])}; dnsperf 2.10\n")
+def table(labels, title):
+    print(f"## {title}\n")
+    print("| workload | server | QPS median [min-max] | CPU us/query | p50 us | p99 us | QPS ratio | CPU ratio | p99 ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for w in labels:
+        t = {m: med("telesink", w, m) for m in ["qps", "cpu", "p50", "p99"]}
+        for s in ["telesink"] + peers:
+            m = {k: med(s, w, k) for k in ["qps", "cpu", "p50", "p99"]}
+            if not m["qps"]:
+                continue
+            ratio = lambda k: "-" if s == "telesink" or not m[k] or not t[k] or m[k][0] == 0 else f"{t[k][0] / m[k][0]:.2f}"
+            p = lambda k: f"{m[k][0]:.0f}" if m[k] else "?"
+            print(f"| {w} | {s} | {m['qps'][0]:.0f} [{m['qps'][1]:.0f}-{m['qps'][2]:.0f}] | {m['cpu'][0]:.2f} | {p('p50')} | {p('p99')} | {ratio('qps')} | {ratio('cpu')} | {ratio('p99')} |")
+    print()
+table(["blocked", "cached", "miss", "mix"], f"1,000-name list (latency at {rate} qps)")
+if big != "0":
+    table(["big-blocked"], f"{int(big):,}-name list: blocked names")
+    print("| server | start until the list answers | RSS with the list |\n|---|---|---|")
+    for s in ["telesink"] + peers:
+        st = med(s, "big", "startms"); rss = med(s, "big", "rss")
+        if st:
+            print(f"| {s} | {st[0]/1000:.2f} s | {rss[0]/1024:.1f} MiB |")
+    print()
+print("| server | RSS, 1,000-name list |\n|---|---|")
+for s in ["telesink"] + peers:
+    rss = med(s, "small", "rss")
+    if rss:
+        print(f"| {s} | {rss[0]/1024:.1f} MiB |")
+print("\n## Live changes under a steady stream (telesink)\n")
+for r in rows:
+    if r[0] == "live":
+        print(f"- {r[1]}: {r[3]}")
 PY

@@ -26,7 +26,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use hickory_proto::op::{Header, ResponseCode};
@@ -139,6 +140,8 @@ impl Udp {
     /// that is two system calls per batch instead of two per query, which was most of
     /// the remaining cost per query.
     fn receive(self: Arc<Self>, socket: Arc<UdpSocket>) {
+        // In the runtime's context, so the full path can start on this thread (below).
+        let _runtime = self.runtime.enter();
         let fd = socket.as_raw_fd();
         let mut bufs = vec![[0u8; MAX_REQUEST]; BATCH];
         let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1500)).collect();
@@ -183,9 +186,33 @@ impl Udp {
                     replies += 1;
                     continue;
                 }
-                let (me, socket, raw) = (self.clone(), socket.clone(), packet.to_vec());
-                self.runtime
-                    .spawn(async move { me.full(raw, src, socket).await });
+                // The full path is polled once right here: a blocked name or a cache hit
+                // completes in that poll, without a hand-over to another thread (measured:
+                // the wakeup and context switch cost more than the pipeline itself). Only
+                // what waits on an upstream moves to the runtime, and tokio polls it again
+                // at once with a real waker.
+                let (me, sock, raw) = (self.clone(), socket.clone(), packet.to_vec());
+                let inline = Arc::new(AtomicBool::new(true));
+                let mut full = Box::pin(me.full(raw, src, sock, inline.clone()));
+                let mut cx = Context::from_waker(Waker::noop());
+                match full.as_mut().poll(&mut cx) {
+                    Poll::Ready(Some(bytes)) => {
+                        outs[replies] = bytes;
+                        to[replies] = Some(SockaddrStorage::from(src));
+                        replies += 1;
+                    }
+                    Poll::Ready(None) => {}
+                    Poll::Pending => {
+                        // From here on the future runs on the runtime and sends itself.
+                        inline.store(false, Ordering::Release);
+                        let socket = socket.clone();
+                        self.runtime.spawn(async move {
+                            if let Some(bytes) = full.await {
+                                send_one(&socket, &bytes, src);
+                            }
+                        });
+                    }
+                }
             }
             send_all(fd, &mut tx, &outs[..replies], &to[..replies]);
         }
@@ -228,25 +255,44 @@ impl Udp {
     }
 
     /// The full path: hickory's message types and the whole pipeline.
-    async fn full(self: Arc<Self>, raw: Vec<u8>, src: SocketAddr, socket: Arc<UdpSocket>) {
+    /// Returns the answer if it was made while `inline` was set and so is not sent yet:
+    /// the receive thread sends it with the rest of its batch.
+    async fn full(
+        self: Arc<Self>,
+        raw: Vec<u8>,
+        src: SocketAddr,
+        socket: Arc<UdpSocket>,
+        inline: Arc<AtomicBool>,
+    ) -> Option<Vec<u8>> {
         let handle = Capture {
             socket,
             dst: src,
             sent: Arc::new(Mutex::new(None)),
-        };
-        let request = match Request::from_bytes(raw.clone(), src, Protocol::Udp) {
-            Ok(r) => r,
-            Err(_) => return form_error(&raw, handle),
+            inline,
         };
         let sent = handle.sent.clone();
-        let (_, reuse) = self.pipeline.serve(&request, handle).await;
-        let (Some(reuse), Some(bytes)) = (reuse, sent.lock().take()) else {
-            return;
-        };
+        match Request::from_bytes(raw.clone(), src, Protocol::Udp) {
+            Ok(request) => {
+                let (_, reuse) = self.pipeline.serve(&request, handle).await;
+                let (bytes, delivered) = sent.lock().take()?;
+                if let Some(reuse) = reuse {
+                    self.keep(&raw, &bytes, reuse);
+                }
+                (!delivered).then_some(bytes)
+            }
+            Err(_) => {
+                form_error(&raw, handle);
+                let (bytes, delivered) = sent.lock().take()?;
+                (!delivered).then_some(bytes)
+            }
+        }
+    }
+
+    fn keep(&self, raw: &[u8], bytes: &[u8], reuse: Reuse) {
         let mut key = [0u8; MAX_REQUEST + 2];
-        let n = key_of(reuse.group, &raw, &mut key);
+        let n = key_of(reuse.group, raw, &mut key);
         let kept = Arc::new(Kept {
-            bytes: bytes.into_boxed_slice(),
+            bytes: bytes.into(),
             learned: AtomicU64::new(crate::metrics::unix_now()),
             reuse,
         });
@@ -260,6 +306,7 @@ impl Udp {
 /// A request whose header reads but whose body does not: FORMERR with the header's ID,
 /// the same answer hickory-server gives.
 fn form_error(raw: &[u8], handle: Capture) {
+    let deliver = |bytes: Vec<u8>| handle.deliver(bytes);
     let mut decoder = BinDecoder::new(raw);
     let Ok(header) = Header::read(&mut decoder) else {
         return;
@@ -271,7 +318,7 @@ fn form_error(raw: &[u8], handle: Capture) {
     let response = MessageResponseBuilder::new(&queries, None)
         .error_msg(&header.metadata, ResponseCode::FormErr);
     if let Some(bytes) = encode(response) {
-        handle.send(&bytes);
+        deliver(bytes);
     }
 }
 
@@ -300,18 +347,33 @@ fn encode<'a>(
 }
 
 /// The pipeline's response handler on this listener: sends, and keeps the bytes sent.
+/// An answer's bytes, and whether they went out already.
+type Sent = (Vec<u8>, bool);
+
 #[derive(Clone)]
 struct Capture {
     socket: Arc<UdpSocket>,
     dst: SocketAddr,
-    sent: Arc<Mutex<Option<Vec<u8>>>>,
+    /// The answer, and whether it went out already.
+    sent: Arc<Mutex<Option<Sent>>>,
+    /// Set while the receive thread polls: then the answer waits for its batch's
+    /// sendmmsg instead of costing a sendto of its own.
+    inline: Arc<AtomicBool>,
 }
 
 impl Capture {
-    fn send(&self, bytes: &[u8]) {
-        if let Err(e) = self.socket.send_to(bytes, self.dst) {
-            warn!(error = %e, client = %self.dst, "could not send response");
+    fn deliver(&self, bytes: Vec<u8>) {
+        let delivered = !self.inline.load(Ordering::Acquire);
+        if delivered {
+            send_one(&self.socket, &bytes, self.dst);
         }
+        *self.sent.lock() = Some((bytes, delivered));
+    }
+}
+
+fn send_one(socket: &UdpSocket, bytes: &[u8], dst: SocketAddr) {
+    if let Err(e) = socket.send_to(bytes, dst) {
+        warn!(error = %e, client = %dst, "could not send response");
     }
 }
 
@@ -329,10 +391,9 @@ impl ResponseHandler for Capture {
         >,
     ) -> Result<ResponseInfo, NetError> {
         let bytes = encode(response).ok_or_else(|| NetError::from("encoding failed"))?;
-        self.send(&bytes);
         let mut decoder = BinDecoder::new(&bytes);
         let header = Header::read(&mut decoder).map_err(|e| NetError::from(e.to_string()))?;
-        *self.sent.lock() = Some(bytes);
+        self.deliver(bytes);
         Ok(ResponseInfo::from(header))
     }
 }
