@@ -45,7 +45,8 @@ fn start(extra: &str, args: &[&str]) -> Option<(Knot, Telesink)> {
     let dir = TempDir::new("control");
     dir.write("tele.list", &format!("{TELE}\n*.more.tele.test\n"));
     dir.write("ads.list", &format!("{ADS}\nad1.ads.test\nad2.ads.test\n"));
-    let cfg = dir.write("telesink.toml", &config(&knot, extra));
+    let extra = extra.replace("{dir}", &dir.path().display().to_string());
+    let cfg = dir.write("telesink.toml", &config(&knot, &extra));
     let ts = Telesink::start_with(dir, &cfg, args);
     Some((knot, ts))
 }
@@ -412,5 +413,34 @@ fn toggles_and_reloads_under_load_lose_no_query() {
     assert!(
         text.contains("NOERROR"),
         "never forwarded after a toggle:\n{text}"
+    );
+}
+
+/// A change that cannot be saved is refused whole: the caller gets the error and DNS keeps
+/// the old answers. Here the state file's path is a folder, so the rename of the written
+/// temporary copy fails.
+#[test]
+fn a_change_that_cannot_be_saved_changes_nothing() {
+    let Some((_knot, ts)) = start("[control]\nstate_file = \"{dir}/state.d\"\n", &[]) else {
+        return;
+    };
+    std::fs::create_dir(ts.dir.path().join("state.d")).unwrap();
+    let (success, out, err) = ts.ctl(&["profile", "disable", "tele"]);
+    assert!(
+        !success,
+        "a change that could not be saved was reported done: {out}"
+    );
+    assert!(err.contains("nothing changed"), "{err}");
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+    assert_eq!(json(&ts, &["status"])["generation"], 1);
+    let leftovers: Vec<String> = std::fs::read_dir(ts.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("state.tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary state left behind: {leftovers:?}"
     );
 }

@@ -286,7 +286,7 @@ impl Collector for TelesinkCollector {
 
         let mut l = Family_::new(
             LIST_ENTRIES,
-            "Entries read from each list.",
+            "Entries read from each list, by profile (\"global\" for global allowlists) and kind.",
             MetricType::GAUGE,
         );
         for list in policy.lists.iter() {
@@ -295,7 +295,18 @@ impl Collector for TelesinkCollector {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            l.add(&[("list", &name)], list.entries as f64);
+            let profile = match list.scope {
+                crate::policy::Scope::Global => "global",
+                crate::policy::Scope::Profile(p) => policy
+                    .profiles
+                    .get(p as usize)
+                    .map_or("unknown", |p| p.name.as_str()),
+            };
+            let kind = if list.allowlist { "allow" } else { "block" };
+            l.add(
+                &[("list", &name), ("profile", profile), ("kind", kind)],
+                list.entries as f64,
+            );
         }
         out.push(l.mf);
 
