@@ -43,7 +43,7 @@ use nix::sys::socket::{
 };
 use parking_lot::Mutex;
 use socket2::{Domain, Socket, Type};
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::pipeline::{Pipeline, Reuse};
 
@@ -195,7 +195,16 @@ impl Udp {
                 let inline = Arc::new(AtomicBool::new(true));
                 let mut full = Box::pin(me.full(raw, src, sock, inline.clone()));
                 let mut cx = Context::from_waker(Waker::noop());
-                match full.as_mut().poll(&mut cx) {
+                // A bug in the pipeline must cost one query, not this receive thread (on
+                // tokio it would only have ended a task).
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    full.as_mut().poll(&mut cx)
+                }));
+                let Ok(polled) = polled else {
+                    error!(client = %src, "query handling panicked; the query is dropped");
+                    continue;
+                };
+                match polled {
                     Poll::Ready(Some(bytes)) => {
                         outs[replies] = bytes;
                         to[replies] = Some(SockaddrStorage::from(src));
