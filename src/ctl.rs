@@ -250,38 +250,10 @@ fn report_text(v: &Value) -> String {
     out
 }
 
+/// The daemon's explanation printed by the same `Display` as the offline one.
 pub fn explanation(v: &Value) -> String {
-    let mut out = format!(
-        "{} for client {} (group {}): {}\n",
-        s(v, "name"),
-        s(v, "client"),
-        s(v, "group"),
-        s(v, "verdict")
-    );
-    if let (Some(p), Some(m)) = (
-        v.get("profile").and_then(Value::as_str),
-        v.get("mode").and_then(Value::as_str),
-    ) {
-        out += &format!("  profile: {p} (answer mode {m})\n");
+    match serde_json::from_value::<telesink::policy::Explanation>(v.clone()) {
+        Ok(e) => e.to_string(),
+        Err(_) => format!("{v}\n"),
     }
-    match v.get("rule").filter(|r| !r.is_null()) {
-        Some(r) => {
-            let kind = if r.get("allow").and_then(Value::as_bool) == Some(true) {
-                "allow"
-            } else {
-                "block"
-            };
-            out += &format!(
-                "  {kind} rule: {}  at {}:{}\n",
-                s(r, "rule"),
-                s(r, "file"),
-                n(r, "line")
-            );
-        }
-        None => out += "  no rule matches: forwarded upstream\n",
-    }
-    if let Some(p) = v.get("log_only").and_then(Value::as_str) {
-        out += &format!("  log-only: profile {p} would block it; answered normally and counted\n");
-    }
-    out
 }

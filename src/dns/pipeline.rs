@@ -1,6 +1,6 @@
 //! The query pipeline, in the order every query travels through it:
 //!
-//! listener (hickory-server) -> protocol checks -> client identity -> special-use names ->
+//! listener (src/dns/udp.rs, hickory-server for TCP) -> protocol checks -> client identity -> special-use names ->
 //! policy verdict -> sinkhole answer | log-only count -> cache -> upstream -> CNAME cloaking ->
 //! send -> outcome
 //!

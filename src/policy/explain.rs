@@ -3,26 +3,26 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Decision, Policy, QName, Verdict};
 use crate::lists::Reach;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Explanation {
     pub name: String,
     pub client: IpAddr,
     pub group: String,
-    pub verdict: &'static str,
+    pub verdict: String,
     pub profile: Option<String>,
-    pub mode: Option<&'static str>,
+    pub mode: Option<String>,
     /// The deciding rule as written (`name` or `*.name`), where, and what it does.
     pub rule: Option<RuleAt>,
     /// A log-only profile that would have blocked the name (it is answered normally).
     pub log_only: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RuleAt {
     pub rule: String,
     pub file: String,
@@ -53,11 +53,11 @@ pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Option<Explanatio
             allow: d.rule.allow,
         }
     };
-    let base = |verdict| Explanation {
+    let base = |verdict: &str| Explanation {
         name: q.as_str().to_owned(),
         client,
         group: group.clone(),
-        verdict,
+        verdict: verdict.to_owned(),
         profile: None,
         mode: None,
         rule: None,
@@ -71,7 +71,7 @@ pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Option<Explanatio
             let p = policy.profiles.get(profile as usize);
             Explanation {
                 profile: p.map(|p| p.name.clone()),
-                mode: p.map(|p| p.mode.name()),
+                mode: p.map(|p| p.mode.name().to_owned()),
                 rule: Some(rule_at(&by)),
                 ..base("blocked")
             }
@@ -91,7 +91,7 @@ impl std::fmt::Display for Explanation {
             "{} for client {} (group {}): {}",
             self.name, self.client, self.group, self.verdict
         )?;
-        if let (Some(p), Some(m)) = (&self.profile, self.mode) {
+        if let (Some(p), Some(m)) = (&self.profile, &self.mode) {
             writeln!(f, "  profile: {p} (answer mode {m})")?;
         }
         match &self.rule {
