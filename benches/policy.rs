@@ -41,9 +41,17 @@ fn main() {
     let before = rss_kib();
     let t = Instant::now();
     let outcome = policy::build(&cfg, 1);
-    let load = t.elapsed();
+    let mut loads = vec![t.elapsed()];
     let policy = outcome.policy.expect("policy builds");
     let after = rss_kib();
+    // This machine's timings vary from run to run: more loads, and the median of them.
+    for generation in 2..=if full { 7 } else { 2 } {
+        let t = Instant::now();
+        let again = policy::build(&cfg, generation);
+        loads.push(t.elapsed());
+        drop(again);
+    }
+    loads.sort();
 
     // Lookups: blocked exact names, subdomains of suffix rules, and misses, interleaved.
     let mut queries = Vec::new();
@@ -71,7 +79,14 @@ fn main() {
         file_bytes as f64 / 1048576.0
     );
     println!("distinct names       {}", policy.total_names());
-    println!("load (parse+index)   {:.0} ms", load.as_secs_f64() * 1000.0);
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "load (parse+index)   median {:.0} ms [{:.0}-{:.0}] ({} loads)",
+        ms(loads[loads.len() / 2]),
+        ms(loads[0]),
+        ms(loads[loads.len() - 1]),
+        loads.len()
+    );
     println!(
         "RSS added            {:.1} MiB",
         (after.saturating_sub(before)) as f64 / 1024.0
