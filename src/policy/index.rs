@@ -55,6 +55,9 @@ fn hasher() -> Hasher {
 pub struct IndexBuilder {
     arena: Vec<u8>,
     pending: Vec<Record>,
+    /// Each pending name's hash, taken while the name is still in cache.
+    hashes: Vec<u64>,
+    hasher: Hasher,
     suffix_depths: u64,
 }
 
@@ -76,6 +79,8 @@ impl IndexBuilder {
         Self {
             arena: Vec::with_capacity(bytes),
             pending: Vec::with_capacity(names),
+            hashes: Vec::with_capacity(names),
+            hasher: hasher(),
             suffix_depths: 0,
         }
     }
@@ -90,6 +95,7 @@ impl IndexBuilder {
             let labels = name.bytes().filter(|&b| b == b'.').count() + 1;
             self.suffix_depths |= 1 << labels.min(63);
         }
+        self.hashes.push(self.hasher.hash_one(name.as_bytes()));
         self.arena.extend_from_slice(name.as_bytes());
         push_varint(&mut self.arena, rule.line);
         self.pending.push(Record {
@@ -114,8 +120,28 @@ impl IndexBuilder {
             hasher: hasher(),
             suffix_depths: self.suffix_depths,
         };
-        for record in self.pending {
-            index.place(record);
+        // Names are placed in the order of their home slots, not in list order: each
+        // placement is then next to the one before instead of a cache and TLB miss in
+        // tables of several MiB (those misses were a third of a million-name reload).
+        // A counting sort on the top bits of the home slot is stable, so a name's first
+        // rule is still placed first.
+        let shift = capacity.ilog2().saturating_sub(10);
+        let mut starts = vec![0usize; (capacity >> shift) + 2];
+        for &hash in &self.hashes {
+            starts[(index.home(hash) >> shift) + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut ordered = vec![(0u64, Record::default()); self.pending.len()];
+        for (&hash, &record) in self.hashes.iter().zip(&self.pending) {
+            let at = &mut starts[index.home(hash) >> shift];
+            ordered[*at] = (hash, record);
+            *at += 1;
+        }
+        drop((self.hashes, self.pending));
+        for (hash, record) in ordered {
+            index.place(record, hash);
         }
         index.arena.shrink_to_fit();
         index
@@ -123,9 +149,8 @@ impl IndexBuilder {
 }
 
 impl NameIndex {
-    fn place(&mut self, record: Record) {
+    fn place(&mut self, record: Record, hash: u64) {
         let name = name_of(&self.arena, &record);
-        let hash = self.hasher.hash_one(name);
         let tag = tag_of(hash);
         let mut i = self.home(hash);
         loop {
