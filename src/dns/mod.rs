@@ -2,6 +2,7 @@
 
 pub mod answer;
 pub mod cache;
+pub mod exchange;
 pub mod outcome;
 pub mod pipeline;
 pub mod protocol;

@@ -1,9 +1,9 @@
-//! Forwarding to the upstream resolvers through hickory-resolver's name-server pool.
+//! Forwarding to the upstream resolvers: UDP through our own socket pool
+//! (`dns::exchange`), TCP through hickory-resolver's name-server pool when an answer is
+//! truncated.
 //!
-//! The pool gives us what a forwarder needs (server selection by RTT, UDP with fallback to
-//! TCP on truncation, coalescing of identical queries in flight) without its own cache;
-//! caching stays in `dns::cache`, below the policy, where we can count hits and keep the
-//! policy-before-cache guarantee.
+//! No cache here: caching stays in `dns::cache`, below the policy, where we can count hits
+//! and keep the policy-before-cache guarantee.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -17,9 +17,13 @@ use futures_util::StreamExt;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, DnsHandle, NetError};
-use hickory_resolver::proto::op::{DnsRequest, DnsRequestOptions, Query, ResponseCode};
+use hickory_resolver::proto::op::{
+    DnsRequest, DnsRequestOptions, Edns, Message, MessageType, OpCode, Query, ResponseCode,
+};
 use hickory_resolver::proto::rr::{Record, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
+
+use super::exchange::{ExchangeError, UdpExchange};
 
 /// What an upstream said, reduced to the parts we forward and cache.
 #[derive(Debug, Clone)]
@@ -28,6 +32,22 @@ pub struct Upstreamed {
     pub answers: Vec<Record>,
     pub authorities: Vec<Record>,
     pub additionals: Vec<Record>,
+}
+
+impl From<Message> for Upstreamed {
+    fn from(message: Message) -> Self {
+        Self {
+            rcode: message.metadata.response_code,
+            answers: message.answers,
+            authorities: message.authorities,
+            // EDNS is per hop: our own OPT goes to the client, never the upstream's.
+            additionals: message
+                .additionals
+                .into_iter()
+                .filter(|r| r.record_type() != RecordType::OPT)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,11 +60,12 @@ pub enum UpstreamError {
     Failed(String),
 }
 
-/// One upstream resolver: its own pool (UDP with TCP fallback), its smoothed round-trip
-/// time for choosing, and its latency histogram for the metrics.
+/// One upstream resolver: its UDP sockets, a TCP pool for truncated answers, its smoothed
+/// round-trip time for choosing, and its latency histogram for the metrics.
 struct Server {
     addr: SocketAddr,
-    pool: NameServerPool<TokioRuntimeProvider>,
+    udp: UdpExchange,
+    tcp: NameServerPool<TokioRuntimeProvider>,
     /// Smoothed RTT in microseconds; a failure counts as the whole budget.
     srtt_us: AtomicU64,
     latency: Option<prometheus::Histogram>,
@@ -90,19 +111,18 @@ impl Upstream {
         let built = servers
             .iter()
             .filter_map(|s| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = s.port();
                 let mut tcp = ConnectionConfig::tcp();
                 tcp.port = s.port();
-                let config = NameServerConfig::new(s.ip(), true, vec![udp, tcp]);
-                let pool = NameServerPool::from_config(
+                let config = NameServerConfig::new(s.ip(), true, vec![tcp]);
+                let tcp = NameServerPool::from_config(
                     [config],
                     cx.clone()?,
                     TokioRuntimeProvider::default(),
                 );
                 Some(Server {
                     addr: *s,
-                    pool,
+                    udp: UdpExchange::new(*s),
+                    tcp,
                     srtt_us: AtomicU64::new(0),
                     latency: latency
                         .as_ref()
@@ -176,29 +196,54 @@ impl Upstream {
         query: Query,
         left: Duration,
     ) -> Result<Upstreamed, UpstreamError> {
+        let started = Instant::now();
+        let mut message = Message::new(0, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.add_query(query.clone());
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        message.set_edns(edns);
+        let mut bytes = message
+            .to_vec()
+            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+        let answer = server
+            .udp
+            .exchange(&mut bytes, left)
+            .await
+            .map_err(|e| match e {
+                ExchangeError::Timeout(_) => UpstreamError::Timeout(self.budget),
+                other => UpstreamError::Failed(other.to_string()),
+            })?;
+        let message = Message::from_vec(&answer)
+            .map_err(|e| UpstreamError::Failed(format!("malformed answer: {e}")))?;
+        if message.metadata.truncation {
+            let left = left.saturating_sub(started.elapsed());
+            return self.ask_tcp(server, query, left).await;
+        }
+        if message.metadata.response_code == ResponseCode::ServFail {
+            return Err(UpstreamError::Failed("SERVFAIL".into()));
+        }
+        Ok(Upstreamed::from(message))
+    }
+
+    /// A truncated answer, asked again over TCP through hickory's pool.
+    async fn ask_tcp(
+        &self,
+        server: &Server,
+        query: Query,
+        left: Duration,
+    ) -> Result<Upstreamed, UpstreamError> {
         let mut options = DnsRequestOptions::default();
         options.recursion_desired = true;
         options.use_edns = true;
         options.edns_payload_len = 1232;
         let request = DnsRequest::from_query(query, options);
-        let mut stream = server.pool.send(request);
+        let mut stream = server.tcp.send(request);
         let next = tokio::time::timeout(left, stream.next()).await;
         match next {
             Err(_) => Err(UpstreamError::Timeout(self.budget)),
             Ok(None) => Err(UpstreamError::Failed("no response".into())),
-            Ok(Some(Ok(response))) => {
-                let message = response.into_message();
-                Ok(Upstreamed {
-                    rcode: message.metadata.response_code,
-                    answers: message.answers,
-                    authorities: message.authorities,
-                    additionals: message
-                        .additionals
-                        .into_iter()
-                        .filter(|r| r.record_type() != RecordType::OPT)
-                        .collect(),
-                })
-            }
+            Ok(Some(Ok(response))) => Ok(Upstreamed::from(response.into_message())),
             // The pool turns NXDOMAIN and NODATA into an error; they are answers to forward.
             Ok(Some(Err(NetError::Dns(DnsError::NoRecordsFound(no)))))
                 if no.response_code != ResponseCode::ServFail =>

@@ -1,0 +1,333 @@
+//! UDP to one upstream over a few long-lived sockets.
+//!
+//! Why not hickory-resolver's UDP client: it opens, binds, connects, registers and closes
+//! a socket for every query and drives each through several layers of boxed streams. With
+//! 5% of 15,000 queries a second missing the cache that was half of a core (perf, see
+//! docs/BENCHMARKS.md), and it starved a policy reload running beside it.
+//!
+//! Here each upstream has `SOCKETS` connected sockets, each with one receive task. A query
+//! takes a random socket and a random free ID; an answer is accepted only if it arrives on
+//! that connected socket (the kernel checks the source), carries that ID and repeats the
+//! question, as RFC 5452 asks. A socket is replaced by one on a fresh ephemeral port after
+//! `ROTATE_AFTER` queries, so the ports an off-path spoofer would have to hit keep moving.
+//! Truncated answers are the caller's to retry over TCP.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+
+/// Sockets per upstream: enough that IDs never run short at any `max_in_flight`, few
+/// enough that they cost nothing (each is one fd and one idle task).
+const SOCKETS: usize = 16;
+/// Queries per socket before it is replaced by one on a new port.
+const ROTATE_AFTER: u32 = 256;
+/// How often an idle receive task checks whether its socket was retired.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream refused the connection (nothing listening)")]
+    Refused,
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    #[error("query without a question")]
+    NoQuestion,
+}
+
+pub struct UdpExchange {
+    server: SocketAddr,
+    slots: Vec<Mutex<Slot>>,
+    ids: Prf,
+}
+
+#[derive(Default)]
+struct Slot {
+    line: Option<Arc<Line>>,
+    used: u32,
+}
+
+/// One connected socket and the queries waiting on it.
+struct Line {
+    socket: UdpSocket,
+    pending: Mutex<HashMap<u16, Waiter>>,
+    retired: AtomicBool,
+}
+
+struct Waiter {
+    question: Vec<u8>,
+    reply: oneshot::Sender<Vec<u8>>,
+}
+
+impl UdpExchange {
+    pub fn new(server: SocketAddr) -> Self {
+        Self {
+            server,
+            slots: (0..SOCKETS).map(|_| Mutex::new(Slot::default())).collect(),
+            ids: Prf::new(),
+        }
+    }
+
+    /// Sends `request` (a complete DNS query; its ID is overwritten) and returns the
+    /// matching answer's bytes.
+    pub async fn exchange(
+        &self,
+        request: &mut [u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ExchangeError> {
+        let question = question(request).ok_or(ExchangeError::NoQuestion)?.to_vec();
+        let line = self.line()?;
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut pending = line.pending.lock();
+            let mut id = self.ids.next() as u16;
+            while pending.contains_key(&id) {
+                id = self.ids.next() as u16;
+            }
+            pending.insert(
+                id,
+                Waiter {
+                    question,
+                    reply: tx,
+                },
+            );
+            id
+        };
+        // Whatever happens from here (timeout, error, the caller giving up), the ID is
+        // freed again.
+        let _forget = Forget {
+            line: line.clone(),
+            id,
+        };
+        request[..2].copy_from_slice(&id.to_be_bytes());
+        line.socket.send(request).await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(ExchangeError::Refused),
+            Err(_) => Err(ExchangeError::Timeout(timeout)),
+        }
+    }
+
+    /// A random socket, replaced first if it has served its share.
+    fn line(&self) -> Result<Arc<Line>, ExchangeError> {
+        let i = (self.ids.next() % SOCKETS as u64) as usize;
+        let mut slot = self.slots[i].lock();
+        slot.used += 1;
+        if let Some(line) = &slot.line
+            && slot.used <= ROTATE_AFTER
+        {
+            return Ok(line.clone());
+        }
+        let line = Arc::new(Line {
+            socket: connect(self.server)?,
+            pending: Mutex::new(HashMap::new()),
+            retired: AtomicBool::new(false),
+        });
+        tokio::spawn(receive(line.clone()));
+        if let Some(old) = slot.line.replace(line.clone()) {
+            old.retired.store(true, Ordering::Relaxed);
+        }
+        slot.used = 1;
+        Ok(line)
+    }
+}
+
+impl Drop for UdpExchange {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            if let Some(line) = &slot.lock().line {
+                line.retired.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+struct Forget {
+    line: Arc<Line>,
+    id: u16,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.line.pending.lock().remove(&self.id);
+    }
+}
+
+fn connect(server: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.connect(server)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// Hands each answer to the query waiting for it; ends once the socket is retired and
+/// nothing waits on it any more.
+async fn receive(line: Arc<Line>) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let n = match tokio::time::timeout(IDLE_CHECK, line.socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            // ICMP port unreachable: nobody listens there. Fail the waiting queries now
+            // (dropping their senders) so the caller moves on to the next upstream
+            // instead of waiting out its timeout.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                line.pending.lock().clear();
+                continue;
+            }
+            Ok(Err(_)) => continue,
+            Err(_) => {
+                if line.retired.load(Ordering::Relaxed) && line.pending.lock().is_empty() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let answer = &buf[..n];
+        let Some(id) = answer.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+            continue;
+        };
+        let mut pending = line.pending.lock();
+        // A datagram with a known ID but another question is not the answer (a late one
+        // to an earlier query with the same ID, or a forgery): the query keeps waiting.
+        let asked = pending
+            .get(&id)
+            .is_some_and(|w| question(answer).is_some_and(|q| q.eq_ignore_ascii_case(&w.question)));
+        if asked && let Some(waiter) = pending.remove(&id) {
+            drop(pending);
+            let _ = waiter.reply.send(answer.to_vec());
+        }
+    }
+}
+
+/// The question section's bytes (name, type, class) of a message with one question
+/// whose name is not compressed, as every query is and every answer repeats it.
+fn question(message: &[u8]) -> Option<&[u8]> {
+    if message.get(4..6)? != [0, 1] {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let len = *message.get(at)? as usize;
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        at += 1 + len;
+    }
+    message.get(12..at + 5)
+}
+
+/// Query IDs and socket choice: SipHash (keyed from the OS's randomness by std) of a
+/// counter, so neither can be predicted from earlier ones.
+struct Prf {
+    key: RandomState,
+    counter: AtomicU64,
+}
+
+impl Prf {
+    fn new() -> Self {
+        Self {
+            key: RandomState::new(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.key
+            .hash_one(self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &[&str]) -> Vec<u8> {
+        let mut m = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name {
+            m.push(label.len() as u8);
+            m.extend(label.as_bytes());
+        }
+        m.extend([0, 0, 1, 0, 1]);
+        m
+    }
+
+    #[test]
+    fn question_is_found_and_compared_without_case() {
+        let q = query(&["www", "Example", "org"]);
+        let a = query(&["WWW", "example", "ORG"]);
+        assert_eq!(question(&q).map(<[u8]>::len), Some(17 + 4));
+        assert!(
+            question(&q)
+                .unwrap()
+                .eq_ignore_ascii_case(question(&a).unwrap())
+        );
+        assert!(
+            !question(&q)
+                .unwrap()
+                .eq_ignore_ascii_case(question(&query(&["www", "example", "com"])).unwrap())
+        );
+        let mut two = q.clone();
+        two[5] = 2;
+        assert_eq!(question(&two), None);
+        let mut compressed = q.clone();
+        compressed[12] = 0xc0;
+        assert_eq!(question(&compressed), None);
+        assert_eq!(question(&q[..20]), None);
+    }
+
+    /// A real socket on loopback standing in for an upstream: a wrong question with the
+    /// right ID is ignored, the right one is taken; nothing listening fails fast.
+    #[tokio::test]
+    async fn answers_are_matched_by_id_and_question() {
+        let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = upstream.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = upstream.recv_from(&mut buf).unwrap();
+            let mut wrong = query(&["other", "example"]);
+            wrong[..2].copy_from_slice(&buf[..2]);
+            wrong[2] |= 0x80;
+            upstream.send_to(&wrong, from).unwrap();
+            let mut right = buf[..n].to_vec();
+            right[2] |= 0x80;
+            right[4..6].copy_from_slice(&[0, 1]);
+            upstream.send_to(&right, from).unwrap();
+        });
+        let ex = UdpExchange::new(addr);
+        let mut q = query(&["www", "example"]);
+        let answer = ex.exchange(&mut q, Duration::from_secs(2)).await.unwrap();
+        server.join().unwrap();
+        assert_eq!(question(&answer), question(&q));
+        assert_eq!(answer[..2], q[..2]);
+        assert!(answer[2] & 0x80 != 0);
+
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        let ex = UdpExchange::new(dead);
+        let started = std::time::Instant::now();
+        let err = ex
+            .exchange(&mut query(&["x"]), Duration::from_secs(5))
+            .await;
+        assert!(matches!(err, Err(ExchangeError::Refused)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
