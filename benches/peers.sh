@@ -6,8 +6,9 @@
 #   BIG=0 bash benches/peers.sh                # skip the 1M-name phase
 #
 # Installs dnsperf, unbound, dnsmasq and knot if missing; builds telesink; generates the
-# workload from a fixed seed; runs each server in turn pinned to core 0 with dnsperf on
-# core 1; prints a Markdown report (docs/BENCHMARKS.md keeps the last one).
+# workload from a fixed seed; runs the servers pinned to core 0 with dnsperf on core 1,
+# each run of each workload going to each server in turn; prints a Markdown report
+# (docs/BENCHMARKS.md keeps the last one).
 #
 # Workload: a 1,000-name and a BIG-name blocklist (5% suffix rules), each in the servers'
 # native form (unbound local-zone always_null, dnsmasq address=/name/0.0.0.0 and ::,
@@ -186,43 +187,66 @@ start() { # server tag name answer
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 results="$work/results"; : > "$results"
 
-# Open loop: QPS and CPU per query. Fixed rate: p50 / p99 from dnsperf -v.
-measure() { # server pid port workload-file label
-  local name=$1 pid=$2 port=$3 q=$4 label=$5
-  for run in $(seq "$RUNS"); do
-    local t0; t0=$(cpu_ticks "$pid")
-    local out; out=$(taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$q" -l "$SECS" -c 8 -q 200 2>&1)
-    local t1; t1=$(cpu_ticks "$pid")
-    local qps; qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
-    local done_q; done_q=$(awk '/Queries completed:/ {print $3}' <<<"$out")
-    local us; us=$(python3 -c "print(round(($t1-$t0)*1e6/$(getconf CLK_TCK)/max($done_q,1),2))")
-    echo "$name $label qps $run $qps" >> "$results"
-    echo "$name $label cpu $run $us" >> "$results"
-    taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$q" -l "$SECS" -Q "$RATE" -v 2>&1 | python3 -c "
+# One run of one workload against one server. Open loop: QPS and CPU per query. Fixed
+# rate: p50 / p99 from dnsperf -v.
+measure() { # server pid port workload-file label run
+  local name=$1 pid=$2 port=$3 q=$4 label=$5 run=$6
+  local t0; t0=$(cpu_ticks "$pid")
+  local out; out=$(taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$q" -l "$SECS" -c 8 -q 200 2>&1)
+  local t1; t1=$(cpu_ticks "$pid")
+  local qps; qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
+  local done_q; done_q=$(awk '/Queries completed:/ {print $3}' <<<"$out")
+  local us; us=$(python3 -c "print(round(($t1-$t0)*1e6/$(getconf CLK_TCK)/max($done_q,1),2))")
+  echo "$name $label qps $run $qps" >> "$results"
+  echo "$name $label cpu $run $us" >> "$results"
+  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$q" -l "$SECS" -Q "$RATE" -v 2>&1 | python3 -c "
 import sys
 lat = sorted(float(l.split()[-1]) for l in sys.stdin if l.startswith('> '))
 if lat:
     p = lambda x: lat[min(len(lat) - 1, int(len(lat) * x))] * 1e6
     print('$name $label p50 $run', round(p(0.50), 1)); print('$name $label p99 $run', round(p(0.99), 1))
 " >> "$results"
-  done
 }
 
-for server in telesink unbound dnsmasq; do
-  port=$(port_for $server)
-  start $server small h1.bench.test 192.0.2.2; pid=$PID
-  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$work/cached.q" -l 2 >/dev/null 2>&1 || true  # warm the cache
-  for w in blocked cached miss mix; do measure $server "$pid" "$port" "$work/$w.q" "$w"; done
-  echo "$server small rss 1 $(awk '/VmRSS/ {print $2}' "/proc/$pid/status")" >> "$results"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
-  if [[ $BIG != 0 ]]; then
-    start $server big "$(cat "$work/probe-big")" 0.0.0.0; pid=$PID
-    echo "$server big startms 1 $MS" >> "$results"
-    echo "$server big rss 1 $(awk '/VmRSS/ {print $2}' "/proc/$pid/status")" >> "$results"
-    measure $server "$pid" "$port" "$work/big-blocked.q" big-blocked
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-  fi
+# The three servers run at the same time (all pinned to core 0, idle unless queried) and
+# every run of every workload goes to each in turn: a slow minute of this VM then hits all
+# of them instead of one. p99 suffers most from such minutes (the VM stalls both telesink
+# and unbound for 100 ms and more now and then).
+servers=(telesink unbound dnsmasq)
+declare -A running
+stop_all() {
+  for server in "${servers[@]}"; do
+    kill "${running[$server]}" 2>/dev/null || true; wait "${running[$server]}" 2>/dev/null || true
+  done
+}
+for server in "${servers[@]}"; do
+  start $server small h1.bench.test 192.0.2.2; running[$server]=$PID
+  taskset -c 1 dnsperf -s 127.0.0.1 -p "$(port_for $server)" -d "$work/cached.q" -l 2 >/dev/null 2>&1 || true  # warm the cache
 done
+for w in blocked cached miss mix; do
+  for run in $(seq "$RUNS"); do
+    for server in "${servers[@]}"; do
+      measure $server "${running[$server]}" "$(port_for $server)" "$work/$w.q" "$w" "$run"
+    done
+  done
+done
+for server in "${servers[@]}"; do
+  echo "$server small rss 1 $(awk '/VmRSS/ {print $2}' "/proc/${running[$server]}/status")" >> "$results"
+done
+stop_all
+if [[ $BIG != 0 ]]; then
+  for server in "${servers[@]}"; do
+    start $server big "$(cat "$work/probe-big")" 0.0.0.0; running[$server]=$PID
+    echo "$server big startms 1 $MS" >> "$results"
+    echo "$server big rss 1 $(awk '/VmRSS/ {print $2}' "/proc/$PID/status")" >> "$results"
+  done
+  for run in $(seq "$RUNS"); do
+    for server in "${servers[@]}"; do
+      measure $server "${running[$server]}" "$(port_for $server)" "$work/big-blocked.q" big-blocked "$run"
+    done
+  done
+  stop_all
+fi
 
 # Live changes, telesink with the big list (or the small one with BIG=0).
 tag=big; [[ $BIG == 0 ]] && tag=small
