@@ -41,6 +41,25 @@ pub enum ExchangeError {
     Io(#[from] io::Error),
     #[error("query without a question")]
     NoQuestion,
+    #[error("too many queries waiting on one upstream socket")]
+    IdsExhausted,
+}
+
+/// Queries one socket may have waiting: far below the 65,536 IDs, so a random free one
+/// is found in a few tries. Only a `max_in_flight` in the hundreds of thousands could
+/// reach it; such a query is refused rather than looping.
+const MAX_WAITING: usize = 48 * 1024;
+
+fn free_id(pending: &HashMap<u16, Waiter>, ids: &Prf) -> Option<u16> {
+    if pending.len() >= MAX_WAITING {
+        return None;
+    }
+    loop {
+        let id = ids.next() as u16;
+        if !pending.contains_key(&id) {
+            return Some(id);
+        }
+    }
 }
 
 pub struct UdpExchange {
@@ -111,10 +130,7 @@ impl UdpExchange {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut pending = line.pending.lock();
-            let mut id = self.ids.next() as u16;
-            while pending.contains_key(&id) {
-                id = self.ids.next() as u16;
-            }
+            let id = free_id(&pending, &self.ids).ok_or(ExchangeError::IdsExhausted)?;
             pending.insert(
                 id,
                 Waiter {
@@ -319,6 +335,26 @@ mod tests {
         compressed[12] = 0xc0;
         assert_eq!(question(&compressed), None);
         assert_eq!(question(&q[..20]), None);
+    }
+
+    #[test]
+    fn a_full_socket_refuses_instead_of_searching_forever() {
+        let ids = Prf::new();
+        let mut pending = HashMap::new();
+        for id in 0..MAX_WAITING as u16 {
+            let (reply, _) = oneshot::channel();
+            pending.insert(
+                id,
+                Waiter {
+                    question: Vec::new(),
+                    reply,
+                },
+            );
+        }
+        assert_eq!(free_id(&pending, &ids), None);
+        pending.remove(&7);
+        let id = free_id(&pending, &ids).unwrap();
+        assert!(!pending.contains_key(&id));
     }
 
     /// A real socket on loopback standing in for an upstream: a wrong question with the
