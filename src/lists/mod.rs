@@ -155,7 +155,7 @@ mod tests {
     use super::*;
 
     /// Lines cross the 256 KiB read boundaries, one line is longer than the buffer, one
-    /// is not UTF-8 and the last has no newline: every entry and every problem must still
+    /// is not UTF-8, some end in CRLF and the last has no newline: every entry and every problem must still
     /// carry its own line number.
     #[test]
     fn chunked_reading_keeps_line_numbers() {
@@ -172,6 +172,10 @@ mod tests {
                 l if l % 7 == 0 => {
                     text.extend(format!("  Name{l}.Example # upper case and a comment").bytes());
                     expected.push((format!("name{l}.example"), l));
+                }
+                l if l % 13 == 0 => {
+                    text.extend(format!("crlf{l}.example\r").bytes());
+                    expected.push((format!("crlf{l}.example"), l));
                 }
                 l => {
                     text.extend(format!("*.n{l}.example").bytes());
