@@ -1,6 +1,6 @@
 //! Forwarding to the upstream resolvers: UDP through our own socket pool
 //! (`dns::exchange`), TCP through hickory-resolver's name-server pool when an answer is
-//! truncated.
+//! truncated. Identical questions asked while one is on its way share that one query.
 //!
 //! No cache here: caching stays in `dns::cache`, below the policy, where we can count hits
 //! and keep the policy-before-cache guarantee.
@@ -13,15 +13,20 @@ use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use std::collections::HashMap;
+
 use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, DnsHandle, NetError};
 use hickory_resolver::proto::op::{
     DnsRequest, DnsRequestOptions, Edns, Message, MessageType, OpCode, Query, ResponseCode,
 };
+use hickory_resolver::proto::rr::{DNSClass, Name};
 use hickory_resolver::proto::rr::{Record, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
+use parking_lot::Mutex;
 
 use super::exchange::{ExchangeError, UdpExchange};
 
@@ -50,7 +55,7 @@ impl From<Message> for Upstreamed {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("no upstream resolver configured")]
     NoUpstreams,
@@ -81,7 +86,15 @@ pub struct Upstream {
     budget: Duration,
     addrs: Vec<SocketAddr>,
     latency: Option<prometheus::HistogramVec>,
+    /// Questions being asked upstream right now: when a popular name expires and a whole
+    /// LAN asks for it at once, one query goes out and every asker gets its answer.
+    flights: Mutex<HashMap<FlightKey, Flight>>,
 }
+
+/// Name (lowercase), type and class: everything telesink puts into an upstream query
+/// that differs between queries (the client's EDNS, DO and CD bits are not forwarded).
+type FlightKey = (Name, RecordType, DNSClass);
+type Flight = Shared<BoxFuture<'static, Result<Upstreamed, UpstreamError>>>;
 
 impl Upstream {
     pub fn new(servers: Vec<SocketAddr>, budget: Duration) -> Self {
@@ -135,6 +148,7 @@ impl Upstream {
             budget,
             addrs: servers,
             latency,
+            flights: Mutex::new(HashMap::new()),
         }
     }
 
@@ -147,7 +161,41 @@ impl Upstream {
         self.latency.as_ref()
     }
 
-    pub async fn resolve(&self, query: Query) -> Result<Upstreamed, UpstreamError> {
+    /// Joins the flight already asking this question, or starts one. A flight is its own
+    /// task, so it ends (within the budget) and leaves the table even when every client
+    /// waiting on it has gone.
+    pub async fn resolve(self: &Arc<Self>, query: Query) -> Result<Upstreamed, UpstreamError> {
+        let key = (
+            query.name().to_lowercase(),
+            query.query_type(),
+            query.query_class(),
+        );
+        let flight = {
+            let mut flights = self.flights.lock();
+            match flights.get(&key) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let (me, mine) = (self.clone(), key.clone());
+                    let task = tokio::spawn(async move {
+                        let answer = me.ask_upstreams(query).await;
+                        me.flights.lock().remove(&mine);
+                        answer
+                    });
+                    let flight = async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(UpstreamError::Failed(e.to_string())))
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key, flight.clone());
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+
+    async fn ask_upstreams(&self, query: Query) -> Result<Upstreamed, UpstreamError> {
         if self.servers.is_empty() {
             return Err(UpstreamError::NoUpstreams);
         }
@@ -298,6 +346,49 @@ pub fn from_resolv_conf(path: &Path, own: &[SocketAddr]) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Twenty clients ask the same question (in two spellings) while the upstream takes
+    /// 200 ms: one query goes out and all twenty get the answer; once it has landed, the
+    /// next ask goes out again. The fixture answers one query at a time, so without the
+    /// sharing the twenty would need 4 s and run past the 2 s budget.
+    #[tokio::test]
+    async fn identical_questions_in_flight_share_one_upstream_query() {
+        use std::sync::atomic::AtomicUsize;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(200));
+                buf[2] |= 0x80;
+                buf[3] = 0x80;
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        });
+        let up = Arc::new(Upstream::new(vec![addr], Duration::from_secs(2)));
+        let mut waiting = Vec::new();
+        for i in 0..20 {
+            let spelling = if i % 2 == 0 {
+                "www.example."
+            } else {
+                "WWW.Example."
+            };
+            let query = Query::query(Name::from_ascii(spelling).unwrap(), RecordType::A);
+            let up = up.clone();
+            waiting.push(tokio::spawn(async move { up.resolve(query).await }));
+        }
+        for w in waiting {
+            assert_eq!(w.await.unwrap().unwrap().rcode, ResponseCode::NoError);
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert!(up.flights.lock().is_empty());
+        let again = Query::query(Name::from_ascii("www.example.").unwrap(), RecordType::A);
+        up.resolve(again).await.unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn resolv_conf_skips_our_own_listener() {
