@@ -16,7 +16,6 @@ use tracing::debug;
 use std::collections::HashMap;
 
 use futures_util::StreamExt;
-use futures_util::future::{BoxFuture, FutureExt, Shared};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, DnsHandle, NetError};
@@ -27,6 +26,7 @@ use hickory_resolver::proto::rr::{DNSClass, Name};
 use hickory_resolver::proto::rr::{Record, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use super::exchange::{ExchangeError, UdpExchange};
 
@@ -94,7 +94,19 @@ pub struct Upstream {
 /// Name (lowercase), type and class: everything telesink puts into an upstream query
 /// that differs between queries (the client's EDNS, DO and CD bits are not forwarded).
 type FlightKey = (Name, RecordType, DNSClass);
-type Flight = Shared<BoxFuture<'static, Result<Upstreamed, UpstreamError>>>;
+type Flight = watch::Receiver<Option<Result<Upstreamed, UpstreamError>>>;
+
+/// Takes a question out of the flight table when its asker is done, answered or not.
+struct Landing<'a> {
+    flights: &'a Mutex<HashMap<FlightKey, Flight>>,
+    key: FlightKey,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.flights.lock().remove(&self.key);
+    }
+}
 
 impl Upstream {
     pub fn new(servers: Vec<SocketAddr>, budget: Duration) -> Self {
@@ -161,38 +173,49 @@ impl Upstream {
         self.latency.as_ref()
     }
 
-    /// Joins the flight already asking this question, or starts one. A flight is its own
-    /// task, so it ends (within the budget) and leaves the table even when every client
-    /// waiting on it has gone.
-    pub async fn resolve(self: &Arc<Self>, query: Query) -> Result<Upstreamed, UpstreamError> {
+    /// Joins the flight already asking this question, or starts one. The asker that
+    /// starts it asks upstream itself (no extra task on the hot path); if it gives up
+    /// half-way (its client went away), the question leaves the table and those waiting
+    /// on it ask for themselves.
+    pub async fn resolve(&self, query: Query) -> Result<Upstreamed, UpstreamError> {
         let key = (
             query.name().to_lowercase(),
             query.query_type(),
             query.query_class(),
         );
-        let flight = {
+        let joined = {
             let mut flights = self.flights.lock();
             match flights.get(&key) {
-                Some(flight) => flight.clone(),
+                Some(flight) => Ok(flight.clone()),
                 None => {
-                    let (me, mine) = (self.clone(), key.clone());
-                    let task = tokio::spawn(async move {
-                        let answer = me.ask_upstreams(query).await;
-                        me.flights.lock().remove(&mine);
-                        answer
-                    });
-                    let flight = async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(UpstreamError::Failed(e.to_string())))
-                    }
-                    .boxed()
-                    .shared();
-                    flights.insert(key, flight.clone());
-                    flight
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(key.clone(), rx);
+                    Err(tx)
                 }
             }
         };
-        flight.await
+        match joined {
+            Ok(mut flight) => {
+                let landed = flight
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|answer| answer.clone());
+                match landed {
+                    Some(answer) => answer,
+                    None => self.ask_upstreams(query).await,
+                }
+            }
+            Err(tx) => {
+                let _leave = Landing {
+                    flights: &self.flights,
+                    key,
+                };
+                let answer = self.ask_upstreams(query).await;
+                tx.send_replace(Some(answer.clone()));
+                answer
+            }
+        }
     }
 
     async fn ask_upstreams(&self, query: Query) -> Result<Upstreamed, UpstreamError> {
@@ -388,6 +411,21 @@ mod tests {
         let again = Query::query(Name::from_ascii("www.example.").unwrap(), RecordType::A);
         up.resolve(again).await.unwrap();
         assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+        // The asker that started a flight goes away half-way: the one that joined it
+        // asks for itself and gets its answer, and the table is left empty.
+        let name = || Query::query(Name::from_ascii("gone.example.").unwrap(), RecordType::A);
+        let (first, second) = (up.clone(), up.clone());
+        let leader = tokio::spawn(async move { first.resolve(name()).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let follower = tokio::spawn(async move { second.resolve(name()).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        leader.abort();
+        assert_eq!(
+            follower.await.unwrap().unwrap().rcode,
+            ResponseCode::NoError
+        );
+        assert!(up.flights.lock().is_empty());
     }
 
     #[test]
