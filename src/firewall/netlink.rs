@@ -5,9 +5,15 @@
 //! (interval sets and their END elements, inverted lookups, dynset updates with a counter,
 //! dumping set elements with their counters, a single-`sendmsg` send) is done here through
 //! `nftnl::nftnl_sys`, each block with the reason it is sound. Ownership follows Mullvad's
-//! firewall: one `inet telesink` table; every apply is `add table; delete table; add table`
-//! plus everything else in the same batch, so the kernel swaps the whole policy in one
-//! transaction, never showing a half-built table; afterwards we check the table is there.
+//! firewall: one `inet telesink` table, the whole policy in one batch, so the kernel swaps
+//! it in one transaction, never showing a half-built table; afterwards we check the table
+//! is there. When our table already exists the batch replaces its contents in place
+//! (chains and sets kept, flushed and refilled, what the plan dropped deleted) rather than
+//! `add table; delete table; add table`: on kernel 6.18 a new interval set answers lookups
+//! only after the commit's last step, while the new rules are already live, and packets
+//! slipped through in that moment (docs/ARCHITECTURE.md, "Replace in place"). An existing set
+//! answers from its old contents until the new ones are in. If the kernel refuses the
+//! in-place batch (a set's type changed), the full replace is used.
 
 use std::ffi::{CString, c_void};
 use std::io;
@@ -48,18 +54,37 @@ const SOCKET_BUFFER: libc::c_int = 64 << 20;
 
 /// Replaces the whole `inet telesink` table with `plan`, atomically.
 pub fn apply(plan: &Plan) -> Result<(), NetlinkError> {
+    if table_exists()? {
+        let existing = existing_sets()?;
+        match send_plan(plan, Some(&existing)) {
+            Ok(()) => return verify(),
+            Err(NetlinkError::Rejected(e)) => {
+                tracing::warn!("in-place firewall update refused ({e}); replacing the table");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    send_plan(plan, None)?;
+    verify()
+}
+
+fn verify() -> Result<(), NetlinkError> {
+    if table_exists()? {
+        Ok(())
+    } else {
+        Err(NetlinkError::TableMissing)
+    }
+}
+
+/// One batch for the plan: in place over the sets named in `existing`, or (None) as a
+/// fresh table replacing whatever is there.
+fn send_plan(plan: &Plan, existing: Option<&[String]>) -> Result<(), NetlinkError> {
     let table = Table::new(cstr(plan::TABLE)?, ProtoFamily::Inet);
     let mut batch = Batch::new();
     batch.add(&table, MsgType::Add);
-    batch.add(&table, MsgType::Del);
-    batch.add(&table, MsgType::Add);
-
-    let mut sets = Vec::with_capacity(plan.sets.len());
-    for (id, spec) in plan.sets.iter().enumerate() {
-        sets.push(NamedSet::new(spec, id as u32, &table)?);
-    }
-    for set in &sets {
-        set.add_to(&mut batch);
+    if existing.is_none() {
+        batch.add(&table, MsgType::Del);
+        batch.add(&table, MsgType::Add);
     }
 
     let mut chains = Vec::new();
@@ -73,29 +98,186 @@ pub fn apply(plan: &Plan) -> Result<(), NetlinkError> {
         }
         let mut chain = Chain::new(cstr(name)?, &table);
         // (type, hook, priority): filter at 0; the redirect at dstnat (-100), as nft does.
-        let (kind, nf_hook, priority) = match hook {
-            Hook::Prerouting => (nftnl::ChainType::Nat, nftnl::Hook::PreRouting, -100),
-            Hook::Forward => (nftnl::ChainType::Filter, nftnl::Hook::Forward, 0),
-            Hook::Output => (nftnl::ChainType::Filter, nftnl::Hook::Out, 0),
-        };
+        let (kind, nf_hook, priority) = chain_hook(hook);
         chain.set_type(kind);
         chain.set_hook(nf_hook, priority);
         chain.set_policy(nftnl::Policy::Accept);
         batch.add(&chain, MsgType::Add);
+        if existing.is_some() {
+            // A rule delete without a handle flushes the chain: its old rules stop
+            // at the same commit at which the new ones start.
+            batch.add(&Rule::new(&chain), MsgType::Del);
+        }
         chains.push((hook, chain));
     }
+    if let Some(existing) = existing {
+        for (hook, name, on) in [
+            (Hook::Prerouting, plan::CHAIN_DNAT, plan.prerouting),
+            (Hook::Forward, plan::CHAIN_FORWARD, plan.forward),
+            (Hook::Output, plan::CHAIN_OUTPUT, plan.output),
+        ] {
+            if !on {
+                // Adding first makes the delete valid whether or not the chain exists.
+                let mut chain = Chain::new(cstr(name)?, &table);
+                let (kind, nf_hook, priority) = chain_hook(hook);
+                chain.set_type(kind);
+                chain.set_hook(nf_hook, priority);
+                batch.add(&chain, MsgType::Add);
+                batch.add(&chain, MsgType::Del);
+            }
+        }
+        // Sets the plan no longer has; no rule refers to them once the chains are flushed.
+        for name in existing
+            .iter()
+            .filter(|n| !plan.sets.iter().any(|s| &s.name == *n))
+        {
+            let gone = cstr(name)?;
+            let set = Set::<Ipv4Addr>::new_named(&gone, 0, &table, ProtoFamily::Inet);
+            batch.add(&set, MsgType::Del);
+        }
+    }
+
+    let mut sets = Vec::with_capacity(plan.sets.len());
+    for (id, spec) in plan.sets.iter().enumerate() {
+        sets.push(NamedSet::new(spec, id as u32, &table)?);
+    }
+    let mut flushes = Vec::new();
+    for spec in &plan.sets {
+        if existing.is_some_and(|e| e.contains(&spec.name)) {
+            flushes.push(FlushSet::new(&spec.name)?);
+        }
+    }
+    for (set, spec) in sets.iter().zip(&plan.sets) {
+        let flush = flushes.iter().find(|f| f.name == spec.name);
+        set.add_to(&mut batch, flush);
+    }
+
     for (hook, chain) in &chains {
         for spec in plan.rules.iter().filter(|r| r.hook == *hook) {
             let rule = build_rule(chain, spec, &sets)?;
             batch.add(&rule, MsgType::Add);
         }
     }
-    send(batch.finalize())?;
-    if table_exists()? {
-        Ok(())
-    } else {
-        Err(NetlinkError::TableMissing)
+    send(batch.finalize())
+}
+
+/// (type, hook, priority): filter at 0; the redirect at dstnat (-100), as nft does.
+fn chain_hook(hook: Hook) -> (nftnl::ChainType, nftnl::Hook, i32) {
+    match hook {
+        Hook::Prerouting => (nftnl::ChainType::Nat, nftnl::Hook::PreRouting, -100),
+        Hook::Forward => (nftnl::ChainType::Filter, nftnl::Hook::Forward, 0),
+        Hook::Output => (nftnl::ChainType::Filter, nftnl::Hook::Out, 0),
     }
+}
+
+/// An element delete that names no element: the kernel flushes the set. The old
+/// elements stay visible to packets until the commit that brings the new ones.
+struct FlushSet {
+    name: String,
+    set: NonNull<sys::nftnl_set>,
+}
+
+impl FlushSet {
+    fn new(name: &str) -> Result<Self, NetlinkError> {
+        let (table, cname) = (cstr(plan::TABLE)?, cstr(name)?);
+        // SAFETY: a fresh nftnl set that only carries its table and name (the strings
+        // are copied); freed in Drop.
+        let set = unsafe { alloc(sys::nftnl_set_alloc())? };
+        unsafe {
+            sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_NAME as u16, cname.as_ptr());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            set,
+        })
+    }
+}
+
+impl Drop for FlushSet {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, owned by us alone.
+        unsafe { sys::nftnl_set_free(self.set.as_ptr()) };
+    }
+}
+
+// SAFETY: writes one message header and the set's table and name into `buf`, which
+// nftnl's Batch sizes for a whole message; the set has no elements, so no element list.
+unsafe impl nftnl::NlMsg for FlushSet {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        unsafe {
+            let nlh = sys::nftnl_nlmsg_build_hdr(
+                buf.cast(),
+                libc::NFT_MSG_DELSETELEM as u16,
+                libc::NFPROTO_INET as u16,
+                libc::NLM_F_ACK as u16,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.set.as_ptr());
+        }
+    }
+}
+
+/// Names of the sets in our table now.
+fn existing_sets() -> Result<Vec<String>, NetlinkError> {
+    let socket = open()?;
+    let seq = 9;
+    let table = cstr(plan::TABLE)?;
+    let mut request = AlignedBuf::new();
+    // SAFETY: as in read_accounting: a header and the table attribute written into our
+    // zeroed, aligned buffer; the set object is allocated, used and freed here.
+    let len = unsafe {
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            request.0.as_mut_ptr().cast(),
+            libc::NFT_MSG_GETSET as u16,
+            libc::NFPROTO_INET as u16,
+            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
+            seq,
+        );
+        let set = alloc(sys::nftnl_set_alloc())?;
+        sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+        sys::nftnl_set_nlmsg_build_payload(nlh, set.as_ptr());
+        sys::nftnl_set_free(set.as_ptr());
+        (*nlh).nlmsg_len as usize
+    };
+    socket.send(&request.0[..len]).map_err(NetlinkError::Send)?;
+    let mut names = Vec::new();
+    let mut buf = AlignedBuf::new();
+    loop {
+        let n = recv(&socket, &mut buf)?;
+        match mnl::cb_run2(&buf.0[..n], seq, socket.portid(), set_name_cb, &mut names) {
+            Ok(mnl::CbResult::Stop) => return Ok(names),
+            Ok(mnl::CbResult::Ok) => {}
+            Err(e) => return Err(NetlinkError::Rejected(e)),
+        }
+    }
+}
+
+fn set_name_cb(msg: &libc::nlmsghdr, names: &mut Vec<String>) -> libc::c_int {
+    // SAFETY: mnl hands us a complete, validated netlink message; nftnl parses it into a
+    // set we allocate and free here; the strings it returns live as long as that set and
+    // are copied before it is freed.
+    unsafe {
+        let Some(set) = NonNull::new(sys::nftnl_set_alloc()) else {
+            return mnl_sys_cb_ok();
+        };
+        if sys::nftnl_set_nlmsg_parse(msg, set.as_ptr()) >= 0 {
+            let table = sys::nftnl_set_get_str(set.as_ptr(), sys::NFTNL_SET_TABLE as u16);
+            let name = sys::nftnl_set_get_str(set.as_ptr(), sys::NFTNL_SET_NAME as u16);
+            if !table.is_null()
+                && !name.is_null()
+                && std::ffi::CStr::from_ptr(table).to_bytes() == plan::TABLE.as_bytes()
+            {
+                names.push(
+                    std::ffi::CStr::from_ptr(name)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        sys::nftnl_set_free(set.as_ptr());
+    }
+    mnl_sys_cb_ok()
 }
 
 /// Deletes our table if it exists. Adding it first makes the delete valid either way.
@@ -361,16 +543,18 @@ impl<'t> NamedSet<'t> {
         }
     }
 
-    fn add_to(&self, batch: &mut Batch) {
+    /// The set, then (in place) the flush of its old elements, then its elements.
+    fn add_to(&self, batch: &mut Batch, flush: Option<&FlushSet>) {
         match self {
-            NamedSet::V4(s) => {
-                batch.add(s, MsgType::Add);
-                batch.add_iter(s.elems_iter(), MsgType::Add);
-            }
-            NamedSet::V6(s) => {
-                batch.add(s, MsgType::Add);
-                batch.add_iter(s.elems_iter(), MsgType::Add);
-            }
+            NamedSet::V4(s) => batch.add(s, MsgType::Add),
+            NamedSet::V6(s) => batch.add(s, MsgType::Add),
+        }
+        if let Some(flush) = flush {
+            batch.add(flush, MsgType::Del);
+        }
+        match self {
+            NamedSet::V4(s) => batch.add_iter(s.elems_iter(), MsgType::Add),
+            NamedSet::V6(s) => batch.add_iter(s.elems_iter(), MsgType::Add),
         }
     }
 }
