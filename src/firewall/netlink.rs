@@ -218,28 +218,49 @@ unsafe impl nftnl::NlMsg for FlushSet {
     }
 }
 
-/// Names of the sets in our table now.
-fn existing_sets() -> Result<Vec<String>, NetlinkError> {
-    let socket = open()?;
-    let seq = 9;
+/// A dump request about our table: its sets (`elements_of` None) or one set's elements.
+fn set_dump_request(
+    seq: u32,
+    elements_of: Option<&str>,
+) -> Result<(Box<AlignedBuf>, usize), NetlinkError> {
     let table = cstr(plan::TABLE)?;
+    let name = elements_of.map(cstr).transpose()?;
     let mut request = AlignedBuf::new();
-    // SAFETY: as in read_accounting: a header and the table attribute written into our
-    // zeroed, aligned buffer; the set object is allocated, used and freed here.
+    let msg = match name {
+        Some(_) => libc::NFT_MSG_GETSETELEM,
+        None => libc::NFT_MSG_GETSET,
+    };
+    // SAFETY: `request` is a zeroed, aligned buffer far larger than one header plus two
+    // short string attributes; nftnl writes within it and we send only the length the
+    // header reports. The set object is allocated, used and freed here.
     let len = unsafe {
         let nlh = sys::nftnl_nlmsg_build_hdr(
             request.0.as_mut_ptr().cast(),
-            libc::NFT_MSG_GETSET as u16,
+            msg as u16,
             libc::NFPROTO_INET as u16,
             (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
             seq,
         );
         let set = alloc(sys::nftnl_set_alloc())?;
         sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-        sys::nftnl_set_nlmsg_build_payload(nlh, set.as_ptr());
+        match &name {
+            Some(name) => {
+                sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_NAME as u16, name.as_ptr());
+                sys::nftnl_set_elems_nlmsg_build_payload(nlh, set.as_ptr());
+            }
+            None => sys::nftnl_set_nlmsg_build_payload(nlh, set.as_ptr()),
+        }
         sys::nftnl_set_free(set.as_ptr());
         (*nlh).nlmsg_len as usize
     };
+    Ok((request, len))
+}
+
+/// Names of the sets in our table now.
+fn existing_sets() -> Result<Vec<String>, NetlinkError> {
+    let socket = open()?;
+    let seq = 9;
+    let (request, len) = set_dump_request(seq, None)?;
     socket.send(&request.0[..len]).map_err(NetlinkError::Send)?;
     let mut names = Vec::new();
     let mut buf = AlignedBuf::new();
@@ -328,27 +349,7 @@ pub struct ClientCount {
 pub fn read_accounting(set_name: &str, family: Family) -> Result<Vec<ClientCount>, NetlinkError> {
     let socket = open()?;
     let seq = 7;
-    let table = cstr(plan::TABLE)?;
-    let name = cstr(set_name)?;
-    let mut request = AlignedBuf::new();
-    // SAFETY: `request` is a zeroed, aligned buffer far larger than one header plus two
-    // short string attributes; nftnl writes within it and we send only the length the
-    // header reports. The set object is allocated, used and freed here.
-    let len = unsafe {
-        let nlh = sys::nftnl_nlmsg_build_hdr(
-            request.0.as_mut_ptr().cast(),
-            libc::NFT_MSG_GETSETELEM as u16,
-            libc::NFPROTO_INET as u16,
-            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
-            seq,
-        );
-        let set = alloc(sys::nftnl_set_alloc())?;
-        sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-        sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_NAME as u16, name.as_ptr());
-        sys::nftnl_set_elems_nlmsg_build_payload(nlh, set.as_ptr());
-        sys::nftnl_set_free(set.as_ptr());
-        (*nlh).nlmsg_len as usize
-    };
+    let (request, len) = set_dump_request(seq, Some(set_name))?;
     socket.send(&request.0[..len]).map_err(NetlinkError::Send)?;
 
     // SAFETY: a fresh set object that collects the parsed elements; freed below.
