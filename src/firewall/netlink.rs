@@ -141,15 +141,17 @@ fn send_plan(plan: &Plan, existing: Option<&[String]>) -> Result<(), NetlinkErro
     for (id, spec) in plan.sets.iter().enumerate() {
         sets.push(NamedSet::new(spec, id as u32, &table)?);
     }
-    let mut flushes = Vec::new();
-    for spec in &plan.sets {
-        if existing.is_some_and(|e| e.contains(&spec.name)) {
-            flushes.push(FlushSet::new(&spec.name)?);
-        }
-    }
+    let table_name = cstr(plan::TABLE)?;
     for (set, spec) in sets.iter().zip(&plan.sets) {
-        let flush = flushes.iter().find(|f| f.name == spec.name);
-        set.add_to(&mut batch, flush);
+        // An element delete that names no element flushes the set; packets keep
+        // matching the old elements until the commit that brings the new ones.
+        let flush = match existing {
+            Some(e) if e.contains(&spec.name) => {
+                Some(ElemUpdate::new(&table_name, &cstr(&spec.name)?)?)
+            }
+            _ => None,
+        };
+        set.add_to(&mut batch, flush.as_ref());
     }
 
     for (hook, chain) in &chains {
@@ -167,54 +169,6 @@ fn chain_hook(hook: Hook) -> (nftnl::ChainType, nftnl::Hook, i32) {
         Hook::Prerouting => (nftnl::ChainType::Nat, nftnl::Hook::PreRouting, -100),
         Hook::Forward => (nftnl::ChainType::Filter, nftnl::Hook::Forward, 0),
         Hook::Output => (nftnl::ChainType::Filter, nftnl::Hook::Out, 0),
-    }
-}
-
-/// An element delete that names no element: the kernel flushes the set. The old
-/// elements stay visible to packets until the commit that brings the new ones.
-struct FlushSet {
-    name: String,
-    set: NonNull<sys::nftnl_set>,
-}
-
-impl FlushSet {
-    fn new(name: &str) -> Result<Self, NetlinkError> {
-        let (table, cname) = (cstr(plan::TABLE)?, cstr(name)?);
-        // SAFETY: a fresh nftnl set that only carries its table and name (the strings
-        // are copied); freed in Drop.
-        let set = unsafe { alloc(sys::nftnl_set_alloc())? };
-        unsafe {
-            sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-            sys::nftnl_set_set_str(set.as_ptr(), sys::NFTNL_SET_NAME as u16, cname.as_ptr());
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            set,
-        })
-    }
-}
-
-impl Drop for FlushSet {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new`, owned by us alone.
-        unsafe { sys::nftnl_set_free(self.set.as_ptr()) };
-    }
-}
-
-// SAFETY: writes one message header and the set's table and name into `buf`, which
-// nftnl's Batch sizes for a whole message; the set has no elements, so no element list.
-unsafe impl nftnl::NlMsg for FlushSet {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
-        unsafe {
-            let nlh = sys::nftnl_nlmsg_build_hdr(
-                buf.cast(),
-                libc::NFT_MSG_DELSETELEM as u16,
-                libc::NFPROTO_INET as u16,
-                libc::NLM_F_ACK as u16,
-                seq,
-            );
-            sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.set.as_ptr());
-        }
     }
 }
 
@@ -545,7 +499,7 @@ impl<'t> NamedSet<'t> {
     }
 
     /// The set, then (in place) the flush of its old elements, then its elements.
-    fn add_to(&self, batch: &mut Batch, flush: Option<&FlushSet>) {
+    fn add_to(&self, batch: &mut Batch, flush: Option<&ElemUpdate>) {
         match self {
             NamedSet::V4(s) => batch.add(s, MsgType::Add),
             NamedSet::V6(s) => batch.add(s, MsgType::Add),
@@ -646,7 +600,8 @@ pub fn update_timed(
     send(batch.finalize())
 }
 
-/// A NEWSETELEM message for a set named by table and name, with CREATE but not EXCL.
+/// Elements of a set named by table and name: added (NEWSETELEM with CREATE but not
+/// EXCL, so existing ones are renewed) or deleted (DELSETELEM; with no elements, a flush).
 struct ElemUpdate {
     set: NonNull<sys::nftnl_set>,
 }
@@ -678,15 +633,22 @@ impl Drop for ElemUpdate {
 // SAFETY: write() only builds one message of at most ELEMS_PER_MSG elements into the
 // batch buffer nftnl hands us, which holds a full page.
 unsafe impl nftnl::NlMsg for ElemUpdate {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let (kind, flags) = match msg_type {
+            MsgType::Add => (
+                libc::NFT_MSG_NEWSETELEM,
+                libc::NLM_F_CREATE | libc::NLM_F_ACK,
+            ),
+            MsgType::Del => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK),
+        };
         // SAFETY: see the impl comment; the header builder and payload builder write
         // within the buffer and the set outlives the call.
         unsafe {
             let nlh = sys::nftnl_nlmsg_build_hdr(
                 buf.cast(),
-                libc::NFT_MSG_NEWSETELEM as u16,
+                kind as u16,
                 libc::NFPROTO_INET as u16,
-                (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16,
+                flags as u16,
                 seq,
             );
             sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.set.as_ptr());
