@@ -204,9 +204,16 @@ fn a_second_apply_replaces_the_table_and_replaces_under_traffic_leak_nothing() {
     let cfg = write(&dir, &config("", ""));
     fw(&t, "apply", &cfg);
     let before = t.sh(&t.gateway, "nft list table inet telesink");
+    let handles = "nft -a list table inet telesink | grep -E '^\\s*(table|set|chain) '";
+    let handles_before = t.sh(&t.gateway, handles);
     fw(&t, "apply", &cfg);
     let after = t.sh(&t.gateway, "nft list table inet telesink");
     assert_eq!(before, after, "a second apply must replace, not duplicate");
+    // Replaced in place: the same table, sets and chains (same handles), refilled. A
+    // delete and re-add would give new handles, and on kernel 6.18 it leaks packets
+    // while the new sets' lookup arrays are built (docs/ARCHITECTURE.md).
+    assert_eq!(handles_before, t.sh(&t.gateway, handles));
+    assert!(handles_before.contains("set "), "{handles_before}");
     assert_eq!(
         t.sh(&t.gateway, "nft list tables")
             .lines()
