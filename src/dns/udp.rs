@@ -282,21 +282,18 @@ impl Udp {
             inline,
         };
         let sent = handle.sent.clone();
-        match Request::from_bytes(raw.clone(), src, Protocol::Udp) {
-            Ok(request) => {
-                let (_, reuse) = self.pipeline.serve(&request, handle).await;
-                let (bytes, delivered) = sent.lock().take()?;
-                if let Some(reuse) = reuse {
-                    self.keep(&raw, &bytes, reuse);
-                }
-                (!delivered).then_some(bytes)
-            }
+        let reuse = match Request::from_bytes(raw.clone(), src, Protocol::Udp) {
+            Ok(request) => self.pipeline.serve(&request, handle).await.1,
             Err(_) => {
                 form_error(&raw, handle);
-                let (bytes, delivered) = sent.lock().take()?;
-                (!delivered).then_some(bytes)
+                None
             }
+        };
+        let (bytes, delivered) = sent.lock().take()?;
+        if let Some(reuse) = reuse {
+            self.keep(&raw, &bytes, reuse);
         }
+        (!delivered).then_some(bytes)
     }
 
     fn keep(&self, raw: &[u8], bytes: &[u8], reuse: Reuse) {
@@ -317,7 +314,6 @@ impl Udp {
 /// A request whose header reads but whose body does not: FORMERR with the header's ID,
 /// the same answer hickory-server gives.
 fn form_error(raw: &[u8], handle: Capture) {
-    let deliver = |bytes: Vec<u8>| handle.deliver(bytes);
     let mut decoder = BinDecoder::new(raw);
     let Ok(header) = Header::read(&mut decoder) else {
         return;
@@ -329,7 +325,7 @@ fn form_error(raw: &[u8], handle: Capture) {
     let response = MessageResponseBuilder::new(&queries, None)
         .error_msg(&header.metadata, ResponseCode::FormErr);
     if let Some(bytes) = encode(response) {
-        deliver(bytes);
+        handle.deliver(bytes);
     }
 }
 
