@@ -121,6 +121,13 @@ pub fn compile(cfg: &LoadedConfig, generation: u64) -> Result<Policy, String> {
 }
 
 pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), DaemonError> {
+    // Before anything else, and long before `ready`: SIGHUP's default action ends the
+    // process, so a reload sent the moment systemd (or a script) sees us up would kill
+    // the resolver. A signal that comes during start waits in its stream and is handled
+    // by the loop below once serving.
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut cfg = LoadedConfig::load(&config_path)?;
     if !overrides.listen.is_empty() {
         cfg.config.server.listen = overrides.listen.clone();
@@ -305,9 +312,6 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         tokio::spawn(watchdog(n.clone(), every, probe));
     }
 
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     loop {
         tokio::select! {
             _ = hup.recv() => {

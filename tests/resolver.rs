@@ -662,15 +662,7 @@ fn a_broken_log_stream_does_not_stop_the_resolver() {
         dir.write(name, text);
     }
     let cfg = dir.write("telesink.toml", &config(knot.addr, ""));
-    let mut child = std::process::Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("RUNTIME_DIRECTORY", dir.path())
-        .env("STATE_DIRECTORY", dir.path())
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_with_piped_log(&cfg, &dir);
     let mut udp = None;
     {
         use std::io::BufRead;
@@ -710,6 +702,50 @@ fn a_broken_log_stream_does_not_stop_the_resolver() {
     assert!(matches!(child.try_wait(), Ok(None)), "telesink exited");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// telesink with its log on a pipe the test reads (and may close) itself.
+fn spawn_with_piped_log(cfg: &std::path::Path, dir: &TempDir) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("RUNTIME_DIRECTORY", dir.path())
+        .env("STATE_DIRECTORY", dir.path())
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGHUP's default action ends a process. A reload sent as soon as telesink says
+/// anything (systemd's `reload` right after start, a script reacting to the log) must
+/// find the handlers in place, so they are installed before the first log line.
+#[test]
+fn signal_handlers_are_in_place_before_the_first_log_line() {
+    let dir = TempDir::new("early-signals");
+    for (name, text) in FILES {
+        dir.write(name, text);
+    }
+    // Nothing listens on the discard port: start does not need a working upstream.
+    let cfg = dir.write("telesink.toml", &config("127.0.0.1:9".parse().unwrap(), ""));
+    let mut child = spawn_with_piped_log(&cfg, &dir);
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("SigCgt in /proc/<pid>/status");
+    for (name, signo) in [("SIGHUP", 1), ("SIGINT", 2), ("SIGTERM", 15)] {
+        assert!(
+            caught & (1 << (signo - 1)) != 0,
+            "{name} not caught when telesink logged its first line: {first}"
+        );
+    }
 }
 
 /// The UDP fast path replays answers; it must replay exactly what the full hickory-server
