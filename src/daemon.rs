@@ -273,25 +273,27 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     let tcp_idle = Duration::from_secs(c.server.tcp_idle_timeout_secs.max(1));
     let mut bound = Vec::new();
     for &addr in &c.server.listen {
-        let bind_err = |proto| {
-            move |source| DaemonError::Bind {
-                proto,
-                addr,
-                source,
+        let ((udp, udp_addr), tcp) = bind_same_port(addr, |at| match &fast {
+            Some(f) => {
+                let (sockets, at) = crate::dns::udp::Udp::bind(at, udp_threads)?;
+                Ok((UdpListener::Fast(f.clone(), sockets), at))
             }
-        };
-        let udp_addr = match &fast {
-            Some(udp) => udp.listen(addr, udp_threads).map_err(bind_err("udp"))?,
             None => {
-                let udp = bind_udp(addr).map_err(bind_err("udp"))?;
-                let at = udp.local_addr().unwrap_or(addr);
-                server.register_socket(udp);
-                at
+                let udp = bind_udp(at)?;
+                let at = udp.local_addr()?;
+                Ok((UdpListener::Hickory(udp), at))
             }
-        };
-        // TCP on the port UDP got, so a client retrying a truncated answer over TCP
-        // finds us even when the config asked for port 0.
-        let tcp = bind_tcp(udp_addr).map_err(bind_err("tcp"))?;
+        })?;
+        match udp {
+            UdpListener::Fast(f, sockets) => {
+                f.serve(sockets).map_err(|source| DaemonError::Bind {
+                    proto: "udp",
+                    addr: udp_addr,
+                    source,
+                })?
+            }
+            UdpListener::Hickory(socket) => server.register_socket(socket),
+        }
         // Tests and admins read the real ports from these lines (port 0 picks a free one).
         info!("listening on udp {udp_addr}");
         info!("listening on tcp {}", tcp.local_addr().unwrap_or(udp_addr));
@@ -464,6 +466,59 @@ fn socket_for(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<So
     }
     socket.set_nonblocking(true)?;
     Ok(socket)
+}
+
+/// A UDP listener bound but not yet serving: telesink's fast path or hickory-server's.
+enum UdpListener {
+    Fast(Arc<crate::dns::udp::Udp>, Vec<std::net::UdpSocket>),
+    Hickory(UdpSocket),
+}
+
+/// Binds UDP, then TCP on the port UDP got, so a client retrying a truncated answer over
+/// TCP finds us even when the config asked for port 0. The port the kernel picks for UDP
+/// may be in use for TCP (by any TCP socket, an outgoing connection too), so port 0 gets
+/// fresh tries instead of a failed start; a fixed port gets one.
+fn bind_same_port<U>(
+    addr: SocketAddr,
+    mut bind_first: impl FnMut(SocketAddr) -> std::io::Result<(U, SocketAddr)>,
+) -> Result<((U, SocketAddr), TcpListener), DaemonError> {
+    const TRIES_FOR_PORT_0: usize = 32;
+    let tries = if addr.port() == 0 {
+        TRIES_FOR_PORT_0
+    } else {
+        1
+    };
+    let mut attempt = 1;
+    loop {
+        let in_use_again =
+            |e: &std::io::Error| e.kind() == std::io::ErrorKind::AddrInUse && attempt < tries;
+        let (udp, at) = match bind_first(addr) {
+            Ok(bound) => bound,
+            // Extra SO_REUSEPORT sockets on the picked port can collide the same way.
+            Err(e) if in_use_again(&e) => {
+                attempt += 1;
+                continue;
+            }
+            Err(source) => {
+                return Err(DaemonError::Bind {
+                    proto: "udp",
+                    addr,
+                    source,
+                });
+            }
+        };
+        match bind_tcp(at) {
+            Ok(tcp) => return Ok(((udp, at), tcp)),
+            Err(e) if in_use_again(&e) => attempt += 1,
+            Err(source) => {
+                return Err(DaemonError::Bind {
+                    proto: "tcp",
+                    addr: at,
+                    source,
+                });
+            }
+        }
+    }
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {

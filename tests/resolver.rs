@@ -704,6 +704,68 @@ fn a_broken_log_stream_does_not_stop_the_resolver() {
     let _ = child.wait();
 }
 
+const HOLD_40000_THEN_EXEC: &str = "import os, socket, sys
+s = socket.socket()
+s.bind(('127.0.0.1', 40000))
+s.listen()
+s.set_inheritable(True)
+os.execv(sys.argv[1], sys.argv[1:])";
+
+/// With port 0 the kernel picks the UDP port, and that port may be taken for TCP (any
+/// TCP socket, even an outgoing connection): start must pick again, not fail. In a
+/// throwaway namespace whose ephemeral range is two ports with a TCP listener on one,
+/// each start has an even chance of meeting the taken port first; six starts all fail
+/// to come up without the retry 63 times in 64.
+#[test]
+fn port_0_picks_again_when_tcp_cannot_have_the_port_udp_got() {
+    if !common::netns::require_root() {
+        return;
+    }
+    let dir = TempDir::new("port0");
+    for (name, text) in FILES {
+        dir.write(name, text);
+    }
+    let cfg = dir.write("telesink.toml", &config("127.0.0.1:9".parse().unwrap(), ""));
+    for start in 0..6 {
+        // sh, python and telesink exec in turn: one PID to end. Python hands its
+        // listening socket on to telesink, so the port stays taken for TCP.
+        let mut child = std::process::Command::new("unshare")
+            .args(["-n", "sh", "-c"])
+            .arg(
+                "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40001' && exec python3 -c \"$0\" \"$@\"",
+            )
+            .arg(HOLD_40000_THEN_EXEC)
+            .args([bin(), "run", "--config"])
+            .arg(&cfg)
+            .env("RUNTIME_DIRECTORY", dir.path())
+            .env("STATE_DIRECTORY", dir.path())
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = String::new();
+        let mut up = false;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()))
+            .map_while(Result::ok)
+        {
+            log += &line;
+            log.push('\n');
+            if line.ends_with("ready") {
+                up = true;
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(up, "start {start} failed:\n{log}");
+        assert!(
+            log.contains("listening on udp 127.0.0.1:40001")
+                && log.contains("listening on tcp 127.0.0.1:40001"),
+            "start {start}: UDP and TCP must share the one free port:\n{log}"
+        );
+    }
+}
+
 /// telesink with its log on a pipe the test reads (and may close) itself.
 fn spawn_with_piped_log(cfg: &std::path::Path, dir: &TempDir) -> std::process::Child {
     std::process::Command::new(bin())

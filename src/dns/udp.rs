@@ -115,26 +115,33 @@ impl Udp {
         })
     }
 
-    /// Binds `threads` SO_REUSEPORT sockets on `addr` and starts a receive thread for
-    /// each; returns the bound address (the port the kernel chose for port 0).
-    pub fn listen(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        threads: usize,
-    ) -> std::io::Result<SocketAddr> {
+    /// Binds `threads` SO_REUSEPORT sockets on `addr`; returns them and the bound
+    /// address (the port the kernel chose for port 0). Nothing is received until
+    /// `serve`, so the caller can still drop them, e.g. when TCP cannot have that port.
+    pub fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<(Vec<UdpSocket>, SocketAddr)> {
         let mut bound = addr;
+        let mut sockets = Vec::with_capacity(threads.max(1));
         for i in 0..threads.max(1) {
-            let socket = bind(bound)?;
+            let socket = bind_one(bound)?;
             if i == 0 {
                 bound = socket.local_addr()?;
             }
+            sockets.push(socket);
+        }
+        Ok((sockets, bound))
+    }
+
+    /// A receive thread for each socket from `bind`.
+    pub fn serve(self: &Arc<Self>, sockets: Vec<UdpSocket>) -> std::io::Result<()> {
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let port = socket.local_addr()?.port();
             let socket = Arc::new(socket);
             let me = self.clone();
             std::thread::Builder::new()
-                .name(format!("udp-{}-{i}", bound.port()))
+                .name(format!("udp-{port}-{i}"))
                 .spawn(move || me.receive(socket))?;
         }
-        Ok(bound)
+        Ok(())
     }
 
     /// One receive thread: up to BATCH datagrams per recvmmsg (blocking for the first,
@@ -455,7 +462,7 @@ fn answerable(src: SocketAddr) -> bool {
 }
 
 /// A blocking UDP socket sharing its port with the other receive threads.
-fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+fn bind_one(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::DGRAM,
