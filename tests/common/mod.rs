@@ -69,9 +69,27 @@ impl Drop for TempDir {
     }
 }
 
+/// A port for a fixture (knotd, Prometheus, a dead upstream) that is free for TCP and
+/// UDP. Taken below the kernel's ephemeral range (32768 and up by default): a port the
+/// kernel hands out for port 0, as telesink's own listeners and every outgoing socket of
+/// a test running beside this one get, cannot land on it between this check and the
+/// fixture's bind. Each call in a process gets a new port.
 pub fn free_port() -> u16 {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (start.wrapping_add(n) % SPAN);
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// The test zone every resolver test forwards to.
