@@ -490,30 +490,22 @@ fn bind_same_port<U>(
     };
     let mut attempt = 1;
     loop {
-        let in_use_again =
-            |e: &std::io::Error| e.kind() == std::io::ErrorKind::AddrInUse && attempt < tries;
-        let (udp, at) = match bind_first(addr) {
-            Ok(bound) => bound,
-            // Extra SO_REUSEPORT sockets on the picked port can collide the same way.
-            Err(e) if in_use_again(&e) => {
-                attempt += 1;
-                continue;
+        // Extra SO_REUSEPORT sockets on the picked port can collide as TCP can.
+        let bound = bind_first(addr)
+            .map_err(|e| ("udp", addr, e))
+            .and_then(|(udp, at)| match bind_tcp(at) {
+                Ok(tcp) => Ok(((udp, at), tcp)),
+                Err(e) => Err(("tcp", at, e)),
+            });
+        match bound {
+            Ok(bound) => return Ok(bound),
+            Err((_, _, e)) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < tries => {
+                attempt += 1
             }
-            Err(source) => {
+            Err((proto, addr, source)) => {
                 return Err(DaemonError::Bind {
-                    proto: "udp",
+                    proto,
                     addr,
-                    source,
-                });
-            }
-        };
-        match bind_tcp(at) {
-            Ok(tcp) => return Ok(((udp, at), tcp)),
-            Err(e) if in_use_again(&e) => attempt += 1,
-            Err(source) => {
-                return Err(DaemonError::Bind {
-                    proto: "tcp",
-                    addr: at,
                     source,
                 });
             }

@@ -214,6 +214,19 @@ fn a_second_apply_replaces_the_table_and_replaces_under_traffic_leak_nothing() {
     // while the new sets' lookup arrays are built (docs/ARCHITECTURE.md).
     assert_eq!(handles_before, t.sh(&t.gateway, handles));
     assert!(handles_before.contains("set "), "{handles_before}");
+    // In place, a chain the plan drops goes and comes back with it; the rest stays put.
+    let no_output = dir.write("no-output.toml", &config("output = false", ""));
+    fw(&t, "apply", &no_output);
+    let chains = "nft list table inet telesink";
+    assert!(!t.sh(&t.gateway, chains).contains("hook output"));
+    assert!(t.sh(&t.gateway, chains).contains("hook forward"));
+    fw(&t, "apply", &cfg);
+    assert_eq!(before, t.sh(&t.gateway, "nft list table inet telesink"));
+    let table_handle = |listing: &str| listing.lines().next().map(str::to_owned);
+    assert_eq!(
+        table_handle(&handles_before),
+        table_handle(&t.sh(&t.gateway, handles))
+    );
     assert_eq!(
         t.sh(&t.gateway, "nft list tables")
             .lines()

@@ -662,7 +662,7 @@ fn a_broken_log_stream_does_not_stop_the_resolver() {
         dir.write(name, text);
     }
     let cfg = dir.write("telesink.toml", &config(knot.addr, ""));
-    let mut child = spawn_with_piped_log(&cfg, &dir);
+    let mut child = spawn_with_piped_log(std::process::Command::new(bin()), &cfg, &dir);
     let mut udp = None;
     {
         use std::io::BufRead;
@@ -714,8 +714,8 @@ os.execv(sys.argv[1], sys.argv[1:])";
 /// With port 0 the kernel picks the UDP port, and that port may be taken for TCP (any
 /// TCP socket, even an outgoing connection): start must pick again, not fail. In a
 /// throwaway namespace whose ephemeral range is two ports with a TCP listener on one,
-/// each start has an even chance of meeting the taken port first; six starts all fail
-/// to come up without the retry 63 times in 64.
+/// each start has an even chance of meeting the taken port first, so without the retry
+/// one of six starts fails 63 times in 64.
 #[test]
 fn port_0_picks_again_when_tcp_cannot_have_the_port_udp_got() {
     if !common::netns::require_root() {
@@ -729,20 +729,14 @@ fn port_0_picks_again_when_tcp_cannot_have_the_port_udp_got() {
     for start in 0..6 {
         // sh, python and telesink exec in turn: one PID to end. Python hands its
         // listening socket on to telesink, so the port stays taken for TCP.
-        let mut child = std::process::Command::new("unshare")
+        let mut namespace = std::process::Command::new("unshare");
+        namespace
             .args(["-n", "sh", "-c"])
             .arg(
                 "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40001' && exec python3 -c \"$0\" \"$@\"",
             )
-            .arg(HOLD_40000_THEN_EXEC)
-            .args([bin(), "run", "--config"])
-            .arg(&cfg)
-            .env("RUNTIME_DIRECTORY", dir.path())
-            .env("STATE_DIRECTORY", dir.path())
-            .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .args([HOLD_40000_THEN_EXEC, bin()]);
+        let mut child = spawn_with_piped_log(namespace, &cfg, &dir);
         let mut log = String::new();
         let mut up = false;
         for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()))
@@ -766,9 +760,14 @@ fn port_0_picks_again_when_tcp_cannot_have_the_port_udp_got() {
     }
 }
 
-/// telesink with its log on a pipe the test reads (and may close) itself.
-fn spawn_with_piped_log(cfg: &std::path::Path, dir: &TempDir) -> std::process::Child {
-    std::process::Command::new(bin())
+/// telesink with its log on a pipe the test reads (and may close) itself; `command` is
+/// the binary, or what execs it.
+fn spawn_with_piped_log(
+    mut command: std::process::Command,
+    cfg: &std::path::Path,
+    dir: &TempDir,
+) -> std::process::Child {
+    command
         .args(["run", "--config"])
         .arg(cfg)
         .env("RUNTIME_DIRECTORY", dir.path())
@@ -790,7 +789,7 @@ fn signal_handlers_are_in_place_before_the_first_log_line() {
     }
     // Nothing listens on the discard port: start does not need a working upstream.
     let cfg = dir.write("telesink.toml", &config("127.0.0.1:9".parse().unwrap(), ""));
-    let mut child = spawn_with_piped_log(&cfg, &dir);
+    let mut child = spawn_with_piped_log(std::process::Command::new(bin()), &cfg, &dir);
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();
     std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();

@@ -5,6 +5,7 @@
 //! No cache here: caching stays in `dns::cache`, below the policy, where we can count hits
 //! and keep the policy-before-cache guarantee.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
-
-use std::collections::HashMap;
 
 use futures_util::StreamExt;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};

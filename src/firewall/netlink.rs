@@ -93,16 +93,26 @@ fn send_plan(plan: &Plan, existing: Option<&[String]>) -> Result<(), NetlinkErro
         (Hook::Forward, plan::CHAIN_FORWARD, plan.forward),
         (Hook::Output, plan::CHAIN_OUTPUT, plan.output),
     ] {
-        if !on {
+        if !on && existing.is_none() {
             continue;
         }
         let mut chain = Chain::new(cstr(name)?, &table);
         // (type, hook, priority): filter at 0; the redirect at dstnat (-100), as nft does.
-        let (kind, nf_hook, priority) = chain_hook(hook);
+        let (kind, nf_hook, priority) = match hook {
+            Hook::Prerouting => (nftnl::ChainType::Nat, nftnl::Hook::PreRouting, -100),
+            Hook::Forward => (nftnl::ChainType::Filter, nftnl::Hook::Forward, 0),
+            Hook::Output => (nftnl::ChainType::Filter, nftnl::Hook::Out, 0),
+        };
         chain.set_type(kind);
         chain.set_hook(nf_hook, priority);
         chain.set_policy(nftnl::Policy::Accept);
         batch.add(&chain, MsgType::Add);
+        if !on {
+            // In place, a chain the plan dropped goes. Adding it first (above) makes the
+            // delete valid whether or not it exists.
+            batch.add(&chain, MsgType::Del);
+            continue;
+        }
         if existing.is_some() {
             // A rule delete without a handle flushes the chain: its old rules stop
             // at the same commit at which the new ones start.
@@ -111,21 +121,6 @@ fn send_plan(plan: &Plan, existing: Option<&[String]>) -> Result<(), NetlinkErro
         chains.push((hook, chain));
     }
     if let Some(existing) = existing {
-        for (hook, name, on) in [
-            (Hook::Prerouting, plan::CHAIN_DNAT, plan.prerouting),
-            (Hook::Forward, plan::CHAIN_FORWARD, plan.forward),
-            (Hook::Output, plan::CHAIN_OUTPUT, plan.output),
-        ] {
-            if !on {
-                // Adding first makes the delete valid whether or not the chain exists.
-                let mut chain = Chain::new(cstr(name)?, &table);
-                let (kind, nf_hook, priority) = chain_hook(hook);
-                chain.set_type(kind);
-                chain.set_hook(nf_hook, priority);
-                batch.add(&chain, MsgType::Add);
-                batch.add(&chain, MsgType::Del);
-            }
-        }
         // Sets the plan no longer has; no rule refers to them once the chains are flushed.
         for name in existing
             .iter()
@@ -161,15 +156,6 @@ fn send_plan(plan: &Plan, existing: Option<&[String]>) -> Result<(), NetlinkErro
         }
     }
     send(batch.finalize())
-}
-
-/// (type, hook, priority): filter at 0; the redirect at dstnat (-100), as nft does.
-fn chain_hook(hook: Hook) -> (nftnl::ChainType, nftnl::Hook, i32) {
-    match hook {
-        Hook::Prerouting => (nftnl::ChainType::Nat, nftnl::Hook::PreRouting, -100),
-        Hook::Forward => (nftnl::ChainType::Filter, nftnl::Hook::Forward, 0),
-        Hook::Output => (nftnl::ChainType::Filter, nftnl::Hook::Out, 0),
-    }
 }
 
 /// A dump request about our table: its sets (`elements_of` None) or one set's elements.

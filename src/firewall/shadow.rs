@@ -165,7 +165,7 @@ async fn run(
 /// Resolves A and AAAA for a name and adds the addresses; returns their lifetime.
 async fn resolve_into(
     shadow: &Shadow,
-    upstream: &Arc<Upstream>,
+    upstream: &Upstream,
     policy: &Policy,
     profile: u16,
     name: &Name,

@@ -155,8 +155,8 @@ mod tests {
     use super::*;
 
     /// Lines cross the 256 KiB read boundaries, one line is longer than the buffer, one
-    /// is not UTF-8, some end in CRLF and the last has no newline: every entry and every problem must still
-    /// carry its own line number.
+    /// is not UTF-8, some end in CRLF and the last has no newline: every entry and every
+    /// problem must still carry its own line number.
     #[test]
     fn chunked_reading_keeps_line_numbers() {
         let dir = std::env::temp_dir().join(format!("telesink-lists-{}", std::process::id()));
