@@ -15,8 +15,36 @@ use hickory_proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-/// Whether a required external tool exists. Outside CI a missing tool skips the test with a
-/// loud message; in CI (CI=true) it fails, because CI installs everything.
+/// Whether skipping is an error: in CI (CI=true) and under the README's test command
+/// (`.ci/test` sets TELESINK_TESTS=strict), where everything a test needs is installed
+/// and the run is root. A plain `cargo test` as a normal user may skip, loudly.
+pub fn strict() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var("TELESINK_TESTS").as_deref() == Ok("strict")
+}
+
+/// Records a skipped test (printed now, and summed up by `.ci/test --allow-skips` at the
+/// end of the run), or fails it when skipping is not allowed.
+pub fn skip(why: &str) {
+    if strict() {
+        panic!("{why} (this run does not allow skipped tests)");
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_owned();
+    eprintln!("\n!!!!! SKIPPED {test}: {why} !!!!!\n");
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{test}: {why}");
+    }
+}
+
+/// Whether a required external tool exists; a missing one skips the test (see `skip`).
 pub fn require(tool: &str) -> bool {
     let found = Command::new("sh")
         .arg("-c")
@@ -26,12 +54,9 @@ pub fn require(tool: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false);
     if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{tool} is required in CI but not installed");
-        }
-        eprintln!(
-            "\n!!!!! SKIPPED: {tool} is not installed; run the README's test command to install it !!!!!\n"
-        );
+        skip(&format!(
+            "{tool} is not installed; the README's test command installs it"
+        ));
     }
     found
 }
