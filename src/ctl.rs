@@ -122,7 +122,7 @@ fn span(secs: u64) -> String {
 }
 
 fn toggle_text(t: &Value) -> String {
-    let now = telesink::metrics::unix_now();
+    let now = telesink::clock::unix_now();
     let on = if t.get("enabled").and_then(Value::as_bool) == Some(true) {
         "on"
     } else {
@@ -143,24 +143,30 @@ fn toggle_text(t: &Value) -> String {
 
 fn status_text(v: &Value) -> String {
     let mut out = format!(
-        "telesink {}, up {}, config {}\npolicy generation {}: {} names in {} lists; firewall {}\nqueries {} ({} blocked) from {} clients; reloads {} ok, {} failed\n",
+        "telesink {}, up {}, config {}\npolicy generation {}: {} names in {} lists; firewall {} (restored {} times)\nqueries {} ({} blocked) from {} clients; reloads {} ok, {} failed\n",
         s(v, "version"),
         span(n(v, "uptime_secs")),
         s(v, "config"),
         n(v, "generation"),
         n(v, "names"),
         n(v, "lists"),
-        if v.get("firewall").and_then(Value::as_bool) == Some(true) {
-            "on"
-        } else {
-            "off"
-        },
+        s(v, "firewall"),
+        n(v, "firewall_restores"),
         n(v, "queries"),
         n(v, "blocked"),
         n(v, "clients_seen"),
         n(v, "reloads_ok"),
         n(v, "reloads_failed"),
     );
+    if let Some(sh) = v.get("shadow").filter(|x| !x.is_null()) {
+        out += &format!(
+            "shadow resolution: {} addresses learned, {} skipped (allow set), {} names dropped (queue full), {} addresses over max_addresses\n",
+            n(sh, "added"),
+            n(sh, "skipped_allow"),
+            n(sh, "queue_full"),
+            n(sh, "over_max"),
+        );
+    }
     for g in v
         .get("groups")
         .and_then(Value::as_array)

@@ -6,34 +6,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
+pub use crate::apply::Overrides;
+use crate::apply::{Applier, ApplyError};
 use crate::config::{ConfigError, LoadedConfig};
 use crate::dns::cache::{Cache, Limits};
-use crate::dns::upstream::{self, Upstream};
 use crate::dns::{Outcomes, Pipeline};
-use crate::policy::{self, BuildOutcome, Policy};
-
-/// Overrides from the command line, for a quick trial without editing the config.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub listen: Vec<SocketAddr>,
-    pub upstream: Vec<SocketAddr>,
-    pub metrics: Option<SocketAddr>,
-}
+use crate::snapshot::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("the policy has errors:\n{0}")]
-    Policy(String),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
     #[error("cannot listen on {proto} {addr}: {source}")]
     Bind {
         proto: &'static str,
@@ -42,82 +34,12 @@ pub enum DaemonError {
     },
     #[error("cannot set up signal handling: {0}")]
     Signal(std::io::Error),
-    #[error("firewall: {0} (set firewall.enabled = false to run DNS alone)")]
-    Firewall(#[from] crate::firewall::netlink::NetlinkError),
     #[error(transparent)]
     Labels(#[from] crate::metrics::KeyError),
     #[error("{0} (set control.socket to a folder telesink may write)")]
     Socket(#[from] crate::control::api::SocketError),
-}
-
-/// Programs the firewall for a policy, when the config enables it. Learned addresses
-/// (shadow resolution) are carried into the new table with their remaining lifetimes.
-pub(crate) fn program_firewall(
-    cfg: &LoadedConfig,
-    policy: &Policy,
-    shadow: Option<&crate::firewall::shadow::Shadow>,
-) -> Result<Vec<crate::metrics::AcctSet>, crate::firewall::netlink::NetlinkError> {
-    let fw = &cfg.config.firewall;
-    if !fw.enabled {
-        return Ok(Vec::new());
-    }
-    let started = std::time::Instant::now();
-    let mut plan = crate::firewall::plan(policy, fw);
-    let _kernel = shadow.map(|s| s.kernel.lock());
-    if let Some(s) = shadow {
-        plan.fill_learned(|set| s.snapshot(set));
-    }
-    crate::firewall::netlink::apply(&plan)?;
-    info!(
-        sets = plan.sets.len(),
-        rules = plan.rules.len(),
-        ms = started.elapsed().as_millis() as u64,
-        "firewall table inet {} programmed",
-        crate::firewall::plan::TABLE
-    );
-    Ok(crate::metrics::accounting_sets(&plan, policy))
-}
-
-/// Builds a policy and logs what it found; `None` if it has fatal problems.
-pub fn compile(cfg: &LoadedConfig, generation: u64) -> Result<Policy, String> {
-    let started = std::time::Instant::now();
-    let BuildOutcome {
-        policy,
-        problems,
-        warnings,
-    } = policy::build(cfg, generation);
-    for w in &warnings {
-        warn!("{w}");
-    }
-    let skipped = problems
-        .iter()
-        .filter(|p| p.severity == policy::Severity::SkippedLine);
-    for p in skipped.clone().take(20) {
-        warn!("skipped list line: {p}");
-    }
-    let skipped = skipped.count();
-    match policy {
-        Some(policy) => {
-            if skipped > 0 {
-                warn!("{skipped} invalid list lines were skipped (telesink check lists them all)");
-            }
-            info!(
-                generation,
-                names = policy.total_names(),
-                lists = policy.lists.len(),
-                profiles = policy.profiles.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "policy compiled"
-            );
-            Ok(policy)
-        }
-        None => Err(problems
-            .iter()
-            .filter(|p| p.severity == policy::Severity::Fatal)
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")),
-    }
+    #[error(transparent)]
+    Instance(#[from] crate::instance::InstanceError),
 }
 
 pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), DaemonError> {
@@ -128,49 +50,21 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    let mut cfg = LoadedConfig::load(&config_path)?;
-    if !overrides.listen.is_empty() {
-        cfg.config.server.listen = overrides.listen.clone();
-    }
-    if !overrides.upstream.is_empty() {
-        cfg.config.upstream.servers = overrides.upstream.clone();
-    }
-    let base = compile(&cfg, 1).map_err(DaemonError::Policy)?;
-    // Toggles made at runtime survive a restart: they are applied before the firewall
-    // and the listeners start, so a client never sees the config-only policy in between.
-    let state = crate::control::StateFile::new(crate::control::state::state_path(
-        cfg.config.control.state_file.as_deref(),
-    ));
-    let first = crate::control::initial(base, &state);
-    // The firewall goes in before any listener answers: a gateway that says it is up
+    let cfg = crate::apply::load_config(&config_path, &overrides)?;
+    // One daemon per control socket and state file: a second one must not unlink the
+    // first's socket, re-program its table or write its state.
+    let (socket_path, socket_explicit) =
+        crate::control::socket_path(cfg.config.control.socket.as_deref());
+    let state_path = crate::apply::state_file(&cfg).path;
+    let _instance = crate::instance::claim(&socket_path, &state_path)?;
+
+    // The first snapshot (config + saved toggles) through the one apply path: the
+    // firewall goes in before any listener answers, so a gateway that says it is up
     // already blocks what its policy says.
-    let accounting = program_firewall(&cfg, &first, None)?;
-    let policy = Arc::new(ArcSwap::from_pointee(first));
+    let applier = Applier::start(config_path.clone(), overrides.clone(), cfg.clone()).await?;
+    let policy = applier.current.clone();
 
     let c = &cfg.config;
-    let upstreams = if c.upstream.servers.is_empty() {
-        upstream::from_resolv_conf(&c.upstream.resolv_conf, &c.server.listen)
-    } else {
-        c.upstream.servers.clone()
-    };
-    if upstreams.is_empty() {
-        warn!("no upstream resolver: blocked names are answered, everything else gets SERVFAIL");
-    }
-    info!(upstreams = ?upstreams, "forwarding");
-    let upstream = Arc::new(Upstream::new(
-        upstreams,
-        Duration::from_millis(c.upstream.timeout_ms),
-    ));
-    let shadow =
-        (c.firewall.enabled && policy.load().profiles.iter().any(|p| p.shadow)).then(|| {
-            let s = crate::firewall::shadow::Shadow::start(
-                c.firewall.shadow.clone(),
-                upstream.clone(),
-                policy.clone(),
-            );
-            s.seed(&policy.load());
-            s
-        });
     let cache = Arc::new(Cache::new(
         c.cache.size,
         Limits {
@@ -179,14 +73,13 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
             negative_max_ttl: c.cache.negative_max_ttl_secs,
         },
     ));
-    let clients = Arc::new(crate::metrics::ClientCounts::new(c.metrics.max_clients));
+    let clients = Arc::new(crate::dns::ClientCounts::new(c.metrics.max_clients));
     let forward_slots = Arc::new(Semaphore::new(c.server.max_in_flight.max(1)));
     let pipeline = Pipeline {
         policy: policy.clone(),
         cache: cache.clone(),
         clients: clients.clone(),
-        upstream: upstream.clone(),
-        shadow: shadow.clone(),
+        upstream: applier.upstream.clone(),
         forward_slots: forward_slots.clone(),
         udp_payload_max: c.server.udp_payload_max,
         outcomes: Arc::new(Outcomes::default()),
@@ -194,8 +87,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     let outcomes = pipeline.outcomes.clone();
     let max_in_flight = c.server.max_in_flight.max(1);
     let key_file = c.metrics.pseudonym_key_file.clone().unwrap_or_else(|| {
-        state
-            .path
+        state_path
             .parent()
             .unwrap_or(Path::new("."))
             .join("client-label.key")
@@ -204,18 +96,12 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     let shared = Arc::new(crate::metrics::Shared {
         outcomes: outcomes.clone(),
         clients,
-        policy: policy.clone(),
+        applier: applier.clone(),
         cache,
-        upstream: upstream.clone(),
         labels,
         in_flight: Arc::new(move || {
             max_in_flight.saturating_sub(forward_slots.available_permits())
         }),
-        shadow: shadow.clone(),
-        accounting: ArcSwap::from_pointee(accounting),
-        reloads_ok: Default::default(),
-        reloads_failed: Default::default(),
-        last_reload_unix: std::sync::atomic::AtomicU64::new(crate::metrics::unix_now()),
     });
     if let Some(addr) = overrides.metrics.or(c.metrics.listen) {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -235,27 +121,18 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         ))) {
             warn!("metrics: {e}");
         }
-        let no_upstream = upstream.servers().is_empty();
-        let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || {
-            if no_upstream {
-                Err("no upstream resolver".into())
-            } else {
-                Ok(())
-            }
-        });
+        let health_of = applier.clone();
+        let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> =
+            Arc::new(move || health(&health_of));
         tokio::spawn(crate::metrics::serve(listener, registry, health));
     }
 
     let control = Arc::new(crate::control::Control::new(
-        policy.clone(),
+        applier.clone(),
         shared.clone(),
-        shadow.clone(),
-        cfg.clone(),
-        config_path.clone(),
-        state,
     ));
     tokio::spawn(control.clone().expire_forever());
-    let socket = control_socket(&cfg, control.clone())?;
+    let socket = control_socket(&socket_path, socket_explicit, &cfg, control.clone())?;
 
     // UDP: telesink's own listener with the replay fast path (src/dns/udp.rs), or, with
     // udp_fast_path = false, hickory-server's. TCP: always hickory-server's.
@@ -302,11 +179,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     }
     info!("ready");
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
+    // Every status line describes the snapshot in force, not the start-up config.
+    let status = || status_line(&policy.load(), &outcomes, &applier);
     if let Some(n) = &notifier {
-        n.send(&format!(
-            "READY=1\nSTATUS={}",
-            status_line(&policy.load(), &cfg, &outcomes)
-        ));
+        n.send(&format!("READY=1\nSTATUS={}", status()));
     }
     if let (Some(n), Some(every), Some(&probe)) =
         (&notifier, crate::notify::watchdog_interval(), bound.first())
@@ -322,7 +198,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
                 }
                 let _ = control.reload().await;
                 if let Some(n) = &notifier {
-                    n.send(&format!("READY=1\nSTATUS={}", status_line(&policy.load(), &cfg, &outcomes)));
+                    n.send(&format!("READY=1\nSTATUS={}", status()));
                 }
             }
             _ = term.recv() => break,
@@ -336,17 +212,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if let Err(e) = server.shutdown_gracefully().await {
         warn!("shutdown: {e}");
     }
-    if cfg.config.firewall.enabled {
-        match cfg.config.firewall.on_exit {
-            crate::config::OnExit::Keep => {
-                info!("firewall table kept: blocking stays in force while telesink is down")
-            }
-            crate::config::OnExit::Remove => match crate::firewall::netlink::remove() {
-                Ok(()) => info!("firewall table removed"),
-                Err(e) => error!("could not remove the firewall table: {e}"),
-            },
-        }
-    }
+    // on_exit of the config in force now (a reload may have changed it).
+    applier.stop().await;
     if let Some(path) = socket {
         let _ = std::fs::remove_file(path);
     }
@@ -354,20 +221,46 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     Ok(())
 }
 
+/// `/health`: 200 only when what the daemon claims is true; otherwise every reason.
+fn health(applier: &Applier) -> Result<(), String> {
+    let snap = applier.current.load();
+    let mut why = Vec::new();
+    if applier.upstream.servers().is_empty() {
+        why.push("no upstream resolver".to_owned());
+    }
+    if snap.firewall_on()
+        && applier
+            .kernel
+            .stats
+            .degraded
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        why.push(format!(
+            "firewall table inet {} is missing or incomplete and being restored",
+            crate::firewall::plan::TABLE
+        ));
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("; "))
+    }
+}
+
 /// Opens the control socket. Where the config names it, failing is fatal; the default
 /// place (/run/telesink) may not be writable for a trial run as a normal user, so there
 /// telesink warns and runs without it.
 fn control_socket(
+    path: &Path,
+    explicit: bool,
     cfg: &LoadedConfig,
     control: Arc<crate::control::Control>,
 ) -> Result<Option<PathBuf>, DaemonError> {
-    let c = &cfg.config.control;
-    let (path, explicit) = crate::control::socket_path(c.socket.as_deref());
-    match crate::control::api::bind(&path, c.socket_group.as_deref()) {
+    match crate::control::api::bind(path, cfg.config.control.socket_group.as_deref()) {
         Ok(listener) => {
             info!("control socket {}", path.display());
             tokio::spawn(crate::control::api::serve(listener, control));
-            Ok(Some(path))
+            Ok(Some(path.to_owned()))
         }
         Err(e) if explicit => Err(e.into()),
         Err(e) => {
@@ -378,7 +271,7 @@ fn control_socket(
 }
 
 /// One line for `systemctl status`: what is on, how big, which generation.
-fn status_line(policy: &Policy, cfg: &LoadedConfig, outcomes: &Outcomes) -> String {
+fn status_line(policy: &Snapshot, outcomes: &Outcomes, applier: &Applier) -> String {
     let on: Vec<&str> = policy
         .profiles
         .iter()
@@ -400,10 +293,17 @@ fn status_line(policy: &Policy, cfg: &LoadedConfig, outcomes: &Outcomes) -> Stri
         } else {
             on.join(", ")
         },
-        if cfg.config.firewall.enabled {
-            "on"
-        } else {
-            "off"
+        match (
+            policy.firewall_on(),
+            applier
+                .kernel
+                .stats
+                .degraded
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ) {
+            (false, _) => "off",
+            (true, false) => "on",
+            (true, true) => "degraded (being restored)",
         },
         outcomes.clients_seen(),
         outcomes.total(),

@@ -1,12 +1,26 @@
 //! telesink: a DNS sinkhole resolver and egress firewall for telemetry endpoints.
 //! The binary is `src/main.rs`; this library exists so tests and benchmarks reach the parts.
+//!
+//! Layers, each importing only those above it in this list (docs/ARCHITECTURE.md):
+//! clock, config, lists, policy -> firewall (plan, netlink, the kernel owner) -> state,
+//! snapshot -> dns -> shadow -> apply -> metrics -> control -> daemon.
 
+// Unsafe code is allowed in one module only, src/firewall/netlink.rs, each block justified.
+#![deny(unsafe_code)]
+
+pub mod apply;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod firewall;
+pub mod instance;
 pub mod lists;
+pub mod metric_names;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod shadow;
+pub mod snapshot;
+pub mod state;

@@ -1,6 +1,8 @@
 //! The telesink command line: `run` the appliance, `check` a configuration, and talk to
 //! the running daemon over its control socket (`status`, `profile`, `reload`, ...).
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,13 +148,22 @@ enum FirewallAction {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Program the table once and exit (early boot, before the daemon starts).
+    /// Program the table once and exit (early boot, before the daemon starts): the
+    /// config with the saved toggles, as the daemon would. While the daemon runs, asks it
+    /// to install its table again instead.
     Apply {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// The running daemon's control socket (default: from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Delete the table.
-    Remove,
+    Remove {
+        /// Accepted like the other firewall commands; the table's name is fixed.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Print the per-client reject counters of every profile.
     Counters {
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -256,39 +267,59 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
+    // The same rules as start and reload (policy::build): a fatal problem refuses the
+    // config; a skipped line (skip_invalid_lines = true) is reported and accepted.
     let outcome = policy::build(&cfg, 1);
+    let fatal = outcome
+        .problems
+        .iter()
+        .filter(|p| p.severity == policy::Severity::Fatal)
+        .count();
     for p in &outcome.problems {
-        eprintln!("{p}");
+        match p.severity {
+            policy::Severity::Fatal => eprintln!("{p}"),
+            policy::Severity::SkippedLine => eprintln!("warning: {p} (skipped)"),
+        }
     }
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
     }
-    match (&outcome.policy, outcome.problems.is_empty()) {
-        (Some(policy), true) => {
+    match (&outcome.policy, fatal) {
+        (Some(policy), 0) => {
             println!(
-                "{}: ok ({} profiles, {} lists, {} names)",
+                "{}: ok ({} profiles, {} lists, {} names{})",
                 path.display(),
                 policy.profiles.len(),
                 policy.lists.len(),
-                policy.total_names()
+                policy.total_names(),
+                match outcome.skipped_lines() {
+                    0 => String::new(),
+                    n => format!("; {n} invalid lines skipped"),
+                }
             );
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("{}: {} problem(s)", path.display(), outcome.problems.len());
+            eprintln!("{}: {fatal} problem(s)", path.display());
             ExitCode::FAILURE
         }
     }
 }
 
 fn firewall(action: FirewallAction) -> ExitCode {
-    let (path, apply) = match action {
-        FirewallAction::Show { config } => (config, false),
-        FirewallAction::Apply { config } => (config, true),
+    let path = match action {
+        FirewallAction::Show { config } => config,
+        FirewallAction::Apply { config, socket } => return firewall_apply(&config, socket),
         FirewallAction::Counters { config } => return firewall_counters(&config),
-        FirewallAction::Remove => {
+        FirewallAction::Remove { .. } => {
             return match telesink::firewall::netlink::remove() {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => {
+                    println!(
+                        "table inet {} removed (if it was there)",
+                        telesink::firewall::plan::TABLE
+                    );
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("telesink: {e}");
                     ExitCode::FAILURE
@@ -307,26 +338,42 @@ fn firewall(action: FirewallAction) -> ExitCode {
         }
         return ExitCode::FAILURE;
     };
-    if apply && !cfg.config.firewall.enabled {
-        println!(
-            "{}: firewall.enabled is false; nothing applied",
-            path.display()
-        );
-        return ExitCode::SUCCESS;
-    }
     let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
-    if !apply {
-        print!("{plan}");
-        return ExitCode::SUCCESS;
-    }
-    match telesink::firewall::netlink::apply(&plan) {
-        Ok(()) => {
+    print!("{plan}");
+    ExitCode::SUCCESS
+}
+
+/// Never replaces a running daemon's table behind its back: with a daemon reachable it
+/// asks the daemon to install its own snapshot again; otherwise (early boot) it builds
+/// the same snapshot the daemon would start with and installs it.
+fn firewall_apply(path: &std::path::Path, socket: Option<PathBuf>) -> ExitCode {
+    let args = SocketArgs {
+        socket,
+        config: path.to_owned(),
+        json: false,
+    };
+    match ctl::call(&args, "POST", "/v1/firewall/apply", None) {
+        Ok(v) => {
             println!(
-                "table inet {} applied ({} sets, {} rules)",
-                telesink::firewall::plan::TABLE,
-                plan.sets.len(),
-                plan.rules.len()
+                "asked the running daemon: its table (policy generation {}, firewall {}) installed again",
+                v.get("generation").and_then(|g| g.as_u64()).unwrap_or(0),
+                v.get("firewall").and_then(|f| f.as_str()).unwrap_or("?")
             );
+            return ExitCode::SUCCESS;
+        }
+        Err(telesink::control::client::ClientError::Connect { .. }) => {}
+        Err(e) => {
+            eprintln!("telesink: the running daemon refused: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let cfg = match load(path) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    match telesink::apply::apply_offline(cfg) {
+        Ok(what) => {
+            println!("{what}");
             ExitCode::SUCCESS
         }
         Err(e) => {

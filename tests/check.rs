@@ -118,7 +118,7 @@ fn config_mistakes_point_at_their_line() {
 }
 
 #[test]
-fn run_loads_valid_entries_and_says_how_many_lines_it_skipped() {
+fn with_skip_invalid_lines_run_loads_valid_entries_and_says_how_many_lines_it_skipped() {
     if !require("knotd") {
         return;
     }
@@ -128,7 +128,7 @@ fn run_loads_valid_entries_and_says_how_many_lines_it_skipped() {
         knot.addr,
         GOOD.replace(
             "[policy]\n",
-            "[policy]\nallowed_clients = [\"127.0.0.0/8\"]\n"
+            "[policy]\nallowed_clients = [\"127.0.0.0/8\"]\nskip_invalid_lines = true\n"
         )
     );
     let ts = Telesink::start(

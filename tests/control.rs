@@ -444,3 +444,161 @@ fn a_change_that_cannot_be_saved_changes_nothing() {
         "temporary state left behind: {leftovers:?}"
     );
 }
+
+/// Runs a second `telesink run` on the same folder and config; (success, stderr).
+fn run_again(ts: &Telesink) -> (bool, String) {
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(ts.dir.path().join("telesink.toml"))
+        .env("RUNTIME_DIRECTORY", ts.dir.path())
+        .env("STATE_DIRECTORY", ts.dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run telesink");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.success(), err);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the second telesink did not exit within 10 s");
+}
+
+/// Start, `check` and reload accept and refuse the same list lines: a line `check`
+/// refuses is refused by reload (the old policy keeps serving) and by a start, with its
+/// file:line; `skip_invalid_lines = true` makes it a counted warning for all three.
+#[test]
+fn start_check_and_reload_refuse_the_same_list_line() {
+    let Some((knot, ts)) = start("", &[]) else {
+        return;
+    };
+    ts.dir
+        .write("tele.list", &format!("{TELE}\nnew.tele.test\nnot a name\n"));
+    let (success, out, err) = ts.ctl(&["reload"]);
+    assert!(!success, "reload accepted a line check refuses: {out}");
+    assert!(err.contains("tele.list:3"), "{err}");
+    assert_eq!(
+        rcode(&ts, "127.0.0.1", "new.tele.test"),
+        ResponseCode::NoError,
+        "the refused reload changed the policy"
+    );
+    let cfg = ts.dir.path().join("telesink.toml");
+    let (checked, text) = check(&cfg);
+    assert!(!checked && text.contains("tele.list:3"), "{text}");
+    let (started, err) = run_again_after_stop(ts);
+    assert!(!started && err.contains("tele.list:3"), "{err}");
+
+    let dir = TempDir::new("skiplines");
+    dir.write("tele.list", &format!("{TELE}\nnew.tele.test\nnot a name\n"));
+    dir.write("ads.list", &format!("{ADS}\n"));
+    let cfg = dir.write(
+        "telesink.toml",
+        &config(&knot, "").replace(
+            "lists_dir = \".\"",
+            "lists_dir = \".\"\nskip_invalid_lines = true",
+        ),
+    );
+    let (checked, text) = check(&cfg);
+    assert!(checked && text.contains("tele.list:3"), "{text}");
+    let ts = Telesink::start_with(dir, &cfg, &[]);
+    assert_eq!(
+        rcode(&ts, "127.0.0.1", "new.tele.test"),
+        ResponseCode::NXDomain
+    );
+    let out = ok(&ts, &["reload"]);
+    assert!(out.contains("live as generation"), "{out}");
+}
+
+/// Stops the daemon, then starts it again on the same folder: (started, log).
+fn run_again_after_stop(ts: Telesink) -> (bool, String) {
+    let dir = ts.stop();
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(dir.path().join("telesink.toml"))
+        .env("RUNTIME_DIRECTORY", dir.path())
+        .env("STATE_DIRECTORY", dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run telesink");
+    let mut err = String::new();
+    use std::io::{BufRead, BufReader};
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        err.push_str(&line);
+        err.push('\n');
+        if line.ends_with("ready") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (true, err);
+        }
+    }
+    (child.wait().unwrap().success(), err)
+}
+
+/// A list of an enabled profile that has no entries (emptied by a failed download, a
+/// truncated copy) silently stopped that profile. It is now a problem everywhere, unless
+/// the profile says its lists may be empty.
+#[test]
+fn an_empty_list_of_an_enabled_profile_is_refused_unless_allowed() {
+    let Some((knot, ts)) = start("", &[]) else {
+        return;
+    };
+    ts.dir.write("tele.list", "");
+    let (success, out, err) = ts.ctl(&["reload"]);
+    assert!(!success, "an emptied list was accepted: {out}");
+    assert!(
+        err.contains("tele.list") && err.contains("no entries"),
+        "{err}"
+    );
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+    let cfg = ts.dir.path().join("telesink.toml");
+    let (checked, text) = check(&cfg);
+    assert!(!checked && text.contains("no entries"), "{text}");
+    std::fs::write(
+        &cfg,
+        config(&knot, "").replace(
+            "lists = [\"tele.list\"]",
+            "lists = [\"tele.list\"]\nallow_empty_lists = true",
+        ),
+    )
+    .unwrap();
+    let (checked, text) = check(&cfg);
+    assert!(checked, "{text}");
+    ok(&ts, &["reload"]);
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NoError);
+}
+
+/// A second daemon on the same control socket refuses before it touches the socket, the
+/// state file or the kernel: the first stays reachable.
+#[test]
+fn a_second_run_refuses_and_leaves_the_first_reachable() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    use std::os::unix::fs::MetadataExt;
+    let sock = ts.dir.path().join("control.sock");
+    let inode = std::fs::metadata(&sock).unwrap().ino();
+    let (started, err) = run_again(&ts);
+    assert!(!started, "a second daemon started:\n{err}");
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(std::fs::metadata(&sock).unwrap().ino(), inode);
+    ok(&ts, &["status"]);
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+}

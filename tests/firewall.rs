@@ -828,3 +828,248 @@ fn profile_toggles_and_log_only_apply_to_the_firewall() {
         "nft delete table inet telesink 2>/dev/null || true",
     );
 }
+
+/// A gateway for one test: namespaces with the wan listener, a folder, and the config
+/// written with the block and allow lists.
+fn gateway(
+    tag: &str,
+    extra_firewall: &str,
+    extra: &str,
+) -> (Topology, TempDir, std::path::PathBuf) {
+    let mut t = Topology::new();
+    t.wan_listener();
+    let dir = TempDir::new(tag);
+    let cfg = write(&dir, &config(extra_firewall, extra));
+    (t, dir, cfg)
+}
+
+/// Runs a control command against the daemon in the gateway namespace.
+fn ctl_in(t: &Topology, dir: &TempDir, args: &str) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.gateway, bin()])
+        .args(args.split_whitespace())
+        .arg("--socket")
+        .arg(dir.path().join("control.sock"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn table_exists(t: &Topology) -> bool {
+    t.sh(&t.gateway, "nft list tables")
+        .contains("inet telesink")
+}
+
+/// A connect loop from the client to a blocked address: each attempt's start time (Unix
+/// seconds) and whether it got through. Paced at about one attempt per 2 ms, bounded by
+/// `secs` and 10,000 attempts.
+const CONNECT_LOOP: &str = "import socket,time,sys
+end=time.time()+float(sys.argv[1]); n=0
+while time.time()<end and n<10000:
+  time.sleep(0.002)
+  s=socket.socket(); s.settimeout(0.3); t=time.time(); n+=1
+  try: s.connect(('203.0.113.5',8080)); r='ok'
+  except ConnectionRefusedError: r='rejected'
+  except Exception: r='timeout'
+  s.close(); print('%.4f %s' % (t, r), flush=True)";
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Debian's nftables.service runs `flush ruleset`; an admin may delete the table by hand.
+/// Either way the daemon puts its table back from the snapshot in force, counts it and
+/// says so; the connect loop measures how long blocking was off.
+#[test]
+fn a_flushed_ruleset_or_a_deleted_table_is_restored_under_traffic() {
+    if !require_root() || !require("curl") {
+        return;
+    }
+    let (t, dir, cfg) = gateway("fwrestore", "", "[metrics]\nlisten = \"127.0.0.1:9153\"\n");
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
+    let out = dir.path().join("loop.txt");
+    let script = dir.write("loop.py", CONNECT_LOOP);
+    let client = t.client.clone();
+    let mut looper = Command::new("ip")
+        .args(["netns", "exec", &client, "python3"])
+        .arg(&script)
+        .arg("7")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut events = Vec::new();
+    for how in ["nft flush ruleset", "nft delete table inet telesink"] {
+        events.push((how, unix_now()));
+        t.sh(&t.gateway, how);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(table_exists(&t), "{how}: not restored\n{}", daemon.log());
+    }
+    looper.wait().unwrap();
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let attempts: Vec<(f64, &str)> = lines
+        .lines()
+        .filter_map(|l| {
+            let (t, r) = l.split_once(' ')?;
+            Some((t.parse().ok()?, r))
+        })
+        .collect();
+    assert!(attempts.len() > 50, "too few attempts:\n{lines}");
+    eprintln!(
+        "connect loop: {} attempts from {:.3} to {:.3}; events at {:?}",
+        attempts.len(),
+        attempts[0].0,
+        attempts[attempts.len() - 1].0,
+        events
+    );
+    for (i, (how, at)) in events.iter().enumerate() {
+        let next = events.get(i + 1).map_or(f64::MAX, |e| e.1);
+        let window: Vec<&(f64, &str)> = attempts
+            .iter()
+            .filter(|(t, _)| *t >= *at && *t < next)
+            .collect();
+        let passed: Vec<f64> = window
+            .iter()
+            .filter(|(_, r)| *r == "ok")
+            .map(|(t, _)| t - at)
+            .collect();
+        let open_for = passed.iter().cloned().fold(0.0, f64::max);
+        eprintln!(
+            "restore figures: {how}: {} of {} attempts passed, the last {:.0} ms after the event",
+            passed.len(),
+            window.len(),
+            open_for * 1e3
+        );
+        assert!(
+            open_for < 1.0,
+            "{how}: connections passed for {open_for:.3} s (target: under 1 s)\n{}",
+            daemon.log()
+        );
+        let after: Vec<&&(f64, &str)> = window.iter().filter(|(t, _)| t - at > 1.0).collect();
+        assert!(
+            !after.is_empty() && after.iter().all(|(_, r)| *r == "rejected"),
+            "{how}: blocking not back a second later: {after:?}"
+        );
+    }
+    let log = daemon.log();
+    assert!(
+        log.matches("restored").count() >= 2,
+        "two restores must be logged:\n{log}"
+    );
+    let metrics = t.sh(&t.gateway, "curl -s http://127.0.0.1:9153/metrics");
+    let restores: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("telesink_firewall_restores_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no restores counter:\n{metrics}"));
+    assert!(restores >= 2.0, "{metrics}");
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}
+
+/// A reload that turns the firewall off removes the table and `status` says off; one that
+/// turns it on again programs it; `on_exit` is the one in the config in force at exit.
+#[test]
+fn a_reload_reconciles_the_firewall_with_the_config_in_force() {
+    if !require_root() {
+        return;
+    }
+    let (t, dir, cfg) = gateway("fwreload", "on_exit = \"keep\"", "");
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
+    std::fs::write(
+        &cfg,
+        config("on_exit = \"keep\"", "").replace("enabled = true\nlan", "enabled = false\nlan"),
+    )
+    .unwrap();
+    let (ok, out) = ctl_in(&t, &dir, "reload");
+    assert!(ok, "{out}");
+    assert!(!table_exists(&t), "firewall turned off, table still there");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "ok");
+    let (_, status) = ctl_in(&t, &dir, "status --json");
+    assert!(status.contains("\"firewall\": \"off\""), "{status}");
+    std::fs::write(&cfg, config("on_exit = \"remove\"", "")).unwrap();
+    let (ok, out) = ctl_in(&t, &dir, "reload");
+    assert!(ok, "{out}");
+    assert!(table_exists(&t));
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
+    let (_, status) = ctl_in(&t, &dir, "status --json");
+    assert!(status.contains("\"firewall\": \"on\""), "{status}");
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    assert!(
+        !table_exists(&t),
+        "on_exit = remove came with the reload:\n{log}"
+    );
+}
+
+/// `telesink firewall apply` (the early-boot unit) builds the same snapshot as the daemon:
+/// a profile an admin switched off stays off at boot; while the daemon runs it asks the
+/// daemon instead of replacing its table.
+#[test]
+fn firewall_apply_uses_the_saved_toggles_and_defers_to_a_running_daemon() {
+    if !require_root() {
+        return;
+    }
+    let (t, dir, cfg) = gateway("fwboot", "on_exit = \"keep\"", "");
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    let (ok, out) = ctl_in(&t, &dir, "profile disable legacy-ip-telemetry");
+    assert!(ok, "{out}");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "ok");
+    let applied = t.sh(
+        &t.gateway,
+        &format!(
+            "RUNTIME_DIRECTORY={d} STATE_DIRECTORY={d} {} firewall apply --config {}",
+            bin(),
+            cfg.display(),
+            d = dir.path().display()
+        ),
+    );
+    assert!(applied.contains("running daemon"), "{applied}");
+    assert_eq!(
+        t.connect(&t.client, None, "203.0.113.5", 8080),
+        "ok",
+        "firewall apply re-blocked a profile the daemon has off"
+    );
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    // Boot: no daemon, the table from the config plus the saved toggles.
+    t.sh(&t.gateway, "nft delete table inet telesink");
+    let applied = t.sh(
+        &t.gateway,
+        &format!(
+            "RUNTIME_DIRECTORY={d} STATE_DIRECTORY={d} {} firewall apply --config {}",
+            bin(),
+            cfg.display(),
+            d = dir.path().display()
+        ),
+    );
+    assert!(table_exists(&t), "{applied}");
+    assert_eq!(
+        t.connect(&t.client, None, "203.0.113.5", 8080),
+        "ok",
+        "the saved toggle was ignored at boot: {applied}"
+    );
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}

@@ -207,3 +207,25 @@ fn units_are_sandboxed_to_an_exposure_of_at_most_two() {
         assert!(score <= 2.0, "{unit}: exposure {score} > 2.0\n{text}");
     }
 }
+
+/// Debian's nftables.service runs `flush ruleset` at boot; the early firewall must come
+/// after it or the fail-closed table is gone before the daemon starts.
+#[test]
+fn the_early_firewall_is_ordered_after_nftables_service() {
+    let text = std::fs::read_to_string(root().join("systemd/telesink-early.service")).unwrap();
+    let after: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("After="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(after.contains(&"nftables.service"), "After= is {after:?}");
+    let before: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Before="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(
+        before.contains(&"network-pre.target") && before.contains(&"telesink.service"),
+        "Before= is {before:?}"
+    );
+}

@@ -317,6 +317,10 @@ pub struct PolicyConfig {
     /// Suffix block rules on or above these zones are refused at load.
     #[serde(default)]
     pub guard: Option<Spanned<PathBuf>>,
+    /// A list line that does not parse is an error for `check`, start and reload alike
+    /// (false), or is skipped, counted and reported by all three (true).
+    #[serde(default)]
+    pub skip_invalid_lines: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -358,6 +362,10 @@ pub struct ProfileConfig {
     /// the firewall reject their addresses, for clients that connect by address.
     #[serde(default)]
     pub shadow: bool,
+    /// A block or address list of this profile with no entries is an error (it would
+    /// silently block nothing) unless this says such a list may be empty.
+    #[serde(default)]
+    pub allow_empty_lists: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -508,6 +516,7 @@ impl Default for PolicyConfig {
             allowed_clients: default_allowed_clients(),
             allowlists: Vec::new(),
             guard: None,
+            skip_invalid_lines: false,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | POST   | /v1/profiles/NAME    | {"enabled": bool, "group"?, "for_secs"?, "dry_run"?} |
 //! | POST   | /v1/log-only/NAME    | {"on": bool, "dry_run"?}                          |
 //! | POST   | /v1/reload           |                                                   |
+//! | POST   | /v1/firewall/apply   | (installs the table in force again)               |
 //! | POST   | /v1/explain          | {"name": "...", "client"?: "192.0.2.10"}          |
 
 use std::convert::Infallible;
@@ -99,8 +100,12 @@ fn gid_of(group: &str) -> Option<u32> {
 pub async fn serve(listener: UnixListener, control: Arc<Control>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                crate::metrics::accept_failed("control", &e).await;
+                continue;
+            }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
@@ -175,7 +180,7 @@ fn control_error(e: ControlError) -> Reply {
         ControlError::Toggle(ToggleError::NoProfile(_) | ToggleError::NoGroup(_)) => {
             StatusCode::NOT_FOUND
         }
-        ControlError::Reload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ControlError::Policy(_) | ControlError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ControlError::Firewall(_) | ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
@@ -198,7 +203,7 @@ async fn body<T: serde::de::DeserializeOwned>(
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("request body: {e}")))
 }
 
-async fn respond(req: Request<hyper::body::Incoming>, c: &Control, uid: Option<u32>) -> Reply {
+async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Option<u32>) -> Reply {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -212,7 +217,7 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Control, uid: Option<u
             };
             let until = b
                 .for_secs
-                .map(|s| crate::metrics::unix_now().saturating_add(s));
+                .map(|s| crate::clock::unix_now().saturating_add(s));
             let edit = Edit::Profile(Toggle {
                 profile: (*name).to_owned(),
                 group: b.group,
@@ -239,13 +244,26 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Control, uid: Option<u
                 Err(e) => control_error(e),
             }
         }
+        (&Method::POST, ["v1", "firewall", "apply"]) => {
+            info!(uid, "firewall apply requested over the control socket");
+            match c.reapply_firewall().await {
+                Ok(snap) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "generation": snap.generation,
+                        "firewall": if snap.firewall_on() { "on" } else { "off" },
+                    }),
+                ),
+                Err(e) => control_error(e),
+            }
+        }
         (&Method::POST, ["v1", "explain"]) => {
             let b: ExplainBody = match body(req).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
             let client = b.client.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-            match crate::policy::explain(&c.policy.load(), &b.name, client) {
+            match crate::policy::explain(&c.current(), &b.name, client) {
                 Some(e) => json(StatusCode::OK, &e),
                 None => error(
                     StatusCode::BAD_REQUEST,
@@ -261,7 +279,7 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Control, uid: Option<u
     }
 }
 
-async fn change(c: &Control, edit: Edit, dry_run: bool, uid: Option<u32>) -> Reply {
+async fn change(c: &Arc<Control>, edit: Edit, dry_run: bool, uid: Option<u32>) -> Reply {
     if !dry_run {
         info!(uid, ?edit, "change requested over the control socket");
     }

@@ -156,7 +156,12 @@ pub struct Status {
     pub uptime_secs: u64,
     pub names: usize,
     pub lists: usize,
-    pub firewall: bool,
+    /// "on", "off", or "degraded" while the table is missing and being restored.
+    pub firewall: &'static str,
+    /// Times the table was put back after another process removed or flushed it.
+    pub firewall_restores: u64,
+    /// Shadow resolution: running, and what it learned or left out.
+    pub shadow: Option<ShadowStatus>,
     pub queries: u64,
     pub blocked: u64,
     pub clients_seen: usize,
@@ -170,6 +175,14 @@ pub struct Status {
 }
 
 #[derive(Debug, Serialize)]
+pub struct ShadowStatus {
+    pub added: u64,
+    pub skipped_allow: u64,
+    pub queue_full: u64,
+    pub over_max: u64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct GroupProfiles {
     pub group: String,
     pub on: Vec<String>,
@@ -179,8 +192,10 @@ pub struct GroupProfiles {
 impl Status {
     pub fn of(c: &Control) -> Self {
         use std::sync::atomic::Ordering::Relaxed;
-        let policy = c.policy.load();
+        let policy = c.current();
         let s = &c.shared;
+        let a = &c.applier;
+        let kernel = &a.kernel.stats;
         let named = |mask: u64| -> Vec<String> {
             policy
                 .profiles
@@ -194,16 +209,30 @@ impl Status {
             version: env!("CARGO_PKG_VERSION"),
             config: c.config_path().display().to_string(),
             generation: policy.generation,
-            uptime_secs: crate::metrics::unix_now().saturating_sub(c.started_unix),
+            uptime_secs: crate::clock::unix_now().saturating_sub(c.started_unix),
             names: policy.total_names(),
             lists: policy.lists.len(),
-            firewall: c.config().config.firewall.enabled,
+            firewall: match (policy.firewall_on(), kernel.degraded.load(Relaxed)) {
+                (false, _) => "off",
+                (true, false) => "on",
+                (true, true) => "degraded",
+            },
+            firewall_restores: kernel.restores.load(Relaxed),
+            shadow: policy.learner.is_some().then(|| {
+                let n = &a.shadow_counts;
+                ShadowStatus {
+                    added: n.added.load(Relaxed),
+                    skipped_allow: n.skipped_allow.load(Relaxed),
+                    queue_full: n.queue_full.load(Relaxed),
+                    over_max: n.over_max.load(Relaxed),
+                }
+            }),
             queries: s.outcomes.total(),
             blocked: s.outcomes.get(crate::dns::Outcome::Blocked),
             clients_seen: s.outcomes.clients_seen(),
-            reloads_ok: s.reloads_ok.load(Relaxed),
-            reloads_failed: s.reloads_failed.load(Relaxed),
-            last_reload_unix: s.last_reload_unix.load(Relaxed),
+            reloads_ok: a.reloads.ok.load(Relaxed),
+            reloads_failed: a.reloads.failed.load(Relaxed),
+            last_reload_unix: a.reloads.last_unix.load(Relaxed),
             groups: policy
                 .groups
                 .iter()
@@ -214,7 +243,7 @@ impl Status {
                 })
                 .collect(),
             toggles: policy.toggles.profiles.clone(),
-            state_file: c.state.path.display().to_string(),
+            state_file: a.state.path.display().to_string(),
         }
     }
 }

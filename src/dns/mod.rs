@@ -2,6 +2,7 @@
 
 pub mod answer;
 pub mod cache;
+pub mod client_counts;
 pub mod exchange;
 pub mod outcome;
 pub mod pipeline;
@@ -9,5 +10,6 @@ pub mod protocol;
 pub mod udp;
 pub mod upstream;
 
+pub use client_counts::ClientCounts;
 pub use outcome::{Outcome, Outcomes};
 pub use pipeline::Pipeline;

@@ -25,16 +25,17 @@ use super::outcome::{Outcome, Outcomes};
 use super::protocol;
 use super::upstream::{Upstream, Upstreamed};
 use crate::policy::{Policy, QName, Verdict};
+use crate::snapshot::Snapshot;
 
 #[derive(Clone)]
 pub struct Pipeline {
-    pub policy: Arc<ArcSwap<Policy>>,
+    /// The snapshot in force; loaded once per query. It also carries shadow resolution,
+    /// where blocked names of shadow profiles are handed to the firewall.
+    pub policy: Arc<ArcSwap<Snapshot>>,
     pub cache: Arc<Cache>,
     /// Blocked queries per client and profile, for the metrics (bounded labels).
-    pub clients: Arc<crate::metrics::ClientCounts>,
+    pub clients: Arc<super::ClientCounts>,
     pub upstream: Arc<Upstream>,
-    /// Shadow resolution: blocked names of shadow profiles are handed to the firewall.
-    pub shadow: Option<Arc<crate::firewall::shadow::Shadow>>,
     /// Bounds queries waiting on upstreams: a flood of cache misses cannot pile up
     /// unbounded tasks and sockets. Blocked and cached answers never wait, so need no slot.
     pub forward_slots: Arc<Semaphore>,
@@ -120,8 +121,10 @@ impl Pipeline {
         if reuse.outcome == Outcome::Cached {
             self.cache.count_hit();
         }
-        if let (true, Some((p, name)), Some(shadow)) = (learn_now, &reuse.learn, &self.shadow) {
-            shadow.learn(*p, name);
+        if let (true, Some((p, name))) = (learn_now, &reuse.learn)
+            && let Some(learner) = &self.policy.load().learner
+        {
+            learner.learn(*p, name);
         }
     }
 
@@ -295,14 +298,14 @@ impl Pipeline {
 
     /// Hands a name a shadow profile blocked to the firewall's resolver (never waits);
     /// returns it for a replay to hand over again.
-    fn learn(&self, policy: &Policy, profile: u16, name: &Name) -> Option<(u16, Name)> {
-        let shadowed = policy
+    fn learn(&self, snap: &Snapshot, profile: u16, name: &Name) -> Option<(u16, Name)> {
+        let shadowed = snap
             .profiles
             .get(profile as usize)
             .is_some_and(|p| p.shadow);
-        match (&self.shadow, shadowed) {
-            (Some(shadow), true) => {
-                shadow.learn(profile, name);
+        match (&snap.learner, shadowed) {
+            (Some(learner), true) => {
+                learner.learn(profile, name);
                 Some((profile, name.clone()))
             }
             _ => None,

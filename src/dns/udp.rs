@@ -265,7 +265,7 @@ impl Udp {
         out.extend_from_slice(&kept.bytes);
         out[..2].copy_from_slice(&packet[..2]);
         let learn_now = r.learn.is_some() && {
-            let now = crate::metrics::unix_now();
+            let now = crate::clock::unix_now();
             kept.learned.swap(now, Ordering::Relaxed) != now
         };
         self.pipeline.replayed(client, r, learn_now);
@@ -308,7 +308,7 @@ impl Udp {
         let n = key_of(reuse.group, raw, &mut key);
         let kept = Arc::new(Kept {
             bytes: bytes.into(),
-            learned: AtomicU64::new(crate::metrics::unix_now()),
+            learned: AtomicU64::new(crate::clock::unix_now()),
             reuse,
         });
         self.answers

@@ -120,7 +120,7 @@ impl Upstream {
         opts.case_randomization = false;
         let latency = prometheus::HistogramVec::new(
             prometheus::HistogramOpts::new(
-                crate::metrics::names::UPSTREAM_LATENCY,
+                crate::metric_names::UPSTREAM_LATENCY,
                 "Time until an upstream answered (NXDOMAIN included), by upstream.",
             )
             .buckets(vec![

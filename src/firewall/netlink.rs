@@ -197,7 +197,7 @@ fn set_dump_request(
 }
 
 /// Names of the sets in our table now.
-fn existing_sets() -> Result<Vec<String>, NetlinkError> {
+pub fn existing_sets() -> Result<Vec<String>, NetlinkError> {
     let socket = open()?;
     let seq = 9;
     let (request, len) = set_dump_request(seq, None)?;

@@ -28,8 +28,12 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let registry = Arc::new(registry);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                crate::metrics::accept_failed("metrics", &e).await;
+                continue;
+            }
         };
         // Over the limit: close at once rather than queue.
         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -76,10 +80,23 @@ async fn respond(
     }
     match req.uri().path() {
         "/metrics" => {
-            let encoder = TextEncoder::new();
-            let mut body = Vec::new();
-            match encoder.encode(&registry.gather(), &mut body) {
-                Ok(()) => reply(StatusCode::OK, encoder.format_type(), body),
+            // The scrape reads the kernel's counters through the firewall owner thread
+            // and waits for it: off the tokio workers.
+            let encoded = tokio::task::spawn_blocking(move || {
+                let encoder = TextEncoder::new();
+                let mut body = Vec::new();
+                encoder
+                    .encode(&registry.gather(), &mut body)
+                    .map(|()| (encoder.format_type().to_owned(), body))
+            })
+            .await;
+            match encoded {
+                Ok(Ok((ctype, body))) => reply(StatusCode::OK, &ctype, body),
+                Ok(Err(e)) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n").into_bytes(),
+                ),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "text/plain",

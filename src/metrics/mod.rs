@@ -6,27 +6,25 @@
 //! netlink when Prometheus scrapes. Names are the constants in `names`; docs/METRICS.md
 //! lists them.
 
-mod clients;
 mod http;
 mod labels;
-pub mod names;
+pub use crate::metric_names as names;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
-pub use clients::ClientCounts;
+pub use crate::dns::ClientCounts;
 pub use http::serve;
 pub use labels::{KeyError, Labeler};
 
+use crate::apply::Applier;
+pub use crate::clock::unix_now;
 use crate::dns::cache::Cache;
 use crate::dns::{Outcome, Outcomes};
-use crate::firewall::netlink;
 use crate::firewall::plan::Family;
-use crate::firewall::shadow::Shadow;
 use crate::policy::Policy;
 
 /// One accounting set of the current firewall table and what its label says.
@@ -40,40 +38,26 @@ pub struct AcctSet {
     pub value: String,
 }
 
-/// Everything the scrape reads, shared with the daemon.
+/// Everything the scrape reads, shared with the daemon. The policy, the firewall plan and
+/// the reload and shadow counts come from the apply path's snapshot and counters.
 pub struct Shared {
     pub outcomes: Arc<Outcomes>,
     pub clients: Arc<ClientCounts>,
-    pub policy: Arc<ArcSwap<Policy>>,
+    pub applier: Arc<Applier>,
     pub cache: Arc<Cache>,
-    pub upstream: Arc<crate::dns::upstream::Upstream>,
     pub labels: Labeler,
     pub in_flight: Arc<dyn Fn() -> usize + Send + Sync>,
-    pub shadow: Option<Arc<Shadow>>,
-    pub accounting: ArcSwap<Vec<AcctSet>>,
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
-    pub last_reload_unix: AtomicU64,
 }
 
-impl Shared {
-    pub fn mark_reload(&self, ok: bool) {
-        let counter = if ok {
-            &self.reloads_ok
-        } else {
-            &self.reloads_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        if ok {
-            self.last_reload_unix.store(unix_now(), Ordering::Relaxed);
-        }
+/// An accept that fails (out of descriptors, EMFILE) fails again at once: log it, wait a
+/// little, and try again, instead of spinning a core and flooding the log.
+pub async fn accept_failed(endpoint: &str, e: &std::io::Error) {
+    static LAST_LOG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = unix_now();
+    if LAST_LOG.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!("{endpoint} endpoint: accept failed ({e}); backing off");
     }
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
 /// The custom collector: builds every family from the shared state at scrape time.
@@ -138,7 +122,8 @@ impl Collector for TelesinkCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         use names::*;
         let s = &self.shared;
-        let policy = s.policy.load();
+        let a = &s.applier;
+        let policy = a.current.load_full();
         let mut out = Vec::new();
 
         let mut q = Family_::new(
@@ -182,7 +167,8 @@ impl Collector for TelesinkCollector {
         ov.add(&[], s.clients.overflow.load(Ordering::Relaxed) as f64);
         out.push(ov.mf);
 
-        // Kernel counters, read now: they only grow, so they are exported as counters.
+        // Kernel counters, read now (by the firewall owner thread; the scrape runs on a
+        // blocking thread): they only grow, so they are exported as counters.
         let mut fw = Family_::new(
             FIREWALL_REJECTS,
             "Packets the firewall rejected, by client and profile.",
@@ -193,8 +179,22 @@ impl Collector for TelesinkCollector {
             "DNS bypass attempts stopped by the firewall, by client and kind.",
             MetricType::COUNTER,
         );
-        for a in s.accounting.load().iter() {
-            let Ok(counts) = netlink::read_accounting(&a.set, a.family) else {
+        let accounting = policy
+            .plan
+            .as_ref()
+            .map(|plan| accounting_sets(plan, &policy))
+            .unwrap_or_default();
+        let read = a
+            .kernel
+            .accounting_blocking(
+                accounting
+                    .iter()
+                    .map(|x| (x.set.clone(), x.family))
+                    .collect(),
+            )
+            .unwrap_or_default();
+        for (a, counts) in accounting.iter().zip(read) {
+            let Ok(counts) = counts else {
                 continue;
             };
             let target = if a.metric == FIREWALL_REJECTS {
@@ -213,31 +213,61 @@ impl Collector for TelesinkCollector {
         out.push(fw.mf);
         out.push(by.mf);
 
-        if let Some(sh) = &s.shadow {
-            let mut added = Family_::new(
-                SHADOW_ADDED,
-                "Addresses of blocked names added to the firewall by shadow resolution.",
-                MetricType::COUNTER,
-            );
-            added.add(&[], sh.added.load(Ordering::Relaxed) as f64);
-            out.push(added.mf);
-            let mut skipped = Family_::new(
-                SHADOW_ALLOW_SKIPPED,
-                "Learned addresses not added because they are in the allow set.",
-                MetricType::COUNTER,
-            );
-            skipped.add(&[], sh.skipped_allow.load(Ordering::Relaxed) as f64);
-            out.push(skipped.mf);
+        // Plain counters of the firewall owner and shadow resolution, present only while
+        // the snapshot in force has what they count.
+        let mut plain: Vec<(&str, &str, &AtomicU64)> = Vec::new();
+        if policy.firewall_on() {
+            let k = &a.kernel.stats;
+            plain.push((
+                FIREWALL_RESTORES,
+                "Times the firewall table was put back after another process removed or flushed it.",
+                &k.restores,
+            ));
+            plain.push((
+                FIREWALL_EVENT_OVERFLOWS,
+                "Times nftables change notifications were lost and the table was checked instead.",
+                &k.event_overflows,
+            ));
+        }
+        if policy.learner.is_some() {
+            let n = &a.shadow_counts;
+            plain.extend([
+                (
+                    SHADOW_ADDED,
+                    "Addresses of blocked names added to the firewall by shadow resolution.",
+                    &n.added,
+                ),
+                (
+                    SHADOW_ALLOW_SKIPPED,
+                    "Learned addresses not added because they are in the allow set.",
+                    &n.skipped_allow,
+                ),
+                (
+                    SHADOW_QUEUE_FULL,
+                    "Blocked names not handed to shadow resolution because its queue was full.",
+                    &n.queue_full,
+                ),
+                (
+                    SHADOW_OVER_MAX,
+                    "Learned addresses not added because max_addresses were already learned.",
+                    &n.over_max,
+                ),
+            ]);
+        }
+        for (name, help, value) in plain {
+            let mut c = Family_::new(name, help, MetricType::COUNTER);
+            c.add(&[], value.load(Ordering::Relaxed) as f64);
+            out.push(c.mf);
         }
 
         let mut r = Family_::new(RELOADS, "Policy reloads, by result.", MetricType::COUNTER);
         r.add(
             &[("result", "success")],
-            s.reloads_ok.load(Ordering::Relaxed) as f64,
+            a.reloads.ok.load(Ordering::Relaxed) as f64,
         );
         r.add(
             &[("result", "failure")],
-            s.reloads_failed.load(Ordering::Relaxed) as f64,
+            a.reloads.failed.load(Ordering::Relaxed) as f64,
         );
         out.push(r.mf);
 
@@ -254,7 +284,7 @@ impl Collector for TelesinkCollector {
         out.push(gauge(
             LAST_RELOAD,
             "Unix time of the last successful policy load.",
-            s.last_reload_unix.load(Ordering::Relaxed) as f64,
+            a.reloads.last_unix.load(Ordering::Relaxed) as f64,
         ));
         let (hits, misses) = s.cache.lookups();
         let mut cl = Family_::new(
@@ -265,7 +295,7 @@ impl Collector for TelesinkCollector {
         cl.add(&[("result", "hit")], hits as f64);
         cl.add(&[("result", "miss")], misses as f64);
         out.push(cl.mf);
-        if let Some(h) = s.upstream.latency() {
+        if let Some(h) = a.upstream.latency() {
             out.extend(h.collect());
         }
         out.push(gauge(

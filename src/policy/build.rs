@@ -100,17 +100,34 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     for path in &cfg.config.policy.allowlists {
         b.load(path, Scope::Global, true);
     }
-    for (i, (_, p)) in cfg.config.profiles.0.iter().enumerate().take(MAX_PROFILES) {
+    for (i, (name, p)) in cfg.config.profiles.0.iter().enumerate().take(MAX_PROFILES) {
         for path in &p.lists {
+            let before = b.lists.len();
             b.load(path, Scope::Profile(i as u16), false);
+            let loaded = b.lists.get(before).map(|l| (l.path.clone(), l.entries));
+            if let Some((file, entries)) = loaded
+                && file.exists()
+            {
+                b.refuse_empty(
+                    name.get_ref(),
+                    p.allow_empty_lists,
+                    path.span().start,
+                    &file,
+                    entries,
+                );
+            }
         }
         for path in &p.allowlists {
             b.load(path, Scope::Profile(i as u16), true);
         }
     }
     let mut profiles = profiles;
-    for (i, (_, p)) in cfg.config.profiles.0.iter().enumerate().take(MAX_PROFILES) {
-        profiles[i].nets = b.load_cidrs(&p.cidrs);
+    for (i, (name, p)) in cfg.config.profiles.0.iter().enumerate().take(MAX_PROFILES) {
+        let (nets, counts) = b.load_cidrs_counted(&p.cidrs);
+        for (at, file, n) in counts {
+            b.refuse_empty(name.get_ref(), p.allow_empty_lists, at, &file, n);
+        }
+        profiles[i].nets = nets;
     }
     let allow_nets = b.load_cidrs(&cfg.config.firewall.allow_cidrs);
     let bypass_nets = b.load_cidrs(&cfg.config.firewall.bypass.doh_cidrs);
@@ -307,14 +324,43 @@ impl Builder<'_> {
     }
 
     fn load_cidrs(&mut self, paths: &[Spanned<PathBuf>]) -> super::AddressSet {
+        self.load_cidrs_counted(paths).0
+    }
+
+    /// The addresses, and per file (its config span and path) how many it held.
+    fn load_cidrs_counted(
+        &mut self,
+        paths: &[Spanned<PathBuf>],
+    ) -> (super::AddressSet, Vec<(usize, PathBuf, usize)>) {
         let mut nets = Vec::new();
+        let mut counts = Vec::new();
         for path in paths {
             let file = self.resolve(path.get_ref());
             let mut problems = Vec::new();
+            let before = nets.len();
             let read = lists::read_cidrs(&file, &mut problems, |n| nets.push(n));
+            let ok = read.is_ok();
             self.take_read(path, &file, read, problems);
+            if ok {
+                counts.push((path.span().start, file, nets.len() - before));
+            }
         }
-        super::AddressSet::from_nets(nets)
+        (super::AddressSet::from_nets(nets), counts)
+    }
+
+    /// An empty block or address list of a profile (a failed download, a truncated copy)
+    /// would make it block nothing without a word: an error, unless the profile says
+    /// its lists may be empty. Every profile, since a toggle can switch any of them on.
+    fn refuse_empty(&mut self, profile: &str, allowed: bool, at: usize, file: &Path, n: usize) {
+        if n == 0 && !allowed {
+            self.fatal(
+                at,
+                format!(
+                    "list {} has no entries, so profile {profile} would block nothing; fix the list, or set allow_empty_lists = true for the profile",
+                    file.display()
+                ),
+            );
+        }
     }
 
     fn take_read(
@@ -330,11 +376,18 @@ impl Builder<'_> {
                 format!("cannot read list {}: {e}", file.display()),
             );
         }
+        // One rule for start, `check` and reload: the same line is refused by all three,
+        // or (skip_invalid_lines) skipped and reported by all three.
+        let severity = if self.cfg.config.policy.skip_invalid_lines {
+            Severity::SkippedLine
+        } else {
+            Severity::Fatal
+        };
         self.problems
             .extend(problems.into_iter().map(|p| BuildProblem {
                 at: p.at,
                 message: p.message,
-                severity: Severity::SkippedLine,
+                severity,
             }));
     }
 

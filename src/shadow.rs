@@ -23,12 +23,13 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::netlink;
-use super::plan::{Family, learned_set};
 use crate::config::ShadowConfig;
 use crate::dns::upstream::Upstream;
+use crate::firewall::kernel::{Kernel, Learned};
+use crate::firewall::plan::{Family, learned_set};
 use crate::lists::Reach;
 use crate::policy::{Policy, Scope};
+use crate::snapshot::{Learner, Snapshot};
 
 /// A name to learn: the profile that blocks it and the name.
 pub struct Learn {
@@ -36,77 +37,116 @@ pub struct Learn {
     pub name: Name,
 }
 
-pub struct Shadow {
-    tx: mpsc::Sender<Learn>,
-    cfg: ShadowConfig,
-    /// Learned addresses by (set, address) with their expiry.
-    addrs: Mutex<HashMap<(String, IpAddr), Instant>>,
-    /// Held while anything is sent to the kernel, so a full apply (which carries the
-    /// learned addresses) and an incremental update never interleave.
-    pub kernel: Mutex<()>,
+/// Counts that outlive one run of shadow resolution (a reload may stop and start it).
+#[derive(Default)]
+pub struct ShadowCounts {
     pub added: AtomicU64,
     pub skipped_allow: AtomicU64,
+    /// Names not queued because the queue was full (a flood of blocked queries).
+    pub queue_full: AtomicU64,
+    /// Addresses not added because `max_addresses` were already learned.
+    pub over_max: AtomicU64,
 }
 
-impl Shadow {
-    /// The queue is bounded: under a flood of blocked queries new names wait for the
-    /// next query rather than growing memory.
-    pub fn start(
-        cfg: ShadowConfig,
-        upstream: Arc<Upstream>,
-        policy: Arc<ArcSwap<Policy>>,
-    ) -> Arc<Shadow> {
-        let (tx, rx) = mpsc::channel(4096);
-        let shadow = Arc::new(Shadow {
-            tx,
-            cfg,
-            addrs: Mutex::new(HashMap::new()),
-            kernel: Mutex::new(()),
-            added: AtomicU64::new(0),
-            skipped_allow: AtomicU64::new(0),
-        });
-        tokio::spawn(run(shadow.clone(), rx, upstream, policy));
-        shadow
-    }
+/// The handle the snapshot carries. Dropping the last one ends the resolving task: it
+/// holds only the receiving end of the queue.
+pub struct Shadow {
+    tx: mpsc::Sender<Learn>,
+    learned: Arc<LearnedAddrs>,
+    counts: Arc<ShadowCounts>,
+}
 
-    /// Called by the pipeline for a name a shadow profile blocked; never waits.
-    pub fn learn(&self, profile: u16, name: &Name) {
-        let _ = self.tx.try_send(Learn {
-            profile,
-            name: name.clone(),
-        });
-    }
+/// Learned addresses by (set, address) with their expiry; the firewall owner reads them
+/// for every full apply.
+#[derive(Default)]
+pub struct LearnedAddrs(Mutex<HashMap<(String, IpAddr), Instant>>);
 
-    /// Queues every exact blocked name of the shadow profiles (at start and reload).
-    pub fn seed(&self, policy: &Policy) {
-        let mut n = 0usize;
-        for (name, rule) in policy.index.iter() {
-            let Some(Scope::Profile(p)) = policy.lists.get(rule.list as usize).map(|l| l.scope)
-            else {
-                continue;
-            };
-            if rule.allow
-                || rule.reach != Reach::Exact
-                || !policy.profiles.get(p as usize).is_some_and(|pr| pr.shadow)
-            {
-                continue;
-            }
-            let queued = Name::from_ascii(format!("{name}."))
-                .is_ok_and(|name| self.tx.try_send(Learn { profile: p, name }).is_ok());
-            n += usize::from(queued);
-        }
-        info!(names = n, "shadow resolution: names queued");
-    }
-
-    /// The learned addresses of one set with their remaining lifetimes, for a full apply.
-    pub fn snapshot(&self, set: &str) -> Vec<(u128, Duration)> {
+impl Learned for LearnedAddrs {
+    fn remaining(&self, set: &str) -> Vec<(u128, Duration)> {
         let now = Instant::now();
-        self.addrs
+        self.0
             .lock()
             .iter()
             .filter(|((s, _), until)| s == set && **until > now + Duration::from_secs(1))
             .map(|((_, ip), until)| (key(*ip), *until - now))
             .collect()
+    }
+}
+
+/// Names waiting to be resolved. Bounded: under a flood of blocked queries new names
+/// wait for the next query rather than growing memory; what does not fit is counted.
+const QUEUE: usize = 4096;
+
+/// What the resolving task needs besides its queue.
+pub struct Context {
+    pub cfg: ShadowConfig,
+    pub upstream: Arc<Upstream>,
+    pub current: Arc<ArcSwap<Snapshot>>,
+    pub kernel: Kernel,
+    pub counts: Arc<ShadowCounts>,
+}
+
+impl Shadow {
+    pub fn start(ctx: Context, learned: Arc<LearnedAddrs>) -> Arc<Shadow> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let counts = ctx.counts.clone();
+        tokio::spawn(run(ctx, learned.clone(), rx));
+        Arc::new(Shadow {
+            tx,
+            learned,
+            counts,
+        })
+    }
+
+    pub fn learned(&self) -> Arc<LearnedAddrs> {
+        self.learned.clone()
+    }
+}
+
+impl Learner for Shadow {
+    /// Called by the pipeline for a name a shadow profile blocked; never waits.
+    fn learn(&self, profile: u16, name: &Name) {
+        let queued = self.tx.try_send(Learn {
+            profile,
+            name: name.clone(),
+        });
+        if queued.is_err() {
+            self.counts.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues the exact blocked names of the shadow profiles, waiting for room in a task
+    /// of its own, so a list of any size is seeded whole (the queue stays bounded).
+    fn seed(&self, policy: &Policy) {
+        let names: Vec<(u16, Name)> = policy
+            .index
+            .iter()
+            .filter_map(|(name, rule)| {
+                let Some(Scope::Profile(p)) = policy.lists.get(rule.list as usize).map(|l| l.scope)
+                else {
+                    return None;
+                };
+                if rule.allow
+                    || rule.reach != Reach::Exact
+                    || !policy.profiles.get(p as usize).is_some_and(|pr| pr.shadow)
+                {
+                    return None;
+                }
+                Some((p, Name::from_ascii(format!("{name}.")).ok()?))
+            })
+            .collect();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let total = names.len();
+            let mut n = 0usize;
+            for (profile, name) in names {
+                if tx.send(Learn { profile, name }).await.is_err() {
+                    break;
+                }
+                n += 1;
+            }
+            info!(names = n, of = total, "shadow resolution: names queued");
+        });
     }
 }
 
@@ -117,25 +157,27 @@ fn key(ip: IpAddr) -> u128 {
     }
 }
 
-async fn run(
-    shadow: Arc<Shadow>,
-    mut rx: mpsc::Receiver<Learn>,
-    upstream: Arc<Upstream>,
-    policy: Arc<ArcSwap<Policy>>,
-) {
+async fn run(ctx: Context, learned: Arc<LearnedAddrs>, mut rx: mpsc::Receiver<Learn>) {
     // (profile, name) -> when to resolve it again.
     let mut due: HashMap<(u16, Name), Instant> = HashMap::new();
-    let mut last_generation = policy.load().generation;
+    let mut last_generation = ctx.current.load().generation;
     loop {
         let next = due.values().min().copied();
         let learn = match next {
             Some(at) => tokio::select! {
-                l = rx.recv() => l,
+                l = rx.recv() => match l {
+                    Some(l) => Some(l),
+                    None => return,
+                },
                 _ = tokio::time::sleep_until(at.into()) => None,
             },
-            None => rx.recv().await,
+            // Every handle dropped: the snapshot in force has no shadow profile.
+            None => match rx.recv().await {
+                Some(l) => Some(l),
+                None => return,
+            },
         };
-        let generation = policy.load().generation;
+        let generation = ctx.current.load().generation;
         if generation != last_generation {
             // A reload re-seeds from the new lists; names no longer blocked stop being
             // refreshed and their addresses expire on their own.
@@ -155,7 +197,8 @@ async fn run(
             .map(|(k, _)| k.clone())
             .collect();
         for (profile, name) in ready {
-            let ttl = resolve_into(&shadow, &upstream, &policy.load(), profile, &name).await;
+            let snapshot = ctx.current.load_full();
+            let ttl = resolve_into(&ctx, &learned, &snapshot, profile, &name).await;
             // Resolve again before the addresses run out (at 80% of their lifetime).
             due.insert((profile, name), Instant::now() + ttl.mul_f32(0.8));
         }
@@ -164,15 +207,15 @@ async fn run(
 
 /// Resolves A and AAAA for a name and adds the addresses; returns their lifetime.
 async fn resolve_into(
-    shadow: &Shadow,
-    upstream: &Upstream,
+    ctx: &Context,
+    learned: &LearnedAddrs,
     policy: &Policy,
     profile: u16,
     name: &Name,
 ) -> Duration {
-    let floor = Duration::from_secs(u64::from(shadow.cfg.min_ttl_secs.max(1)));
+    let floor = Duration::from_secs(u64::from(ctx.cfg.min_ttl_secs.max(1)));
     let cap = Duration::from_secs(u64::from(
-        shadow.cfg.max_ttl_secs.max(shadow.cfg.min_ttl_secs).max(1),
+        ctx.cfg.max_ttl_secs.max(ctx.cfg.min_ttl_secs).max(1),
     ));
     let Some(p) = policy.profiles.get(profile as usize) else {
         return cap;
@@ -180,7 +223,11 @@ async fn resolve_into(
     let mut lifetime = cap;
     let mut found: Vec<(IpAddr, Duration)> = Vec::new();
     for qtype in [RecordType::A, RecordType::AAAA] {
-        let answer = match upstream.resolve(Query::query(name.clone(), qtype)).await {
+        let answer = match ctx
+            .upstream
+            .resolve(Query::query(name.clone(), qtype))
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 debug!(%name, %e, "shadow resolution failed");
@@ -200,19 +247,20 @@ async fn resolve_into(
     }
     let mut by_set: HashMap<String, Vec<(IpAddr, Duration)>> = HashMap::new();
     {
-        let mut addrs = shadow.addrs.lock();
+        let mut addrs = learned.0.lock();
         let now = Instant::now();
         addrs.retain(|_, until| *until > now);
         for (ip, ttl) in found {
             if policy.allow_nets.contains(ip) {
-                shadow.skipped_allow.fetch_add(1, Ordering::Relaxed);
+                ctx.counts.skipped_allow.fetch_add(1, Ordering::Relaxed);
                 info!(%name, %ip, profile = %p.name, "shadow: address is in the allow set; not blocked");
                 continue;
             }
             let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
             let set = learned_set(&p.name, family);
             let k = (set.clone(), ip);
-            if !addrs.contains_key(&k) && addrs.len() >= shadow.cfg.max_addresses {
+            if !addrs.contains_key(&k) && addrs.len() >= ctx.cfg.max_addresses {
+                ctx.counts.over_max.fetch_add(1, Ordering::Relaxed);
                 warn!(%ip, "shadow: max_addresses reached; address not added");
                 continue;
             }
@@ -227,13 +275,9 @@ async fn resolve_into(
             Family::V6
         };
         let n = elements.len() as u64;
-        let result = {
-            let _kernel = shadow.kernel.lock();
-            netlink::update_timed(&set, family, &elements)
-        };
-        match result {
+        match ctx.kernel.update_timed(set.clone(), family, elements).await {
             Ok(()) => {
-                shadow.added.fetch_add(n, Ordering::Relaxed);
+                ctx.counts.added.fetch_add(n, Ordering::Relaxed);
                 debug!(%name, set, n, "shadow: addresses learned");
             }
             Err(e) => warn!(%name, set, "shadow: could not add addresses: {e}"),

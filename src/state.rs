@@ -79,7 +79,7 @@ impl StateFile {
     fn set_aside(&self, why: &str) {
         let aside = self
             .path
-            .with_extension(format!("corrupt-{}", crate::metrics::unix_now()));
+            .with_extension(format!("corrupt-{}", crate::clock::unix_now()));
         match std::fs::rename(&self.path, &aside) {
             Ok(()) => error!(
                 "state file {} is unreadable ({why}); moved to {} and starting from the config alone",

@@ -1,0 +1,422 @@
+//! The one apply path. Start, SIGHUP and `telesink reload`, profile toggles, log-only,
+//! timed reverts and `telesink firewall apply` all change the daemon's state here, and
+//! only here, in the same order:
+//!
+//! 1. build the new snapshot (a toggle shares the name index; a reload reads config and
+//!    lists off the serving threads);
+//! 2. reconcile the kernel: install the snapshot's table in one atomic batch, or remove
+//!    it when the firewall is now off (the firewall owner thread does the netlink work);
+//! 3. start, keep or stop shadow resolution;
+//! 4. commit the state file (written to a temporary file before step 2);
+//! 5. swap the snapshot, which DNS, metrics and status read.
+//!
+//! A failure in 1-4 returns before 5 and undoes what 2 did, so DNS, firewall, state file
+//! and status never disagree; the caller gets the error. One change runs at a time.
+//! `daemon` and `control` use this module; it imports neither.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use tracing::{error, info, warn};
+
+use crate::clock::unix_now;
+use crate::config::{ConfigError, LoadedConfig};
+use crate::dns::upstream::Upstream;
+use crate::firewall::kernel::{Kernel, KernelError, Learned};
+use crate::policy::{Policy, Toggle, ToggleError};
+use crate::shadow::{Context, LearnedAddrs, Shadow, ShadowCounts};
+use crate::snapshot::{self, Learner, Snapshot};
+use crate::state::{StateError, StateFile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the policy has errors:\n{0}")]
+    Policy(String),
+    #[error(transparent)]
+    Toggle(#[from] ToggleError),
+    #[error("firewall: {0}; nothing changed (set firewall.enabled = false to run DNS alone)")]
+    Firewall(#[from] KernelError),
+    #[error("{0}; nothing changed")]
+    State(#[from] StateError),
+}
+
+/// What a caller asks to change.
+#[derive(Debug, Clone)]
+pub enum Edit {
+    Profile(Toggle),
+    LogOnly { profile: String, on: bool },
+}
+
+/// Command-line replacements for parts of the config, kept for every reload so a trial
+/// run does not fall back to the file's listeners and upstreams.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Vec<std::net::SocketAddr>,
+    pub upstream: Vec<std::net::SocketAddr>,
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl Overrides {
+    fn apply_to(&self, cfg: &mut LoadedConfig) {
+        if !self.listen.is_empty() {
+            cfg.config.server.listen = self.listen.clone();
+        }
+        if !self.upstream.is_empty() {
+            cfg.config.upstream.servers = self.upstream.clone();
+        }
+    }
+}
+
+/// Reload outcomes, for status and metrics.
+#[derive(Default)]
+pub struct Reloads {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub last_unix: AtomicU64,
+}
+
+/// Loads a config with the command line's replacements.
+pub fn load_config(path: &Path, overrides: &Overrides) -> Result<LoadedConfig, ConfigError> {
+    let mut cfg = LoadedConfig::load(path)?;
+    overrides.apply_to(&mut cfg);
+    Ok(cfg)
+}
+
+/// The state file a config names (or the default place).
+pub fn state_file(cfg: &LoadedConfig) -> StateFile {
+    StateFile::new(crate::state::state_path(
+        cfg.config.control.state_file.as_deref(),
+    ))
+}
+
+/// What a boot begins with: the config's policy and the saved toggles. The daemon's start
+/// and `telesink firewall apply` both build their first snapshot with this.
+pub fn boot_policy(cfg: &LoadedConfig) -> Result<Policy, ApplyError> {
+    let base = snapshot::compile(cfg, 1).map_err(ApplyError::Policy)?;
+    Ok(snapshot::with_saved_toggles(base, &state_file(cfg)))
+}
+
+/// `telesink firewall apply` with no daemon running (early boot): the same snapshot as a
+/// start, installed by the same owner, or the table removed when the firewall is off.
+/// Returns what it did, for the admin.
+pub fn apply_offline(cfg: LoadedConfig) -> Result<String, ApplyError> {
+    let policy = boot_policy(&cfg)?;
+    let snap = Snapshot::new(policy, Arc::new(cfg), None);
+    let kernel = Kernel::spawn();
+    match &snap.plan {
+        Some(plan) => {
+            kernel.apply_blocking(plan.clone())?;
+            Ok(format!(
+                "table inet {} applied ({} sets, {} rules; saved toggles included)",
+                crate::firewall::plan::TABLE,
+                plan.sets.len(),
+                plan.rules.len()
+            ))
+        }
+        None => {
+            kernel.remove_blocking()?;
+            Ok(format!(
+                "firewall.enabled is false: table inet {} removed if it was there",
+                crate::firewall::plan::TABLE
+            ))
+        }
+    }
+}
+
+pub struct Applier {
+    pub current: Arc<ArcSwap<Snapshot>>,
+    pub kernel: Kernel,
+    pub state: StateFile,
+    pub upstream: Arc<Upstream>,
+    pub shadow_counts: Arc<ShadowCounts>,
+    pub reloads: Reloads,
+    config_path: PathBuf,
+    overrides: Overrides,
+    /// Learned addresses outlive a shadow restart; they expire on their own.
+    learned: Arc<LearnedAddrs>,
+    /// One change at a time: two admins toggling at once must not build on the same base.
+    serial: tokio::sync::Mutex<()>,
+    /// Wakes the expiry task when the set of timed toggles changed.
+    pub changed: tokio::sync::Notify,
+}
+
+/// The snapshots before and after a change, for the caller's report.
+pub struct Applied {
+    pub old: Arc<Snapshot>,
+    pub new: Arc<Snapshot>,
+}
+
+impl Applier {
+    /// Builds the first snapshot from the config and the saved toggles and applies it:
+    /// the firewall is in force before any listener answers.
+    pub async fn start(
+        config_path: PathBuf,
+        overrides: Overrides,
+        cfg: LoadedConfig,
+    ) -> Result<Arc<Applier>, ApplyError> {
+        let policy = boot_policy(&cfg)?;
+        let c = &cfg.config;
+        let upstreams = if c.upstream.servers.is_empty() {
+            crate::dns::upstream::from_resolv_conf(&c.upstream.resolv_conf, &c.server.listen)
+        } else {
+            c.upstream.servers.clone()
+        };
+        if upstreams.is_empty() {
+            warn!(
+                "no upstream resolver: blocked names are answered, everything else gets SERVFAIL"
+            );
+        }
+        info!(upstreams = ?upstreams, "forwarding");
+        let upstream = Arc::new(Upstream::new(
+            upstreams,
+            std::time::Duration::from_millis(c.upstream.timeout_ms),
+        ));
+        let state = state_file(&cfg);
+        let cfg = Arc::new(cfg);
+        let first = Arc::new(Snapshot::new(policy.clone(), cfg.clone(), None));
+        let applier = Arc::new(Applier {
+            current: Arc::new(ArcSwap::new(first.clone())),
+            kernel: Kernel::spawn(),
+            state,
+            upstream,
+            shadow_counts: Arc::default(),
+            reloads: Reloads::default(),
+            config_path,
+            overrides,
+            learned: Arc::default(),
+            serial: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
+        });
+        applier
+            .reloads
+            .last_unix
+            .store(unix_now(), Ordering::Relaxed);
+        applier.commit(None, policy, cfg, false).await?;
+        Ok(applier)
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Applies a toggle, or only builds what it would change (`dry_run`).
+    pub async fn edit(&self, edit: Edit, dry_run: bool) -> Result<Applied, ApplyError> {
+        let _one = self.serial.lock().await;
+        let old = self.current.load_full();
+        let mut toggles = old.toggles.clone();
+        toggles.expire(unix_now());
+        match &edit {
+            Edit::Profile(t) => toggles.set(t.clone()),
+            Edit::LogOnly { profile, on } => toggles.set_log_only(profile, *on),
+        }
+        let policy = old.with_toggles(toggles, old.generation + 1)?;
+        if dry_run {
+            let new = Arc::new(Snapshot::new(policy, old.config.clone(), None));
+            return Ok(Applied { old, new });
+        }
+        let new = self
+            .commit(Some(&old), policy, old.config.clone(), true)
+            .await?;
+        info!(?edit, generation = new.generation, "toggle applied");
+        Ok(Applied { old, new })
+    }
+
+    /// Re-reads config and lists; toggles are kept, those naming a profile or group that
+    /// no longer exists are dropped and logged.
+    pub async fn reload(&self) -> Result<Applied, ApplyError> {
+        let _one = self.serial.lock().await;
+        let result = self.reload_locked().await;
+        let counter = if result.is_ok() {
+            &self.reloads.ok
+        } else {
+            &self.reloads.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(a) => {
+                self.reloads.last_unix.store(unix_now(), Ordering::Relaxed);
+                info!(generation = a.new.generation, "reloaded");
+            }
+            Err(e) => error!("reload failed, the previous policy keeps serving:\n{e}"),
+        }
+        result
+    }
+
+    async fn reload_locked(&self) -> Result<Applied, ApplyError> {
+        let old = self.current.load_full();
+        let generation = old.generation + 1;
+        let (path, overrides) = (self.config_path.clone(), self.overrides.clone());
+        let mut toggles = old.toggles.clone();
+        toggles.expire(unix_now());
+        // Compiling a big list takes a while: keep it off the threads that answer queries.
+        let built = tokio::task::spawn_blocking(move || {
+            let cfg = load_config(&path, &overrides)?;
+            let base = snapshot::compile(&cfg, generation).map_err(ApplyError::Policy)?;
+            for w in toggles.retain_known(&base) {
+                warn!("{w}");
+            }
+            let policy = base.with_toggles(toggles, generation)?;
+            Ok::<_, ApplyError>((cfg, policy))
+        })
+        .await
+        .map_err(|e| ApplyError::Policy(format!("the reload task failed: {e}")))??;
+        let (cfg, policy) = built;
+        let new = self.commit(Some(&old), policy, Arc::new(cfg), true).await?;
+        Ok(Applied { old, new })
+    }
+
+    /// Reverts the timed toggles whose time is up.
+    pub async fn expire_due(&self) -> Result<Option<Applied>, ApplyError> {
+        let _one = self.serial.lock().await;
+        let old = self.current.load_full();
+        let mut toggles = old.toggles.clone();
+        if !toggles.expire(unix_now()) {
+            return Ok(None);
+        }
+        let policy = old.with_toggles(toggles, old.generation + 1)?;
+        let new = self
+            .commit(Some(&old), policy, old.config.clone(), true)
+            .await?;
+        Ok(Some(Applied { old, new }))
+    }
+
+    /// Installs the snapshot in force again (`telesink firewall apply` while running).
+    pub async fn reapply(&self) -> Result<Arc<Snapshot>, ApplyError> {
+        let _one = self.serial.lock().await;
+        let old = self.current.load_full();
+        self.reconcile(Some(&old), &old).await?;
+        Ok(old)
+    }
+
+    /// Steps 2-5 of the module comment for a policy built in step 1.
+    async fn commit(
+        &self,
+        old: Option<&Arc<Snapshot>>,
+        policy: Policy,
+        cfg: Arc<LoadedConfig>,
+        save: bool,
+    ) -> Result<Arc<Snapshot>, ApplyError> {
+        let pending = match old {
+            Some(o) if save && o.toggles != policy.toggles => {
+                Some(self.state.prepare(&policy.toggles)?)
+            }
+            _ => None,
+        };
+        let wants_shadow = Snapshot::wants_shadow(&policy, &cfg);
+        let kept = old.and_then(|o| o.learner.clone());
+        let mut new = Snapshot::new(policy, cfg, None);
+        self.reconcile(old.map(|o| o.as_ref()), &new).await?;
+        let started_shadow = wants_shadow && kept.is_none();
+        new.learner = match (wants_shadow, kept) {
+            (true, Some(running)) => Some(running),
+            (true, None) => Some(self.start_shadow(&new)),
+            (false, _) => None,
+        };
+        if let Some(pending) = pending
+            && let Err(e) = pending.commit()
+        {
+            // The kernel already has the new table: put the old one back so the halves
+            // stay in step, then report.
+            if let Some(o) = old
+                && let Err(undo) = self.reconcile(Some(&new), o).await
+            {
+                error!(
+                    "could not restore the previous firewall table after a state file error: {undo}"
+                );
+            }
+            return Err(e.into());
+        }
+        let new = Arc::new(new);
+        self.current.store(new.clone());
+        if started_shadow {
+            info!("shadow resolution started");
+        } else if old.is_some_and(|o| o.learner.is_some()) && new.learner.is_none() {
+            info!("shadow resolution stopped: no shadow profile with the firewall on");
+        }
+        self.seed_shadow(&new);
+        self.changed.notify_one();
+        Ok(new)
+    }
+
+    /// Makes the kernel match `new`: its table, or none.
+    async fn reconcile(&self, old: Option<&Snapshot>, new: &Snapshot) -> Result<(), ApplyError> {
+        let learned = Snapshot::wants_shadow(new, &new.config)
+            .then(|| self.learned.clone() as Arc<dyn Learned>);
+        match (&new.plan, old) {
+            (Some(plan), _) => {
+                let started = std::time::Instant::now();
+                self.kernel.apply(plan.clone(), learned).await?;
+                info!(
+                    sets = plan.sets.len(),
+                    rules = plan.rules.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "firewall table inet {} programmed",
+                    crate::firewall::plan::TABLE
+                );
+            }
+            (None, Some(o)) if o.firewall_on() => {
+                self.kernel.remove().await?;
+                info!(
+                    "firewall turned off: table inet {} removed",
+                    crate::firewall::plan::TABLE
+                );
+            }
+            (None, Some(_)) => {}
+            (None, None) => {
+                // A start with the firewall off: a table left by an earlier run (on_exit =
+                // "keep") or by early boot would go on blocking while status says off.
+                // Without CAP_NET_ADMIN (a DNS-only trial run) there is none of ours to
+                // remove, and that is no error.
+                match self.kernel.remove().await {
+                    Ok(()) => info!(
+                        "firewall off: no table inet {} left in the kernel",
+                        crate::firewall::plan::TABLE
+                    ),
+                    Err(e) => info!("firewall off; not checking for a leftover table: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_shadow(&self, snap: &Snapshot) -> Arc<dyn Learner> {
+        Shadow::start(
+            Context {
+                cfg: snap.config.config.firewall.shadow.clone(),
+                upstream: self.upstream.clone(),
+                current: self.current.clone(),
+                kernel: self.kernel.clone(),
+                counts: self.shadow_counts.clone(),
+            },
+            self.learned.clone(),
+        ) as Arc<dyn Learner>
+    }
+
+    /// Queues the exact names of the shadow profiles (in the background).
+    fn seed_shadow(&self, snap: &Snapshot) {
+        if let Some(learner) = &snap.learner {
+            learner.seed(&snap.policy);
+        }
+    }
+
+    /// The `on_exit` of the config in force, applied at stop.
+    pub async fn stop(&self) {
+        let snap = self.current.load_full();
+        if !snap.firewall_on() {
+            return;
+        }
+        match snap.config.config.firewall.on_exit {
+            crate::config::OnExit::Keep => {
+                info!("firewall table kept: blocking stays in force while telesink is down")
+            }
+            crate::config::OnExit::Remove => match self.kernel.remove().await {
+                Ok(()) => info!("firewall table removed"),
+                Err(e) => error!("could not remove the firewall table: {e}"),
+            },
+        }
+    }
+}

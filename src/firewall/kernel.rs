@@ -1,0 +1,412 @@
+//! The one owner of `table inet telesink`: a dedicated thread that does every netlink
+//! call, one at a time, so nothing on a tokio worker ever blocks on the kernel, and an
+//! apply, a shadow update and a counter read can never interleave.
+//!
+//! It remembers the plan it installed last. A second thread listens to nf_tables change
+//! notifications (src/firewall/events.rs); when another process removes or flushes
+//! anything of our table, the owner installs that plan again at once, counts it, logs
+//! it, and reports the firewall degraded until it is back (health and metrics read
+//! `KernelStats`).
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use super::events::{Tampered, Watcher};
+use super::netlink::{self, ClientCount, NetlinkError};
+use super::plan::{Family, Plan, TABLE};
+
+/// Addresses learned by shadow resolution, carried into every full apply with the time
+/// they have left, so a restore or a reload never forgets them.
+pub trait Learned: Send + Sync {
+    fn remaining(&self, set: &str) -> Vec<(u128, Duration)>;
+}
+
+/// What the owner tells the rest of the daemon, read without asking it.
+#[derive(Default)]
+pub struct KernelStats {
+    /// Times the table was put back after someone else removed or flushed it.
+    pub restores: AtomicU64,
+    /// Set when the table is known to be missing or incomplete, cleared once restored.
+    pub degraded: AtomicBool,
+    /// Times the notification socket overflowed and the table was checked instead.
+    pub event_overflows: AtomicU64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, NetlinkError>>;
+
+enum Job {
+    Apply {
+        plan: Arc<Plan>,
+        learned: Option<Arc<dyn Learned>>,
+        reply: Reply<()>,
+    },
+    Remove {
+        reply: Reply<()>,
+    },
+    Timed {
+        set: String,
+        family: Family,
+        elements: Vec<(IpAddr, Duration)>,
+        reply: Reply<()>,
+    },
+    Accounting {
+        sets: Vec<(String, Family)>,
+        reply: oneshot::Sender<Vec<Result<Vec<ClientCount>, NetlinkError>>>,
+    },
+    Tampered(Tampered),
+    /// Notifications were lost: compare the table with the plan.
+    Verify,
+}
+
+#[derive(Clone)]
+pub struct Kernel {
+    jobs: mpsc::Sender<Job>,
+    pub stats: Arc<KernelStats>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("the firewall thread has stopped")]
+    Gone,
+}
+
+impl Kernel {
+    /// Starts the owner thread. The notification listener starts with the first apply,
+    /// so a DNS-only daemon never opens a netlink socket.
+    pub fn spawn() -> Kernel {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(KernelStats::default());
+        let owner = Owner {
+            jobs: rx,
+            me: tx.clone(),
+            stats: stats.clone(),
+            installed: None,
+            watching: false,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("telesink-nft".into())
+            .spawn(move || owner.run());
+        if let Err(e) = spawned {
+            error!("cannot start the firewall thread: {e}");
+        }
+        Kernel { jobs: tx, stats }
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, KernelError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(job(tx)).map_err(|_| KernelError::Gone)?;
+        rx.await.map_err(|_| KernelError::Gone)
+    }
+
+    fn ask_blocking<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<T>) -> Job,
+    ) -> Result<T, KernelError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(job(tx)).map_err(|_| KernelError::Gone)?;
+        rx.blocking_recv().map_err(|_| KernelError::Gone)
+    }
+
+    /// Installs `plan` (learned addresses filled in) in one atomic batch.
+    pub async fn apply(
+        &self,
+        plan: Arc<Plan>,
+        learned: Option<Arc<dyn Learned>>,
+    ) -> Result<(), KernelError> {
+        Ok(self
+            .ask(|reply| Job::Apply {
+                plan,
+                learned,
+                reply,
+            })
+            .await??)
+    }
+
+    /// The same, for a caller outside the runtime (`telesink firewall apply`).
+    pub fn apply_blocking(&self, plan: Arc<Plan>) -> Result<(), KernelError> {
+        Ok(self.ask_blocking(|reply| Job::Apply {
+            plan,
+            learned: None,
+            reply,
+        })??)
+    }
+
+    /// Deletes the table if it is there, and stops restoring it.
+    pub async fn remove(&self) -> Result<(), KernelError> {
+        Ok(self.ask(|reply| Job::Remove { reply }).await??)
+    }
+
+    pub fn remove_blocking(&self) -> Result<(), KernelError> {
+        Ok(self.ask_blocking(|reply| Job::Remove { reply })??)
+    }
+
+    /// Adds or renews learned addresses with their timeouts.
+    pub async fn update_timed(
+        &self,
+        set: String,
+        family: Family,
+        elements: Vec<(IpAddr, Duration)>,
+    ) -> Result<(), KernelError> {
+        Ok(self
+            .ask(|reply| Job::Timed {
+                set,
+                family,
+                elements,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Reads accounting sets; for the scrape, which runs on a blocking thread.
+    pub fn accounting_blocking(
+        &self,
+        sets: Vec<(String, Family)>,
+    ) -> Result<Vec<Result<Vec<ClientCount>, NetlinkError>>, KernelError> {
+        self.ask_blocking(|reply| Job::Accounting { sets, reply })
+    }
+}
+
+type Installed = (Arc<Plan>, Option<Arc<dyn Learned>>);
+
+struct Owner {
+    jobs: mpsc::Receiver<Job>,
+    me: mpsc::Sender<Job>,
+    stats: Arc<KernelStats>,
+    /// The plan in force and the learned addresses that go with it; None: no table.
+    installed: Option<Installed>,
+    watching: bool,
+}
+
+/// A restore that failed is tried again after this long.
+const RETRY: Duration = Duration::from_secs(1);
+
+impl Owner {
+    fn run(mut self) {
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let job = match retry_at {
+                Some(at) => match self
+                    .jobs
+                    .recv_timeout(at.saturating_duration_since(Instant::now()))
+                {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+                None => match self.jobs.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => return,
+                },
+            };
+            let Some(job) = job else {
+                retry_at = self
+                    .restore("a failed restore")
+                    .err()
+                    .map(|_| Instant::now() + RETRY);
+                continue;
+            };
+            match job {
+                Job::Apply {
+                    plan,
+                    learned,
+                    reply,
+                } => {
+                    let result = install(&plan, learned.as_deref());
+                    if result.is_ok() {
+                        self.installed = Some((plan, learned));
+                        self.stats.degraded.store(false, Ordering::Relaxed);
+                        retry_at = None;
+                        self.watch();
+                    }
+                    let _ = reply.send(result);
+                }
+                Job::Remove { reply } => {
+                    self.installed = None;
+                    self.stats.degraded.store(false, Ordering::Relaxed);
+                    retry_at = None;
+                    let _ = reply.send(netlink::remove());
+                }
+                Job::Timed {
+                    set,
+                    family,
+                    elements,
+                    reply,
+                } => {
+                    let _ = reply.send(netlink::update_timed(&set, family, &elements));
+                }
+                Job::Accounting { sets, reply } => {
+                    let counts = sets
+                        .iter()
+                        .map(|(s, f)| netlink::read_accounting(s, *f))
+                        .collect();
+                    let _ = reply.send(counts);
+                }
+                Job::Tampered(t) => {
+                    if self.installed.is_none() {
+                        continue;
+                    }
+                    let why = format!("process {} removed {} of it", t.pid, t.what);
+                    retry_at = self.restore(&why).err().map(|_| Instant::now() + RETRY);
+                }
+                Job::Verify => {
+                    let Some((plan, _)) = &self.installed else {
+                        continue;
+                    };
+                    if !matches_plan(plan) {
+                        retry_at = self
+                            .restore("lost notifications and a table that differs")
+                            .err()
+                            .map(|_| Instant::now() + RETRY);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts the installed plan back; logs and counts it.
+    fn restore(&self, why: &str) -> Result<(), NetlinkError> {
+        let Some((plan, learned)) = &self.installed else {
+            return Ok(());
+        };
+        self.stats.degraded.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        match install(plan, learned.as_deref()) {
+            Ok(()) => {
+                self.stats.restores.fetch_add(1, Ordering::Relaxed);
+                self.stats.degraded.store(false, Ordering::Relaxed);
+                warn!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "firewall table inet {TABLE} restored: {why}"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                error!("firewall table inet {TABLE} could not be restored ({why}): {e}; retrying");
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the notification listener once; without it the table would stay gone.
+    fn watch(&mut self) {
+        if self.watching {
+            return;
+        }
+        let socket = match subscribe() {
+            Ok(s) => s,
+            Err(e) => {
+                error!(
+                    "cannot listen to nftables changes ({e}): a flushed table is not restored until the next change"
+                );
+                return;
+            }
+        };
+        let tx = self.me.clone();
+        let stats = self.stats.clone();
+        let spawned = std::thread::Builder::new()
+            .name("telesink-nft-events".into())
+            .spawn(move || listen(socket, tx, stats));
+        match spawned {
+            Ok(_) => self.watching = true,
+            Err(e) => error!("cannot start the nftables change listener: {e}"),
+        }
+    }
+}
+
+fn install(plan: &Plan, learned: Option<&dyn Learned>) -> Result<(), NetlinkError> {
+    match learned {
+        Some(l) => {
+            let mut filled = plan.clone();
+            filled.fill_learned(|set| l.remaining(set));
+            netlink::apply(&filled)
+        }
+        None => netlink::apply(plan),
+    }
+}
+
+/// Whether the kernel has our table with every set of the plan.
+fn matches_plan(plan: &Plan) -> bool {
+    match netlink::existing_sets() {
+        Ok(names) => plan.sets.iter().all(|s| names.contains(&s.name)),
+        Err(_) => false,
+    }
+}
+
+/// nf_tables' multicast group (`NFNLGRP_NFTABLES`).
+const NFNLGRP_NFTABLES: u32 = 7;
+
+fn subscribe() -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{
+        AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, setsockopt, socket,
+        sockopt,
+    };
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )?;
+    // A big apply of our own sends one notification per element; room for a burst, and
+    // an overflow is handled (a check of the table), not ignored.
+    let _ = setsockopt(&fd, sockopt::RcvBufForce, &(16 << 20));
+    bind(
+        fd.as_raw_fd(),
+        &NetlinkAddr::new(0, 1 << (NFNLGRP_NFTABLES - 1)),
+    )?;
+    Ok(fd)
+}
+
+fn listen(fd: std::os::fd::OwnedFd, tx: mpsc::Sender<Job>, stats: Arc<KernelStats>) {
+    let mut watcher = Watcher::new(TABLE);
+    let mut buf = vec![0u8; 1 << 17];
+    loop {
+        match nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::empty(),
+        ) {
+            Ok(n) => {
+                for t in watcher.feed(&buf[..n]) {
+                    if is_ours(t.pid) {
+                        continue;
+                    }
+                    info!(
+                        pid = t.pid,
+                        what = t.what,
+                        "nftables: our table was changed by another process"
+                    );
+                    if tx.send(Job::Tampered(t)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(nix::errno::Errno::ENOBUFS) => {
+                stats.event_overflows.fetch_add(1, Ordering::Relaxed);
+                warn!("nftables change notifications overflowed; checking the table");
+                watcher = Watcher::new(TABLE);
+                if tx.send(Job::Verify).is_err() {
+                    return;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                error!("nftables change listener: {e}; stopped");
+                return;
+            }
+        }
+    }
+}
+
+/// Whether a thread id belongs to this process (the kernel names the thread).
+fn is_ours(tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
