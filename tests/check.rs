@@ -284,3 +284,43 @@ fn profiles_keep_the_order_of_the_file() {
         "zeta"
     );
 }
+
+/// Two profiles whose names differ only in punctuation got the same nftables set names
+/// (`cidr_a_b_4`) and silently shared one set; that is now refused at the second profile.
+#[test]
+fn profiles_that_would_share_nftables_set_names_are_refused() {
+    let config = format!(
+        "{GOOD}\n[profiles.a-b]\nlists = [\"block.list\"]\n\n[profiles.a_b]\nlists = [\"block.list\"]\n"
+    );
+    let line = config.lines().position(|l| l == "[profiles.a_b]").unwrap() + 1;
+    let (_d, cfg) = dir_with(&config, "a.example\n");
+    let (ok, out) = check(&cfg);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "telesink.toml:{line}: profiles a-b and a_b would get the same nftables set names"
+        )),
+        "{out}"
+    );
+}
+
+/// A lookup keeps at most 8 rules per name; a ninth used to be dropped without a word.
+/// Now the rule that goes over is refused with its file:line.
+#[test]
+fn a_name_with_more_rules_than_a_lookup_keeps_is_refused() {
+    let mut config = String::from(GOOD);
+    let d = TempDir::new("crowded");
+    d.write("guard.list", "microsoft.com\n");
+    d.write("block.list", "a.example\n");
+    for i in 0..5 {
+        d.write(&format!("l{i}.list"), "x.example\n*.x.example\n");
+        config.push_str(&format!("\n[profiles.q{i}]\nlists = [\"l{i}.list\"]\n"));
+    }
+    let cfg = d.write("telesink.toml", &config);
+    let (ok, out) = check(&cfg);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("l4.list:1: x.example has 10 rules across the lists, more than the 8"),
+        "{out}"
+    );
+}

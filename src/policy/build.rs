@@ -11,7 +11,10 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::index::IndexBuilder;
-use super::{ClientTable, Group, ListInfo, MAX_PROFILES, Mode, Policy, Profile, Rule, Scope};
+use super::{
+    ClientTable, Group, ListInfo, MAX_PROFILES, MAX_RULES_PER_NAME, Mode, Policy, Profile, Rule,
+    Scope,
+};
 use crate::config::{LoadedConfig, Location, ModeName, ProfileConfig};
 use crate::lists::{self, Guard, Reach};
 
@@ -81,6 +84,14 @@ pub fn list_search_path(config_dir: &Path, lists_dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The part of a profile's nftables set names that comes from the profile's name (as
+/// `firewall::plan::set_name` makes it).
+fn set_key(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
 pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     let base = cfg.base_dir();
     let search = list_search_path(&base, &cfg.config.policy.lists_dir);
@@ -143,10 +154,12 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         })
         .collect();
 
+    let index = std::mem::replace(&mut b.index, IndexBuilder::with_capacity(0, 0)).finish();
+    b.refuse_crowded_names(&index);
     let fatal = b.problems.iter().any(|p| p.severity == Severity::Fatal);
     let policy = (!fatal).then(|| Policy {
         generation,
-        index: Arc::new(b.index.finish()),
+        index: Arc::new(index),
         lists: Arc::new(b.lists),
         profiles,
         base_groups: Arc::new(groups.clone()),
@@ -221,6 +234,19 @@ impl Builder<'_> {
                     format!("profile {} is defined twice", name.get_ref()),
                 );
             }
+            // nftables set names keep letters and digits and turn the rest into '_':
+            // two profiles that map to one name would share (and fight over) one set.
+            let key = set_key(name.get_ref());
+            if let Some(other) = out.iter().find(|o: &&Profile| set_key(&o.name) == key) {
+                self.fatal(
+                    name.span().start,
+                    format!(
+                        "profiles {} and {} would get the same nftables set names (..._{key}_4); rename one",
+                        other.name,
+                        name.get_ref()
+                    ),
+                );
+            }
             let mode = self.mode(name, p);
             out.push(Profile {
                 name: name.get_ref().clone(),
@@ -234,6 +260,32 @@ impl Builder<'_> {
             });
         }
         out
+    }
+
+    /// A name with more rules than a lookup keeps (`MAX_RULES_PER_NAME`) would have some
+    /// silently ignored: an error at the rule that goes over, with its file:line.
+    fn refuse_crowded_names(&mut self, index: &super::index::NameIndex) {
+        for (name, rules) in index.crowded(MAX_RULES_PER_NAME) {
+            let Some(over) = rules.get(MAX_RULES_PER_NAME) else {
+                continue;
+            };
+            let file = self
+                .lists
+                .get(over.list as usize)
+                .map(|l| l.path.clone())
+                .unwrap_or_default();
+            self.problems.push(BuildProblem {
+                at: Location {
+                    path: file,
+                    line: over.line as usize,
+                },
+                message: format!(
+                    "{name} has {} rules across the lists, more than the {MAX_RULES_PER_NAME} a lookup keeps; remove entries for it from some lists",
+                    rules.len()
+                ),
+                severity: Severity::Fatal,
+            });
+        }
     }
 
     fn mode(&mut self, name: &Spanned<String>, p: &ProfileConfig) -> Mode {

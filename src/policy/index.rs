@@ -226,6 +226,21 @@ impl NameIndex {
         }
     }
 
+    /// Names with more than `max` rules, each with all its rules in the order added.
+    pub fn crowded(&self, max: usize) -> Vec<(String, Vec<Rule>)> {
+        self.extra
+            .iter()
+            .filter(|(_, more)| more.len() + 1 > max)
+            .map(|(&slot, more)| {
+                let record = &self.slots[slot as usize];
+                let name = String::from_utf8_lossy(name_of(&self.arena, record)).into_owned();
+                let mut rules = vec![rule_of(&self.arena, record)];
+                rules.extend(more.iter().copied());
+                (name, rules)
+            })
+            .collect()
+    }
+
     /// Whether any suffix rule has this many labels; lets a lookup skip a level.
     #[inline]
     pub fn has_suffix_depth(&self, labels: usize) -> bool {

@@ -262,7 +262,7 @@ impl Policy {
     ) -> Option<Verdict> {
         let mut allow_mask = 0u64;
         let mut block_mask = 0u64;
-        let mut blockers: [Option<(u16, Rule)>; 8] = [None; 8];
+        let mut blockers: [Option<(u16, Rule)>; MAX_RULES_PER_NAME] = [None; MAX_RULES_PER_NAME];
         for rule in rules {
             match self.lists.get(rule.list as usize).map(|l| l.scope) {
                 Some(Scope::Global) if rule.allow => {
@@ -310,11 +310,15 @@ impl Policy {
     }
 }
 
-/// The rules stored under one name: a handful at most, so a fixed array keeps the
-/// per-query path free of allocation.
+/// The most rules one name may carry across all lists. A lookup keeps them in a fixed
+/// array, so the per-query path allocates nothing; the compiler refuses a name with more
+/// (with file:line), so none is ever dropped silently.
+pub const MAX_RULES_PER_NAME: usize = 8;
+
+/// The rules stored under one name.
 #[derive(Default)]
 struct Found {
-    rules: [Option<Rule>; 8],
+    rules: [Option<Rule>; MAX_RULES_PER_NAME],
     len: usize,
 }
 
