@@ -1,11 +1,14 @@
 //! Firewall apply and readback at scale: 100,000 IPv4 + 20,000 IPv6 CIDRs (random, fixed
 //! seed), applied as one batch, replaced as one batch, and the counters of 10,000
-//! clients read back. Runs itself inside `unshare -n` (a throwaway network namespace),
+//! clients read back; then, through the firewall owner as the daemon applies, a change that
+//! leaves the firewall as it is and changes of k ranges (the incremental path). Runs itself inside `unshare -n` (a throwaway network namespace),
 //! needs root, sends no traffic. `cargo bench --bench firewall`.
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use telesink::firewall::kernel::Kernel;
 use telesink::firewall::netlink;
 use telesink::firewall::plan::{
     self, Action, Family, Hook, Ifaces, Plan, RuleSpec, SetKind, SetSpec,
@@ -117,10 +120,81 @@ fn main() {
     }
     let _ = netlink::remove();
 
+    // Through the firewall owner, as the daemon applies: the table installed once, then a
+    // change that leaves the firewall as it is, then changes of k ranges.
+    let kernel = Kernel::spawn();
+    let base = Arc::new(plan.clone());
+    kernel.apply_blocking(base.clone()).expect("install");
+    let mut unchanged = Vec::new();
+    for _ in 0..runs.max(5) {
+        let t = Instant::now();
+        kernel.apply_blocking(base.clone()).expect("same plan");
+        unchanged.push(t.elapsed());
+    }
+    let mut curve = Vec::new();
+    for k in [1usize, 10, 100, 1_000, 10_000] {
+        let mut times = Vec::new();
+        for run in 0..runs {
+            // k of the IPv4 ranges move to another /32 of 198.18.0.0/15 (benchmark space,
+            // outside every random range's prefix only by chance: merge decides), then back.
+            let changed = Arc::new(with_moved_ranges(&plan, k, run as u32));
+            let t = Instant::now();
+            kernel.apply_blocking(changed).expect("k changed");
+            times.push(t.elapsed());
+            kernel.apply_blocking(base.clone()).expect("back");
+        }
+        let changed = with_moved_ranges(&plan, k, 0);
+        let t = Instant::now();
+        let diff = changed.change_from(&plan);
+        let diff_ms = t.elapsed().as_secs_f64() * 1e3;
+        let elements = match &diff {
+            plan::PlanChange::Elements(d) => d.iter().map(|x| x.remove.len() + x.add.len()).sum(),
+            _ => 0,
+        };
+        curve.push((
+            k,
+            format!(
+                "{} ({elements} elements; of that, the diff in telesink {diff_ms:.1} ms)",
+                stats(&mut times)
+            ),
+        ));
+    }
+    kernel.remove_blocking().expect("remove");
+
     println!("CIDRs                 {n4} IPv4 ({r4} merged ranges) + {n6} IPv6 ({r6} ranges)");
     println!("apply into empty      {}", stats(&mut first));
     println!("replace in one batch  {}", stats(&mut replace));
     println!("read {seen} clients    {}", stats(&mut read));
+    println!(
+        "apply, firewall unchanged (owner)   {}",
+        stats(&mut unchanged)
+    );
+    for (k, s) in curve {
+        println!("apply, {k:>6} ranges changed (owner) {s}");
+    }
+}
+
+/// The plan with its first `k` IPv4 ranges replaced by single addresses elsewhere.
+fn with_moved_ranges(p: &Plan, k: usize, salt: u32) -> Plan {
+    let mut out = p.clone();
+    if let Some(SetSpec {
+        kind: SetKind::Interval(ranges),
+        ..
+    }) = out.sets.first_mut()
+    {
+        let moved: Vec<plan::Range> = ranges
+            .iter()
+            .take(k)
+            .enumerate()
+            .map(|(i, _)| {
+                let a = u128::from(0xc612_0000u32 + ((i as u32 * 7 + salt) & 0xffff));
+                (a, a)
+            })
+            .collect();
+        let kept = ranges.iter().skip(k).copied();
+        *ranges = plan::merge(kept.chain(moved));
+    }
+    out
 }
 
 fn stats(v: &mut [Duration]) -> String {

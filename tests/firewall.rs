@@ -1073,3 +1073,52 @@ fn firewall_apply_uses_the_saved_toggles_and_defers_to_a_running_daemon() {
         "nft delete table inet telesink 2>/dev/null || true",
     );
 }
+
+/// A reload that changes a few ranges sends only those set elements (the rest of the
+/// table is not rewritten), and one that changes nothing sends nothing; traffic follows
+/// the new ranges exactly.
+#[test]
+fn a_reload_changes_only_the_elements_that_differ() {
+    if !require_root() {
+        return;
+    }
+    let (t, dir, cfg) = gateway("fwdiff", "", "");
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    assert_eq!(t.connect(&t.client, None, "203.0.113.10", 8080), "refused");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.20", 8080), "ok");
+    dir.write(
+        "block.cidrs",
+        "203.0.113.0/29\n203.0.113.16/28\n2001:db8:f::/124\n",
+    );
+    let (ok, out) = ctl_in(&t, &dir, "reload");
+    assert!(ok, "{out}");
+    let log = daemon.log();
+    assert!(
+        log.contains("firewall: only set elements changed"),
+        "the reload rewrote the table:\n{log}"
+    );
+    assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.10", 8080), "ok");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.20", 8080), "refused");
+    let table = t.sh(&t.gateway, "nft list table inet telesink");
+    assert!(
+        table.contains("203.0.113.0/29") && table.contains("203.0.113.16/28"),
+        "{table}"
+    );
+    assert!(!table.contains("203.0.113.0/28"), "{table}");
+    let (ok, out) = ctl_in(&t, &dir, "reload");
+    assert!(ok, "{out}");
+    assert!(
+        daemon
+            .log()
+            .contains("firewall unchanged: nothing sent to the kernel"),
+        "{}",
+        daemon.log()
+    );
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}

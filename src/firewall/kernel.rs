@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use super::events::{Tampered, Watcher};
 use super::netlink::{self, ClientCount, NetlinkError};
-use super::plan::{Family, Plan, TABLE};
+use super::plan::{Family, Plan, PlanChange, TABLE};
 
 /// Addresses learned by shadow resolution, carried into every full apply with the time
 /// they have left, so a restore or a reload never forgets them.
@@ -220,7 +220,7 @@ impl Owner {
                     learned,
                     reply,
                 } => {
-                    let result = install(&plan, learned.as_deref());
+                    let result = self.install_over(&plan, learned.as_deref());
                     if result.is_ok() {
                         self.installed = Some((plan, learned));
                         self.stats.degraded.store(false, Ordering::Relaxed);
@@ -269,6 +269,38 @@ impl Owner {
                     }
                 }
             }
+        }
+    }
+
+    /// Installs `plan` over the installed one with the least the kernel must do: nothing
+    /// when they are the same, element changes when only interval sets differ, the
+    /// in-place rewrite otherwise (and when the kernel refuses the element changes).
+    fn install_over(&self, plan: &Plan, learned: Option<&dyn Learned>) -> Result<(), NetlinkError> {
+        let Some((old, _)) = &self.installed else {
+            return install(plan, learned);
+        };
+        match plan.change_from(old) {
+            PlanChange::Nothing => {
+                info!("firewall unchanged: nothing sent to the kernel");
+                Ok(())
+            }
+            PlanChange::Elements(diffs) => match netlink::update_elements(&diffs) {
+                Ok(()) => {
+                    let (removed, added) = diffs
+                        .iter()
+                        .fold((0, 0), |(r, a), d| (r + d.remove.len(), a + d.add.len()));
+                    info!(
+                        sets = diffs.len(),
+                        removed, added, "firewall: only set elements changed"
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    warn!("firewall: element changes refused ({e}); rewriting the table in place");
+                    install(plan, learned)
+                }
+            },
+            PlanChange::Structure => install(plan, learned),
         }
     }
 

@@ -417,21 +417,8 @@ impl<'t> NamedSet<'t> {
                     )
                 };
                 let width = if spec.family == Family::V4 { 4 } else { 16 };
-                // The kernel wants [start, end+1) pairs, and an END element at address 0
-                // when the first range does not start there (what nft itself sends).
-                if ranges.first().is_some_and(|r| r.0 != 0) {
-                    add_elem(ptr, &key_bytes(0, width), true);
-                }
-                let max = if width == 4 {
-                    u128::from(u32::MAX)
-                } else {
-                    u128::MAX
-                };
-                for &(start, end) in ranges {
-                    add_elem(ptr, &key_bytes(start, width), false);
-                    if end < max {
-                        add_elem(ptr, &key_bytes(end + 1, width), true);
-                    }
+                for (key, end) in plan::interval_elements(ranges, spec.family) {
+                    add_elem(ptr, &key_bytes(key, width), end);
                 }
             }
             SetKind::Timed(elements) => {
@@ -581,6 +568,39 @@ pub fn update_timed(
     }
     let mut batch = Batch::new();
     for m in &messages {
+        batch.add(m, MsgType::Add);
+    }
+    send(batch.finalize())
+}
+
+/// Changes only the elements of interval sets, in one batch: every removal first, then
+/// every addition, so a range that moves never overlaps its old self. What a toggle or
+/// reload that touches k ranges costs is proportional to k, not to the table.
+pub fn update_elements(diffs: &[plan::ElementDiff]) -> Result<(), NetlinkError> {
+    let table = cstr(plan::TABLE)?;
+    let mut removals = Vec::new();
+    let mut additions = Vec::new();
+    for d in diffs {
+        let name = cstr(&d.set)?;
+        let width = if d.family == Family::V4 { 4 } else { 16 };
+        for (elements, into) in [(&d.remove, &mut removals), (&d.add, &mut additions)] {
+            for chunk in elements.chunks(ELEMS_PER_MSG) {
+                let msg = ElemUpdate::new(&table, &name)?;
+                for &(key, end) in chunk {
+                    add_elem(msg.set.as_ptr(), &key_bytes(key, width), end);
+                }
+                into.push(msg);
+            }
+        }
+    }
+    if removals.is_empty() && additions.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Batch::new();
+    for m in &removals {
+        batch.add(m, MsgType::Del);
+    }
+    for m in &additions {
         batch.add(m, MsgType::Add);
     }
     send(batch.finalize())

@@ -476,6 +476,135 @@ fn v6_range(n: &Ipv6Net) -> Range {
 
 /// Sorts and merges ranges so that none overlap or touch: the kernel rejects overlapping
 /// interval elements and aborts the whole batch.
+/// How an interval set's ranges are written as kernel elements: (key, is an END
+/// element). The kernel wants [start, end+1) pairs, and an END element at address 0 when
+/// the first range does not start there (what nft itself sends). Merged ranges never
+/// touch, so every key is unique and the list is sorted.
+pub fn interval_elements(ranges: &[Range], family: Family) -> Vec<(u128, bool)> {
+    let max = match family {
+        Family::V4 => u128::from(u32::MAX),
+        Family::V6 => u128::MAX,
+    };
+    let mut out = Vec::with_capacity(ranges.len() * 2 + 1);
+    if ranges.first().is_some_and(|r| r.0 != 0) {
+        out.push((0, true));
+    }
+    for &(start, end) in ranges {
+        out.push((start, false));
+        if end < max {
+            out.push((end + 1, true));
+        }
+    }
+    out
+}
+
+/// The elements to take out of and put into one interval set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementDiff {
+    pub set: String,
+    pub family: Family,
+    pub remove: Vec<(u128, bool)>,
+    pub add: Vec<(u128, bool)>,
+}
+
+/// What it takes to go from the installed plan to a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanChange {
+    /// The kernel already holds the new plan.
+    Nothing,
+    /// Same chains, rules and sets; only interval sets' elements differ.
+    Elements(Vec<ElementDiff>),
+    /// Chains, rules or sets differ: the table is rewritten in place.
+    Structure,
+}
+
+impl Plan {
+    /// Compares with the plan installed before. Learned (timed) sets are never diffed:
+    /// shadow resolution keeps their contents current by itself.
+    pub fn change_from(&self, old: &Plan) -> PlanChange {
+        let same_shape = self.forward == old.forward
+            && self.output == old.output
+            && self.prerouting == old.prerouting
+            && self.rules == old.rules
+            && self.sets.len() == old.sets.len()
+            && self.sets.iter().zip(&old.sets).all(|(n, o)| {
+                n.name == o.name
+                    && n.family == o.family
+                    && match (&n.kind, &o.kind) {
+                        (SetKind::Interval(_), SetKind::Interval(_))
+                        | (SetKind::Timed(_), SetKind::Timed(_)) => true,
+                        (SetKind::Accounting { size: a }, SetKind::Accounting { size: b }) => {
+                            a == b
+                        }
+                        _ => false,
+                    }
+            });
+        if !same_shape {
+            return PlanChange::Structure;
+        }
+        let mut diffs = Vec::new();
+        for (n, o) in self.sets.iter().zip(&old.sets) {
+            let (SetKind::Interval(new), SetKind::Interval(old)) = (&n.kind, &o.kind) else {
+                continue;
+            };
+            if new == old {
+                continue;
+            }
+            let (remove, add) = sorted_difference(
+                &interval_elements(old, n.family),
+                &interval_elements(new, n.family),
+            );
+            diffs.push(ElementDiff {
+                set: n.name.clone(),
+                family: n.family,
+                remove,
+                add,
+            });
+        }
+        if diffs.is_empty() {
+            PlanChange::Nothing
+        } else {
+            PlanChange::Elements(diffs)
+        }
+    }
+}
+
+/// One interval-set element: its key and whether it is an END element.
+pub type Element = (u128, bool);
+
+/// (in `old` only, in `new` only) of two sorted lists with unique keys.
+fn sorted_difference(old: &[Element], new: &[Element]) -> (Vec<Element>, Vec<Element>) {
+    let (mut remove, mut add) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            // Keys are unique within a list, so (key, end) orders both lists.
+            (Some(a), Some(b)) if a < b => {
+                remove.push(*a);
+                i += 1;
+            }
+            (Some(_), Some(b)) => {
+                add.push(*b);
+                j += 1;
+            }
+            (Some(a), None) => {
+                remove.push(*a);
+                i += 1;
+            }
+            (None, Some(b)) => {
+                add.push(*b);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (remove, add)
+}
+
 pub fn merge(ranges: impl Iterator<Item = Range>) -> Vec<Range> {
     let mut v: Vec<Range> = ranges.collect();
     v.sort_unstable();
@@ -610,6 +739,47 @@ impl fmt::Display for RuleSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one_set(ranges: Vec<Range>) -> Plan {
+        Plan {
+            sets: vec![SetSpec {
+                name: "cidr_p_4".into(),
+                family: Family::V4,
+                kind: SetKind::Interval(ranges),
+            }],
+            forward: true,
+            ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn a_plan_diff_is_nothing_elements_or_structure() {
+        let old = one_set(vec![(10, 20), (40, 50)]);
+        assert_eq!(
+            one_set(vec![(10, 20), (40, 50)]).change_from(&old),
+            PlanChange::Nothing
+        );
+        // One range grows, one is added: only their boundary elements move.
+        let PlanChange::Elements(d) = one_set(vec![(10, 30), (40, 50), (60, 60)]).change_from(&old)
+        else {
+            panic!("expected an element change");
+        };
+        assert_eq!(d[0].remove, [(21, true)]);
+        assert_eq!(d[0].add, [(31, true), (60, false), (61, true)]);
+        // A range that now starts where the old one's END element was: same key, other kind.
+        let PlanChange::Elements(d) = one_set(vec![(21, 30)]).change_from(&one_set(vec![(10, 20)]))
+        else {
+            panic!("expected an element change");
+        };
+        assert_eq!(d[0].remove, [(10, false), (21, true)]);
+        assert_eq!(d[0].add, [(21, false), (31, true)]);
+        let mut renamed = one_set(vec![(10, 20)]);
+        renamed.sets[0].name = "cidr_q_4".into();
+        assert_eq!(renamed.change_from(&old), PlanChange::Structure);
+        let mut no_forward = old.clone();
+        no_forward.forward = false;
+        assert_eq!(no_forward.change_from(&old), PlanChange::Structure);
+    }
 
     #[test]
     fn merge_joins_overlapping_and_touching_ranges_only() {
