@@ -63,6 +63,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     // already blocks what its policy says.
     let applier = Applier::start(config_path.clone(), overrides.clone(), cfg.clone()).await?;
     let policy = applier.current.clone();
+    // The watchdog's last answered self-query (Unix seconds), for /health.
+    let watchdog_seen = Arc::new(WatchdogSeen::default());
 
     let c = &cfg.config;
     let cache = Arc::new(Cache::new(
@@ -121,9 +123,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         ))) {
             warn!("metrics: {e}");
         }
-        let health_of = applier.clone();
+        let (health_of, watched) = (applier.clone(), watchdog_seen.clone());
         let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> =
-            Arc::new(move || health(&health_of));
+            Arc::new(move || health(&health_of, &watched));
         tokio::spawn(crate::metrics::serve(listener, registry, health));
     }
 
@@ -187,7 +189,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if let (Some(n), Some(every), Some(&probe)) =
         (&notifier, crate::notify::watchdog_interval(), bound.first())
     {
-        tokio::spawn(watchdog(n.clone(), every, probe));
+        watchdog_seen
+            .every_secs
+            .store(every.as_secs().max(1), std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(watchdog(n.clone(), every, probe, watchdog_seen.clone()));
     }
 
     loop {
@@ -221,12 +226,33 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     Ok(())
 }
 
+/// When the systemd watchdog last got an answer from our own listener.
+#[derive(Default)]
+struct WatchdogSeen {
+    /// The watchdog's interval; 0 while there is no watchdog (not under systemd).
+    every_secs: std::sync::atomic::AtomicU64,
+    last_unix: std::sync::atomic::AtomicU64,
+}
+
 /// `/health`: 200 only when what the daemon claims is true; otherwise every reason.
-fn health(applier: &Applier) -> Result<(), String> {
+fn health(applier: &Applier, watchdog: &WatchdogSeen) -> Result<(), String> {
+    use std::sync::atomic::Ordering::Relaxed;
     let snap = applier.current.load();
     let mut why = Vec::new();
     if applier.upstream.servers().is_empty() {
         why.push("no upstream resolver".to_owned());
+    } else if let Some(problem) = applier.upstream.reach.problem() {
+        why.push(problem);
+    }
+    let every = watchdog.every_secs.load(Relaxed);
+    let last = watchdog.last_unix.load(Relaxed);
+    if every > 0 && last > 0 {
+        let ago = crate::clock::unix_now().saturating_sub(last);
+        if ago > 3 * every {
+            why.push(format!(
+                "the resolver did not answer its own watchdog query for {ago} s"
+            ));
+        }
     }
     if snap.firewall_on()
         && applier
@@ -313,7 +339,12 @@ fn status_line(policy: &Snapshot, outcomes: &Outcomes, applier: &Applier) -> Str
 
 /// Pings systemd's watchdog only when the resolver really answers: each round sends a
 /// query for `resolver.arpa` (answered locally, no upstream needed) to our own listener.
-async fn watchdog(n: Arc<crate::notify::Notifier>, every: Duration, listener: SocketAddr) {
+async fn watchdog(
+    n: Arc<crate::notify::Notifier>,
+    every: Duration,
+    listener: SocketAddr,
+    seen: Arc<WatchdogSeen>,
+) {
     let target = match listener.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::from(([127, 0, 0, 1], listener.port()))
@@ -340,7 +371,13 @@ async fn watchdog(n: Arc<crate::notify::Notifier>, every: Duration, listener: So
             (n >= 2 && buf[..2] == id.to_be_bytes()).then_some(())
         };
         match tokio::time::timeout(every, answered).await {
-            Ok(Some(())) => n.send("WATCHDOG=1"),
+            Ok(Some(())) => {
+                seen.last_unix.store(
+                    crate::clock::unix_now(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                n.send("WATCHDOG=1")
+            }
             _ => warn!("watchdog: no answer from our own listener {target}; not pinging systemd"),
         }
     }

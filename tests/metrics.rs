@@ -230,3 +230,55 @@ fn a_real_prometheus_server_scrapes_the_series() {
         "Prometheus never returned the series; last answer:\n{last}"
     );
 }
+
+/// Every answered query is counted by outcome, FORMERR too: one whose body hickory cannot
+/// decode is answered by the UDP path itself and used to go uncounted.
+#[test]
+fn formerr_answers_are_counted_by_outcome() {
+    let Some((_knot, ts, addr)) = start(10) else {
+        return;
+    };
+    let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    // A header that claims one question, followed by a label that runs past the end.
+    let mut truncated = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    truncated.extend([40, b'a', b'b']);
+    // A header with no question at all.
+    let empty = vec![0x12, 0x35, 0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 0];
+    for p in [&truncated, &empty, &truncated] {
+        let reply = udp_raw(ts.udp, lo, p).expect("an answer");
+        assert_eq!(reply[3] & 0x0f, 1, "FORMERR expected");
+    }
+    let (_, body) = get(addr, "/metrics");
+    assert_eq!(
+        value(&body, "telesink_dns_queries_total{outcome=\"formerr\"}"),
+        Some(3.0),
+        "{body}"
+    );
+}
+
+/// `/health` said ready while every forwarded query failed (the upstream unreachable).
+/// It now reports what recent upstream queries say (an answer clears it).
+#[test]
+fn health_reports_upstreams_that_do_not_answer() {
+    let dir = TempDir::new("health");
+    dir.write("block.list", "blocked.test\n");
+    // Port 9 on loopback: nothing listens, every query fails at once.
+    let cfg = dir.write(
+        "telesink.toml",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:9\"]\ntimeout_ms = 300\n[policy]\nlists_dir = \".\"\n[profiles.p]\nenabled = true\nlists = [\"block.list\"]\n",
+    );
+    let ts = Telesink::start_with(dir, &cfg, &["--metrics", "127.0.0.1:0"]);
+    let log = ts.log.lock().unwrap().clone();
+    let addr: SocketAddr = log
+        .lines()
+        .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
+        .expect("metrics address in the log");
+    let (status, body) = get(addr, "/health");
+    assert_eq!((status, body.trim()), (200, "ready"), "before any query");
+    for i in 0..4 {
+        let _ = ts.q(&format!("n{i}.example"), RecordType::A);
+    }
+    let (status, body) = get(addr, "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no upstream has answered yet"), "{body}");
+}

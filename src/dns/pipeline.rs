@@ -64,24 +64,52 @@ impl Reply<'_> {
     }
 }
 
-/// An answer the UDP fast path may send again, byte for byte, for the same request from
-/// the same group: what it depends on, and what the pipeline counted for it (the replay
-/// counts the same).
+/// What happened to one query: the one record every count derives from. The pipeline
+/// returns it; `count` applies it, for the full path and for a replayed answer alike
+/// (outcome, per-client blocked and log-only counts, the cache hit of a replay, the name
+/// handed to shadow resolution). A replayable record is kept with the answer's bytes.
 #[derive(Debug, Clone)]
-pub struct Reuse {
+pub struct QueryRecord {
     pub outcome: Outcome,
+    /// Policy generation and client group the answer was made under (0 before known).
     pub generation: u64,
     pub group: u16,
-    /// None: valid until the policy changes. Some: a cache hit, valid until its TTLs
-    /// would read one second less.
-    pub until: Option<Instant>,
+    /// The profile that blocked the name (a sinkhole answer).
     pub blocked: Option<u16>,
+    /// A log-only profile that would have blocked it (observed, answered normally).
     pub logged: Option<u16>,
-    /// A blocked name of a shadow profile, to keep its addresses learned.
+    /// A blocked name of a shadow profile, to learn (and keep learning) its addresses.
     pub learn: Option<(u16, Name)>,
+    /// Whether the UDP fast path may send these bytes again for the same request.
+    pub replayable: bool,
+    /// For a replayable cache hit: until its TTLs would read one second less. None:
+    /// valid until the policy changes.
+    pub until: Option<Instant>,
 }
 
-type Answered = (Outcome, ResponseInfo, Option<Reuse>);
+impl QueryRecord {
+    pub fn new(outcome: Outcome) -> Self {
+        QueryRecord {
+            outcome,
+            generation: 0,
+            group: 0,
+            blocked: None,
+            logged: None,
+            learn: None,
+            replayable: false,
+            until: None,
+        }
+    }
+}
+
+/// Which path answered: a replay did not look into the cache, so its hit is counted here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Full,
+    Replay,
+}
+
+type Answered = (ResponseInfo, QueryRecord);
 
 #[async_trait::async_trait]
 impl RequestHandler for Pipeline {
@@ -95,33 +123,34 @@ impl RequestHandler for Pipeline {
 }
 
 impl Pipeline {
-    /// Answers one request and counts it; says whether the answer may be replayed.
+    /// Answers one request and counts it; returns the record when the answer may be
+    /// replayed.
     pub async fn serve<R: ResponseHandler>(
         &self,
         request: &Request,
         handle: R,
-    ) -> (ResponseInfo, Option<Reuse>) {
-        let (outcome, info, reuse) = self.answer(request, handle).await;
+    ) -> (ResponseInfo, Option<QueryRecord>) {
+        let (info, record) = self.answer(request, handle).await;
         // Last: counting after the send keeps the metrics off the answer's critical path.
-        self.outcomes.record(outcome);
-        self.outcomes.saw(request.src().ip());
-        (info, reuse)
+        self.count(request.src().ip(), &record, Path::Full, true);
+        (info, record.replayable.then_some(record))
     }
 
-    /// Counts a replayed answer exactly as `serve` counted the original.
-    pub fn replayed(&self, client: std::net::IpAddr, reuse: &Reuse, learn_now: bool) {
-        self.outcomes.record(reuse.outcome);
+    /// Applies one record to every count. `learn_now`: hand the name to shadow
+    /// resolution (a replay does so once a second at most).
+    pub fn count(&self, client: std::net::IpAddr, r: &QueryRecord, path: Path, learn_now: bool) {
+        self.outcomes.record(r.outcome);
         self.outcomes.saw(client);
-        if let Some(p) = reuse.blocked {
+        if let Some(p) = r.blocked {
             self.clients.blocked(client, p);
         }
-        if let Some(p) = reuse.logged {
+        if let Some(p) = r.logged {
             self.clients.logged(client, p);
         }
-        if reuse.outcome == Outcome::Cached {
+        if path == Path::Replay && r.outcome == Outcome::Cached {
             self.cache.count_hit();
         }
-        if let (true, Some((p, name))) = (learn_now, &reuse.learn)
+        if let (true, Some((p, name))) = (learn_now, &r.learn)
             && let Some(learner) = &self.policy.load().learner
         {
             learner.learn(*p, name);
@@ -140,11 +169,8 @@ impl Pipeline {
                     ResponseCode::Refused => Outcome::Refused,
                     _ => Outcome::Local,
                 };
-                return (
-                    outcome,
-                    self.send(request, handle, Reply::rcode(rcode)).await,
-                    None,
-                );
+                let info = self.send(request, handle, Reply::rcode(rcode)).await;
+                return (info, QueryRecord::new(outcome));
             }
         };
 
@@ -155,30 +181,24 @@ impl Pipeline {
         let policy = self.policy.load();
         let client = request.src().ip();
         if !policy.is_allowed_client(client) {
-            return (
-                Outcome::Refused,
-                self.send(request, handle, Reply::rcode(ResponseCode::Refused))
-                    .await,
-                None,
-            );
+            let info = self
+                .send(request, handle, Reply::rcode(ResponseCode::Refused))
+                .await;
+            return (info, QueryRecord::new(Outcome::Refused));
         }
         let group = policy.group_of(client);
         let Some(qname) = QName::from_labels(query.name().iter()) else {
-            return (
-                Outcome::FormErr,
-                self.send(request, handle, Reply::rcode(ResponseCode::FormErr))
-                    .await,
-                None,
-            );
+            let info = self
+                .send(request, handle, Reply::rcode(ResponseCode::FormErr))
+                .await;
+            return (info, QueryRecord::new(Outcome::FormErr));
         };
-        let reuse = |outcome, until| Reuse {
-            outcome,
+        let record = |outcome, replayable, until| QueryRecord {
             generation: policy.generation,
             group,
+            replayable,
             until,
-            blocked: None,
-            logged: None,
-            learn: None,
+            ..QueryRecord::new(outcome)
         };
 
         // 3. Special-use names come before the lists: they keep clients from switching to
@@ -191,7 +211,7 @@ impl Pipeline {
                 ..Reply::rcode(rcode)
             };
             let info = self.send(request, handle, reply).await;
-            return (Outcome::Local, info, Some(reuse(Outcome::Local, None)));
+            return (info, record(Outcome::Local, true, None));
         }
 
         // 4. The policy verdict, before the cache: the cache holds real answers that an
@@ -204,25 +224,18 @@ impl Pipeline {
                 .count()
                 + 1;
             let zone = query.original().name().trim_to(labels);
-            let learn = self.learn(&policy, profile, query.original().name());
             let (outcome, info) = self
                 .sinkhole(request, handle, &policy, profile, query, &zone, None)
                 .await;
-            let again = (outcome == Outcome::Blocked).then(|| Reuse {
-                blocked: Some(profile),
-                learn,
-                ..reuse(outcome, None)
-            });
-            return (outcome, info, again);
+            let base = record(outcome, true, None);
+            let name = query.original().name();
+            return (info, sinkholed(base, &policy, profile, name));
         }
 
         // 4b. Log-only profiles, after the real verdict: a name that some enforcing profile
         //     blocks was answered above; what passes is counted as a would-be block of a
         //     log-only profile and then answered normally.
         let logged = policy.would_block(group, &qname);
-        if let Some(profile) = logged {
-            self.clients.logged(client, profile);
-        }
 
         // 5. Cache, then upstream. Only a miss takes a forwarding slot.
         let key = cache::Key {
@@ -254,30 +267,33 @@ impl Pipeline {
                         ..Reply::rcode(ResponseCode::ServFail)
                     };
                     let info = self.send(request, handle, reply).await;
-                    return (Outcome::ServFail, info, None);
+                    return (
+                        info,
+                        QueryRecord {
+                            logged,
+                            ..record(Outcome::ServFail, false, None)
+                        },
+                    );
                 }
             },
         };
         // Only a cache hit is replayed: a fresh upstream answer has the upstream's TTLs,
         // which the cache may clamp, so the next hit's bytes can differ from it.
-        let cached = |outcome| fresh_until.map(|until| reuse(outcome, Some(until)));
+        let replayable = fresh_until.is_some();
 
         // 6. CNAME cloaking after the cache, per client: a tracker hidden behind a CNAME
         //    is caught on cached answers too, and only for clients whose profiles block it.
         if let Some((profile, target)) = cloaked(&policy, group, &answer) {
-            let learn = self.learn(&policy, profile, &target);
             let zone = query.original().name().clone();
             let via = Some(&target);
             let (outcome, info) = self
                 .sinkhole(request, handle, &policy, profile, query, &zone, via)
                 .await;
-            let again = cached(outcome).filter(|_| outcome == Outcome::Blocked);
-            let again = again.map(|r| Reuse {
-                blocked: Some(profile),
-                learn,
-                ..r
-            });
-            return (outcome, info, again);
+            let base = QueryRecord {
+                logged,
+                ..record(outcome, replayable, fresh_until)
+            };
+            return (info, sinkholed(base, &policy, profile, &target));
         }
 
         // 7. Send the answer as the upstream gave it.
@@ -289,27 +305,19 @@ impl Pipeline {
             ede: None,
         };
         let info = self.send(request, handle, reply).await;
-        if answer.rcode == ResponseCode::ServFail {
-            return (Outcome::ServFail, info, None);
-        }
-        let again = cached(outcome).map(|r| Reuse { logged, ..r });
-        (outcome, info, again)
-    }
-
-    /// Hands a name a shadow profile blocked to the firewall's resolver (never waits);
-    /// returns it for a replay to hand over again.
-    fn learn(&self, snap: &Snapshot, profile: u16, name: &Name) -> Option<(u16, Name)> {
-        let shadowed = snap
-            .profiles
-            .get(profile as usize)
-            .is_some_and(|p| p.shadow);
-        match (&snap.learner, shadowed) {
-            (Some(learner), true) => {
-                learner.learn(profile, name);
-                Some((profile, name.clone()))
-            }
-            _ => None,
-        }
+        let outcome = if answer.rcode == ResponseCode::ServFail {
+            Outcome::ServFail
+        } else {
+            outcome
+        };
+        let replayable = replayable && outcome != Outcome::ServFail;
+        (
+            info,
+            QueryRecord {
+                logged,
+                ..record(outcome, replayable, fresh_until)
+            },
+        )
     }
 
     async fn forward(&self, query: &LowerQuery) -> Result<Upstreamed, ForwardError> {
@@ -335,7 +343,6 @@ impl Pipeline {
         zone: &Name,
         via_cname: Option<&Name>,
     ) -> (Outcome, ResponseInfo) {
-        self.clients.blocked(request.src().ip(), profile);
         let Some(p) = policy.profiles.get(profile as usize) else {
             return (
                 Outcome::ServFail,
@@ -415,6 +422,27 @@ enum ForwardError {
 }
 
 /// The first CNAME target in the answer that this client's policy blocks.
+/// A sinkhole answer's record: the profile that blocked and, when it is a shadow profile
+/// and shadow resolution runs, the name to learn. A sinkhole that failed (SERVFAIL) is
+/// neither counted as a block nor replayed.
+fn sinkholed(base: QueryRecord, snap: &Snapshot, profile: u16, name: &Name) -> QueryRecord {
+    if base.outcome != Outcome::Blocked {
+        return QueryRecord {
+            replayable: false,
+            ..base
+        };
+    }
+    let shadowed = snap
+        .profiles
+        .get(profile as usize)
+        .is_some_and(|p| p.shadow);
+    QueryRecord {
+        blocked: Some(profile),
+        learn: (shadowed && snap.learner.is_some()).then(|| (profile, name.clone())),
+        ..base
+    }
+}
+
 fn cloaked(policy: &Policy, group: u16, answer: &Upstreamed) -> Option<(u16, Name)> {
     if !policy.cname_cloaking {
         return None;

@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, Socket, Type};
 use tracing::{error, warn};
 
-use super::pipeline::{Pipeline, Reuse};
+use super::pipeline::{Path, Pipeline, QueryRecord};
 
 /// Kept answers at most (about 100-500 bytes each).
 const KEPT: usize = 16384;
@@ -59,7 +59,7 @@ const MAX_REQUEST: usize = 4096;
 
 struct Kept {
     bytes: Box<[u8]>,
-    reuse: Reuse,
+    reuse: QueryRecord,
     /// Unix second of the last hand-over of `reuse.learn` to shadow resolution: a name
     /// asked a thousand times a second needs re-learning once a second at most.
     learned: AtomicU64,
@@ -268,7 +268,7 @@ impl Udp {
             let now = crate::clock::unix_now();
             kept.learned.swap(now, Ordering::Relaxed) != now
         };
-        self.pipeline.replayed(client, r, learn_now);
+        self.pipeline.count(client, r, Path::Replay, learn_now);
         true
     }
 
@@ -292,7 +292,11 @@ impl Udp {
         let reuse = match Request::from_bytes(raw.clone(), src, Protocol::Udp) {
             Ok(request) => self.pipeline.serve(&request, handle).await.1,
             Err(_) => {
-                form_error(&raw, handle);
+                // Counted like every answered query (FORMERR), through the one record.
+                if form_error(&raw, handle) {
+                    let record = QueryRecord::new(super::Outcome::FormErr);
+                    self.pipeline.count(src.ip(), &record, Path::Full, false);
+                }
                 None
             }
         };
@@ -303,7 +307,7 @@ impl Udp {
         (!delivered).then_some(bytes)
     }
 
-    fn keep(&self, raw: &[u8], bytes: &[u8], reuse: Reuse) {
+    fn keep(&self, raw: &[u8], bytes: &[u8], reuse: QueryRecord) {
         let mut key = [0u8; MAX_REQUEST + 2];
         let n = key_of(reuse.group, raw, &mut key);
         let kept = Arc::new(Kept {
@@ -320,19 +324,25 @@ impl Udp {
 
 /// A request whose header reads but whose body does not: FORMERR with the header's ID,
 /// the same answer hickory-server gives.
-fn form_error(raw: &[u8], handle: Capture) {
+/// Answers FORMERR to a request whose body does not parse; false when nothing could be
+/// answered (not even a header).
+fn form_error(raw: &[u8], handle: Capture) -> bool {
     let mut decoder = BinDecoder::new(raw);
     let Ok(header) = Header::read(&mut decoder) else {
-        return;
+        return false;
     };
     let mut none = BinDecoder::new(&[]);
     let Ok(queries) = Queries::read(&mut none, 0) else {
-        return;
+        return false;
     };
     let response = MessageResponseBuilder::new(&queries, None)
         .error_msg(&header.metadata, ResponseCode::FormErr);
-    if let Some(bytes) = encode(response) {
-        handle.deliver(bytes);
+    match encode(response) {
+        Some(bytes) => {
+            handle.deliver(bytes);
+            true
+        }
+        None => false,
     }
 }
 

@@ -88,6 +88,37 @@ pub struct Upstream {
     /// Questions being asked upstream right now: when a popular name expires and a whole
     /// LAN asks for it at once, one query goes out and every asker gets its answer.
     flights: Mutex<HashMap<FlightKey, Flight>>,
+    /// For /health: whether upstreams answer, from the queries that really went out.
+    pub reach: Reachability,
+}
+
+/// Upstreams one query may try, fastest first.
+const MAX_ASKED: usize = 8;
+
+/// What recent upstream queries say about reaching the upstreams.
+#[derive(Default)]
+pub struct Reachability {
+    /// Unix second of the last answer from any upstream (0: none yet).
+    pub last_answer_unix: AtomicU64,
+    /// Upstream queries that failed (every upstream tried) since the last answer.
+    pub failed_in_a_row: AtomicU64,
+}
+
+impl Reachability {
+    /// Why upstreams look unreachable, if they do: several queries in a row got no
+    /// answer and the last answer (if any) is more than 10 s old.
+    pub fn problem(&self) -> Option<String> {
+        let failed = self.failed_in_a_row.load(Ordering::Relaxed);
+        let last = self.last_answer_unix.load(Ordering::Relaxed);
+        let now = crate::clock::unix_now();
+        (failed >= 3 && now.saturating_sub(last) > 10).then(|| match last {
+            0 => format!("no upstream has answered yet ({failed} queries failed)"),
+            t => format!(
+                "upstreams are not answering: {failed} queries in a row failed, the last answer was {} s ago",
+                now.saturating_sub(t)
+            ),
+        })
+    }
 }
 
 /// Name (lowercase), type and class: everything telesink puts into an upstream query
@@ -109,6 +140,12 @@ impl Drop for Landing<'_> {
 
 impl Upstream {
     pub fn new(servers: Vec<SocketAddr>, budget: Duration) -> Self {
+        if servers.len() > MAX_ASKED {
+            tracing::warn!(
+                "{} upstreams configured; only the first {MAX_ASKED} are ever asked",
+                servers.len()
+            );
+        }
         let mut opts = ResolverOpts::default();
         // The pool's own deadline covers the TCP retry; our outer timeout is the hard
         // bound. Keeping both at the budget makes the total time to SERVFAIL the budget,
@@ -160,6 +197,7 @@ impl Upstream {
             addrs: servers,
             latency,
             flights: Mutex::new(HashMap::new()),
+            reach: Reachability::default(),
         }
     }
 
@@ -223,8 +261,8 @@ impl Upstream {
         }
         let deadline = Instant::now() + self.budget;
         // A fixed array keeps the query path free of allocation; beyond eight upstreams
-        // (resolv.conf allows three) the rest are never asked.
-        let mut order: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+        // (resolv.conf allows three) the rest are never asked (said at start).
+        let mut order: [usize; MAX_ASKED] = [0, 1, 2, 3, 4, 5, 6, 7];
         let n = self.servers.len().min(order.len());
         order[..n].sort_by_key(|&i| self.servers[i].srtt_us.load(Ordering::Relaxed));
         let mut last = UpstreamError::Timeout(self.budget);
@@ -248,6 +286,10 @@ impl Upstream {
                         let s = &self.servers[j].srtt_us;
                         s.store(s.load(Ordering::Relaxed) * 63 / 64, Ordering::Relaxed);
                     }
+                    self.reach
+                        .last_answer_unix
+                        .store(crate::clock::unix_now(), Ordering::Relaxed);
+                    self.reach.failed_in_a_row.store(0, Ordering::Relaxed);
                     return Ok(answer);
                 }
                 Err(e) => {
@@ -257,6 +299,7 @@ impl Upstream {
                 }
             }
         }
+        self.reach.failed_in_a_row.fetch_add(1, Ordering::Relaxed);
         Err(last)
     }
 
