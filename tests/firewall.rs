@@ -524,7 +524,36 @@ fn ready_is_sent_to_systemd_only_once_the_table_exists() {
         t.sh(&t.gateway, "nft list tables")
             .contains("table inet telesink")
     );
+    // After a reload that turns the firewall off, the status line says so: it describes
+    // the snapshot in force, not the start-up config.
+    std::fs::write(
+        &cfg,
+        config("", "").replace("enabled = true\nlan", "enabled = false\nlan"),
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut after = String::new();
+    for _ in 0..3 {
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notification after the reload");
+        after = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if after.starts_with("READY=1") {
+            break;
+        }
+    }
+    assert!(
+        after.starts_with("READY=1") && after.contains("firewall off"),
+        "{after}"
+    );
     drop(daemon);
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
 }
 
 const SHADOW_ZONE: &str = "$ORIGIN shadow.test.
@@ -538,15 +567,9 @@ x.suffix   A   203.0.113.102
 shared     A   203.0.113.7
 ";
 
-#[test]
-fn shadow_resolution_blocks_direct_connections_to_blocked_names_and_lets_them_expire() {
-    if !require_root() || !require("knotd") || !require("dig") {
-        return;
-    }
-    let mut t = Topology::new();
-    t.wan_listener();
-    t.sh(&t.wan, "ip -6 addr add 2001:db8:f::100/64 dev lo nodad");
-    // A real authoritative upstream in the wan namespace.
+/// A real authoritative upstream for shadow.test in the wan namespace, on
+/// 198.51.100.2:5353; answers before this returns. Keep the folder while it runs.
+fn wan_knot(t: &mut Topology) -> TempDir {
     let knot_dir = TempDir::new("shknot");
     let zone = knot_dir.write("shadow.zone", SHADOW_ZONE);
     let conf = knot_dir.write(
@@ -574,6 +597,18 @@ fn shadow_resolution_blocks_direct_connections_to_blocked_names_and_lets_them_ex
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(up, "knotd did not answer in the wan namespace");
+    knot_dir
+}
+
+#[test]
+fn shadow_resolution_blocks_direct_connections_to_blocked_names_and_lets_them_expire() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    t.sh(&t.wan, "ip -6 addr add 2001:db8:f::100/64 dev lo nodad");
+    let _knot_dir = wan_knot(&mut t);
 
     let dir = TempDir::new("shadow");
     dir.write(
@@ -1115,6 +1150,121 @@ fn a_reload_changes_only_the_elements_that_differ() {
         "{}",
         daemon.log()
     );
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}
+
+/// The shadow-resolution config used below: a profile over `list`, `shadow` as given.
+fn shadow_config(list: &str, shadow: bool) -> String {
+    format!(
+        r#"[server]
+listen = ["192.0.2.1:53"]
+[upstream]
+servers = ["198.51.100.2:5353"]
+[policy]
+lists_dir = "."
+allowed_clients = ["192.0.2.0/24", "127.0.0.0/8"]
+[firewall]
+enabled = true
+lan = ["lan0"]
+wan = ["wan0"]
+[firewall.shadow]
+min_ttl_secs = 30
+max_ttl_secs = 30
+[profiles.tele]
+enabled = true
+shadow = {shadow}
+lists = ["{list}"]
+"#
+    )
+}
+
+/// A reload that turned `shadow` on created the learned sets but nothing filled them:
+/// shadow resolution only started with the daemon. The apply path starts it now.
+#[test]
+fn a_reload_that_turns_shadow_on_starts_shadow_resolution() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let _knot = wan_knot(&mut t);
+    let dir = TempDir::new("shreload");
+    dir.write("tele.list", "collector.shadow.test\n");
+    let cfg = dir.write("telesink.toml", &shadow_config("tele.list", false));
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    assert_eq!(t.connect(&t.client, None, "203.0.113.100", 8080), "ok");
+    std::fs::write(&cfg, shadow_config("tele.list", true)).unwrap();
+    let (ok, out) = ctl_in(&t, &dir, "reload");
+    assert!(ok, "{out}");
+    let mut refused = false;
+    for _ in 0..50 {
+        if t.connect(&t.client, None, "203.0.113.100", 8080) == "refused" {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        refused,
+        "shadow did not start with the reload:\n{}",
+        daemon.log()
+    );
+    let (_, status) = ctl_in(&t, &dir, "status --json");
+    assert!(status.contains("\"shadow\": {"), "{status}");
+    // And a reload that turns it off stops it: the learned set goes with the plan.
+    std::fs::write(&cfg, shadow_config("tele.list", false)).unwrap();
+    let (ok, out) = ctl_in(&t, &dir, "reload");
+    assert!(ok, "{out}");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.100", 8080), "ok");
+    assert!(
+        daemon.log().contains("shadow resolution stopped"),
+        "{}",
+        daemon.log()
+    );
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}
+
+/// Seeding used to stop at the queue's 4,096 places without a word; every exact name of
+/// a big list is queued now (the seeding waits for room).
+#[test]
+fn shadow_seeding_queues_every_name_of_a_big_list() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let mut t = Topology::new();
+    // knotd answers NXDOMAIN for these at once, which is what drains the queue here.
+    let _knot = wan_knot(&mut t);
+    let dir = TempDir::new("shseed");
+    let names: String = (0..6000)
+        .map(|i| format!("n{i}.seed.shadow.test\n"))
+        .collect();
+    dir.write("tele.list", &names);
+    let cfg = dir.write("telesink.toml", &shadow_config("tele.list", true));
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    let mut queued = None;
+    for _ in 0..300 {
+        queued = daemon
+            .log()
+            .lines()
+            .find(|l| l.contains("shadow resolution: names queued"))
+            .map(str::to_owned);
+        if queued.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = queued.unwrap_or_else(|| panic!("seeding did not finish:\n{}", daemon.log()));
+    assert!(line.contains("names=6000 of=6000"), "{line}");
     let (ok, log) = daemon.stop();
     assert!(ok, "{log}");
     t.sh(

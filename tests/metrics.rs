@@ -282,3 +282,61 @@ fn health_reports_upstreams_that_do_not_answer() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no upstream has answered yet"), "{body}");
 }
+
+/// CPU time (user + system) of a process so far, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime
+    // the 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// When accept() fails (out of descriptors, EMFILE), both HTTP accept loops used to try
+/// again at once, forever: a core at 100% while a connection waited. They back off now.
+/// The descriptor limit is lowered under the running daemon (`prlimit`), so accept fails
+/// while the connection stays queued, as on a gateway that ran out of descriptors.
+#[test]
+fn accept_loops_back_off_when_accept_fails() {
+    if !require("prlimit") {
+        return;
+    }
+    let Some((_knot, ts, addr)) = start(10) else {
+        return;
+    };
+    let pid = ts.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    // The soft limit only: raising it back needs no privilege.
+    let limit = |n: usize| {
+        let ok = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={n}:")])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "prlimit failed");
+    };
+    limit(open.saturating_sub(1).max(3));
+    let _waiting = TcpStream::connect(addr).unwrap();
+    let _control = std::os::unix::net::UnixStream::connect(ts.dir.path().join("control.sock"));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_secs(pid) - before;
+    limit(1024);
+    assert!(
+        used < 0.5,
+        "the daemon spun: {used:.2} s of CPU in 2 s while accept failed\n{}",
+        ts.log.lock().unwrap()
+    );
+    assert!(
+        ts.wait_log("accept failed", Duration::from_secs(2)),
+        "{}",
+        ts.log.lock().unwrap()
+    );
+    // With descriptors back, the endpoint answers again.
+    let (status, _) = get(addr, "/health");
+    assert_eq!(status, 200);
+}
