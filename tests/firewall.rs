@@ -617,27 +617,9 @@ fn shadow_resolution_blocks_direct_connections_to_blocked_names_and_lets_them_ex
     );
     dir.write("allow.cidrs", ALLOW);
     let cfg_text = |list: &str| {
-        format!(
-            r#"[server]
-listen = ["192.0.2.1:53"]
-[upstream]
-servers = ["198.51.100.2:5353"]
-[policy]
-lists_dir = "."
-allowed_clients = ["192.0.2.0/24", "127.0.0.0/8"]
-[firewall]
-enabled = true
-lan = ["lan0"]
-wan = ["wan0"]
-allow_cidrs = ["allow.cidrs"]
-[firewall.shadow]
-min_ttl_secs = 2
-max_ttl_secs = 2
-[profiles.tele]
-enabled = true
-shadow = true
-lists = ["{list}"]
-"#
+        shadow_config(list, true).replace(
+            "[firewall.shadow]\nmin_ttl_secs = 30\nmax_ttl_secs = 30",
+            "allow_cidrs = [\"allow.cidrs\"]\n[firewall.shadow]\nmin_ttl_secs = 2\nmax_ttl_secs = 2",
         )
     };
     let cfg = dir.write("telesink.toml", &cfg_text("tele.list"));
