@@ -26,7 +26,7 @@ use crate::config::{ConfigError, LoadedConfig};
 use crate::dns::upstream::Upstream;
 use crate::firewall::kernel::{Kernel, KernelError, Learned};
 use crate::policy::{Policy, Toggle, ToggleError};
-use crate::shadow::{Context, LearnedAddrs, Shadow, ShadowCounts};
+use crate::shadow::{Context, LearnedAddrs, Shadow, ShadowCounts, SharedAddrs};
 use crate::snapshot::{self, Learner, Snapshot};
 use crate::state::{StateError, StateFile};
 
@@ -138,6 +138,8 @@ pub struct Applier {
     overrides: Overrides,
     /// Learned addresses outlive a shadow restart; they expire on their own.
     learned: Arc<LearnedAddrs>,
+    /// Addresses allowed answers revealed (never learned); outlive a shadow restart too.
+    shared: Arc<SharedAddrs>,
     /// One change at a time: two admins toggling at once must not build on the same base.
     serial: tokio::sync::Mutex<()>,
     /// Wakes the expiry task when the set of timed toggles changed.
@@ -176,6 +178,10 @@ impl Applier {
             std::time::Duration::from_millis(c.upstream.timeout_ms),
         ));
         let state = state_file(&cfg);
+        let shared = Arc::new(SharedAddrs::new(
+            std::time::Duration::from_secs(u64::from(c.firewall.shadow.shared_memory_secs)),
+            c.firewall.shadow.max_shared_addresses,
+        ));
         let cfg = Arc::new(cfg);
         let first = Arc::new(Snapshot::new(policy.clone(), cfg.clone(), None));
         let applier = Arc::new(Applier {
@@ -188,6 +194,7 @@ impl Applier {
             config_path,
             overrides,
             learned: Arc::default(),
+            shared,
             serial: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
         });
@@ -391,6 +398,7 @@ impl Applier {
                 current: self.current.clone(),
                 kernel: self.kernel.clone(),
                 counts: self.shadow_counts.clone(),
+                shared: self.shared.clone(),
             },
             self.learned.clone(),
         ) as Arc<dyn Learner>

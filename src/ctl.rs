@@ -160,11 +160,14 @@ fn status_text(v: &Value) -> String {
     );
     if let Some(sh) = v.get("shadow").filter(|x| !x.is_null()) {
         out += &format!(
-            "shadow resolution: {} addresses learned, {} skipped (allow set), {} names dropped (queue full), {} addresses over max_addresses\n",
+            "shadow resolution: {} addresses learned; not learned: {} in the allow set, {} shared with allowed names, {} never learned (upstreams, own, never_learn_cidrs), {} over max_addresses; {} removed as shared; {} names dropped (queue full)\n",
             n(sh, "added"),
             n(sh, "skipped_allow"),
-            n(sh, "queue_full"),
+            n(sh, "shared_skipped"),
+            n(sh, "never_learn_skipped"),
             n(sh, "over_max"),
+            n(sh, "shared_removed"),
+            n(sh, "queue_full"),
         );
     }
     for g in v

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::Query;
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::config::ShadowConfig;
 use crate::dns::upstream::Upstream;
 use crate::firewall::kernel::{Kernel, Learned};
-use crate::firewall::plan::{Family, learned_set};
+use crate::firewall::plan::{ElementDiff, Family, learned_set};
 use crate::lists::Reach;
 use crate::policy::{Policy, Scope};
 use crate::snapshot::{Learner, Snapshot};
@@ -46,6 +46,15 @@ pub struct ShadowCounts {
     pub queue_full: AtomicU64,
     /// Addresses not added because `max_addresses` were already learned.
     pub over_max: AtomicU64,
+    /// Addresses not learned because an allowed answer had revealed them (shared).
+    pub shared_skipped: AtomicU64,
+    /// Learned addresses removed because an allowed answer revealed them.
+    pub shared_removed: AtomicU64,
+    /// Addresses not learned because they are never learned: upstreams, the resolvers
+    /// of resolv.conf, the gateway's own addresses, `never_learn_cidrs`.
+    pub never_learn_skipped: AtomicU64,
+    /// Shared addresses not remembered because `max_shared_addresses` were.
+    pub shared_not_remembered: AtomicU64,
 }
 
 /// The handle the snapshot carries. Dropping the last one ends the resolving task: it
@@ -53,23 +62,82 @@ pub struct ShadowCounts {
 pub struct Shadow {
     tx: mpsc::Sender<Learn>,
     learned: Arc<LearnedAddrs>,
+    shared: Arc<SharedAddrs>,
     counts: Arc<ShadowCounts>,
+    kernel: Kernel,
 }
 
-/// Learned addresses by (set, address) with their expiry; the firewall owner reads them
-/// for every full apply.
+/// Learned addresses, each with the learned sets it is in and when it expires there;
+/// keyed by address, so an allowed answer can ask "is this one learned?" at once. The
+/// firewall owner reads them for every full apply.
 #[derive(Default)]
-pub struct LearnedAddrs(Mutex<HashMap<(String, IpAddr), Instant>>);
+pub struct LearnedAddrs(Mutex<HashMap<IpAddr, Vec<(String, Instant)>>>);
 
 impl Learned for LearnedAddrs {
     fn remaining(&self, set: &str) -> Vec<(u128, Duration)> {
         let now = Instant::now();
-        self.0
+        let soon = now + Duration::from_secs(1);
+        let addrs = self.0.lock();
+        let mut out = Vec::new();
+        for (ip, sets) in addrs.iter() {
+            for (s, until) in sets {
+                if s == set && *until > soon {
+                    out.push((key(*ip), *until - now));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Addresses that answers to allowed names revealed, with when that was last seen plus
+/// `shared_memory_secs`. Such an address serves something the policy lets through (a CDN
+/// front end, a collector shared with cloud save): it is never learned, and removed from
+/// the learned sets the moment an allowed answer shows it. Sharded, bounded.
+pub struct SharedAddrs {
+    shards: Vec<Mutex<HashMap<IpAddr, Instant>>>,
+    memory: Duration,
+    max_per_shard: usize,
+}
+
+const SHARED_SHARDS: usize = 16;
+
+impl SharedAddrs {
+    pub fn new(memory: Duration, max: usize) -> Self {
+        SharedAddrs {
+            shards: (0..SHARED_SHARDS).map(|_| Mutex::default()).collect(),
+            memory,
+            max_per_shard: max.div_ceil(SHARED_SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, Instant>> {
+        let h = match ip {
+            IpAddr::V4(a) => u32::from(a) as usize,
+            IpAddr::V6(a) => (u128::from(a) ^ (u128::from(a) >> 64)) as usize,
+        };
+        &self.shards[h.wrapping_mul(0x9e37_79b9) % SHARED_SHARDS]
+    }
+
+    /// Remembers (or refreshes) an address; false when the shard was full of live
+    /// entries and it could not be remembered.
+    fn saw(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut shard = self.shard(ip).lock();
+        if !shard.contains_key(&ip) && shard.len() >= self.max_per_shard {
+            shard.retain(|_, until| *until > now);
+            if shard.len() >= self.max_per_shard {
+                return false;
+            }
+        }
+        shard.insert(ip, now + self.memory);
+        true
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.shard(ip)
             .lock()
-            .iter()
-            .filter(|((s, _), until)| s == set && **until > now + Duration::from_secs(1))
-            .map(|((_, ip), until)| (key(*ip), *until - now))
-            .collect()
+            .get(&ip)
+            .is_some_and(|until| *until > Instant::now())
     }
 }
 
@@ -84,17 +152,21 @@ pub struct Context {
     pub current: Arc<ArcSwap<Snapshot>>,
     pub kernel: Kernel,
     pub counts: Arc<ShadowCounts>,
+    pub shared: Arc<SharedAddrs>,
 }
 
 impl Shadow {
     pub fn start(ctx: Context, learned: Arc<LearnedAddrs>) -> Arc<Shadow> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let counts = ctx.counts.clone();
+        let (shared, kernel) = (ctx.shared.clone(), ctx.kernel.clone());
         tokio::spawn(run(ctx, learned.clone(), rx));
         Arc::new(Shadow {
             tx,
             learned,
+            shared,
             counts,
+            kernel,
         })
     }
 
@@ -113,6 +185,68 @@ impl Learner for Shadow {
         if queued.is_err() {
             self.counts.queue_full.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Remembers the addresses an allowed answer carries as shared, and takes any of them
+    /// that was learned out of the learned sets at once (in a task of its own: the query
+    /// path never waits on the kernel).
+    fn allowed(&self, answers: &[Record]) {
+        let now = Instant::now();
+        let mut revealed: Vec<(IpAddr, Vec<(String, Instant)>)> = Vec::new();
+        for record in answers {
+            let ip = match &record.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => continue,
+            };
+            if !self.shared.saw(ip, now) {
+                self.counts
+                    .shared_not_remembered
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(sets) = self.learned.0.lock().remove(&ip) {
+                revealed.push((ip, sets));
+            }
+        }
+        if revealed.is_empty() {
+            return;
+        }
+        let (kernel, counts) = (self.kernel.clone(), self.counts.clone());
+        tokio::spawn(async move {
+            let mut by_set: HashMap<String, Vec<IpAddr>> = HashMap::new();
+            for (ip, sets) in revealed {
+                for (set, _) in sets {
+                    by_set.entry(set).or_default().push(ip);
+                }
+            }
+            let diffs: Vec<ElementDiff> = by_set
+                .into_iter()
+                .map(|(set, ips)| ElementDiff {
+                    family: if ips[0].is_ipv4() {
+                        Family::V4
+                    } else {
+                        Family::V6
+                    },
+                    set,
+                    remove: ips.iter().map(|ip| (key(*ip), false)).collect(),
+                    add: Vec::new(),
+                })
+                .collect();
+            let n: usize = diffs.iter().map(|d| d.remove.len()).sum();
+            match kernel.update_elements(diffs.clone()).await {
+                Ok(()) => {
+                    counts.shared_removed.fetch_add(n as u64, Ordering::Relaxed);
+                    for d in &diffs {
+                        info!(
+                            set = d.set,
+                            n = d.remove.len(),
+                            "shadow: an allowed answer revealed learned addresses as shared; removed"
+                        );
+                    }
+                }
+                Err(e) => warn!("shadow: could not remove shared addresses: {e}"),
+            }
+        });
     }
 
     /// Queues the exact blocked names of the shadow profiles, waiting for room in a task
@@ -148,6 +282,40 @@ impl Learner for Shadow {
             info!(names = n, of = total, "shadow resolution: names queued");
         });
     }
+}
+
+/// Addresses shadow resolution must never learn, whatever a blocked name resolves to:
+/// the upstreams it forwards to, the resolvers of resolv.conf and the gateway's own
+/// addresses. Learning one would cut the gateway off from DNS or from itself. Read at
+/// each resolution, so a changed WAN address or resolv.conf counts at once.
+fn never_learn(ctx: &Context) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = ctx.upstream.servers().iter().map(|s| s.ip()).collect();
+    let resolv_conf = ctx
+        .current
+        .load()
+        .config
+        .config
+        .upstream
+        .resolv_conf
+        .clone();
+    out.extend(
+        crate::dns::upstream::from_resolv_conf(&resolv_conf, &[])
+            .iter()
+            .map(|s| s.ip()),
+    );
+    if let Ok(ifaces) = nix::ifaddrs::getifaddrs() {
+        for iface in ifaces {
+            let Some(addr) = iface.address else {
+                continue;
+            };
+            if let Some(v4) = addr.as_sockaddr_in() {
+                out.push(IpAddr::V4(v4.ip()));
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                out.push(IpAddr::V6(v6.ip()));
+            }
+        }
+    }
+    out
 }
 
 fn key(ip: IpAddr) -> u128 {
@@ -245,28 +413,52 @@ async fn resolve_into(
             found.push((ip, ttl));
         }
     }
+    let never = never_learn(ctx);
     let mut by_set: HashMap<String, Vec<(IpAddr, Duration)>> = HashMap::new();
     {
         let mut addrs = learned.0.lock();
         let now = Instant::now();
-        addrs.retain(|_, until| *until > now);
+        addrs.retain(|_, sets| {
+            sets.retain(|(_, until)| *until > now);
+            !sets.is_empty()
+        });
+        let mut total: usize = addrs.values().map(Vec::len).sum();
         for (ip, ttl) in found {
             if policy.allow_nets.contains(ip) {
                 ctx.counts.skipped_allow.fetch_add(1, Ordering::Relaxed);
                 info!(%name, %ip, profile = %p.name, "shadow: address is in the allow set; not blocked");
                 continue;
             }
-            let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
-            let set = learned_set(&p.name, family);
-            let k = (set.clone(), ip);
-            if !addrs.contains_key(&k) && addrs.len() >= ctx.cfg.max_addresses {
-                ctx.counts.over_max.fetch_add(1, Ordering::Relaxed);
-                warn!(%ip, "shadow: max_addresses reached; address not added");
+            if policy.never_learn_nets.contains(ip) || never.contains(&ip) {
+                ctx.counts
+                    .never_learn_skipped
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(%name, %ip, profile = %p.name, "shadow: address is never learned (an upstream, the gateway's own, or never_learn_cidrs); not blocked");
                 continue;
             }
-            addrs.insert(k, now + ttl);
+            if ctx.shared.contains(ip) {
+                ctx.counts.shared_skipped.fetch_add(1, Ordering::Relaxed);
+                info!(%name, %ip, profile = %p.name, "shadow: an allowed name resolves to this address too; not blocked");
+                continue;
+            }
+            let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
+            let set = learned_set(&p.name, family);
+            let sets = addrs.entry(ip).or_default();
+            match sets.iter_mut().find(|(s, _)| *s == set) {
+                Some((_, until)) => *until = now + ttl,
+                None if total >= ctx.cfg.max_addresses => {
+                    ctx.counts.over_max.fetch_add(1, Ordering::Relaxed);
+                    warn!(%ip, "shadow: max_addresses reached; address not added");
+                    continue;
+                }
+                None => {
+                    sets.push((set.clone(), now + ttl));
+                    total += 1;
+                }
+            }
             by_set.entry(set).or_default().push((ip, ttl));
         }
+        addrs.retain(|_, sets| !sets.is_empty());
     }
     for (set, elements) in by_set {
         let family = if elements[0].0.is_ipv4() {

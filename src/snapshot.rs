@@ -19,6 +19,9 @@ use crate::policy::{self, BuildOutcome, Policy};
 pub trait Learner: Send + Sync {
     /// A name a shadow profile blocked for a client; never waits.
     fn learn(&self, profile: u16, name: &Name);
+    /// The records of an answer the client was allowed to get: their addresses serve
+    /// something the policy lets through and must never be blocked. Never waits.
+    fn allowed(&self, answers: &[hickory_proto::rr::Record]);
     /// Queues every exact blocked name of the shadow profiles (start and reload); works
     /// in the background and never makes the caller wait.
     fn seed(&self, policy: &Policy);

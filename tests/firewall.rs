@@ -565,6 +565,11 @@ collector  A   203.0.113.100
 collector  AAAA 2001:db8:f::100
 x.suffix   A   203.0.113.102
 shared     A   203.0.113.7
+cloudsave  A   203.0.113.100
+solo       A   203.0.113.101
+collector2 A   203.0.113.103
+cloudsave2 A   203.0.113.103
+evil       A   198.51.100.2
 ";
 
 /// A real authoritative upstream for shadow.test in the wan namespace, on
@@ -1247,6 +1252,116 @@ fn shadow_seeding_queues_every_name_of_a_big_list() {
     }
     let line = queued.unwrap_or_else(|| panic!("seeding did not finish:\n{}", daemon.log()));
     assert!(line.contains("names=6000 of=6000"), "{line}");
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}
+
+/// Shadow resolution never blocks an address that an allowed name uses, in either order,
+/// and never the upstream: a blocked name learned at start loses its address the moment
+/// an allowed answer shows it (target: within 1 s), a blocked name whose address an
+/// allowed answer showed first is never learned, a blocked name on its own address stays
+/// rejected, and a blocked name that resolves to the upstream is never learned.
+#[test]
+fn shadow_never_blocks_an_address_an_allowed_name_uses() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let _knot = wan_knot(&mut t);
+    let dir = TempDir::new("shshared");
+    dir.write(
+        "tele.list",
+        "collector.shadow.test\nsolo.shadow.test\nevil.shadow.test\n",
+    );
+    let cfg = dir.write("telesink.toml", &shadow_config("tele.list", true));
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    let until = |what: &str, dst: &str, want: &str| {
+        for _ in 0..100 {
+            if t.connect(&t.client, None, dst, 8080) == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{what}: {dst} never became {want}\n{}", daemon.log());
+    };
+    until("learned at start", "203.0.113.100", "refused");
+    until("learned at start", "203.0.113.101", "refused");
+    // The upstream's own address, returned for a blocked name, is never learned: DNS and
+    // the upstream stay reachable.
+    assert_eq!(t.connect(&t.client, None, "198.51.100.2", 8080), "ok");
+    assert!(
+        daemon.log().contains("shadow: address is never learned"),
+        "{}",
+        daemon.log()
+    );
+    // Learned first, then revealed by an allowed answer: removed at once.
+    let dig = |name: &str| {
+        t.sh(
+            &t.client,
+            &format!("dig +short +time=2 +tries=1 @192.0.2.1 {name} A"),
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(dig("cloudsave.shadow.test"), "203.0.113.100");
+    let answered = std::time::Instant::now();
+    let mut open_after = None;
+    for _ in 0..40 {
+        if t.connect(&t.client, None, "203.0.113.100", 8080) == "ok" {
+            open_after = Some(answered.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let open_after = open_after.unwrap_or_else(|| {
+        panic!(
+            "the shared address stayed blocked after the allowed answer\n{}",
+            daemon.log()
+        )
+    });
+    eprintln!(
+        "shared address removed {} ms after the allowed answer",
+        open_after.as_millis()
+    );
+    assert!(open_after < Duration::from_secs(1), "{open_after:?}");
+    // A blocked name on an address of its own stays rejected.
+    assert_eq!(t.connect(&t.client, None, "203.0.113.101", 8080), "refused");
+    // Allowed first, then blocked: the address is never learned.
+    assert_eq!(dig("cloudsave2.shadow.test"), "203.0.113.103");
+    dir.write(
+        "tele.list",
+        "collector.shadow.test\nsolo.shadow.test\nevil.shadow.test\ncollector2.shadow.test\n",
+    );
+    let (ok, out) = ctl_in(&t, &dir, "reload");
+    assert!(ok, "{out}");
+    let mut skipped = false;
+    for _ in 0..50 {
+        if daemon
+            .log()
+            .contains("an allowed name resolves to this address too")
+        {
+            skipped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        skipped,
+        "collector2 was not resolved and skipped\n{}",
+        daemon.log()
+    );
+    assert_eq!(t.connect(&t.client, None, "203.0.113.103", 8080), "ok");
+    let (_, status) = ctl_in(&t, &dir, "status --json");
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let sh = &v["shadow"];
+    assert!(sh["shared_removed"].as_u64() >= Some(1), "{status}");
+    assert!(sh["shared_skipped"].as_u64() >= Some(1), "{status}");
+    assert!(sh["never_learn_skipped"].as_u64() >= Some(1), "{status}");
     let (ok, log) = daemon.stop();
     assert!(ok, "{log}");
     t.sh(

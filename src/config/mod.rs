@@ -160,6 +160,17 @@ pub struct ShadowConfig {
     /// Learned addresses kept at most (all profiles); beyond, new ones are not added.
     #[serde(default = "default_shadow_entries")]
     pub max_addresses: usize,
+    /// Address lists shadow resolution never learns (shared CDN, front-door and storage
+    /// ranges). "Never learn", not "allow": static telemetry CIDRs still apply.
+    #[serde(default)]
+    pub never_learn_cidrs: Vec<Spanned<PathBuf>>,
+    /// How long an address that an allowed answer revealed is remembered as shared (it is
+    /// then never learned, and removed if it was), refreshed at each sighting.
+    #[serde(default = "default_shared_memory")]
+    pub shared_memory_secs: u32,
+    /// Addresses remembered as shared at most; beyond, the oldest are forgotten (counted).
+    #[serde(default = "default_shared_entries")]
+    pub max_shared_addresses: usize,
 }
 
 impl Default for ShadowConfig {
@@ -168,8 +179,18 @@ impl Default for ShadowConfig {
             min_ttl_secs: default_shadow_floor(),
             max_ttl_secs: default_shadow_max(),
             max_addresses: default_shadow_entries(),
+            never_learn_cidrs: Vec::new(),
+            shared_memory_secs: default_shared_memory(),
+            max_shared_addresses: default_shared_entries(),
         }
     }
+}
+
+fn default_shared_memory() -> u32 {
+    6 * 3600
+}
+fn default_shared_entries() -> usize {
+    65_536
 }
 
 fn default_shadow_floor() -> u32 {

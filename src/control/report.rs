@@ -180,6 +180,9 @@ pub struct ShadowStatus {
     pub skipped_allow: u64,
     pub queue_full: u64,
     pub over_max: u64,
+    pub shared_skipped: u64,
+    pub shared_removed: u64,
+    pub never_learn_skipped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -225,6 +228,9 @@ impl Status {
                     skipped_allow: n.skipped_allow.load(Relaxed),
                     queue_full: n.queue_full.load(Relaxed),
                     over_max: n.over_max.load(Relaxed),
+                    shared_skipped: n.shared_skipped.load(Relaxed),
+                    shared_removed: n.shared_removed.load(Relaxed),
+                    never_learn_skipped: n.never_learn_skipped.load(Relaxed),
                 }
             }),
             queries: s.outcomes.total(),

@@ -305,6 +305,11 @@ impl Pipeline {
             ede: None,
         };
         let info = self.send(request, handle, reply).await;
+        // The addresses of an answer a client was allowed to get serve something the
+        // policy lets through: shadow resolution must never block them (src/shadow.rs).
+        if let Some(learner) = &policy.learner {
+            learner.allowed(&answer.answers);
+        }
         let outcome = if answer.rcode == ResponseCode::ServFail {
             Outcome::ServFail
         } else {

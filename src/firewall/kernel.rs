@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use super::events::{Tampered, Watcher};
 use super::netlink::{self, ClientCount, NetlinkError};
-use super::plan::{Family, Plan, PlanChange, TABLE};
+use super::plan::{ElementDiff, Family, Plan, PlanChange, TABLE};
 
 /// Addresses learned by shadow resolution, carried into every full apply with the time
 /// they have left, so a restore or a reload never forgets them.
@@ -54,6 +54,10 @@ enum Job {
         set: String,
         family: Family,
         elements: Vec<(IpAddr, Duration)>,
+        reply: Reply<()>,
+    },
+    Elements {
+        diffs: Vec<ElementDiff>,
         reply: Reply<()>,
     },
     Accounting {
@@ -166,6 +170,12 @@ impl Kernel {
             .await??)
     }
 
+    /// Adds and removes single elements (shadow resolution taking out an address an
+    /// allowed answer showed to be shared).
+    pub async fn update_elements(&self, diffs: Vec<ElementDiff>) -> Result<(), KernelError> {
+        Ok(self.ask(|reply| Job::Elements { diffs, reply }).await??)
+    }
+
     /// Reads accounting sets; for the scrape, which runs on a blocking thread.
     pub fn accounting_blocking(
         &self,
@@ -242,6 +252,9 @@ impl Owner {
                     reply,
                 } => {
                     let _ = reply.send(netlink::update_timed(&set, family, &elements));
+                }
+                Job::Elements { diffs, reply } => {
+                    let _ = reply.send(netlink::update_elements(&diffs));
                 }
                 Job::Accounting { sets, reply } => {
                     let counts = sets

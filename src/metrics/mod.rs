@@ -252,6 +252,26 @@ impl Collector for TelesinkCollector {
                     "Learned addresses not added because max_addresses were already learned.",
                     &n.over_max,
                 ),
+                (
+                    SHADOW_SHARED_SKIPPED,
+                    "Addresses not learned because an allowed answer had revealed them as shared.",
+                    &n.shared_skipped,
+                ),
+                (
+                    SHADOW_SHARED_REMOVED,
+                    "Learned addresses removed because an allowed answer revealed them as shared.",
+                    &n.shared_removed,
+                ),
+                (
+                    SHADOW_NEVER_LEARN_SKIPPED,
+                    "Addresses not learned because they are upstreams, the gateway's own or in never_learn_cidrs.",
+                    &n.never_learn_skipped,
+                ),
+                (
+                    SHADOW_SHARED_NOT_REMEMBERED,
+                    "Shared addresses not remembered because max_shared_addresses were.",
+                    &n.shared_not_remembered,
+                ),
             ]);
         }
         for (name, help, value) in plain {

@@ -142,6 +142,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     }
     let allow_nets = b.load_cidrs(&cfg.config.firewall.allow_cidrs);
     let bypass_nets = b.load_cidrs(&cfg.config.firewall.bypass.doh_cidrs);
+    let never_learn_nets = b.load_cidrs(&cfg.config.firewall.shadow.never_learn_cidrs);
     let (groups, nets, host_names) = b.groups(&profiles);
     let warnings = profiles
         .iter()
@@ -169,6 +170,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
             .with_names(host_names),
         allow_nets,
         bypass_nets,
+        never_learn_nets,
         block_ttl: cfg.config.policy.block_ttl_secs,
         cname_cloaking: cfg.config.policy.cname_cloaking,
     });

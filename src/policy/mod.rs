@@ -173,6 +173,8 @@ pub struct Policy {
     pub allow_nets: AddressSet,
     /// Public DoH resolvers' addresses, for the firewall's bypass prevention.
     pub bypass_nets: AddressSet,
+    /// Addresses shadow resolution never learns (`firewall.shadow.never_learn_cidrs`).
+    pub never_learn_nets: AddressSet,
     pub block_ttl: u32,
     pub cname_cloaking: bool,
 }
