@@ -936,3 +936,29 @@ fn fast_path_answers_match_the_hickory_path_byte_for_byte() {
     let log = fast.log.lock().unwrap().clone();
     assert!(!log.contains("could not"), "{log}");
 }
+
+/// A CNAME target that a block rule matches used to override an explicit allow rule for
+/// the queried name. The allow rule for the queried name decides now; cloaking still
+/// catches names that no allow rule covers.
+#[test]
+fn cname_cloaking_respects_the_allow_rule_of_the_queried_name() {
+    if !require("knotd") {
+        return;
+    }
+    let knot = Knot::start("save.allowed CNAME tracker.blocked.test.\n");
+    let ts = Telesink::start(&config(knot.addr, ""), FILES);
+    let m = ts.q("save.allowed.test", RecordType::A);
+    assert_eq!(
+        addrs(&m),
+        ["192.0.2.66"],
+        "allowed by *.allowed.test: {m:?}"
+    );
+    assert!(ede(&m).is_none(), "{m:?}");
+    // Cached now, and still allowed.
+    assert_eq!(
+        addrs(&ts.q("save.allowed.test", RecordType::A)),
+        ["192.0.2.66"]
+    );
+    // No allow rule for cloak.test: cloaking still blocks it.
+    assert_eq!(addrs(&ts.q("cloak.test", RecordType::A)), ["0.0.0.0"]);
+}

@@ -216,21 +216,24 @@ impl Pipeline {
 
         // 4. The policy verdict, before the cache: the cache holds real answers that an
         //    allowed client fetched, so a blocked client must be stopped before it can hit one.
-        if let Verdict::Block { profile, by } = policy.verdict(group, &qname) {
-            let labels = qname
-                .suffix_at(by.at)
-                .iter()
-                .filter(|&&b| b == b'.')
-                .count()
-                + 1;
-            let zone = query.original().name().trim_to(labels);
-            let (outcome, info) = self
-                .sinkhole(request, handle, &policy, profile, query, &zone, None)
-                .await;
-            let base = record(outcome, true, None);
-            let name = query.original().name();
-            return (info, sinkholed(base, &policy, profile, name));
-        }
+        let allowed_by_rule = match policy.verdict(group, &qname) {
+            Verdict::Pass { allow } => allow.is_some(),
+            Verdict::Block { profile, by } => {
+                let labels = qname
+                    .suffix_at(by.at)
+                    .iter()
+                    .filter(|&&b| b == b'.')
+                    .count()
+                    + 1;
+                let zone = query.original().name().trim_to(labels);
+                let (outcome, info) = self
+                    .sinkhole(request, handle, &policy, profile, query, &zone, None)
+                    .await;
+                let base = record(outcome, true, None);
+                let name = query.original().name();
+                return (info, sinkholed(base, &policy, profile, name));
+            }
+        };
 
         // 4b. Log-only profiles, after the real verdict: a name that some enforcing profile
         //     blocks was answered above; what passes is counted as a would-be block of a
@@ -283,7 +286,14 @@ impl Pipeline {
 
         // 6. CNAME cloaking after the cache, per client: a tracker hidden behind a CNAME
         //    is caught on cached answers too, and only for clients whose profiles block it.
-        if let Some((profile, target)) = cloaked(&policy, group, &answer) {
+        //    An allow rule for the queried name decides: cloaking catches first-party
+        //    names nobody vouched for, never one an admin or a shipped allowlist allowed.
+        let cloaking = if allowed_by_rule {
+            None
+        } else {
+            cloaked(&policy, group, &answer)
+        };
+        if let Some((profile, target)) = cloaking {
             let zone = query.original().name().clone();
             let via = Some(&target);
             let (outcome, info) = self
