@@ -471,9 +471,12 @@ fn explain(
         Ok(both) => both,
         Err(code) => return code,
     };
-    let Some(e) = policy::explain(&policy, name, client) else {
-        eprintln!("not a domain name: {name:?}");
-        return ExitCode::FAILURE;
+    let e = match policy::explain(&policy, name, client) {
+        Ok(e) => e,
+        Err(err) => {
+            eprintln!("telesink: {err}");
+            return ExitCode::FAILURE;
+        }
     };
     if json {
         match serde_json::to_string_pretty(&e) {

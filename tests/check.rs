@@ -252,16 +252,16 @@ fn explain_names_the_profile_and_the_file_and_line_that_decided() {
 fn explain_follows_the_client_group() {
     let (_d, cfg) = dir_with(
         &format!(
-            "{GOOD}[profiles.q]\nlists = [\"q.list\"]\n[[groups]]\nname = \"lab\"\nclients = [\"192.0.2.0/24\"]\nenable = [\"q\"]\n"
+            "{GOOD}[profiles.q]\nlists = [\"q.list\"]\n[[groups]]\nname = \"lab\"\nclients = [\"10.1.0.0/16\"]\nenable = [\"q\"]\n"
         ),
         "a.example\n",
     );
     _d.write("q.list", "only-lab.example\n");
     assert_eq!(
-        explain(&cfg, "only-lab.example", "198.51.100.1")["verdict"],
+        explain(&cfg, "only-lab.example", "10.9.9.9")["verdict"],
         "forwarded"
     );
-    let lab = explain(&cfg, "only-lab.example", "192.0.2.9");
+    let lab = explain(&cfg, "only-lab.example", "10.1.0.9");
     assert_eq!(
         (lab["verdict"].as_str(), lab["group"].as_str()),
         (Some("blocked"), Some("lab"))
@@ -323,4 +323,72 @@ fn a_name_with_more_rules_than_a_lookup_keeps_is_refused() {
         out.contains("l4.list:1: x.example has 10 rules across the lists, more than the 8"),
         "{out}"
     );
+}
+
+/// `explain` used to say "no rule matches" when a profile that is off would block the
+/// name, "blocked" for a client that gets REFUSED, and accepted anything as a name.
+#[test]
+fn explain_tells_the_whole_truth() {
+    let (d, cfg) = dir_with(
+        &format!(
+            "{GOOD}[profiles.q]\nlists = [\"q.list\"]\n[profiles.r]\nlists = [\"q.list\"]\n[[groups]]\nname = \"lab\"\nclients = [\"192.0.2.0/24\"]\nenable = [\"q\"]\n"
+        ),
+        "a.example\n",
+    );
+    d.write("q.list", "only-lab.example\n");
+    // Off for the default group (on for lab), and off everywhere.
+    let e = explain(&cfg, "only-lab.example", "10.1.2.3");
+    assert_eq!(e["verdict"], "forwarded", "{e}");
+    let why: Vec<(String, String)> = e["would_block"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["profile"].as_str().unwrap().to_owned(),
+                w["why_not"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        why,
+        [
+            ("q".to_owned(), "off for group default".to_owned()),
+            ("r".to_owned(), "off".to_owned())
+        ],
+        "{e}"
+    );
+    // The human output says it too.
+    let out = std::process::Command::new(bin())
+        .args([
+            "explain",
+            "only-lab.example",
+            "--client",
+            "10.1.2.3",
+            "--offline",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("profile q would block it (only-lab.example at ")
+            && text.contains("but is off for group default"),
+        "{text}"
+    );
+    // A client outside allowed_clients gets REFUSED, whatever the lists say.
+    let e = explain(&cfg, "a.example", "203.0.113.5");
+    assert!(e["verdict"].as_str().unwrap().starts_with("refused"), "{e}");
+    // Not a name: a clear error, no verdict.
+    for bad in ["not a name!", "a..b", "x y.example"] {
+        let out = std::process::Command::new(bin())
+            .args(["explain", bad, "--offline", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?} was explained");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not a domain name"), "{err}");
+    }
 }

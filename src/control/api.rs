@@ -264,11 +264,8 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
             };
             let client = b.client.unwrap_or(IpAddr::from([127, 0, 0, 1]));
             match crate::policy::explain(&c.current(), &b.name, client) {
-                Some(e) => json(StatusCode::OK, &e),
-                None => error(
-                    StatusCode::BAD_REQUEST,
-                    format!("not a domain name: {:?}", b.name),
-                ),
+                Ok(e) => json(StatusCode::OK, &e),
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
             }
         }
         (_, ["v1", ..]) => error(

@@ -20,6 +20,39 @@ pub struct Explanation {
     pub rule: Option<RuleAt>,
     /// A log-only profile that would have blocked the name (it is answered normally).
     pub log_only: Option<String>,
+    /// Every other profile with a rule that would block the name, and why it does not.
+    #[serde(default)]
+    pub would_block: Vec<WouldBlock>,
+}
+
+/// A profile that would block the name but does not for this client.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WouldBlock {
+    pub profile: String,
+    /// "off for group G" (on for some other group), "off" (off everywhere), or
+    /// "observed" (log-only: answered normally, counted).
+    pub why_not: String,
+    pub rule: RuleAt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExplainError {
+    #[error("not a domain name: {0:?} (labels of letters, digits, '-' and '_', separated by dots)")]
+    NotAName(String),
+}
+
+/// Whether text is a host name a client could ask for: labels of 1-63 letters, digits,
+/// '-' or '_', at most 253 characters, an optional trailing dot.
+fn valid_name(text: &str) -> bool {
+    let t = text.strip_suffix('.').unwrap_or(text);
+    !t.is_empty()
+        && t.len() <= 253
+        && t.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,8 +63,12 @@ pub struct RuleAt {
     pub allow: bool,
 }
 
-pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Option<Explanation> {
-    let q = QName::parse(name)?;
+pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Result<Explanation, ExplainError> {
+    let not_a_name = || ExplainError::NotAName(name.to_owned());
+    if !valid_name(name) {
+        return Err(not_a_name());
+    }
+    let q = QName::parse(name).ok_or_else(not_a_name)?;
     let g = policy.group_of(client);
     let group = policy
         .groups
@@ -65,22 +102,58 @@ pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Option<Explanatio
             .would_block(g, &q)
             .and_then(|p| policy.profiles.get(p as usize))
             .map(|p| p.name.clone()),
+        would_block: Vec::new(),
     };
-    Some(match policy.verdict(g, &q) {
+    // Every profile not enforcing for this group, alone: would it block the name?
+    let enforcing = policy.groups.get(g as usize).map_or(0, |gr| gr.active);
+    let observed = policy.groups.get(g as usize).map_or(0, |gr| gr.logged);
+    let would_block: Vec<WouldBlock> = (0..policy.profiles.len())
+        .filter(|&i| enforcing & (1 << i) == 0)
+        .filter_map(|i| {
+            let Verdict::Block { by, .. } = policy.verdict_for(1 << i, &q) else {
+                return None;
+            };
+            let p = &policy.profiles[i];
+            let why_not = if observed & (1 << i) != 0 {
+                "observed (log-only: answered normally, counted)".to_owned()
+            } else if policy.groups.iter().any(|gr| gr.active & (1 << i) != 0) {
+                format!("off for group {group}")
+            } else {
+                "off".to_owned()
+            };
+            Some(WouldBlock {
+                profile: p.name.clone(),
+                why_not,
+                rule: rule_at(&by),
+            })
+        })
+        .collect();
+    if !policy.is_allowed_client(client) {
+        return Ok(Explanation {
+            would_block,
+            ..base("refused: the client is outside policy.allowed_clients and gets REFUSED")
+        });
+    }
+    Ok(match policy.verdict(g, &q) {
         Verdict::Block { profile, by } => {
             let p = policy.profiles.get(profile as usize);
             Explanation {
                 profile: p.map(|p| p.name.clone()),
                 mode: p.map(|p| p.mode.name().to_owned()),
                 rule: Some(rule_at(&by)),
+                would_block,
                 ..base("blocked")
             }
         }
         Verdict::Pass { allow: Some(d) } => Explanation {
             rule: Some(rule_at(&d)),
+            would_block,
             ..base("allowed")
         },
-        Verdict::Pass { allow: None } => base("forwarded"),
+        Verdict::Pass { allow: None } => Explanation {
+            would_block,
+            ..base("forwarded")
+        },
     })
 }
 
@@ -103,8 +176,23 @@ impl std::fmt::Display for Explanation {
                 r.file,
                 r.line
             ),
-            None => writeln!(f, "  no rule matches: forwarded upstream"),
+            None if self.verdict == "forwarded" => {
+                writeln!(
+                    f,
+                    "  no rule of a profile on for this group matches: forwarded upstream"
+                )
+            }
+            None => Ok(()),
         }?;
+        for w in &self.would_block {
+            writeln!(
+                f,
+                "  profile {} would block it ({}), but is {}",
+                w.profile,
+                format_args!("{} at {}:{}", w.rule.rule, w.rule.file, w.rule.line),
+                w.why_not
+            )?;
+        }
         if let Some(p) = &self.log_only {
             writeln!(
                 f,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use build::{BuildOutcome, BuildProblem, Severity, build};
 pub use clients::ClientTable;
-pub use explain::{Explanation, explain};
+pub use explain::{ExplainError, Explanation, WouldBlock, explain};
 pub use index::{NameIndex, Rule};
 pub use qname::QName;
 pub use toggles::{Toggle, ToggleError, Toggles};
