@@ -48,7 +48,9 @@ pub enum ApplyError {
 #[derive(Debug, Clone)]
 pub enum Edit {
     Profile(Toggle),
-    LogOnly { profile: String, on: bool },
+    /// Observe (`enabled` true) or stop observing a profile; group and time as for a
+    /// profile toggle.
+    LogOnly(Toggle),
 }
 
 /// Command-line replacements for parts of the config, kept for every reload so a trial
@@ -218,7 +220,7 @@ impl Applier {
         toggles.expire(unix_now());
         match &edit {
             Edit::Profile(t) => toggles.set(t.clone()),
-            Edit::LogOnly { profile, on } => toggles.set_log_only(profile, *on),
+            Edit::LogOnly(t) => toggles.set_log_only(t.clone()),
         }
         let policy = old.with_toggles(toggles, old.generation + 1)?;
         if dry_run {

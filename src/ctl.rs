@@ -76,8 +76,7 @@ pub fn profile(args: &SocketArgs, name: &str, body: Value) -> ExitCode {
     )
 }
 
-pub fn log_only(args: &SocketArgs, name: &str, on: bool, dry_run: bool) -> ExitCode {
-    let body = serde_json::json!({ "on": on, "dry_run": dry_run });
+pub fn log_only(args: &SocketArgs, name: &str, body: Value) -> ExitCode {
     run(
         args,
         "POST",

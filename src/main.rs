@@ -98,11 +98,21 @@ enum Command {
         #[command(flatten)]
         socket: SocketArgs,
     },
-    /// Log-only mode: the profile answers normally and counts what it would block.
+    /// Log-only (observe) a profile: it answers normally and counts what it would block,
+    /// on or off, whether it was on or off before (kept across restarts).
     LogOnly {
+        /// The profile.
         name: String,
+        /// on: observe it; off: stop observing it.
         #[arg(value_enum)]
         state: LogOnlyState,
+        /// Only for this client group (default: every group).
+        #[arg(long)]
+        group: Option<String>,
+        /// Revert by itself after this long: 90s, 30m, 2h, 1d.
+        #[arg(long = "for", value_parser = telesink::control::client::parse_duration)]
+        duration: Option<u64>,
+        /// Show what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
@@ -221,9 +231,20 @@ fn main() -> ExitCode {
         Command::LogOnly {
             name,
             state,
+            group,
+            duration,
             dry_run,
             socket,
-        } => ctl::log_only(&socket, &name, matches!(state, LogOnlyState::On), dry_run),
+        } => ctl::log_only(
+            &socket,
+            &name,
+            serde_json::json!({
+                "on": matches!(state, LogOnlyState::On),
+                "group": group,
+                "for_secs": duration,
+                "dry_run": dry_run,
+            }),
+        ),
         Command::Reload { socket } => ctl::reload(&socket),
     }
 }

@@ -201,7 +201,12 @@ mod tests {
         file.prepare(&t).unwrap().commit().unwrap();
         assert_eq!(file.load(), t);
         let mut other = t.clone();
-        other.set_log_only("office-telemetry", true);
+        other.set_log_only(Toggle {
+            profile: "office-telemetry".into(),
+            group: None,
+            enabled: true,
+            until: None,
+        });
         drop(file.prepare(&other).unwrap());
         assert_eq!(file.load(), t);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);

@@ -602,3 +602,59 @@ fn a_second_run_refuses_and_leaves_the_first_reachable() {
     ok(&ts, &["status"]);
     assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
 }
+
+/// `log-only` on a profile that is off used to print "no profile changes state" and do
+/// nothing. It now observes the profile (answers unchanged, would-be blocks counted per
+/// client), for one group with --group, for a while with --for, and status lists it.
+#[test]
+fn log_only_observes_a_profile_that_is_off_per_group_and_for_a_while() {
+    let Some((_knot, ts)) = start("", &["--metrics", "127.0.0.1:0"]) else {
+        return;
+    };
+    // ads is off by default; observe it for the finance group only.
+    let out = ok(&ts, &["log-only", "ads", "on", "--group", "finance"]);
+    assert!(
+        out.contains("ads for group finance: off -> log-only"),
+        "{out}"
+    );
+    assert_eq!(rcode(&ts, "127.0.0.2", ADS), ResponseCode::NoError);
+    assert_eq!(rcode(&ts, "127.0.0.1", ADS), ResponseCode::NoError);
+    let text = metrics(&ts);
+    assert!(
+        text.contains("telesink_dns_logged_total{client=\"127.0.0.2\",profile=\"ads\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("telesink_dns_logged_total{client=\"127.0.0.1\",profile=\"ads\"}"),
+        "{text}"
+    );
+    let status = json(&ts, &["status"]);
+    let finance = &status["groups"][1];
+    assert_eq!(finance["group"], "finance");
+    assert!(
+        finance["log_only"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "ads"),
+        "{status}"
+    );
+    // Everywhere, for 2 s: it lapses by itself, back to off (and finance's entry stays).
+    let out = ok(&ts, &["log-only", "ads", "on", "--for", "2s"]);
+    assert!(
+        out.contains("ads for group default: off -> log-only"),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_millis(3200));
+    let status = json(&ts, &["status"]);
+    assert!(
+        !status["groups"][0]["log_only"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "ads"),
+        "{status}"
+    );
+    // Never blocking, whatever it observes.
+    assert_eq!(rcode(&ts, "127.0.0.2", ADS), ResponseCode::NoError);
+}

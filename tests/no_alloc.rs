@@ -54,7 +54,12 @@ fn the_per_query_policy_and_metrics_path_does_not_allocate() {
     let cfg = LoadedConfig::load(&dir.join("t.toml")).unwrap();
     let base = policy::build(&cfg, 1).policy.unwrap();
     let mut toggles = Toggles::default();
-    toggles.set_log_only("b", true);
+    toggles.set_log_only(telesink::policy::Toggle {
+        profile: "b".into(),
+        group: None,
+        enabled: true,
+        until: None,
+    });
     let policy = base.with_toggles(toggles, 2).unwrap();
     let names: Vec<QName> = [
         "blocked.test",

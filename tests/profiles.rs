@@ -183,3 +183,50 @@ fn with_every_profile_on_the_allowlists_still_win_and_narrow_blocks_still_apply(
         );
     }
 }
+
+/// The shipped config observes office-telemetry-strict: the main Office collector is not
+/// blocked (Microsoft multiplexes it with cloud save), but each client that still sends
+/// to it is counted, so an admin sees where the Office policy is not applied.
+#[test]
+fn the_shipped_config_observes_the_main_office_collector() {
+    if !require("knotd") || !require("curl") {
+        return;
+    }
+    let knot = Knot::start_zones(&[(".", ROOT_WILDCARD)]);
+    let ts = shipped(&knot, "");
+    assert!(!blocked(&ts, "self.events.data.microsoft.com"));
+    assert!(!blocked(&ts, "self.events.data.microsoft.com"));
+    let log = ts.log.lock().unwrap().clone();
+    let addr = log
+        .lines()
+        .find_map(|l| {
+            l.split("metrics listening on ")
+                .nth(1)?
+                .trim()
+                .parse::<std::net::SocketAddr>()
+                .ok()
+        })
+        .expect("metrics address");
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "telesink_dns_logged_total{client=\"127.0.0.1\",profile=\"office-telemetry-strict\"} 2"
+        ),
+        "{text}"
+    );
+    let (ok, status, _) = ts.ctl(&["status", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(
+        v["groups"][0]["log_only"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "office-telemetry-strict"),
+        "{status}"
+    );
+}

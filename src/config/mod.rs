@@ -363,6 +363,10 @@ pub struct ProfileConfig {
     /// On for every group unless a group disables it.
     #[serde(default)]
     pub enabled: bool,
+    /// Where it is not on: observed (log-only), answered normally, its would-be blocks
+    /// counted per client. Never blocks.
+    #[serde(default)]
+    pub observed: bool,
     #[serde(default = "default_mode")]
     pub mode: Spanned<ModeName>,
     /// Answers of mode "ip".

@@ -9,7 +9,7 @@
 //! | GET    | /v1/status           |                                                   |
 //! | GET    | /v1/profiles         |                                                   |
 //! | POST   | /v1/profiles/NAME    | {"enabled": bool, "group"?, "for_secs"?, "dry_run"?} |
-//! | POST   | /v1/log-only/NAME    | {"on": bool, "dry_run"?}                          |
+//! | POST   | /v1/log-only/NAME    | {"on": bool, "group"?, "for_secs"?, "dry_run"?}   |
 //! | POST   | /v1/reload           |                                                   |
 //! | POST   | /v1/firewall/apply   | (installs the table in force again)               |
 //! | POST   | /v1/explain          | {"name": "...", "client"?: "192.0.2.10"}          |
@@ -147,6 +147,10 @@ struct ProfileBody {
 struct LogOnlyBody {
     on: bool,
     #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    for_secs: Option<u64>,
+    #[serde(default)]
     dry_run: bool,
 }
 
@@ -231,10 +235,14 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let edit = Edit::LogOnly {
+            let edit = Edit::LogOnly(Toggle {
                 profile: (*name).to_owned(),
-                on: b.on,
-            };
+                group: b.group,
+                enabled: b.on,
+                until: b
+                    .for_secs
+                    .map(|s| crate::clock::unix_now().saturating_add(s)),
+            });
             change(c, edit, b.dry_run, uid).await
         }
         (&Method::POST, ["v1", "reload"]) => {

@@ -126,7 +126,7 @@ impl ProfileState {
                 names: names_of(policy, pi),
                 cidrs: p.nets.v4.len() + p.nets.v6.len(),
                 shadow: p.shadow,
-                log_only: policy.toggles.log_only.contains(&p.name),
+                log_only: policy.groups.iter().any(|g| g.logged & (1 << pi) != 0),
                 warning: p.warning.clone(),
                 groups: policy
                     .groups

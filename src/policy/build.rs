@@ -498,6 +498,20 @@ impl Builder<'_> {
                 names.push((ip, host.clone()));
             }
         }
+        // `observed = true`: wherever the profile is not on, it is observed.
+        let observed = self
+            .cfg
+            .config
+            .profiles
+            .0
+            .iter()
+            .take(MAX_PROFILES)
+            .enumerate()
+            .filter(|(_, (_, p))| p.observed)
+            .fold(0u64, |m, (i, _)| m | 1 << i);
+        for g in &mut groups {
+            g.logged = observed & !g.active;
+        }
         (groups, nets, names)
     }
 }

@@ -17,9 +17,15 @@ pub struct Toggles {
     /// group entry when applied, so "off for finance" survives "on everywhere".
     #[serde(default)]
     pub profiles: Vec<Toggle>,
-    /// Profiles in log-only mode: they answer normally and count what they would block.
-    #[serde(default)]
+    /// Older state files: profiles in log-only mode everywhere. Read, then kept as
+    /// entries of `observe` (see `normalize`); never written.
+    #[serde(default, skip_serializing)]
     pub log_only: Vec<String>,
+    /// Log-only (observe) switches: `enabled` true observes the profile (it answers
+    /// normally, counts what it would block, never blocks), false stops observing. Same
+    /// order rules as `profiles`: global entries first, then group entries.
+    #[serde(default)]
+    pub observe: Vec<Toggle>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,23 +57,43 @@ impl Toggles {
         self.profiles.push(t);
     }
 
-    pub fn set_log_only(&mut self, profile: &str, on: bool) {
-        self.log_only.retain(|p| p != profile);
-        if on {
-            self.log_only.push(profile.to_owned());
+    /// Records a log-only (observe) switch, replacing one for the same profile and group.
+    pub fn set_log_only(&mut self, t: Toggle) {
+        self.normalize();
+        self.observe
+            .retain(|x| !(x.profile == t.profile && x.group == t.group));
+        self.observe.push(t);
+    }
+
+    /// Folds log-only entries of an older state file into `observe`.
+    pub fn normalize(&mut self) {
+        for profile in std::mem::take(&mut self.log_only) {
+            self.observe
+                .retain(|x| !(x.profile == profile && x.group.is_none()));
+            self.observe.push(Toggle {
+                profile,
+                group: None,
+                enabled: true,
+                until: None,
+            });
         }
     }
 
     /// Drops toggles whose time is up; true if any was dropped.
     pub fn expire(&mut self, now: u64) -> bool {
-        let before = self.profiles.len();
+        let before = self.profiles.len() + self.observe.len();
         self.profiles.retain(|t| t.until.is_none_or(|u| u > now));
-        self.profiles.len() != before
+        self.observe.retain(|t| t.until.is_none_or(|u| u > now));
+        self.profiles.len() + self.observe.len() != before
     }
 
     /// When the next timed toggle lapses.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.profiles.iter().filter_map(|t| t.until).min()
+        self.profiles
+            .iter()
+            .chain(&self.observe)
+            .filter_map(|t| t.until)
+            .min()
     }
 
     /// Drops toggles that name a profile or group the policy does not have (after a config
@@ -82,15 +108,25 @@ impl Toggles {
                     false
                 }
             });
-        self.log_only.retain(|p| match check(policy, p, None) {
-            Ok(()) => true,
-            Err(e) => {
-                dropped.push(format!("log-only {p} dropped: {e}"));
-                false
-            }
-        });
+        self.normalize();
+        self.observe
+            .retain(|t| match check(policy, &t.profile, t.group.as_deref()) {
+                Ok(()) => true,
+                Err(e) => {
+                    dropped.push(format!("log-only of {} dropped: {e}", t.profile));
+                    false
+                }
+            });
         dropped
     }
+}
+
+/// Global entries first, then group entries: "off for finance" survives "on everywhere".
+fn ordered(toggles: &[Toggle]) -> impl Iterator<Item = &Toggle> {
+    toggles
+        .iter()
+        .filter(|t| t.group.is_none())
+        .chain(toggles.iter().filter(|t| t.group.is_some()))
 }
 
 /// That the profile and (if given) the group exist.
@@ -109,12 +145,14 @@ pub fn check(policy: &Policy, profile: &str, group: Option<&str>) -> Result<(), 
 impl Policy {
     /// A new snapshot: this one's index, lists and clients, with `toggles` applied to the
     /// config's groups. Unknown names are an error, so a typo never half-applies.
-    pub fn with_toggles(&self, toggles: Toggles, generation: u64) -> Result<Policy, ToggleError> {
-        for t in &toggles.profiles {
+    pub fn with_toggles(
+        &self,
+        mut toggles: Toggles,
+        generation: u64,
+    ) -> Result<Policy, ToggleError> {
+        toggles.normalize();
+        for t in toggles.profiles.iter().chain(&toggles.observe) {
             check(self, &t.profile, t.group.as_deref())?;
-        }
-        for p in &toggles.log_only {
-            check(self, p, None)?;
         }
         let bit = |name: &str| {
             self.profiles
@@ -123,12 +161,7 @@ impl Policy {
                 .map_or(0, |i| 1u64 << i)
         };
         let mut groups: Vec<Group> = self.base_groups.as_ref().clone();
-        let ordered = toggles
-            .profiles
-            .iter()
-            .filter(|t| t.group.is_none())
-            .chain(toggles.profiles.iter().filter(|t| t.group.is_some()));
-        for t in ordered {
+        for t in ordered(&toggles.profiles) {
             let b = bit(&t.profile);
             for g in groups
                 .iter_mut()
@@ -141,15 +174,53 @@ impl Policy {
                 };
             }
         }
-        let logged = toggles.log_only.iter().fold(0u64, |m, p| m | bit(p));
+        // A profile switched on is no longer observed by the config's `observed`; a
+        // log-only switch then decides: observed never blocks.
         for g in &mut groups {
-            g.logged = g.active & logged;
-            g.active &= !logged;
+            g.logged &= !g.active;
+        }
+        for t in ordered(&toggles.observe) {
+            let b = bit(&t.profile);
+            for g in groups
+                .iter_mut()
+                .filter(|g| t.group.as_deref().is_none_or(|name| name == g.name))
+            {
+                if t.enabled {
+                    g.logged |= b;
+                    g.active &= !b;
+                } else {
+                    g.logged &= !b;
+                }
+            }
         }
         let mut next = self.clone();
         next.groups = groups;
         next.toggles = toggles;
         next.generation = generation;
         Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_of_the_old_log_only_form_still_loads() {
+        let mut t: Toggles =
+            serde_json::from_str(r#"{"profiles": [], "log_only": ["tele"]}"#).unwrap();
+        t.normalize();
+        assert_eq!(
+            t.observe,
+            [Toggle {
+                profile: "tele".into(),
+                group: None,
+                enabled: true,
+                until: None
+            }]
+        );
+        // Written back in the new form only.
+        let text = serde_json::to_string(&t).unwrap();
+        assert!(!text.contains("log_only"), "{text}");
     }
 }
