@@ -388,6 +388,17 @@ async fn resolve_into(
     let Some(p) = policy.profiles.get(profile as usize) else {
         return cap;
     };
+    // A name served from shared hosting (never_learn_zones): its addresses belong to
+    // everyone on that front end. DNS blocks the name; the firewall never learns it.
+    let lower = name.to_lowercase().to_ascii();
+    let lower = lower.trim_end_matches('.');
+    if let Some(zone) = policy.never_learn_zones.covering(lower) {
+        ctx.counts
+            .never_learn_skipped
+            .fetch_add(1, Ordering::Relaxed);
+        info!(%name, zone, profile = %p.name, "shadow: the name is in a shared-hosting zone; never learned");
+        return cap;
+    }
     let mut lifetime = cap;
     let mut found: Vec<(IpAddr, Duration)> = Vec::new();
     for qtype in [RecordType::A, RecordType::AAAA] {
@@ -402,6 +413,24 @@ async fn resolve_into(
                 continue;
             }
         };
+        // An answer whose CNAME chain passes through shared hosting: same reason.
+        let via_shared = answer.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(target) => {
+                let t = target.0.to_lowercase().to_ascii();
+                policy
+                    .never_learn_zones
+                    .covering(t.trim_end_matches('.'))
+                    .map(str::to_owned)
+            }
+            _ => None,
+        });
+        if let Some(zone) = via_shared {
+            ctx.counts
+                .never_learn_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            info!(%name, zone, profile = %p.name, "shadow: the answer's CNAME chain passes through a shared-hosting zone; never learned");
+            continue;
+        }
         for record in &answer.answers {
             let ip = match &record.data {
                 RData::A(a) => IpAddr::V4(a.0),

@@ -570,6 +570,9 @@ solo       A   203.0.113.101
 collector2 A   203.0.113.103
 cloudsave2 A   203.0.113.103
 evil       A   198.51.100.2
+blob1.hosting A 203.0.113.104
+front      CNAME x.hosting.shadow.test.
+x.hosting  A   203.0.113.105
 ";
 
 /// A real authoritative upstream for shadow.test in the wan namespace, on
@@ -1362,6 +1365,74 @@ fn shadow_never_blocks_an_address_an_allowed_name_uses() {
     assert!(sh["shared_removed"].as_u64() >= Some(1), "{status}");
     assert!(sh["shared_skipped"].as_u64() >= Some(1), "{status}");
     assert!(sh["never_learn_skipped"].as_u64() >= Some(1), "{status}");
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}
+
+/// Names in shared-hosting zones (never_learn_zones), and answers whose CNAME chain passes
+/// through one, are blocked by DNS but never learned: their addresses serve every tenant
+/// of the front end. A blocked name outside them is still learned.
+#[test]
+fn shadow_never_learns_names_in_shared_hosting_zones() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let mut t = Topology::new();
+    t.wan_listener();
+    let _knot = wan_knot(&mut t);
+    let dir = TempDir::new("shzones");
+    dir.write(
+        "tele.list",
+        "blob1.hosting.shadow.test\nfront.shadow.test\nsolo.shadow.test\n",
+    );
+    dir.write("hosting.list", "*.hosting.shadow.test\n");
+    let cfg = dir.write(
+        "telesink.toml",
+        &shadow_config("tele.list", true).replace(
+            "[firewall.shadow]\n",
+            "[firewall.shadow]\nnever_learn_zones = [\"hosting.list\"]\n",
+        ),
+    );
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    let mut learned = false;
+    for _ in 0..100 {
+        if t.connect(&t.client, None, "203.0.113.101", 8080) == "refused" {
+            learned = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        learned,
+        "solo.shadow.test was not learned\n{}",
+        daemon.log()
+    );
+    assert_eq!(t.connect(&t.client, None, "203.0.113.104", 8080), "ok");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.105", 8080), "ok");
+    let log = daemon.log();
+    assert!(
+        log.contains("the name is in a shared-hosting zone"),
+        "{log}"
+    );
+    assert!(
+        log.contains("CNAME chain passes through a shared-hosting zone"),
+        "{log}"
+    );
+    // DNS still blocks both names.
+    let dig = |name: &str| {
+        t.sh(
+            &t.client,
+            &format!("dig +short +time=2 +tries=1 @192.0.2.1 {name} A"),
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(dig("blob1.hosting.shadow.test"), "0.0.0.0");
+    assert_eq!(dig("front.shadow.test"), "0.0.0.0");
     let (ok, log) = daemon.stop();
     assert!(ok, "{log}");
     t.sh(

@@ -230,3 +230,55 @@ fn the_shipped_config_observes_the_main_office_collector() {
         "{status}"
     );
 }
+
+/// The corrections of the 2026-12 list review, on the shipped config: a Microsoft 365
+/// Required name leaves the default ads profile, missing telemetry names are blocked, and
+/// Windows Update statistics are handled one way (open).
+#[test]
+fn the_reviewed_list_corrections_hold() {
+    if !require("knotd") {
+        return;
+    }
+    let knot = Knot::start_zones(&[(".", ROOT_WILDCARD)]);
+    let ts = shipped(&knot, "");
+    for name in [
+        "c1.microsoft.com",
+        "statsfe1.ws.microsoft.com",
+        "statsfe2.ws.microsoft.com",
+        "statsfe2.update.microsoft.com",
+        "choice.microsoft.com",
+        "api.mullvad.net",
+    ] {
+        assert!(!blocked(&ts, name), "{name} must stay open");
+    }
+    for name in [
+        "telecommandstorageprod.blob.core.windows.net",
+        "telemetry.api.swiftkey.com",
+        "c.bing.com",
+    ] {
+        assert!(blocked(&ts, name), "{name} must be blocked by default");
+    }
+    drop(ts);
+    let ts = shipped(
+        &knot,
+        "\n[[groups]]\nname = \"default\"\nenable = [\"dns-bypass\", \"office-telemetry-strict\", \"office-connected-experiences\"]\n",
+    );
+    for name in [
+        "dns.mullvad.net",
+        "adblock.dns.mullvad.net",
+        "otelrules.svc.static.microsoft",
+        "petrol.office.microsoft.com",
+    ] {
+        // Any answer mode (dns-bypass answers NXDOMAIN): the EDE says a profile blocked it.
+        let m = ts.q(name, RecordType::A);
+        assert_eq!(
+            ede(&m).map(|e| e.0),
+            Some(15),
+            "{name} must be blocked when its profile is on: {m:?}"
+        );
+    }
+    assert!(
+        !blocked(&ts, "api.mullvad.net"),
+        "a VPN app's API is not DoH"
+    );
+}

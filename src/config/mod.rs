@@ -164,6 +164,11 @@ pub struct ShadowConfig {
     /// ranges). "Never learn", not "allow": static telemetry CIDRs still apply.
     #[serde(default)]
     pub never_learn_cidrs: Vec<Spanned<PathBuf>>,
+    /// Lists of zones (`*.zone` or `zone` lines) served from shared hosting: a blocked
+    /// name at or below one, or an answer whose CNAME chain passes through one, is never
+    /// learned (DNS still blocks the name).
+    #[serde(default)]
+    pub never_learn_zones: Vec<Spanned<PathBuf>>,
     /// How long an address that an allowed answer revealed is remembered as shared (it is
     /// then never learned, and removed if it was), refreshed at each sighting.
     #[serde(default = "default_shared_memory")]
@@ -180,6 +185,7 @@ impl Default for ShadowConfig {
             max_ttl_secs: default_shadow_max(),
             max_addresses: default_shadow_entries(),
             never_learn_cidrs: Vec::new(),
+            never_learn_zones: Vec::new(),
             shared_memory_secs: default_shared_memory(),
             max_shared_addresses: default_shared_entries(),
         }

@@ -28,9 +28,54 @@ impl Guard {
     }
 }
 
+/// Zones, and the question "is this name at or below one of them?": names served from
+/// shared hosting (storage stamps, app services, traffic managers) whose addresses
+/// shadow resolution must never learn.
+#[derive(Debug, Default, Clone)]
+pub struct ZoneSet {
+    zones: HashSet<String>,
+}
+
+impl ZoneSet {
+    pub fn add(&mut self, zone: &str) {
+        self.zones.insert(zone.to_owned());
+    }
+
+    /// The zone of the set that `name` (lowercase, no trailing dot) is at or below.
+    pub fn covering(&self, name: &str) -> Option<&str> {
+        let mut rest = name;
+        loop {
+            if let Some(z) = self.zones.get(rest) {
+                return Some(z.as_str());
+            }
+            rest = rest.split_once('.')?.1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.zones.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zone_covers_itself_and_what_is_below_it_only() {
+        let mut z = ZoneSet::default();
+        z.add("blob.core.windows.net");
+        assert_eq!(
+            z.covering("x.blob.core.windows.net"),
+            Some("blob.core.windows.net")
+        );
+        assert_eq!(
+            z.covering("blob.core.windows.net"),
+            Some("blob.core.windows.net")
+        );
+        assert_eq!(z.covering("core.windows.net"), None);
+        assert_eq!(z.covering("xblob.core.windows.net"), None);
+    }
 
     #[test]
     fn refuses_the_zone_and_its_parents_only() {

@@ -6,7 +6,7 @@ mod parse;
 
 use std::path::Path;
 
-pub use guard::Guard;
+pub use guard::{Guard, ZoneSet};
 pub use parse::{Entry, LineError, Reach, normalize, parse_line};
 
 use crate::config::Location;

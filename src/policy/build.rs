@@ -143,6 +143,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     let allow_nets = b.load_cidrs(&cfg.config.firewall.allow_cidrs);
     let bypass_nets = b.load_cidrs(&cfg.config.firewall.bypass.doh_cidrs);
     let never_learn_nets = b.load_cidrs(&cfg.config.firewall.shadow.never_learn_cidrs);
+    let never_learn_zones = b.load_zones(&cfg.config.firewall.shadow.never_learn_zones);
     let (groups, nets, host_names) = b.groups(&profiles);
     let warnings = profiles
         .iter()
@@ -171,6 +172,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         allow_nets,
         bypass_nets,
         never_learn_nets,
+        never_learn_zones: Arc::new(never_learn_zones),
         block_ttl: cfg.config.policy.block_ttl_secs,
         cname_cloaking: cfg.config.policy.cname_cloaking,
     });
@@ -334,6 +336,17 @@ impl Builder<'_> {
         let read = lists::read_list(&file, &mut problems, |e, _| guard.add_zone(&e.name));
         self.take_read(path, &file, read, problems);
         self.guard = guard;
+    }
+
+    fn load_zones(&mut self, paths: &[Spanned<PathBuf>]) -> crate::lists::ZoneSet {
+        let mut zones = crate::lists::ZoneSet::default();
+        for path in paths {
+            let file = self.resolve(path.get_ref());
+            let mut problems = Vec::new();
+            let read = lists::read_list(&file, &mut problems, |e, _| zones.add(&e.name));
+            self.take_read(path, &file, read, problems);
+        }
+        zones
     }
 
     fn load(&mut self, path: &Spanned<PathBuf>, scope: Scope, allowlist: bool) {

@@ -175,6 +175,8 @@ pub struct Policy {
     pub bypass_nets: AddressSet,
     /// Addresses shadow resolution never learns (`firewall.shadow.never_learn_cidrs`).
     pub never_learn_nets: AddressSet,
+    /// Zones whose names shadow resolution never learns (`never_learn_zones`).
+    pub never_learn_zones: Arc<crate::lists::ZoneSet>,
     pub block_ttl: u32,
     pub cname_cloaking: bool,
 }
