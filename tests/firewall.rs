@@ -1263,6 +1263,25 @@ fn shadow_seeding_queues_every_name_of_a_big_list() {
     );
 }
 
+/// A shadow-resolution gateway: namespaces with the wan listener, knotd for shadow.test,
+/// and a folder. Keep the returned knot folder while the test runs.
+fn shadow_gateway(tag: &str) -> (Topology, TempDir, TempDir) {
+    let mut t = Topology::new();
+    t.wan_listener();
+    let knot = wan_knot(&mut t);
+    (t, TempDir::new(tag), knot)
+}
+
+/// `dig +short` for an A record through the gateway, from the client namespace.
+fn dig_a(t: &Topology, name: &str) -> String {
+    t.sh(
+        &t.client,
+        &format!("dig +short +time=2 +tries=1 @192.0.2.1 {name} A"),
+    )
+    .trim()
+    .to_owned()
+}
+
 /// Shadow resolution never blocks an address that an allowed name uses, in either order,
 /// and never the upstream: a blocked name learned at start loses its address the moment
 /// an allowed answer shows it (target: within 1 s), a blocked name whose address an
@@ -1273,10 +1292,7 @@ fn shadow_never_blocks_an_address_an_allowed_name_uses() {
     if !require_root() || !require("knotd") || !require("dig") {
         return;
     }
-    let mut t = Topology::new();
-    t.wan_listener();
-    let _knot = wan_knot(&mut t);
-    let dir = TempDir::new("shshared");
+    let (t, dir, _knot) = shadow_gateway("shshared");
     dir.write(
         "tele.list",
         "collector.shadow.test\nsolo.shadow.test\nevil.shadow.test\n",
@@ -1303,14 +1319,7 @@ fn shadow_never_blocks_an_address_an_allowed_name_uses() {
         daemon.log()
     );
     // Learned first, then revealed by an allowed answer: removed at once.
-    let dig = |name: &str| {
-        t.sh(
-            &t.client,
-            &format!("dig +short +time=2 +tries=1 @192.0.2.1 {name} A"),
-        )
-        .trim()
-        .to_owned()
-    };
+    let dig = |name: &str| dig_a(&t, name);
     assert_eq!(dig("cloudsave.shadow.test"), "203.0.113.100");
     let answered = std::time::Instant::now();
     let mut open_after = None;
@@ -1381,10 +1390,7 @@ fn shadow_never_learns_names_in_shared_hosting_zones() {
     if !require_root() || !require("knotd") || !require("dig") {
         return;
     }
-    let mut t = Topology::new();
-    t.wan_listener();
-    let _knot = wan_knot(&mut t);
-    let dir = TempDir::new("shzones");
+    let (t, dir, _knot) = shadow_gateway("shzones");
     dir.write(
         "tele.list",
         "blob1.hosting.shadow.test\nfront.shadow.test\nsolo.shadow.test\n",
@@ -1423,14 +1429,7 @@ fn shadow_never_learns_names_in_shared_hosting_zones() {
         "{log}"
     );
     // DNS still blocks both names.
-    let dig = |name: &str| {
-        t.sh(
-            &t.client,
-            &format!("dig +short +time=2 +tries=1 @192.0.2.1 {name} A"),
-        )
-        .trim()
-        .to_owned()
-    };
+    let dig = |name: &str| dig_a(&t, name);
     assert_eq!(dig("blob1.hosting.shadow.test"), "0.0.0.0");
     assert_eq!(dig("front.shadow.test"), "0.0.0.0");
     let (ok, log) = daemon.stop();
