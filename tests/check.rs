@@ -392,3 +392,41 @@ fn explain_tells_the_whole_truth() {
         assert!(err.contains("not a domain name"), "{err}");
     }
 }
+
+/// `check` warns about every Microsoft 365 Required name that a profile which is on would
+/// block, unless the profile's warning names it; the shipped configs explain all theirs.
+#[test]
+fn check_warns_about_required_names_a_profile_blocks() {
+    let config = GOOD.replace(
+        "guard = \"guard.list\"\n",
+        "guard = \"guard.list\"\nrequired = \"required.list\"\n",
+    );
+    let (d, cfg) = dir_with(&config, "c1.microsoft.com\na.example\n");
+    d.write(
+        "required.list",
+        "# Required\nc1.microsoft.com  # ID70\n*.auth.example\n",
+    );
+    let (ok, out) = check(&cfg);
+    assert!(ok, "a warning, not an error: {out}");
+    assert!(
+        out.contains(
+            "profile p is on and blocks c1.microsoft.com, which Microsoft 365 marks Required"
+        ) && out.contains("required.list:2"),
+        "{out}"
+    );
+    assert!(!out.contains("auth.example"), "{out}");
+    // Named in the profile's warning: intended, not warned about again.
+    let named = config.replace(
+        "lists = [\"block.list\"]\n",
+        "lists = [\"block.list\"]\nwarning = \"blocks c1.microsoft.com (support resources)\"\n",
+    );
+    let cfg = d.write("telesink.toml", &named);
+    let (ok, out) = check(&cfg);
+    assert!(ok && !out.contains("marks Required"), "{out}");
+    // The shipped configs: none unexplained.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["config/telesink.toml", "config/gateway.toml"] {
+        let (ok, out) = check(&root.join(name));
+        assert!(ok && !out.contains("marks Required"), "{name}: {out}");
+    }
+}

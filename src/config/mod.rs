@@ -344,6 +344,10 @@ pub struct PolicyConfig {
     /// Suffix block rules on or above these zones are refused at load.
     #[serde(default)]
     pub guard: Option<Spanned<PathBuf>>,
+    /// Names Microsoft 365 marks Required: a profile that is on and blocks one is warned
+    /// about (by `check`, start and reload) unless its `warning` names it.
+    #[serde(default)]
+    pub required: Option<Spanned<PathBuf>>,
     /// A list line that does not parse is an error for `check`, start and reload alike
     /// (false), or is skipped, counted and reported by all three (true).
     #[serde(default)]
@@ -547,6 +551,7 @@ impl Default for PolicyConfig {
             allowed_clients: default_allowed_clients(),
             allowlists: Vec::new(),
             guard: None,
+            required: None,
             skip_invalid_lines: false,
         }
     }

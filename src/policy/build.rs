@@ -84,6 +84,35 @@ pub fn list_search_path(config_dir: &Path, lists_dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// For each profile that is on for some group: the Microsoft 365 Required names (with
+/// their file:line) it would block with the allowlists in force, unless its `warning`
+/// names them.
+fn required_warnings(policy: &Policy, required: &[(String, Location)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, p) in policy.profiles.iter().enumerate() {
+        if !policy.groups.iter().any(|g| g.active & (1 << i) != 0) {
+            continue;
+        }
+        for (name, at) in required {
+            let Some(q) = super::QName::parse(name) else {
+                continue;
+            };
+            let blocks = matches!(policy.verdict_for(1 << i, &q), super::Verdict::Block { .. });
+            let named = p
+                .warning
+                .as_deref()
+                .is_some_and(|w| w.contains(name.as_str()));
+            if blocks && !named {
+                out.push(format!(
+                    "profile {} is on and blocks {name}, which Microsoft 365 marks Required ({at}); if that is intended, name it in the profile's warning",
+                    p.name
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The part of a profile's nftables set names that comes from the profile's name (as
 /// `firewall::plan::set_name` makes it).
 fn set_key(name: &str) -> String {
@@ -145,7 +174,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     let never_learn_nets = b.load_cidrs(&cfg.config.firewall.shadow.never_learn_cidrs);
     let never_learn_zones = b.load_zones(&cfg.config.firewall.shadow.never_learn_zones);
     let (groups, nets, host_names) = b.groups(&profiles);
-    let warnings = profiles
+    let mut warnings: Vec<String> = profiles
         .iter()
         .enumerate()
         .filter(|(i, _)| groups.iter().any(|g| g.active & (1 << i) != 0))
@@ -155,6 +184,13 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
                 .map(|w| format!("profile {} is on: {w}", p.name))
         })
         .collect();
+    let required = cfg
+        .config
+        .policy
+        .required
+        .as_ref()
+        .map(|path| b.load_names(path))
+        .unwrap_or_default();
 
     let index = std::mem::replace(&mut b.index, IndexBuilder::with_capacity(0, 0)).finish();
     b.refuse_crowded_names(&index);
@@ -176,6 +212,9 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         block_ttl: cfg.config.policy.block_ttl_secs,
         cname_cloaking: cfg.config.policy.cname_cloaking,
     });
+    if let Some(p) = &policy {
+        warnings.extend(required_warnings(p, &required));
+    }
     BuildOutcome {
         policy,
         problems: b.problems,
@@ -336,6 +375,24 @@ impl Builder<'_> {
         let read = lists::read_list(&file, &mut problems, |e, _| guard.add_zone(&e.name));
         self.take_read(path, &file, read, problems);
         self.guard = guard;
+    }
+
+    /// The names of a list (`*.name` as the name itself) with where each stands.
+    fn load_names(&mut self, path: &Spanned<PathBuf>) -> Vec<(String, Location)> {
+        let file = self.resolve(path.get_ref());
+        let mut problems = Vec::new();
+        let mut names = Vec::new();
+        let read = lists::read_list(&file, &mut problems, |e, line| {
+            names.push((
+                e.name.into_owned(),
+                Location {
+                    path: file.clone(),
+                    line: line as usize,
+                },
+            ))
+        });
+        self.take_read(path, &file, read, problems);
+        names
     }
 
     fn load_zones(&mut self, paths: &[Spanned<PathBuf>]) -> crate::lists::ZoneSet {
