@@ -162,6 +162,9 @@ impl Applier {
         overrides: Overrides,
         cfg: LoadedConfig,
     ) -> Result<Arc<Applier>, ApplyError> {
+        // This daemon holds the state lock (crate::instance): what a killed run left
+        // behind is no change in progress.
+        state_file(&cfg).clean_stale_temporaries();
         let policy = boot_policy(&cfg)?;
         let c = &cfg.config;
         let upstreams = if c.upstream.servers.is_empty() {

@@ -49,8 +49,8 @@ impl StateFile {
     /// The saved toggles; none if there is no file. A corrupt file is renamed to
     /// `<name>.corrupt-<unix time>` and reported, and the config alone applies.
     pub fn load(&self) -> Toggles {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Toggles::default(),
             Err(e) => {
                 error!(
@@ -59,6 +59,11 @@ impl StateFile {
                 );
                 return Toggles::default();
             }
+        };
+        // A file that is not even UTF-8 is as corrupt as any other: set aside, reported.
+        let Ok(text) = String::from_utf8(bytes) else {
+            self.set_aside("not UTF-8");
+            return Toggles::default();
         };
         match serde_json::from_str::<Document>(&text) {
             Ok(doc) if doc.version == VERSION => {
@@ -72,6 +77,31 @@ impl StateFile {
             Err(e) => {
                 self.set_aside(&e.to_string());
                 Toggles::default()
+            }
+        }
+    }
+
+    /// Removes temporary copies (`<name>.tmp-<pid>`) that a killed daemon left behind.
+    /// Only at the start of the one daemon that holds the state lock, so none of them
+    /// can belong to a change in progress.
+    pub fn clean_stale_temporaries(&self) {
+        let (Some(dir), Some(stem)) = (self.path.parent(), self.path.file_stem()) else {
+            return;
+        };
+        let prefix = format!("{}.tmp-", stem.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(&prefix) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => info!(
+                        "removed {}, a temporary state file left by an earlier run",
+                        entry.path().display()
+                    ),
+                    Err(e) => error!("cannot remove {}: {e}", entry.path().display()),
+                }
             }
         }
     }

@@ -658,3 +658,37 @@ fn log_only_observes_a_profile_that_is_off_per_group_and_for_a_while() {
     // Never blocking, whatever it observes.
     assert_eq!(rcode(&ts, "127.0.0.2", ADS), ResponseCode::NoError);
 }
+
+/// A state file that is not UTF-8 used to make the start log an error and keep the file
+/// (the README promises any corrupt file is moved aside); temporary state files a killed
+/// daemon left behind used to stay forever.
+#[test]
+fn a_non_utf8_state_file_is_set_aside_and_stale_temporaries_are_removed() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    let dir = ts.stop();
+    std::fs::write(dir.path().join("state.json"), [0xff, 0xfe, b'{', 0x80]).unwrap();
+    std::fs::write(dir.path().join("state.tmp-424242"), "{}").unwrap();
+    let cfg = dir.path().join("telesink.toml");
+    let ts = Telesink::start_with(dir, &cfg, &[]);
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NXDomain);
+    assert!(
+        ts.wait_log("is unreadable (not UTF-8)", Duration::from_secs(1)),
+        "{}",
+        ts.log.lock().unwrap()
+    );
+    let names: Vec<String> = std::fs::read_dir(ts.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("state.corrupt-")),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("state.tmp-")),
+        "{names:?}"
+    );
+}

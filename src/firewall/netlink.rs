@@ -46,6 +46,19 @@ pub enum NetlinkError {
     TableMissing,
     #[error("a name in the plan contains a NUL byte: {0:?}")]
     BadName(String),
+    #[error(
+        "the kernel refused: telesink needs CAP_NET_ADMIN for the firewall (run it as root, or grant the capability as the shipped unit does)"
+    )]
+    NoCapability,
+}
+
+/// A refusal, named for what it is when it is the missing capability.
+fn refused(e: io::Error) -> NetlinkError {
+    if e.raw_os_error() == Some(libc::EPERM) {
+        NetlinkError::NoCapability
+    } else {
+        NetlinkError::Rejected(e)
+    }
 }
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -209,7 +222,7 @@ pub fn existing_sets() -> Result<Vec<String>, NetlinkError> {
         match mnl::cb_run2(&buf.0[..n], seq, socket.portid(), set_name_cb, &mut names) {
             Ok(mnl::CbResult::Stop) => return Ok(names),
             Ok(mnl::CbResult::Ok) => {}
-            Err(e) => return Err(NetlinkError::Rejected(e)),
+            Err(e) => return Err(refused(e)),
         }
     }
 }
@@ -269,7 +282,7 @@ pub fn table_exists() -> Result<bool, NetlinkError> {
         ) {
             Ok(mnl::CbResult::Stop) => break,
             Ok(mnl::CbResult::Ok) => {}
-            Err(e) => return Err(NetlinkError::Rejected(e)),
+            Err(e) => return Err(refused(e)),
         }
     }
     Ok(tables
@@ -308,7 +321,7 @@ pub fn read_accounting(set_name: &str, family: Family) -> Result<Vec<ClientCount
             ) {
                 Ok(mnl::CbResult::Stop) => return Ok(()),
                 Ok(mnl::CbResult::Ok) => {}
-                Err(e) => return Err(NetlinkError::Rejected(e)),
+                Err(e) => return Err(refused(e)),
             }
         }
     })();
@@ -955,11 +968,11 @@ fn send(batch: FinalizedBatch) -> Result<(), NetlinkError> {
     while !expected.is_empty() {
         let n = recv(&socket, &mut buf)?;
         for msg in mnl::NlMessages::new(&buf.0[..n]) {
-            let msg = msg.map_err(NetlinkError::Rejected)?;
+            let msg = msg.map_err(refused)?;
             // The kernel sends fewer ACKs than messages after an error: stop at the first.
             match mnl::cb_run(msg, expected.start, portid) {
                 Ok(_) => expected.start += 1,
-                Err(e) => return Err(NetlinkError::Rejected(e)),
+                Err(e) => return Err(refused(e)),
             }
         }
     }
