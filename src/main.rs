@@ -410,6 +410,20 @@ fn firewall_counters(path: &std::path::Path) -> ExitCode {
         Ok(both) => both,
         Err(code) => return code,
     };
+    match telesink::firewall::netlink::table_exists() {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!(
+                "telesink: there is no table inet {} in the kernel, so no counters: the firewall is not programmed here (start the daemon, or telesink firewall apply)",
+                telesink::firewall::plan::TABLE
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("telesink: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
     for set in plan
         .sets

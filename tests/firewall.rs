@@ -1438,3 +1438,30 @@ fn shadow_never_learns_names_in_shared_hosting_zones() {
         "nft delete table inet telesink 2>/dev/null || true",
     );
 }
+
+/// `firewall counters` with no table used to fail with a bare netlink error per set.
+#[test]
+fn firewall_counters_without_a_table_say_so() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let dir = TempDir::new("fwnocount");
+    let cfg = write(&dir, &config("", ""));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.gateway,
+            bin(),
+            "firewall",
+            "counters",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("there is no table inet telesink"), "{err}");
+}

@@ -226,6 +226,8 @@ fn client_groups_refusal_and_policy_before_cache() {
         let m = ts.q_from("127.0.0.9", name, RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::Refused);
         assert!(m.answers.is_empty());
+        // RFC 8914 EDE 18 (Prohibited) says why.
+        assert_eq!(ede(&m).map(|e| e.0), Some(18), "{m:?}");
     }
 }
 

@@ -20,6 +20,8 @@ use crate::policy::Mode;
 
 pub const EDE_OTHER: u16 = 0;
 pub const EDE_BLOCKED: u16 = 15;
+/// RFC 8914: the server is unable to respond due to a policy (the client is not allowed).
+pub const EDE_PROHIBITED: u16 = 18;
 pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
 /// RFC 8914 section 3: EDE option code.
 const EDNS_OPTION_EDE: u16 = 15;

@@ -13,12 +13,10 @@
 //! Truncated answers are the caller's to retry over TCP.
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -278,24 +276,18 @@ fn question(message: &[u8]) -> Option<&[u8]> {
     message.get(12..at + 5)
 }
 
-/// Query IDs and socket choice: SipHash (keyed from the OS's randomness by std) of a
-/// counter, so neither can be predicted from earlier ones.
-struct Prf {
-    key: RandomState,
-    counter: AtomicU64,
-}
+/// Query IDs and socket choice from a cryptographically secure generator (rand's
+/// thread-local ChaCha, seeded and reseeded from the OS), so an off-path attacker cannot
+/// predict either from earlier ones (RFC 5452). std's hasher makes no such promise.
+struct Prf;
 
 impl Prf {
     fn new() -> Self {
-        Self {
-            key: RandomState::new(),
-            counter: AtomicU64::new(0),
-        }
+        Prf
     }
 
     fn next(&self) -> u64 {
-        self.key
-            .hash_one(self.counter.fetch_add(1, Ordering::Relaxed))
+        rand::random()
     }
 }
 

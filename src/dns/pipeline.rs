@@ -19,7 +19,9 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::answer::{self, EDE_BLOCKED, EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER, Synth};
+use super::answer::{
+    self, EDE_BLOCKED, EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER, EDE_PROHIBITED, Synth,
+};
 use super::cache::{self, Cache};
 use super::outcome::{Outcome, Outcomes};
 use super::protocol;
@@ -181,9 +183,11 @@ impl Pipeline {
         let policy = self.policy.load();
         let client = request.src().ip();
         if !policy.is_allowed_client(client) {
-            let info = self
-                .send(request, handle, Reply::rcode(ResponseCode::Refused))
-                .await;
+            let reply = Reply {
+                ede: Some((EDE_PROHIBITED, "client not in allowed_clients")),
+                ..Reply::rcode(ResponseCode::Refused)
+            };
+            let info = self.send(request, handle, reply).await;
             return (info, QueryRecord::new(Outcome::Refused));
         }
         let group = policy.group_of(client);
