@@ -89,7 +89,7 @@ fn config_mistakes_point_at_their_line() {
         (
             "[server]\nlisten = [\"not-an-address\"]\n".to_owned(),
             2,
-            "invalid",
+            "\"not-an-address\" is not an address with a port",
         ),
         (
             "[policy]\nlists_dir = \".\"\n[profiles.p]\nlists = [\"missing.list\"]\n".to_owned(),
@@ -428,5 +428,59 @@ fn check_warns_about_required_names_a_profile_blocks() {
     for name in ["config/telesink.toml", "config/gateway.toml"] {
         let (ok, out) = check(&root.join(name));
         assert!(ok && !out.contains("marks Required"), "{name}: {out}");
+    }
+}
+
+/// Address values that do not parse are quoted with the fix, at their file:line.
+#[test]
+fn address_mistakes_are_quoted_with_the_fix() {
+    let groups = "[[groups]]\nname = \"lab\"\nclients = [\"10.1.2.3/16\"]\n";
+    for (config, want) in [
+        (
+            format!("[upstream]\nservers = [\"8.8.8.8\"]\n{GOOD}"),
+            "has no port: write \"8.8.8.8:53\"",
+        ),
+        (
+            GOOD.replace(
+                "[policy]\n",
+                "[policy]\nallowed_clients = [\"10.0.0.0/33\"]\n",
+            ),
+            "prefix length 33 > 32",
+        ),
+        (
+            format!("{GOOD}{groups}"),
+            "has host bits set: write \"10.1.0.0/16\"",
+        ),
+    ] {
+        let (_d, cfg) = dir_with(&config, "a.example\n");
+        let (ok, out) = check(&cfg);
+        assert!(!ok, "{config}: {out}");
+        assert!(out.contains(want), "{config}: {out}");
+        assert!(out.contains("telesink.toml:"), "no file:line: {out}");
+    }
+}
+
+/// Settings that parse but almost certainly are not meant get a warning from `check`.
+#[test]
+fn check_warns_about_settings_that_do_nothing() {
+    for (extra, want) in [
+        (
+            "[firewall]\nenabled = true\n",
+            "firewall.lan names no interface",
+        ),
+        (
+            "[firewall]\nenabled = true\nlan = [\"nosuchif0\"]\n",
+            "firewall interface nosuchif0 does not exist",
+        ),
+        ("[upstream]\ntimeout_ms = 0\n", "upstream.timeout_ms = 0"),
+    ] {
+        let (_d, cfg) = dir_with(&format!("{GOOD}{extra}"), "a.example\n");
+        let (ok, out) = check(&cfg);
+        assert!(ok, "a warning, not an error: {out}");
+        let line = out.lines().find(|l| l.contains(want));
+        assert!(
+            line.is_some_and(|l| l.starts_with("warning: ")),
+            "{extra}: {out}"
+        );
     }
 }

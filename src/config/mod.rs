@@ -6,6 +6,7 @@
 //! a list file) are `Spanned`, so the semantic checks in `policy::build` can name the line.
 
 mod load;
+pub mod values;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -275,7 +276,7 @@ fn default_accounting_clients() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Each address is served on UDP and TCP.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "values::socket_addrs")]
     pub listen: Vec<SocketAddr>,
     /// Queries waiting on an upstream at once; beyond that, new ones get SERVFAIL at once.
     #[serde(default = "default_max_in_flight")]
@@ -300,7 +301,7 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Empty: the name servers of `resolv_conf`, minus telesink's own addresses.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "values::socket_addrs")]
     pub servers: Vec<SocketAddr>,
     #[serde(default = "default_resolv_conf")]
     pub resolv_conf: PathBuf,
@@ -336,7 +337,10 @@ pub struct PolicyConfig {
     #[serde(default = "default_true")]
     pub cname_cloaking: bool,
     /// Only these networks get answers; everyone else gets REFUSED.
-    #[serde(default = "default_allowed_clients")]
+    #[serde(
+        default = "default_allowed_clients",
+        deserialize_with = "values::networks"
+    )]
     pub allowed_clients: Vec<IpNet>,
     /// Allowlists that override every profile.
     #[serde(default)]
@@ -408,7 +412,7 @@ pub struct ProfileConfig {
 pub struct GroupConfig {
     pub name: Spanned<String>,
     /// Addresses and networks; the most specific match over all groups decides.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "values::networks")]
     pub clients: Vec<IpNet>,
     /// Named hosts of this group, name = "address": members of the group, and their name
     /// is their `client` label in the metrics.

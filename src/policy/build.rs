@@ -84,6 +84,32 @@ pub fn list_search_path(config_dir: &Path, lists_dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// Settings that are valid but almost certainly not what the admin meant.
+fn setting_warnings(cfg: &LoadedConfig) -> Vec<String> {
+    let c = &cfg.config;
+    let mut out = Vec::new();
+    if c.firewall.enabled && c.firewall.lan.is_empty() {
+        out.push(
+            "firewall.enabled is true but firewall.lan names no interface: forwarded traffic is not filtered, only the gateway's own; name the LAN interfaces".to_owned(),
+        );
+    }
+    if c.firewall.enabled {
+        for iface in c.firewall.lan.iter().chain(&c.firewall.wan) {
+            if !Path::new("/sys/class/net").join(iface).exists() {
+                out.push(format!(
+                    "firewall interface {iface} does not exist on this machine: its rules match nothing until it does (ip link shows the names)"
+                ));
+            }
+        }
+    }
+    if c.upstream.timeout_ms == 0 {
+        out.push(
+            "upstream.timeout_ms = 0: every forwarded query fails at once with SERVFAIL; the default is 1800".to_owned(),
+        );
+    }
+    out
+}
+
 /// For each profile that is on for some group: the Microsoft 365 Required names (with
 /// their file:line) it would block with the allowlists in force, unless its `warning`
 /// names them.
@@ -184,6 +210,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
                 .map(|w| format!("profile {} is on: {w}", p.name))
         })
         .collect();
+    warnings.extend(setting_warnings(cfg));
     let required = cfg
         .config
         .policy
