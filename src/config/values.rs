@@ -51,18 +51,23 @@ pub fn network(text: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-pub fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+/// A list of strings, each parsed by `parse`; the first error, as written by `parse`.
+fn each<'de, D: Deserializer<'de>, T>(
+    d: D,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
-        .map(|t| socket_addr(t).map_err(D::Error::custom))
+        .map(|t| parse(t).map_err(D::Error::custom))
         .collect()
 }
 
+pub fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    each(d, socket_addr)
+}
+
 pub fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|t| network(t).map_err(D::Error::custom))
-        .collect()
+    each(d, network)
 }
 
 #[cfg(test)]
