@@ -53,6 +53,43 @@ pub enum Edit {
     LogOnly(Toggle),
 }
 
+impl std::fmt::Display for Edit {
+    /// In words, for the log: "profile ads off for group finance until 14:30 UTC".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, t, state) = match self {
+            Edit::Profile(t) => ("profile", t, if t.enabled { "on" } else { "off" }),
+            Edit::LogOnly(t) => (
+                "log-only of profile",
+                t,
+                if t.enabled { "on" } else { "off" },
+            ),
+        };
+        write!(f, "{what} {} {state}", t.profile)?;
+        match &t.group {
+            Some(g) => write!(f, " for group {g}")?,
+            None => write!(f, " for every group")?,
+        }
+        if let Some(until) = t.until {
+            let secs = until % 86_400;
+            write!(
+                f,
+                " until {:02}:{:02} UTC (in {} s)",
+                secs / 3600,
+                secs % 3600 / 60,
+                until.saturating_sub(unix_now())
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The toggles in force, in words, for the log after a reload or start.
+pub fn describe_toggles(t: &crate::policy::Toggles) -> Vec<String> {
+    let profiles = t.profiles.iter().map(|x| Edit::Profile(x.clone()));
+    let observe = t.observe.iter().map(|x| Edit::LogOnly(x.clone()));
+    profiles.chain(observe).map(|e| e.to_string()).collect()
+}
+
 /// Command-line replacements for parts of the config, kept for every reload so a trial
 /// run does not fall back to the file's listeners and upstreams.
 #[derive(Debug, Default, Clone)]
@@ -233,7 +270,7 @@ impl Applier {
         let new = self
             .commit(Some(&old), policy, old.config.clone(), true)
             .await?;
-        info!(?edit, generation = new.generation, "toggle applied");
+        info!(generation = new.generation, "applied: {edit}");
         Ok(Applied { old, new })
     }
 
@@ -252,6 +289,9 @@ impl Applier {
             Ok(a) => {
                 self.reloads.last_unix.store(unix_now(), Ordering::Relaxed);
                 info!(generation = a.new.generation, "reloaded");
+                for t in describe_toggles(&a.new.toggles) {
+                    info!("runtime toggle kept across the reload: {t}");
+                }
             }
             Err(e) => error!("reload failed, the previous policy keeps serving:\n{e}"),
         }

@@ -692,3 +692,48 @@ fn a_non_utf8_state_file_is_set_aside_and_stale_temporaries_are_removed() {
         "{names:?}"
     );
 }
+
+/// Changes are logged in words with who made them, and a reload says which toggles it
+/// keeps (not Rust's Debug syntax).
+#[test]
+fn changes_and_kept_toggles_are_logged_in_words() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    ok(
+        &ts,
+        &[
+            "profile", "disable", "tele", "--group", "finance", "--for", "2h",
+        ],
+    );
+    ok(&ts, &["reload"]);
+    let log = ts.log.lock().unwrap().clone();
+    let uid = own_uid();
+    assert!(
+        log.contains(
+            "change requested over the control socket: profile tele off for group finance until "
+        ) && log.contains(&format!("by uid {uid}")),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "runtime toggle kept across the reload: profile tele off for group finance until"
+        ),
+        "{log}"
+    );
+    assert!(
+        !log.contains("Profile(Toggle"),
+        "Debug syntax in the log:\n{log}"
+    );
+}
+
+/// The uid this test runs as, from /proc (no libc call).
+fn own_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_owned()
+}

@@ -286,7 +286,8 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
 
 async fn change(c: &Arc<Control>, edit: Edit, dry_run: bool, uid: Option<u32>) -> Reply {
     if !dry_run {
-        info!(uid, ?edit, "change requested over the control socket");
+        let by = uid.map_or_else(|| "an unknown uid".to_owned(), |u| format!("uid {u}"));
+        info!("change requested over the control socket: {edit} by {by}");
     }
     match c.edit(edit, dry_run).await {
         Ok(report) => json(StatusCode::OK, &report),
