@@ -44,8 +44,12 @@ enum Command {
     },
     /// Validate the config and every list it names; print each problem as file:line.
     Check {
+        /// The config file to check (with every list it names).
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Machine-readable output: {"ok", "problems": [{file, line, message, skipped}], "warnings"}.
+        #[arg(long)]
+        json: bool,
     },
     /// Why a name is blocked or not for a client: the verdict, the profile and the rule
     /// with its list file and line (including an allow rule that won).
@@ -199,7 +203,7 @@ fn main() -> ExitCode {
                 metrics,
             },
         ),
-        Command::Check { config } => check(&config),
+        Command::Check { config, json } => check(&config, json),
         Command::Firewall { action } => firewall(action),
         Command::Explain {
             name,
@@ -283,19 +287,72 @@ fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    let cfg = match load(path) {
+fn check(path: &std::path::Path, json: bool) -> ExitCode {
+    let cfg = match LoadedConfig::load(path) {
         Ok(cfg) => cfg,
-        Err(code) => return code,
+        Err(e) if json => {
+            println!(
+                "{}",
+                serde_json::json!({ "ok": false, "config": path, "problems": [{ "message": e.to_string() }], "warnings": [] })
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     };
     // The same rules as start and reload (policy::build): a fatal problem refuses the
     // config; a skipped line (skip_invalid_lines = true) is reported and accepted.
-    let outcome = policy::build(&cfg, 1);
+    let mut outcome = policy::build(&cfg, 1);
+    // Files in the order the config names them, each from top to bottom, so an admin
+    // can walk them (the guard's refusals used to come after a list's other problems).
+    let mut first_seen: Vec<std::path::PathBuf> = Vec::new();
+    for p in &outcome.problems {
+        if !first_seen.contains(&p.at.path) {
+            first_seen.push(p.at.path.clone());
+        }
+    }
+    let file_rank = |path: &std::path::PathBuf| first_seen.iter().position(|f| f == path);
+    outcome
+        .problems
+        .sort_by_key(|p| (file_rank(&p.at.path), p.at.line));
     let fatal = outcome
         .problems
         .iter()
         .filter(|p| p.severity == policy::Severity::Fatal)
         .count();
+    let ok = outcome.policy.is_some() && fatal == 0;
+    if json {
+        let problems: Vec<serde_json::Value> = outcome
+            .problems
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "file": telesink::config::normalized(&p.at.path),
+                    "line": p.at.line,
+                    "message": p.message,
+                    "skipped": p.severity == policy::Severity::SkippedLine,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": ok,
+                "config": path,
+                "problems": problems,
+                "warnings": outcome.warnings,
+                "names": outcome.policy.as_ref().map_or(0, |p| p.total_names()),
+            }))
+            .unwrap_or_default()
+        );
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     for p in &outcome.problems {
         match p.severity {
             policy::Severity::Fatal => eprintln!("{p}"),
@@ -305,8 +362,8 @@ fn check(path: &std::path::Path) -> ExitCode {
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
     }
-    match (&outcome.policy, fatal) {
-        (Some(policy), 0) => {
+    match (&outcome.policy, ok) {
+        (Some(policy), true) => {
             println!(
                 "{}: ok ({} profiles, {} lists, {} names{})",
                 path.display(),

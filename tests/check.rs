@@ -484,3 +484,45 @@ fn check_warns_about_settings_that_do_nothing() {
         );
     }
 }
+
+/// Problems come in file order (the files as the config names them, each top to
+/// bottom), with paths as an admin writes them, and `--json` gives the same for scripts.
+#[test]
+fn check_lists_problems_in_file_order_and_as_json() {
+    let (d, cfg) = dir_with(
+        &GOOD.replace(
+            "lists = [\"block.list\"]",
+            "lists = [\"block.list\", \"a.list\"]",
+        ),
+        "*.microsoft.com\nbad name\nok.example\n",
+    );
+    d.write("a.list", "bad one\ny.example\n");
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    let order: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split(": ").next())
+        .filter(|l| l.contains(".list:"))
+        .collect();
+    let names: Vec<String> = order
+        .iter()
+        .map(|l| l.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["block.list:1", "block.list:2", "a.list:1"], "{out}");
+    assert!(!out.contains("/./"), "{out}");
+    let json = std::process::Command::new(bin())
+        .args(["check", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let lines: Vec<u64> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1, 2, 1], "{v}");
+}

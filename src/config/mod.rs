@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use load::{ConfigError, LoadedConfig, Location, line_of};
+pub use load::{ConfigError, LoadedConfig, Location, line_of, normalized};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -508,7 +508,7 @@ impl Builder<'_> {
                 at,
                 format!(
                     "list {} has no entries, so profile {profile} would block nothing; fix the list, or set allow_empty_lists = true for the profile",
-                    file.display()
+                    crate::config::normalized(file).display()
                 ),
             );
         }
