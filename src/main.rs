@@ -30,6 +30,7 @@ struct Cli {
 enum Command {
     /// Run the resolver.
     Run {
+        /// The config file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Listen on this address (UDP and TCP) instead of the config's; repeatable.
@@ -54,10 +55,12 @@ enum Command {
     /// Why a name is blocked or not for a client: the verdict, the profile and the rule
     /// with its list file and line (including an allow rule that won).
     Explain {
+        /// The name to explain, as a client would ask for it.
         name: String,
         /// The client's address (decides its group); default 127.0.0.1.
         #[arg(long, default_value = "127.0.0.1")]
         client: std::net::IpAddr,
+        /// The config file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Machine-readable output.
@@ -87,8 +90,10 @@ enum Command {
     },
     /// Switch a profile on or off at runtime (kept across restarts).
     Profile {
+        /// enable: the profile blocks; disable: it does not.
         #[arg(value_enum)]
         action: OnOff,
+        /// The profile.
         name: String,
         /// Only for this client group (default: every group).
         #[arg(long)]
@@ -159,6 +164,7 @@ struct SocketArgs {
 enum FirewallAction {
     /// Print the table the config produces, in nft syntax (changes nothing).
     Show {
+        /// The config file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -166,6 +172,7 @@ enum FirewallAction {
     /// config with the saved toggles, as the daemon would. While the daemon runs, asks it
     /// to install its table again instead.
     Apply {
+        /// The config file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The running daemon's control socket (default: from the config).
@@ -180,6 +187,7 @@ enum FirewallAction {
     },
     /// Print the per-client reject counters of every profile.
     Counters {
+        /// The config file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
