@@ -30,7 +30,22 @@ pub fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Value, ClientError> {
-    client::request(&socket_of(args), method, path, body)
+    match client::request(&socket_of(args), method, path, body) {
+        // Say why the socket may be the wrong one: a config that does not parse cannot
+        // name it (the daemon keeps running on the last good config meanwhile).
+        Err(ClientError::Connect { path, source }) if args.socket.is_none() => {
+            match telesink::config::LoadedConfig::load(&args.config) {
+                Err(e) if args.config.exists() => Err(ClientError::BrokenConfig {
+                    path,
+                    source,
+                    config: args.config.clone(),
+                    parse: e.to_string(),
+                }),
+                _ => Err(ClientError::Connect { path, source }),
+            }
+        }
+        other => other,
+    }
 }
 
 pub fn print(args: &SocketArgs, v: &Value, human: fn(&Value) -> String) -> ExitCode {

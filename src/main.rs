@@ -447,7 +447,10 @@ fn firewall_apply(path: &std::path::Path, socket: Option<PathBuf>) -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        Err(telesink::control::client::ClientError::Connect { .. }) => {}
+        Err(
+            telesink::control::client::ClientError::Connect { .. }
+            | telesink::control::client::ClientError::BrokenConfig { .. },
+        ) => {}
         Err(e) => {
             eprintln!("telesink: the running daemon refused: {e}");
             return ExitCode::FAILURE;
@@ -555,7 +558,10 @@ fn explain(
         let body = serde_json::json!({ "name": name, "client": client });
         match ctl::call(&args, "POST", "/v1/explain", Some(&body)) {
             Ok(v) => return ctl::print(&args, &v, ctl::explanation),
-            Err(telesink::control::client::ClientError::Connect { .. }) => {
+            Err(
+                telesink::control::client::ClientError::Connect { .. }
+                | telesink::control::client::ClientError::BrokenConfig { .. },
+            ) => {
                 eprintln!(
                     "(the daemon is not reachable: evaluating {} offline)",
                     path.display()

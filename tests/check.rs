@@ -526,3 +526,18 @@ fn check_lists_problems_in_file_order_and_as_json() {
         .collect();
     assert_eq!(lines, [1, 2, 1], "{v}");
 }
+
+/// A control.socket_group that does not exist failed only at `run`; `check` says so too.
+#[test]
+fn a_missing_socket_group_fails_check() {
+    let (_d, cfg) = dir_with(
+        &format!("{GOOD}[control]\nsocket_group = \"no-such-group-ts\"\n"),
+        "a.example\n",
+    );
+    let (ok, out) = check(&cfg);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("telesink.toml:9: control.socket_group: no group named no-such-group-ts"),
+        "{out}"
+    );
+}

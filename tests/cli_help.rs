@@ -45,7 +45,10 @@ fn every_argument_of_every_command_has_a_description() {
             let described = t
                 .split_once("  ")
                 .is_some_and(|(_, rest)| !rest.trim().is_empty() && !rest.trim().starts_with('['));
-            assert!(described, "{command}: undescribed argument: {line:?}\n{text}");
+            assert!(
+                described,
+                "{command}: undescribed argument: {line:?}\n{text}"
+            );
         }
     }
 }

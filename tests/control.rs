@@ -737,3 +737,26 @@ fn own_uid() -> String {
         .unwrap()
         .to_owned()
 }
+
+/// With a custom control socket named in a config that no longer parses, `reload` and
+/// `status` used to say only "cannot reach telesink"; they now print the parse error.
+#[test]
+fn a_config_that_does_not_parse_is_named_when_the_socket_cannot_be_found() {
+    let dir = TempDir::new("brokencfg");
+    let cfg = dir.write(
+        "telesink.toml",
+        "[control]\nsocket = \"/nonexistent/telesink.sock\"\n[server\n",
+    );
+    let out = std::process::Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .env_remove("TELESINK_SOCKET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not parse") && err.contains("telesink.toml:3"),
+        "{err}"
+    );
+}

@@ -15,6 +15,20 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The gid of a group, from /etc/group (no NSS: an appliance's admin group is local); a
+/// number is taken as a gid.
+pub fn gid_of(group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == group).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
 pub use load::{ConfigError, LoadedConfig, Location, line_of, normalized};
 
 #[derive(Debug, Clone, Deserialize)]

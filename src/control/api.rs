@@ -75,26 +75,13 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketErro
     let listener = UnixListener::bind(path).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
     if let Some(group) = group {
-        let gid = gid_of(group).ok_or_else(|| SocketError::NoGroup {
+        let gid = crate::config::gid_of(group).ok_or_else(|| SocketError::NoGroup {
             path: path.display().to_string(),
             group: group.to_owned(),
         })?;
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
     }
     Ok(listener)
-}
-
-/// The gid of a group, from /etc/group (no NSS: an appliance's admin group is local).
-fn gid_of(group: &str) -> Option<u32> {
-    if let Ok(gid) = group.parse() {
-        return Some(gid);
-    }
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == group).then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
 }
 
 pub async fn serve(listener: UnixListener, control: Arc<Control>) {

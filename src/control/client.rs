@@ -24,6 +24,16 @@ pub enum ClientError {
     },
     #[error("control socket {path}: malformed answer")]
     Malformed { path: PathBuf },
+    /// The socket could not be reached and the config that would name it does not parse.
+    #[error(
+        "cannot reach telesink at {path}: {source}; the config {config} does not parse, so its control.socket could not be read:\n{parse}"
+    )]
+    BrokenConfig {
+        path: PathBuf,
+        source: std::io::Error,
+        config: PathBuf,
+        parse: String,
+    },
     /// The daemon refused the request; the text is its error message.
     #[error("{0}")]
     Refused(String),

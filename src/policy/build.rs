@@ -159,6 +159,19 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         guard: Guard::default(),
     };
     let profiles = b.profiles();
+    // The control socket's group must exist where telesink runs; `run` would fail on it,
+    // so `check` (and a reload) do too, at the key.
+    if let Some(group) = &cfg.config.control.socket_group
+        && crate::config::gid_of(group).is_none()
+    {
+        let at = cfg.text.find("socket_group").unwrap_or(0);
+        b.fatal(
+            at,
+            format!(
+                "control.socket_group: no group named {group} in /etc/group (create it with addgroup --system {group}, or leave the key out)"
+            ),
+        );
+    }
     b.reserve();
     if let Some(guard) = &cfg.config.policy.guard {
         b.load_guard(guard);
