@@ -63,7 +63,7 @@ fn refused(e: io::Error) -> NetlinkError {
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Big batches (100k ranges are ~5 MB) must fit the socket buffers in one go.
-const SOCKET_BUFFER: libc::c_int = 64 << 20;
+const SOCKET_BUFFER: usize = 64 << 20;
 
 /// Replaces the whole `inet telesink` table with `plan`, atomically.
 pub fn apply(plan: &Plan) -> Result<(), NetlinkError> {
@@ -431,7 +431,9 @@ impl<'t> NamedSet<'t> {
                 };
                 let width = if spec.family == Family::V4 { 4 } else { 16 };
                 for (key, end) in plan::interval_elements(ranges, spec.family) {
-                    add_elem(ptr, &key_bytes(key, width), end);
+                    // SAFETY: `ptr` is the set allocated above, owned by `set` and not
+                    // shared yet.
+                    unsafe { add_elem(ptr, &key_bytes(key, width), end) };
                 }
             }
             SetKind::Timed(elements) => {
@@ -445,7 +447,8 @@ impl<'t> NamedSet<'t> {
                 };
                 let width = if spec.family == Family::V4 { 4 } else { 16 };
                 for &(addr, ttl) in elements {
-                    add_timed_elem(ptr, &key_bytes(addr, width), ttl);
+                    // SAFETY: as above.
+                    unsafe { add_timed_elem(ptr, &key_bytes(addr, width), ttl) };
                 }
             }
             SetKind::Accounting { size } => {
@@ -504,9 +507,14 @@ fn key_bytes(v: u128, width: usize) -> Vec<u8> {
     v.to_be_bytes()[16 - width..].to_vec()
 }
 
-fn add_elem(set: *mut sys::nftnl_set, key: &[u8], end: bool) {
-    // SAFETY: `set` is a live nftnl set; the element is allocated here, its key copied
-    // from `key` by nftnl_set_elem_set, and ownership passes to the set on add.
+/// Adds one element (a key, an END flag for an interval's end) to an nftnl set.
+///
+/// # Safety
+/// `set` must point to a live nftnl set that nothing else uses during the call; the set
+/// takes ownership of the new element.
+unsafe fn add_elem(set: *mut sys::nftnl_set, key: &[u8], end: bool) {
+    // SAFETY: `set` is live (the caller's contract); the element is allocated here, its
+    // key copied from `key` by nftnl_set_elem_set, and ownership passes to the set on add.
     unsafe {
         let Some(elem) = NonNull::new(sys::nftnl_set_elem_alloc()) else {
             std::process::abort();
@@ -528,7 +536,11 @@ fn add_elem(set: *mut sys::nftnl_set, key: &[u8], end: bool) {
     }
 }
 
-fn add_timed_elem(set: *mut sys::nftnl_set, key: &[u8], ttl: Duration) {
+/// Adds one element with a timeout to an nftnl set.
+///
+/// # Safety
+/// As for `add_elem`: `set` must point to a live nftnl set used by nothing else meanwhile.
+unsafe fn add_timed_elem(set: *mut sys::nftnl_set, key: &[u8], ttl: Duration) {
     // SAFETY: as in add_elem; the timeout is a plain u64 (milliseconds) copied by nftnl.
     unsafe {
         let Some(elem) = NonNull::new(sys::nftnl_set_elem_alloc()) else {
@@ -575,7 +587,8 @@ pub fn update_timed(
                 IpAddr::V4(a) => u128::from(u32::from(a)),
                 IpAddr::V6(a) => u128::from(a),
             };
-            add_timed_elem(msg.set.as_ptr(), &key_bytes(v, width), ttl);
+            // SAFETY: `msg` owns this live set until it is dropped after the send.
+            unsafe { add_timed_elem(msg.set.as_ptr(), &key_bytes(v, width), ttl) };
         }
         messages.push(msg);
     }
@@ -600,7 +613,8 @@ pub fn update_elements(diffs: &[plan::ElementDiff]) -> Result<(), NetlinkError> 
             for chunk in elements.chunks(ELEMS_PER_MSG) {
                 let msg = ElemUpdate::new(&table, &name)?;
                 for &(key, end) in chunk {
-                    add_elem(msg.set.as_ptr(), &key_bytes(key, width), end);
+                    // SAFETY: `msg` owns this live set until it is dropped after the send.
+                    unsafe { add_elem(msg.set.as_ptr(), &key_bytes(key, width), end) };
                 }
                 into.push(msg);
             }
@@ -934,23 +948,21 @@ fn cstr(s: &str) -> Result<CString, NetlinkError> {
 }
 
 fn open() -> Result<mnl::Socket, NetlinkError> {
+    use nix::sys::socket::{setsockopt, sockopt};
     let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Socket)?;
-    let fd = socket.as_raw_fd();
-    for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
-        // SAFETY: `fd` is the open socket owned by `socket`; the option value is a c_int
-        // on our stack, and its size is passed. Failure (no CAP_NET_ADMIN) only leaves the
-        // default buffer sizes, which suffice for all but very large batches.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&SOCKET_BUFFER as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    let fd = borrowed(&socket);
+    // Failure (no CAP_NET_ADMIN) only leaves the default buffer sizes, which suffice for
+    // all but very large batches; the apply itself then says what is missing.
+    let _ = setsockopt(&fd, sockopt::SndBufForce, &SOCKET_BUFFER);
+    let _ = setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER);
     Ok(socket)
+}
+
+/// The socket's descriptor, borrowed for as long as the socket lives.
+fn borrowed(socket: &mnl::Socket) -> std::os::fd::BorrowedFd<'_> {
+    // SAFETY: `socket` owns this open descriptor and outlives the borrow (the lifetime
+    // ties the two together); mnl::Socket offers only AsRawFd, not AsFd.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) }
 }
 
 /// Sends the whole batch in one `sendmsg` (mnl's send_all sends each page separately, and
@@ -980,17 +992,13 @@ fn send(batch: FinalizedBatch) -> Result<(), NetlinkError> {
 }
 
 fn recv(socket: &mnl::Socket, buf: &mut AlignedBuf) -> Result<usize, NetlinkError> {
-    let mut pfd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd on our stack, count 1.
-    let ready = unsafe { libc::poll(&mut pfd, 1, ACK_TIMEOUT.as_millis() as libc::c_int) };
-    if ready <= 0 {
-        return Err(NetlinkError::Timeout(ACK_TIMEOUT));
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(borrowed(socket), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(ACK_TIMEOUT).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, timeout) {
+        Ok(n) if n > 0 => socket.recv_raw(&mut buf.0).map_err(NetlinkError::Send),
+        _ => Err(NetlinkError::Timeout(ACK_TIMEOUT)),
     }
-    socket.recv_raw(&mut buf.0).map_err(NetlinkError::Send)
 }
 
 /// Netlink parsing needs buffers aligned for `nlmsghdr`.
