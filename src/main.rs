@@ -425,8 +425,17 @@ fn firewall(action: FirewallAction) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
-    print!("{plan}");
-    ExitCode::SUCCESS
+    // `firewall show | head` closes the pipe early: that is the reader's choice, no error
+    // (print! would panic on it).
+    use std::io::Write;
+    match write!(std::io::stdout().lock(), "{plan}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("telesink: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Never replaces a running daemon's table behind its back: with a daemon reachable it
