@@ -684,13 +684,34 @@ fn a_broken_log_stream_does_not_stop_the_resolver() {
     }
     let udp = udp.expect("udp port");
     let pid = child.id().to_string();
-    for _ in 0..3 {
+    // Each reload is waited for on what the daemon reports (its reload count over the
+    // control socket), not on a sleep: with the log pipe closed nothing else tells.
+    let reloads_ok = || -> u64 {
+        let out = std::process::Command::new(bin())
+            .args(["status", "--json", "--socket"])
+            .arg(dir.path().join("control.sock"))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["reloads_ok"].as_u64())
+            .unwrap_or(0)
+    };
+    for n in 1..=3 {
         let ok = std::process::Command::new("kill")
             .args(["-HUP", &pid])
             .status()
             .unwrap();
         assert!(ok.success());
-        std::thread::sleep(Duration::from_millis(200));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reloads_ok() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {n} did not complete"
+            );
+            assert!(matches!(child.try_wait(), Ok(None)), "telesink exited");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let m = udp_query(
         udp,

@@ -392,7 +392,12 @@ mod tests {
             let mut q = query(&["rotate", "example"]);
             ex.exchange(&mut q, Duration::from_secs(2)).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Retired sockets end once their last waiter is done: wait for that, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ex.open_sockets() > SOCKETS && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert!(
             ex.open_sockets() <= SOCKETS,
             "{} sockets open after {rounds} queries",

@@ -90,6 +90,8 @@ pub struct Upstream {
     flights: Mutex<HashMap<FlightKey, Flight>>,
     /// For /health: whether upstreams answer, from the queries that really went out.
     pub reach: Reachability,
+    /// Questions that joined a flight already asking the same thing (no query of their own).
+    pub joined_flights: AtomicU64,
 }
 
 /// Upstreams one query may try, fastest first.
@@ -198,6 +200,7 @@ impl Upstream {
             latency,
             flights: Mutex::new(HashMap::new()),
             reach: Reachability::default(),
+            joined_flights: AtomicU64::new(0),
         }
     }
 
@@ -223,7 +226,10 @@ impl Upstream {
         let joined = {
             let mut flights = self.flights.lock();
             match flights.get(&key) {
-                Some(flight) => Ok(flight.clone()),
+                Some(flight) => {
+                    self.joined_flights.fetch_add(1, Ordering::Relaxed);
+                    Ok(flight.clone())
+                }
                 None => {
                     let (tx, rx) = watch::channel(None);
                     flights.insert(key.clone(), rx);
@@ -458,10 +464,27 @@ mod tests {
         // asks for itself and gets its answer, and the table is left empty.
         let name = || Query::query(Name::from_ascii("gone.example.").unwrap(), RecordType::A);
         let (first, second) = (up.clone(), up.clone());
+        // Waits on what the fixture and the flight counter show, not on fixed sleeps;
+        // the task yields (tokio's clock) so the spawned askers run meanwhile.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let asked = seen.load(Ordering::SeqCst);
         let leader = tokio::spawn(async move { first.resolve(name()).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        while seen.load(Ordering::SeqCst) == asked {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the leader's query never reached the upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let joined = up.joined_flights.load(Ordering::Relaxed);
         let follower = tokio::spawn(async move { second.resolve(name()).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        while up.joined_flights.load(Ordering::Relaxed) == joined {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the follower never joined the flight"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         leader.abort();
         assert_eq!(
             follower.await.unwrap().unwrap().rcode,
