@@ -15,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod firewall;
+pub mod init;
 pub mod instance;
 pub mod lists;
 pub mod metric_names;

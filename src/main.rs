@@ -127,6 +127,22 @@ enum Command {
         #[command(flatten)]
         socket: SocketArgs,
     },
+    /// Write a first gateway config from the interfaces' real addresses (listen,
+    /// allowed_clients, metrics, firewall interfaces), check it and say what was chosen.
+    Init {
+        /// The LAN interface: telesink answers DNS on its addresses for its networks.
+        #[arg(long)]
+        lan: String,
+        /// The WAN interface (default: none; forwarded traffic is filtered on any way out).
+        #[arg(long)]
+        wan: Option<String>,
+        /// Where to write the config.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        output: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Re-read config and lists in the running daemon (like SIGHUP, but reports errors).
     Reload {
         #[command(flatten)]
@@ -258,6 +274,12 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Reload { socket } => ctl::reload(&socket),
+        Command::Init {
+            lan,
+            wan,
+            output,
+            force,
+        } => init(&lan, wan.as_deref(), &output, force),
     }
 }
 
@@ -293,6 +315,31 @@ fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init(lan: &str, wan: Option<&str>, output: &std::path::Path, force: bool) -> ExitCode {
+    let chosen = match telesink::init::config_for(lan, wan) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("telesink: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = telesink::init::write(output, &chosen.text, force) {
+        eprintln!("telesink: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("wrote {}:", output.display());
+    println!("  DNS listens on     {}", chosen.listen.join(", "));
+    println!("  answers clients in {}", chosen.networks.join(", "));
+    println!("  metrics on         {}", chosen.metrics);
+    println!(
+        "  firewall           lan {lan}, wan {}",
+        wan.unwrap_or("(none)")
+    );
+    println!("  lists from         {}", chosen.lists_dir.display());
+    println!("checking it:");
+    check(output, false)
 }
 
 fn check(path: &std::path::Path, json: bool) -> ExitCode {

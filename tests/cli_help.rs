@@ -18,6 +18,7 @@ const COMMANDS: &[&str] = &[
     "profile",
     "log-only",
     "reload",
+    "init",
 ];
 
 #[test]

@@ -1465,3 +1465,71 @@ fn firewall_counters_without_a_table_say_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("there is no table inet telesink"), "{err}");
 }
+
+/// `telesink init` writes a gateway config from the LAN interface's real addresses; it
+/// passes check, and the daemon runs on it and answers the LAN.
+#[test]
+fn init_writes_a_working_gateway_config_from_the_interfaces() {
+    if !require_root() || !require("dig") {
+        return;
+    }
+    let t = Topology::new();
+    let dir = TempDir::new("init");
+    let cfg = dir.path().join("telesink.toml");
+    let out = t.sh(
+        &t.gateway,
+        &format!(
+            "{} init --lan lan0 --wan wan0 --output {}",
+            bin(),
+            cfg.display()
+        ),
+    );
+    assert!(
+        out.contains("DNS listens on     192.0.2.1:53, [2001:db8:1::1]:53"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains("allowed_clients = [\"127.0.0.0/8\", \"::1/128\", \"192.0.2.0/24\", \"2001:db8:1::/64\"]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lan = [\"lan0\"]") && text.contains("wan = [\"wan0\"]"),
+        "{text}"
+    );
+    // It refuses to overwrite what is there.
+    let again = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.gateway,
+            bin(),
+            "init",
+            "--lan",
+            "lan0",
+            "--output",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not overwriting"));
+    // The daemon runs on it, the firewall included, and answers the LAN.
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    assert_eq!(
+        dig_a(&t, "nexus.officeapps.live.com"),
+        "0.0.0.0",
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        t.sh(&t.gateway, "nft list tables")
+            .contains("inet telesink")
+    );
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}

@@ -1,0 +1,189 @@
+//! `telesink init`: a first gateway config from the machine's real interfaces, so an
+//! admin does not edit five places of the example by hand. It starts from the shipped
+//! gateway example (config/gateway.toml) and fills in what it can read: the LAN
+//! interface's addresses (listen, metrics), its networks (allowed_clients), the firewall
+//! interfaces and where the shipped lists are.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+const EXAMPLE: &str = include_str!("../config/gateway.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot read the interfaces: {0}")]
+    Interfaces(nix::Error),
+    #[error(
+        "interface {0} has no IPv4 or global IPv6 address (ip addr show {0}); give the LAN interface"
+    )]
+    NoAddress(String),
+    #[error("{0} exists; not overwriting it (--force replaces it)")]
+    Exists(PathBuf),
+    #[error("the example config changed shape: {0:?} not found (a telesink bug)")]
+    Template(&'static str),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What `init` chose, for the admin to read.
+pub struct Chosen {
+    pub listen: Vec<String>,
+    pub networks: Vec<String>,
+    pub metrics: String,
+    pub lists_dir: PathBuf,
+    pub text: String,
+}
+
+/// An interface's addresses with their prefix lengths; IPv6 link-local ones left out
+/// (clients do not use them as their resolver).
+fn addresses(iface: &str) -> Result<Vec<(IpAddr, u8)>, InitError> {
+    let mut out = Vec::new();
+    for a in nix::ifaddrs::getifaddrs().map_err(InitError::Interfaces)? {
+        if a.interface_name != iface {
+            continue;
+        }
+        let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
+            continue;
+        };
+        if let (Some(ip), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            out.push((IpAddr::V4(ip.ip()), u32::from(m.ip()).count_ones() as u8));
+        } else if let (Some(ip), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+            let v6 = ip.ip();
+            if (v6.segments()[0] & 0xffc0) != 0xfe80 {
+                out.push((IpAddr::V6(v6), u128::from(m.ip()).count_ones() as u8));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where the shipped lists are, next to this binary: installed, or in the repository.
+fn shipped_lists() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let candidates = [
+        exe.parent()
+            .and_then(Path::parent)
+            .map(|p| p.join("share/telesink/blocklists")),
+        exe.parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .map(|p| p.join("blocklists")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("office-telemetry.domains").exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/share/telesink/blocklists"))
+}
+
+fn replace(text: &str, from: &'static str, to: &str) -> Result<String, InitError> {
+    if !text.contains(from) {
+        return Err(InitError::Template(from));
+    }
+    Ok(text.replacen(from, to, 1))
+}
+
+pub fn config_for(lan: &str, wan: Option<&str>) -> Result<Chosen, InitError> {
+    let addrs = addresses(lan)?;
+    if addrs.is_empty() {
+        return Err(InitError::NoAddress(lan.to_owned()));
+    }
+    let listen: Vec<String> = addrs
+        .iter()
+        .map(|(ip, _)| match ip {
+            IpAddr::V4(a) => format!("{a}:53"),
+            IpAddr::V6(a) => format!("[{a}]:53"),
+        })
+        .collect();
+    let mut networks = vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()];
+    for (ip, len) in &addrs {
+        if let Ok(net) = ipnet::IpNet::new(*ip, *len) {
+            let net = net.trunc().to_string();
+            if !networks.contains(&net) {
+                networks.push(net);
+            }
+        }
+    }
+    let metrics = match addrs.iter().find(|(ip, _)| ip.is_ipv4()).or(addrs.first()) {
+        Some((IpAddr::V4(a), _)) => format!("{a}:9153"),
+        Some((IpAddr::V6(a), _)) => format!("[{a}]:9153"),
+        None => "127.0.0.1:9153".to_owned(),
+    };
+    let lists_dir = shipped_lists();
+    let quoted = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut text = EXAMPLE.to_owned();
+    text = replace(
+        &text,
+        "listen = [\"192.168.1.1:53\", \"[fd00::1]:53\"]",
+        &format!("listen = [{}]", quoted(&listen)),
+    )?;
+    text = replace(
+        &text,
+        "lists_dir = \"../blocklists\"",
+        &format!("lists_dir = {:?}", lists_dir.display().to_string()),
+    )?;
+    text = replace(
+        &text,
+        "allowed_clients = [\"127.0.0.0/8\", \"::1/128\", \"192.168.1.0/24\", \"fd00::/64\"]",
+        &format!("allowed_clients = [{}]", quoted(&networks)),
+    )?;
+    text = replace(&text, "lan = [\"lan0\"]", &format!("lan = [{lan:?}]"))?;
+    let wan_line = match wan {
+        Some(w) => format!("wan = [{w:?}]"),
+        None => "wan = []".to_owned(),
+    };
+    text = replace(&text, "wan = [\"wan0\"]", &wan_line)?;
+    text = replace(
+        &text,
+        "listen = \"192.168.1.1:9153\"",
+        &format!("listen = {metrics:?}"),
+    )?;
+    // The example's group holds example addresses: left as a commented recipe.
+    let group_at = text
+        .find("# Devices that report to Windows Update for Business")
+        .ok_or(InitError::Template("the wufb-managed group"))?;
+    let (head, group) = text.split_at(group_at);
+    let commented: String = group
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') || l.is_empty() {
+                format!("{l}\n")
+            } else {
+                format!("# {l}\n")
+            }
+        })
+        .collect();
+    let text = format!(
+        "# Written by `telesink init --lan {lan}{}`; every key is explained in the shipped\n# telesink.toml.\n{head}{commented}",
+        wan.map(|w| format!(" --wan {w}")).unwrap_or_default()
+    );
+    Ok(Chosen {
+        listen,
+        networks,
+        metrics,
+        lists_dir,
+        text,
+    })
+}
+
+pub fn write(path: &Path, text: &str, force: bool) -> Result<(), InitError> {
+    if path.exists() && !force {
+        return Err(InitError::Exists(path.to_owned()));
+    }
+    let io = |source| InitError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(path, text).map_err(io)
+}
