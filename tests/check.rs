@@ -94,7 +94,7 @@ fn config_mistakes_point_at_their_line() {
         (
             "[policy]\nlists_dir = \".\"\n[profiles.p]\nlists = [\"missing.list\"]\n".to_owned(),
             4,
-            "cannot read list",
+            "cannot read list missing.list: not found in any of ",
         ),
         ("[profiles.p]\nmode = \"ip\"\n".to_owned(), 2, "needs ipv4"),
         (

@@ -535,10 +535,27 @@ impl Builder<'_> {
         problems: Vec<lists::ListProblem>,
     ) {
         if let Err(e) = read {
-            self.fatal(
-                path.span().start,
-                format!("cannot read list {}: {e}", file.display()),
-            );
+            let message =
+                if e.kind() == std::io::ErrorKind::NotFound && path.get_ref().is_relative() {
+                    // A relative list is looked for in several folders: name them all, so
+                    // the admin sees where to put it.
+                    let searched: Vec<String> = self
+                        .search
+                        .iter()
+                        .map(|d| crate::config::normalized(d).display().to_string())
+                        .collect();
+                    format!(
+                        "cannot read list {}: not found in any of {}",
+                        path.get_ref().display(),
+                        searched.join(", ")
+                    )
+                } else {
+                    format!(
+                        "cannot read list {}: {e}",
+                        crate::config::normalized(file).display()
+                    )
+                };
+            self.fatal(path.span().start, message);
         }
         // One rule for start, `check` and reload: the same line is refused by all three,
         // or (skip_invalid_lines) skipped and reported by all three.
