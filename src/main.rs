@@ -77,6 +77,9 @@ enum Command {
     Firewall {
         #[command(subcommand)]
         action: FirewallAction,
+        /// Machine-readable output (on every firewall command).
+        #[arg(long, global = true)]
+        json: bool,
     },
     /// What the running daemon serves: generation, profiles per group, toggles, counts.
     Status {
@@ -228,7 +231,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Check { config, json } => check(&config, json),
-        Command::Firewall { action } => firewall(action),
+        Command::Firewall { action, json } => firewall(action, json),
         Command::Explain {
             name,
             client,
@@ -439,56 +442,98 @@ fn check(path: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
-fn firewall(action: FirewallAction) -> ExitCode {
-    let path = match action {
-        FirewallAction::Show { config } => config,
-        FirewallAction::Apply { config, socket } => return firewall_apply(&config, socket),
-        FirewallAction::Counters { config } => return firewall_counters(&config),
-        FirewallAction::Remove { .. } => {
-            return match telesink::firewall::netlink::remove() {
-                Ok(()) => {
-                    println!(
-                        "table inet {} removed (if it was there)",
-                        telesink::firewall::plan::TABLE
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("telesink: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+/// What a firewall command did: text for the admin, JSON for scripts; or why it failed.
+type FwResult = Result<(String, serde_json::Value), String>;
+
+fn firewall(action: FirewallAction, json: bool) -> ExitCode {
+    let result = match action {
+        FirewallAction::Show { config } => firewall_show(&config),
+        FirewallAction::Apply { config, socket } => firewall_apply(&config, socket),
+        FirewallAction::Counters { config } => firewall_counters(&config),
+        FirewallAction::Remove { .. } => firewall_remove(),
     };
-    let cfg = match load(&path) {
-        Ok(cfg) => cfg,
-        Err(code) => return code,
+    use std::io::Write;
+    let written = match &result {
+        Ok((_, v)) if json => writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_default()
+        ),
+        // `firewall show | head` closes the pipe early: the reader's choice, no error.
+        Ok((text, _)) => write!(std::io::stdout().lock(), "{text}"),
+        Err(e) if json => writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::json!({ "error": e })
+        ),
+        Err(e) => writeln!(std::io::stderr(), "telesink: {e}"),
     };
+    if let Err(e) = written
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("telesink: {e}");
+        return ExitCode::FAILURE;
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn firewall_show(path: &std::path::Path) -> FwResult {
+    use telesink::firewall::plan::{SetKind, addr};
+    let cfg = LoadedConfig::load(path).map_err(|e| e.to_string())?;
     let outcome = policy::build(&cfg, 1);
     let Some(policy) = outcome.policy else {
-        for p in &outcome.problems {
-            eprintln!("{p}");
-        }
-        return ExitCode::FAILURE;
+        let problems: Vec<String> = outcome.problems.iter().map(|p| p.to_string()).collect();
+        return Err(problems.join("\n"));
     };
     let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
-    // `firewall show | head` closes the pipe early: that is the reader's choice, no error
-    // (print! would panic on it).
-    use std::io::Write;
-    match write!(std::io::stdout().lock(), "{plan}") {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("telesink: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let sets: Vec<serde_json::Value> = plan
+        .sets
+        .iter()
+        .map(|s| {
+            let (kind, elements): (&str, Vec<String>) = match &s.kind {
+                SetKind::Interval(ranges) => (
+                    "interval",
+                    ranges
+                        .iter()
+                        .map(|&(a, b)| {
+                            if a == b {
+                                addr(s.family, a).to_string()
+                            } else {
+                                format!("{}-{}", addr(s.family, a), addr(s.family, b))
+                            }
+                        })
+                        .collect(),
+                ),
+                SetKind::Timed(_) => ("learned", Vec::new()),
+                SetKind::Accounting { .. } => ("accounting", Vec::new()),
+            };
+            serde_json::json!({
+                "name": s.name,
+                "family": s.family.suffix(),
+                "kind": kind,
+                "elements": elements,
+            })
+        })
+        .collect();
+    let text = plan.to_string();
+    let value = serde_json::json!({
+        "table": format!("inet {}", telesink::firewall::plan::TABLE),
+        "firewall": cfg.config.firewall.enabled,
+        "sets": sets,
+        "rules": plan.rules.len(),
+        "nft": text,
+    });
+    Ok((text, value))
 }
 
 /// Never replaces a running daemon's table behind its back: with a daemon reachable it
 /// asks the daemon to install its own snapshot again; otherwise (early boot) it builds
 /// the same snapshot the daemon would start with and installs it.
-fn firewall_apply(path: &std::path::Path, socket: Option<PathBuf>) -> ExitCode {
+fn firewall_apply(path: &std::path::Path, socket: Option<PathBuf>) -> FwResult {
     let args = SocketArgs {
         socket,
         config: path.to_owned(),
@@ -496,80 +541,76 @@ fn firewall_apply(path: &std::path::Path, socket: Option<PathBuf>) -> ExitCode {
     };
     match ctl::call(&args, "POST", "/v1/firewall/apply", None) {
         Ok(v) => {
-            println!(
-                "asked the running daemon: its table (policy generation {}, firewall {}) installed again",
+            let text = format!(
+                "asked the running daemon: its table (policy generation {}, firewall {}) installed again\n",
                 v.get("generation").and_then(|g| g.as_u64()).unwrap_or(0),
                 v.get("firewall").and_then(|f| f.as_str()).unwrap_or("?")
             );
-            return ExitCode::SUCCESS;
+            return Ok((
+                text,
+                serde_json::json!({ "applied": true, "by": "the running daemon", "daemon": v }),
+            ));
         }
         Err(
             telesink::control::client::ClientError::Connect { .. }
             | telesink::control::client::ClientError::BrokenConfig { .. },
         ) => {}
-        Err(e) => {
-            eprintln!("telesink: the running daemon refused: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return Err(format!("the running daemon refused: {e}")),
     }
-    let cfg = match load(path) {
-        Ok(cfg) => cfg,
-        Err(code) => return code,
-    };
-    match telesink::apply::apply_offline(cfg) {
-        Ok(what) => {
-            println!("{what}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("telesink: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let cfg = LoadedConfig::load(path).map_err(|e| e.to_string())?;
+    let what = telesink::apply::apply_offline(cfg).map_err(|e| e.to_string())?;
+    Ok((
+        format!("{what}\n"),
+        serde_json::json!({ "applied": true, "by": "this command", "detail": what }),
+    ))
 }
 
-fn firewall_counters(path: &std::path::Path) -> ExitCode {
+fn firewall_remove() -> FwResult {
+    telesink::firewall::netlink::remove().map_err(|e| e.to_string())?;
+    Ok((
+        format!(
+            "table inet {} removed (if it was there)\n",
+            telesink::firewall::plan::TABLE
+        ),
+        serde_json::json!({ "removed": true }),
+    ))
+}
+
+fn firewall_counters(path: &std::path::Path) -> FwResult {
     use telesink::firewall::plan::SetKind;
-    let (cfg, policy) = match load_policy(path) {
-        Ok(both) => both,
-        Err(code) => return code,
-    };
-    match telesink::firewall::netlink::table_exists() {
-        Ok(true) => {}
-        Ok(false) => {
-            eprintln!(
-                "telesink: there is no table inet {} in the kernel, so no counters: the firewall is not programmed here (start the daemon, or telesink firewall apply)",
-                telesink::firewall::plan::TABLE
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("telesink: {e}");
-            return ExitCode::FAILURE;
-        }
+    let cfg = LoadedConfig::load(path).map_err(|e| e.to_string())?;
+    let policy = policy::build(&cfg, 1).policy.ok_or_else(|| {
+        format!(
+            "{}: the policy has errors; run telesink check",
+            path.display()
+        )
+    })?;
+    if !telesink::firewall::netlink::table_exists().map_err(|e| e.to_string())? {
+        return Err(format!(
+            "there is no table inet {} in the kernel, so no counters: the firewall is not programmed here (start the daemon, or telesink firewall apply)",
+            telesink::firewall::plan::TABLE
+        ));
     }
     let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
+    let (mut text, mut rows) = (String::new(), Vec::new());
     for set in plan
         .sets
         .iter()
         .filter(|s| matches!(s.kind, SetKind::Accounting { .. }))
     {
-        match telesink::firewall::netlink::read_accounting(&set.name, set.family) {
-            Ok(counts) => {
-                for c in counts {
-                    println!(
-                        "set={} client={} packets={} bytes={}",
-                        set.name, c.client, c.packets, c.bytes
-                    );
-                }
-            }
-            Err(e) => {
-                eprintln!("telesink: {}: {e}", set.name);
-                return ExitCode::FAILURE;
-            }
+        let counts = telesink::firewall::netlink::read_accounting(&set.name, set.family)
+            .map_err(|e| format!("{}: {e}", set.name))?;
+        for c in counts {
+            text.push_str(&format!(
+                "set={} client={} packets={} bytes={}\n",
+                set.name, c.client, c.packets, c.bytes
+            ));
+            rows.push(serde_json::json!({
+                "set": set.name, "client": c.client, "packets": c.packets, "bytes": c.bytes,
+            }));
         }
     }
-    ExitCode::SUCCESS
+    Ok((text, serde_json::json!({ "counters": rows })))
 }
 
 /// Loads a config and compiles its policy, or reports why not.

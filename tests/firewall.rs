@@ -1448,22 +1448,30 @@ fn firewall_counters_without_a_table_say_so() {
     let t = Topology::new();
     let dir = TempDir::new("fwnocount");
     let cfg = write(&dir, &config("", ""));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.gateway,
-            bin(),
-            "firewall",
-            "counters",
-            "--config",
-        ])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let counters = |extra: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &t.gateway, bin(), "firewall", "counters"])
+            .args(extra)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = counters(&[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("there is no table inet telesink"), "{err}");
+    // The same for scripts.
+    let out = counters(&["--json"]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("there is no table inet telesink"),
+        "{v}"
+    );
 }
 
 /// `telesink init` writes a gateway config from the LAN interface's real addresses; it

@@ -155,3 +155,34 @@ fn the_plans_match_their_golden_files_and_nft_accepts_them() {
         nft_accepts(name, text);
     }
 }
+
+/// `firewall show --json`: the same plan for scripts (sets with their elements, the nft
+/// text), identical to the text form.
+#[test]
+fn firewall_show_json_matches_the_text() {
+    let cfg = root().join("config/gateway.toml");
+    let text = show(&cfg);
+    let out = std::process::Command::new(bin())
+        .args(["firewall", "show", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nft"].as_str(), Some(text.as_str()));
+    assert_eq!(v["table"], "inet telesink");
+    let doh = v["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "doh_4")
+        .expect("doh_4");
+    assert!(
+        doh["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "9.9.9.9"),
+        "{doh}"
+    );
+}
