@@ -157,10 +157,19 @@ pub fn apply_offline(cfg: LoadedConfig) -> Result<String, ApplyError> {
             ))
         }
         None => {
-            kernel.remove_blocking()?;
+            // Like a start with the firewall off: never remove a table that may be
+            // another telesink's; say whether one is there.
+            let there = crate::firewall::netlink::table_exists().unwrap_or(false);
             Ok(format!(
-                "firewall.enabled is false: table inet {} removed if it was there",
-                crate::firewall::plan::TABLE
+                "firewall.enabled is false: nothing applied{}",
+                if there {
+                    format!(
+                        "; table inet {} is in the kernel and stays (telesink firewall remove deletes it)",
+                        crate::firewall::plan::TABLE
+                    )
+                } else {
+                    String::new()
+                }
             ))
         }
     }
@@ -419,16 +428,16 @@ impl Applier {
             }
             (None, Some(_)) => {}
             (None, None) => {
-                // A start with the firewall off: a table left by an earlier run (on_exit =
-                // "keep") or by early boot would go on blocking while status says off.
-                // Without CAP_NET_ADMIN (a DNS-only trial run) there is none of ours to
-                // remove, and that is no error.
-                match self.kernel.remove().await {
-                    Ok(()) => info!(
-                        "firewall off: no table inet {} left in the kernel",
+                // A start with the firewall off never changes the kernel: the table there
+                // may be another telesink's (a trial run beside the real one). One left by
+                // an earlier run (on_exit = "keep") or by early boot would go on blocking
+                // while status says off, so it is said, loudly, with the fix. Without
+                // CAP_NET_ADMIN (a DNS-only trial run) nothing can be read, and that is fine.
+                if let Ok(true) = self.kernel.exists().await {
+                    warn!(
+                        "firewall.enabled is false, but table inet {} is in the kernel (left by an earlier run with on_exit = \"keep\", by telesink-early, or another telesink's): it keeps blocking; remove it with `telesink firewall remove` if it is not in use",
                         crate::firewall::plan::TABLE
-                    ),
-                    Err(e) => info!("firewall off; not checking for a leftover table: {e}"),
+                    );
                 }
             }
         }

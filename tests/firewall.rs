@@ -1544,3 +1544,44 @@ fn init_writes_a_working_gateway_config_from_the_interfaces() {
         "nft delete table inet telesink 2>/dev/null || true",
     );
 }
+
+/// A start with the firewall off never changes the kernel (the table may be another
+/// telesink's, a trial run beside the real one), but says loudly that one is there.
+#[test]
+fn a_start_with_the_firewall_off_leaves_an_existing_table_and_warns() {
+    if !require_root() {
+        return;
+    }
+    let t = Topology::new();
+    let dir = TempDir::new("fwoffstart");
+    let cfg = write(&dir, &config("", ""));
+    fw(&t, "apply", &cfg);
+    assert!(table_exists(&t));
+    std::fs::write(
+        &cfg,
+        config("", "").replace("enabled = true\nlan", "enabled = false\nlan"),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    assert!(
+        table_exists(&t),
+        "a start with the firewall off removed a table"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("firewall.enabled is false, but table inet telesink is in the kernel"),
+        "{}",
+        daemon.log()
+    );
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    assert!(
+        table_exists(&t),
+        "stopping with the firewall off removed a table"
+    );
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}

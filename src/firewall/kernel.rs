@@ -50,6 +50,10 @@ enum Job {
     Remove {
         reply: Reply<()>,
     },
+    /// Whether our table is in the kernel (a read-only dump).
+    Exists {
+        reply: Reply<bool>,
+    },
     Timed {
         set: String,
         family: Family,
@@ -149,6 +153,11 @@ impl Kernel {
         Ok(self.ask(|reply| Job::Remove { reply }).await??)
     }
 
+    /// Whether `table inet telesink` is in the kernel; reads only.
+    pub async fn exists(&self) -> Result<bool, KernelError> {
+        Ok(self.ask(|reply| Job::Exists { reply }).await??)
+    }
+
     pub fn remove_blocking(&self) -> Result<(), KernelError> {
         Ok(self.ask_blocking(|reply| Job::Remove { reply })??)
     }
@@ -244,6 +253,9 @@ impl Owner {
                     self.stats.degraded.store(false, Ordering::Relaxed);
                     retry_at = None;
                     let _ = reply.send(netlink::remove());
+                }
+                Job::Exists { reply } => {
+                    let _ = reply.send(netlink::table_exists());
                 }
                 Job::Timed {
                     set,
