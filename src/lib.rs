@@ -23,5 +23,6 @@ pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod shadow;
+pub mod slots;
 pub mod snapshot;
 pub mod state;

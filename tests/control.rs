@@ -760,3 +760,27 @@ fn a_config_that_does_not_parse_is_named_when_the_socket_cannot_be_found() {
         "{err}"
     );
 }
+
+/// Idle connections to the control socket used to block every command for 30 s (8
+/// slots). They are now evicted, oldest first, for the admin's command.
+#[test]
+fn status_works_while_idle_connections_hold_the_control_socket() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    let sock = ts.dir.path().join("control.sock");
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..40)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&sock).ok())
+        .collect();
+    assert!(idle.len() >= 30, "only {} connections opened", idle.len());
+    let started = Instant::now();
+    for _ in 0..3 {
+        ok(&ts, &["status"]);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "status took {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}

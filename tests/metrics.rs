@@ -340,3 +340,24 @@ fn accept_loops_back_off_when_accept_fails() {
     let (status, _) = get(addr, "/health");
     assert_eq!(status, 200);
 }
+
+/// 200 idle connections to the metrics port used to keep /health and Prometheus out (4
+/// slots, 10 s timeout). Idle connections are now evicted, oldest first, for new ones.
+#[test]
+fn health_and_scrape_answer_while_200_idle_connections_are_open() {
+    let Some((_knot, _ts, addr)) = start(10) else {
+        return;
+    };
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    assert!(idle.len() >= 150, "only {} connections opened", idle.len());
+    for _ in 0..5 {
+        let (status, body) = get(addr, "/health");
+        assert_eq!((status, body.trim()), (200, "ready"));
+    }
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("telesink_dns_queries_total"), "{body}");
+    drop(idle);
+}

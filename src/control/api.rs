@@ -29,13 +29,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::{Control, ControlError, Edit};
 use crate::policy::{Toggle, ToggleError};
 
-const MAX_CONNECTIONS: usize = 8;
+const MAX_CONNECTIONS: usize = 16;
+/// A client sends its request at once; a connection silent this long is closed, and an
+/// idle one is evicted (oldest first) when all slots are taken (src/slots.rs).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BODY: usize = 64 * 1024;
 
@@ -85,7 +87,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketErro
 }
 
 pub async fn serve(listener: UnixListener, control: Arc<Control>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = crate::slots::Slots::new(MAX_CONNECTIONS);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -94,26 +96,30 @@ pub async fn serve(listener: UnixListener, control: Arc<Control>) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Some(ticket) = slots.admit() else {
             continue;
         };
+        let id = ticket.id();
         let uid = stream.peer_cred().map(|c| c.uid()).ok();
         let control = control.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let busy = ticket.busy.clone();
             let service = service_fn(move |req| {
+                busy.store(true, std::sync::atomic::Ordering::Relaxed);
                 let control = control.clone();
                 async move { Ok::<_, Infallible>(respond(req, &control, uid).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(TIMEOUT)
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             if tokio::time::timeout(TIMEOUT, conn).await.is_err() {
                 warn!("control connection timed out");
             }
-            drop(permit);
+            drop(ticket);
         });
+        slots.attach(id, task.abort_handle());
     }
 }
 

@@ -1,5 +1,7 @@
-//! The scrape endpoint: GET /metrics and GET /health, hardened like a data plane (few
-//! connections at once, short timeouts), because it listens next to the resolver.
+//! The scrape endpoint: GET /metrics and GET /health, hardened like a data plane because it
+//! listens next to the resolver, often on the LAN address: a bounded number of
+//! connections, a short header-read timeout, and idle connections evicted (oldest first)
+//! to make room, so idle or slow clients cannot keep Prometheus and /health out.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,10 +15,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::warn;
 
-const MAX_CONNECTIONS: usize = 4;
+const MAX_CONNECTIONS: usize = 32;
+/// A scraper sends its request at once; a connection silent this long is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until the process ends. `health` says "ok" or why not.
@@ -25,7 +28,7 @@ pub async fn serve(
     registry: Registry,
     health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = crate::slots::Slots::new(MAX_CONNECTIONS);
     let registry = Arc::new(registry);
     loop {
         let stream = match listener.accept().await {
@@ -35,16 +38,21 @@ pub async fn serve(
                 continue;
             }
         };
-        // Over the limit: close at once rather than queue.
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        // Full of connections being answered: close at once rather than queue.
+        let Some(ticket) = slots.admit() else {
             continue;
         };
+        let id = ticket.id();
         let (registry, health) = (registry.clone(), health.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req| respond(req, registry.clone(), health.clone()));
+        let task = tokio::spawn(async move {
+            let busy = ticket.busy.clone();
+            let service = service_fn(move |req| {
+                busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                respond(req, registry.clone(), health.clone())
+            });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(CONNECTION_TIMEOUT)
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             if tokio::time::timeout(CONNECTION_TIMEOUT, conn)
@@ -53,8 +61,9 @@ pub async fn serve(
             {
                 warn!("metrics connection timed out");
             }
-            drop(permit);
+            drop(ticket);
         });
+        slots.attach(id, task.abort_handle());
     }
 }
 
