@@ -4,8 +4,9 @@
 //!
 //! 1. build the new snapshot (a toggle shares the name index; a reload reads config and
 //!    lists off the serving threads);
-//! 2. reconcile the kernel: install the snapshot's table in one atomic batch, or remove
-//!    it when the firewall is now off (the firewall owner thread does the netlink work);
+//! 2. reconcile the kernel: install the snapshot's table in one atomic batch (only what
+//!    differs from the installed one), or remove it when a change turned the firewall off
+//!    (the firewall owner thread does the netlink work);
 //! 3. start, keep or stop shadow resolution;
 //! 4. commit the state file (written to a temporary file before step 2);
 //! 5. swap the snapshot, which DNS, metrics and status read.
@@ -42,6 +43,9 @@ pub enum ApplyError {
     Firewall(#[from] KernelError),
     #[error("{0}; nothing changed")]
     State(#[from] StateError),
+    /// The task doing the work ended abnormally (a panic): nothing was swapped.
+    #[error("the {0} task failed: {1}; nothing changed")]
+    Task(&'static str, String),
 }
 
 /// What a caller asks to change.
@@ -140,8 +144,8 @@ pub fn boot_policy(cfg: &LoadedConfig) -> Result<Policy, ApplyError> {
 }
 
 /// `telesink firewall apply` with no daemon running (early boot): the same snapshot as a
-/// start, installed by the same owner, or the table removed when the firewall is off.
-/// Returns what it did, for the admin.
+/// start, installed by the same owner; nothing with the firewall off. Returns what it
+/// did, for the admin.
 pub fn apply_offline(cfg: LoadedConfig) -> Result<String, ApplyError> {
     let policy = boot_policy(&cfg)?;
     let snap = Snapshot::new(policy, Arc::new(cfg), None);
@@ -253,7 +257,7 @@ impl Applier {
             .reloads
             .last_unix
             .store(unix_now(), Ordering::Relaxed);
-        applier.commit(None, policy, cfg, false).await?;
+        applier.commit(None, policy, cfg).await?;
         Ok(applier)
     }
 
@@ -276,9 +280,7 @@ impl Applier {
             let new = Arc::new(Snapshot::new(policy, old.config.clone(), None));
             return Ok(Applied { old, new });
         }
-        let new = self
-            .commit(Some(&old), policy, old.config.clone(), true)
-            .await?;
+        let new = self.commit(Some(&old), policy, old.config.clone()).await?;
         info!(generation = new.generation, "applied: {edit}");
         Ok(Applied { old, new })
     }
@@ -324,9 +326,9 @@ impl Applier {
             Ok::<_, ApplyError>((cfg, policy))
         })
         .await
-        .map_err(|e| ApplyError::Policy(format!("the reload task failed: {e}")))??;
+        .map_err(|e| ApplyError::Task("reload", e.to_string()))??;
         let (cfg, policy) = built;
-        let new = self.commit(Some(&old), policy, Arc::new(cfg), true).await?;
+        let new = self.commit(Some(&old), policy, Arc::new(cfg)).await?;
         Ok(Applied { old, new })
     }
 
@@ -339,18 +341,21 @@ impl Applier {
             return Ok(None);
         }
         let policy = old.with_toggles(toggles, old.generation + 1)?;
-        let new = self
-            .commit(Some(&old), policy, old.config.clone(), true)
-            .await?;
+        let new = self.commit(Some(&old), policy, old.config.clone()).await?;
         Ok(Some(Applied { old, new }))
     }
 
-    /// Installs the snapshot in force again (`telesink firewall apply` while running).
+    /// Writes the table of the snapshot in force again, whole (`telesink firewall apply`
+    /// while running); nothing with the firewall off.
     pub async fn reapply(&self) -> Result<Arc<Snapshot>, ApplyError> {
         let _one = self.serial.lock().await;
-        let old = self.current.load_full();
-        self.reconcile(Some(&old), &old).await?;
-        Ok(old)
+        let snap = self.current.load_full();
+        if let Some(plan) = &snap.plan {
+            self.kernel
+                .reinstall(plan.clone(), self.learned_for(&snap))
+                .await?;
+        }
+        Ok(snap)
     }
 
     /// Steps 2-5 of the module comment for a policy built in step 1.
@@ -359,12 +364,10 @@ impl Applier {
         old: Option<&Arc<Snapshot>>,
         policy: Policy,
         cfg: Arc<LoadedConfig>,
-        save: bool,
     ) -> Result<Arc<Snapshot>, ApplyError> {
+        // A start (no old snapshot) has just read the toggles from the state file.
         let pending = match old {
-            Some(o) if save && o.toggles != policy.toggles => {
-                Some(self.state.prepare(&policy.toggles)?)
-            }
+            Some(o) if o.toggles != policy.toggles => Some(self.state.prepare(&policy.toggles)?),
             _ => None,
         };
         let wants_shadow = Snapshot::wants_shadow(&policy, &cfg);
@@ -403,10 +406,14 @@ impl Applier {
         Ok(new)
     }
 
+    /// The learned addresses a full write of this snapshot's table carries.
+    fn learned_for(&self, snap: &Snapshot) -> Option<Arc<dyn Learned>> {
+        Snapshot::wants_shadow(snap, &snap.config).then(|| self.learned.clone() as Arc<dyn Learned>)
+    }
+
     /// Makes the kernel match `new`: its table, or none.
     async fn reconcile(&self, old: Option<&Snapshot>, new: &Snapshot) -> Result<(), ApplyError> {
-        let learned = Snapshot::wants_shadow(new, &new.config)
-            .then(|| self.learned.clone() as Arc<dyn Learned>);
+        let learned = self.learned_for(new);
         match (&new.plan, old) {
             (Some(plan), _) => {
                 let started = std::time::Instant::now();
@@ -462,6 +469,17 @@ impl Applier {
     fn seed_shadow(&self, snap: &Snapshot) {
         if let Some(learner) = &snap.learner {
             learner.seed(&snap.policy);
+        }
+    }
+
+    /// The firewall as status, `/health` and the systemd status line report it: "off",
+    /// "on", or "degraded" while the table is missing or incomplete and being restored.
+    pub fn firewall_state(&self) -> &'static str {
+        let degraded = self.kernel.stats.degraded.load(Ordering::Relaxed);
+        match (self.current.load().firewall_on(), degraded) {
+            (false, _) => "off",
+            (true, false) => "on",
+            (true, true) => "degraded",
         }
     }
 

@@ -237,7 +237,6 @@ struct WatchdogSeen {
 /// `/health`: 200 only when what the daemon claims is true; otherwise every reason.
 fn health(applier: &Applier, watchdog: &WatchdogSeen) -> Result<(), String> {
     use std::sync::atomic::Ordering::Relaxed;
-    let snap = applier.current.load();
     let mut why = Vec::new();
     if applier.upstream.servers().is_empty() {
         why.push("no upstream resolver".to_owned());
@@ -254,13 +253,7 @@ fn health(applier: &Applier, watchdog: &WatchdogSeen) -> Result<(), String> {
             ));
         }
     }
-    if snap.firewall_on()
-        && applier
-            .kernel
-            .stats
-            .degraded
-            .load(std::sync::atomic::Ordering::Relaxed)
-    {
+    if applier.firewall_state() == "degraded" {
         why.push(format!(
             "firewall table inet {} is missing or incomplete and being restored",
             crate::firewall::plan::TABLE
@@ -319,18 +312,7 @@ fn status_line(policy: &Snapshot, outcomes: &Outcomes, applier: &Applier) -> Str
         } else {
             on.join(", ")
         },
-        match (
-            policy.firewall_on(),
-            applier
-                .kernel
-                .stats
-                .degraded
-                .load(std::sync::atomic::Ordering::Relaxed),
-        ) {
-            (false, _) => "off",
-            (true, false) => "on",
-            (true, true) => "degraded (being restored)",
-        },
+        applier.firewall_state(),
         outcomes.clients_seen(),
         outcomes.total(),
         outcomes.get(crate::dns::Outcome::Blocked),

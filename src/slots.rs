@@ -30,7 +30,7 @@ pub struct Slots {
 }
 
 /// A connection's hold on its slot; dropping it frees the slot.
-pub struct Ticket {
+struct Ticket {
     slots: Arc<Slots>,
     id: u64,
     pub busy: Arc<AtomicBool>,
@@ -49,7 +49,7 @@ impl Slots {
 
     /// A slot for a new connection, evicting the oldest idle one when all are taken;
     /// None when every connection is busy being answered.
-    pub fn admit(self: &Arc<Self>) -> Option<Ticket> {
+    fn admit(self: &Arc<Self>) -> Option<Ticket> {
         let mut held = self.held.lock();
         if held.len() >= self.max {
             let oldest = held
@@ -87,8 +87,26 @@ impl Slots {
         })
     }
 
+    /// Admits a connection and serves it in a task of its own, which the slot can evict
+    /// while `busy` (handed to `serve`) is not set; false when every slot is busy.
+    pub fn spawn<F>(self: &Arc<Self>, serve: impl FnOnce(Arc<AtomicBool>) -> F) -> bool
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Some(ticket) = self.admit() else {
+            return false;
+        };
+        let (id, served) = (ticket.id(), serve(ticket.busy.clone()));
+        let task = tokio::spawn(async move {
+            served.await;
+            drop(ticket);
+        });
+        self.attach(id, task.abort_handle());
+        true
+    }
+
     /// Connects the slot with the task serving it, so it can be evicted.
-    pub fn attach(&self, id: u64, abort: AbortHandle) {
+    fn attach(&self, id: u64, abort: AbortHandle) {
         if let Some(s) = self.held.lock().iter_mut().find(|s| s.id == id) {
             s.abort = Some(abort);
         }
@@ -96,7 +114,7 @@ impl Slots {
 }
 
 impl Ticket {
-    pub fn id(&self) -> u64 {
+    fn id(&self) -> u64 {
         self.id
     }
 }

@@ -96,14 +96,9 @@ pub async fn serve(listener: UnixListener, control: Arc<Control>) {
                 continue;
             }
         };
-        let Some(ticket) = slots.admit() else {
-            continue;
-        };
-        let id = ticket.id();
         let uid = stream.peer_cred().map(|c| c.uid()).ok();
         let control = control.clone();
-        let task = tokio::spawn(async move {
-            let busy = ticket.busy.clone();
+        slots.spawn(move |busy| async move {
             let service = service_fn(move |req| {
                 busy.store(true, std::sync::atomic::Ordering::Relaxed);
                 let control = control.clone();
@@ -117,9 +112,7 @@ pub async fn serve(listener: UnixListener, control: Arc<Control>) {
             if tokio::time::timeout(TIMEOUT, conn).await.is_err() {
                 warn!("control connection timed out");
             }
-            drop(ticket);
         });
-        slots.attach(id, task.abort_handle());
     }
 }
 
@@ -178,7 +171,9 @@ fn control_error(e: ControlError) -> Reply {
             StatusCode::NOT_FOUND
         }
         ControlError::Policy(_) | ControlError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        ControlError::Firewall(_) | ControlError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ControlError::Firewall(_) | ControlError::State(_) | ControlError::Task(..) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     };
     error(status, e)
 }

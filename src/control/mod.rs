@@ -49,9 +49,8 @@ impl Control {
     pub async fn edit(self: &Arc<Self>, edit: Edit, dry_run: bool) -> Result<Report, ControlError> {
         let started = Instant::now();
         let applier = self.applier.clone();
-        let applied = tokio::spawn(async move { applier.edit(edit, dry_run).await })
-            .await
-            .map_err(|e| ApplyError::Policy(format!("the change task failed: {e}")))??;
+        let applied =
+            to_completion("change", async move { applier.edit(edit, dry_run).await }).await?;
         let mut report = Report::between(&applied.old, &applied.new, dry_run);
         report.ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(report)
@@ -61,9 +60,7 @@ impl Control {
     pub async fn reload(self: &Arc<Self>) -> Result<Report, ControlError> {
         let started = Instant::now();
         let applier = self.applier.clone();
-        let applied = tokio::spawn(async move { applier.reload().await })
-            .await
-            .map_err(|e| ApplyError::Policy(format!("the reload task failed: {e}")))??;
+        let applied = to_completion("reload", async move { applier.reload().await }).await?;
         let mut report = Report::between(&applied.old, &applied.new, false);
         report.ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(report)
@@ -72,9 +69,7 @@ impl Control {
     /// Installs the table in force again (`telesink firewall apply` while running).
     pub async fn reapply_firewall(self: &Arc<Self>) -> Result<Arc<Snapshot>, ControlError> {
         let applier = self.applier.clone();
-        tokio::spawn(async move { applier.reapply().await })
-            .await
-            .map_err(|e| ApplyError::Policy(format!("the apply task failed: {e}")))?
+        to_completion("firewall apply", async move { applier.reapply().await }).await
     }
 
     /// Reverts timed toggles when their time is up, for as long as the daemon runs.
@@ -114,6 +109,17 @@ impl Control {
     pub fn profiles(&self) -> Vec<ProfileState> {
         ProfileState::all(&self.current())
     }
+}
+
+/// Runs a change in a task of its own, so it completes (or fails cleanly) even when the
+/// caller stops waiting: an admin's dropped connection never leaves a change half done.
+async fn to_completion<T: Send + 'static>(
+    what: &'static str,
+    change: impl std::future::Future<Output = Result<T, ApplyError>> + Send + 'static,
+) -> Result<T, ApplyError> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| ApplyError::Task(what, e.to_string()))?
 }
 
 /// Where the socket lives: the config's, else systemd's RuntimeDirectory, else

@@ -215,11 +215,7 @@ impl Status {
             uptime_secs: crate::clock::unix_now().saturating_sub(c.started_unix),
             names: policy.total_names(),
             lists: policy.lists.len(),
-            firewall: match (policy.firewall_on(), kernel.degraded.load(Relaxed)) {
-                (false, _) => "off",
-                (true, false) => "on",
-                (true, true) => "degraded",
-            },
+            firewall: a.firewall_state(),
             firewall_restores: kernel.restores.load(Relaxed),
             shadow: policy.learner.is_some().then(|| {
                 let n = &a.shadow_counts;

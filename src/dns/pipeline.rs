@@ -440,7 +440,6 @@ enum ForwardError {
     Upstream(#[from] super::upstream::UpstreamError),
 }
 
-/// The first CNAME target in the answer that this client's policy blocks.
 /// A sinkhole answer's record: the profile that blocked and, when it is a shadow profile
 /// and shadow resolution runs, the name to learn. A sinkhole that failed (SERVFAIL) is
 /// neither counted as a block nor replayed.
@@ -462,6 +461,7 @@ fn sinkholed(base: QueryRecord, snap: &Snapshot, profile: u16, name: &Name) -> Q
     }
 }
 
+/// The first CNAME target in the answer that this client's policy blocks.
 fn cloaked(policy: &Policy, group: u16, answer: &Upstreamed) -> Option<(u16, Name)> {
     if !policy.cname_cloaking {
         return None;

@@ -45,6 +45,9 @@ enum Job {
     Apply {
         plan: Arc<Plan>,
         learned: Option<Arc<dyn Learned>>,
+        /// Write the whole table even when the installed plan is the same (an admin's
+        /// explicit `firewall apply`), instead of only the differences.
+        whole: bool,
         reply: Reply<()>,
     },
     Remove {
@@ -124,16 +127,37 @@ impl Kernel {
         rx.blocking_recv().map_err(|_| KernelError::Gone)
     }
 
-    /// Installs `plan` (learned addresses filled in) in one atomic batch.
+    /// Installs `plan` (learned addresses filled in) in one atomic batch, sending only
+    /// what differs from the installed plan.
     pub async fn apply(
         &self,
         plan: Arc<Plan>,
         learned: Option<Arc<dyn Learned>>,
     ) -> Result<(), KernelError> {
+        self.install(plan, learned, false).await
+    }
+
+    /// Writes the whole table again, whatever the owner believes is installed: what an
+    /// admin's `telesink firewall apply` asks of a running daemon.
+    pub async fn reinstall(
+        &self,
+        plan: Arc<Plan>,
+        learned: Option<Arc<dyn Learned>>,
+    ) -> Result<(), KernelError> {
+        self.install(plan, learned, true).await
+    }
+
+    async fn install(
+        &self,
+        plan: Arc<Plan>,
+        learned: Option<Arc<dyn Learned>>,
+        whole: bool,
+    ) -> Result<(), KernelError> {
         Ok(self
             .ask(|reply| Job::Apply {
                 plan,
                 learned,
+                whole,
                 reply,
             })
             .await??)
@@ -144,6 +168,7 @@ impl Kernel {
         Ok(self.ask_blocking(|reply| Job::Apply {
             plan,
             learned: None,
+            whole: true,
             reply,
         })??)
     }
@@ -237,9 +262,14 @@ impl Owner {
                 Job::Apply {
                     plan,
                     learned,
+                    whole,
                     reply,
                 } => {
-                    let result = self.install_over(&plan, learned.as_deref());
+                    let result = if whole {
+                        install(&plan, learned.as_deref())
+                    } else {
+                        self.install_over(&plan, learned.as_deref())
+                    };
                     if result.is_ok() {
                         self.installed = Some((plan, learned));
                         self.stats.degraded.store(false, Ordering::Relaxed);

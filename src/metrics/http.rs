@@ -38,14 +38,10 @@ pub async fn serve(
                 continue;
             }
         };
-        // Full of connections being answered: close at once rather than queue.
-        let Some(ticket) = slots.admit() else {
-            continue;
-        };
-        let id = ticket.id();
+        // Full of connections being answered: the stream is dropped, closed at once
+        // rather than queued.
         let (registry, health) = (registry.clone(), health.clone());
-        let task = tokio::spawn(async move {
-            let busy = ticket.busy.clone();
+        slots.spawn(move |busy| async move {
             let service = service_fn(move |req| {
                 busy.store(true, std::sync::atomic::Ordering::Relaxed);
                 respond(req, registry.clone(), health.clone())
@@ -61,9 +57,7 @@ pub async fn serve(
             {
                 warn!("metrics connection timed out");
             }
-            drop(ticket);
         });
-        slots.attach(id, task.abort_handle());
     }
 }
 
