@@ -1,6 +1,7 @@
 //! The firewall plan as nft text, compared with reviewed golden files: the shipped
-//! configs and the edge cases (groups with the default group's negation, bypass by
-//! reject and by redirect, no output chain, drop instead of reject). Runs without root.
+//! configs and the edge cases (groups with the default group's negation and a shadow
+//! profile's learned sets, bypass by reject and by redirect with DoH ranges, no output
+//! chain, drop instead of reject). Runs without root.
 //! When root, each is also checked by `nft -c` in a throwaway network namespace.
 //! After an intended change: `TELESINK_BLESS=1 cargo test --test plan_golden`, then
 //! review the diff of tests/golden/ like code.
@@ -39,7 +40,7 @@ fn cases() -> Vec<(String, String)> {
         edge(
             "edge-groups",
             "",
-            "[profiles.extra]\ncidrs = [\"extra.cidrs\"]\n[[groups]]\nname = \"lab\"\nclients = [\"192.0.2.64/27\"]\nenable = [\"extra\"]\ndisable = [\"tele\"]\n",
+            "[profiles.extra]\ncidrs = [\"extra.cidrs\"]\nshadow = true\n[[groups]]\nname = \"lab\"\nclients = [\"192.0.2.64/27\"]\nenable = [\"extra\"]\ndisable = [\"tele\"]\n",
         ),
         edge(
             "edge-bypass-reject",
@@ -48,7 +49,7 @@ fn cases() -> Vec<(String, String)> {
         ),
         edge(
             "edge-bypass-redirect",
-            "[firewall.bypass]\nenabled = true\ndns_action = \"redirect\"\n",
+            "[firewall.bypass]\nenabled = true\ndns_action = \"redirect\"\ndoh_cidrs = [\"doh.cidrs\"]\n",
             "",
         ),
         edge(
