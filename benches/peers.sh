@@ -159,6 +159,14 @@ for tag in small big; do
   [[ $tag == big && $BIG == 0 ]] && continue
   telesink_conf "$tag" 55302; unbound_conf "$tag" 55303
 done
+# The rate limiter's cost: the same telesink with the limit off, and on with every query
+# going through a bucket (dnsperf's 127.0.0.1 is the gateway's own address, exempt by
+# default, so exemption is turned off and the rate set far above what dnsperf sends).
+for v in rloff rlon; do
+  sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
+done
+printf '[server.rate_limit]\nenabled = false\n' >> "$work/telesink-rloff.toml"
+printf '[server.rate_limit]\nexempt_gateway = false\nqueries_per_sec = 100000000\nburst = 100000000\n' >> "$work/telesink-rlon.toml"
 cmd_for() { # server tag -> command line
   case $1 in
     telesink) echo "$bin run --config $work/telesink-$2.toml" ;;
@@ -247,6 +255,15 @@ if [[ $BIG != 0 ]]; then
   done
   stop_all
 fi
+
+# Rate limiter on and off, alternating, blocked names (its worst case: nothing else costs).
+for run in $(seq "$RUNS"); do
+  for v in rloff rlon; do
+    start telesink $v h1.bench.test 192.0.2.2
+    measure "telesink-$v" "$PID" 55302 "$work/blocked.q" blocked "$run"
+    kill "$PID"; wait "$PID" 2>/dev/null || true
+  done
+done
 
 # Live changes, telesink with the big list (or the small one with BIG=0).
 tag=big; [[ $BIG == 0 ]] && tag=small
@@ -369,6 +386,14 @@ for s in ["telesink"] + peers:
     rss = med(s, "small", "rss")
     if rss:
         print(f"| {s} | {rss[0]/1024:.1f} MiB |")
+off, on = med("telesink-rloff", "blocked", "qps"), med("telesink-rlon", "blocked", "qps")
+if off and on:
+    print("\n## Rate limiter cost (blocked names, every query through a bucket)\n")
+    print("| telesink | QPS median [min-max] | CPU us/query |\n|---|---|---|")
+    for v, m in [("limit off", "telesink-rloff"), ("limit on", "telesink-rlon")]:
+        q, c = med(m, "blocked", "qps"), med(m, "blocked", "cpu")
+        print(f"| {v} | {q[0]:.0f} [{q[1]:.0f}-{q[2]:.0f}] | {c[0]:.2f} |")
+    print(f"\nQPS ratio on/off: {on[0] / off[0]:.3f}")
 print("\n## Live changes under a steady stream (telesink)\n")
 for r in rows:
     if r[0] == "live":

@@ -40,6 +40,8 @@ pub enum DaemonError {
     Socket(#[from] crate::control::api::SocketError),
     #[error(transparent)]
     Instance(#[from] crate::instance::InstanceError),
+    #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetError),
 }
 
 pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), DaemonError> {
@@ -51,6 +53,14 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let cfg = crate::apply::load_config(&config_path, &overrides)?;
+    // Before anything holds a descriptor: a budget that cannot fit stops the start here.
+    let upstreams = if cfg.config.upstream.servers.is_empty() {
+        crate::dns::upstream::from_resolv_conf(&cfg.config.upstream.resolv_conf, &[]).len()
+    } else {
+        cfg.config.upstream.servers.len()
+    };
+    let budget = crate::budget::derive(&cfg.config, upstreams)?;
+    info!("descriptor budget: {budget}");
     // One daemon per control socket and state file: a second one must not unlink the
     // first's socket, re-program its table or write its state.
     let (socket_path, socket_explicit) =
@@ -85,7 +95,16 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         forward_slots: forward_slots.clone(),
         udp_payload_max: c.server.udp_payload_max,
         outcomes: Arc::new(Outcomes::default()),
+        limiter: Arc::new(crate::dns::ratelimit::Limiter::new(
+            c.server.rate_limit.max_clients,
+        )),
     };
+    let listeners = crate::slots::Listeners::default();
+    let tcp_slots = listeners.add(crate::slots::Slots::new(
+        "dns-tcp",
+        budget.tcp_max,
+        budget.tcp_per_client,
+    ));
     let outcomes = pipeline.outcomes.clone();
     let max_in_flight = c.server.max_in_flight.max(1);
     let key_file = c.metrics.pseudonym_key_file.clone().unwrap_or_else(|| {
@@ -104,6 +123,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         in_flight: Arc::new(move || {
             max_in_flight.saturating_sub(forward_slots.available_permits())
         }),
+        listeners: listeners.clone(),
+        limiter: pipeline.limiter.clone(),
     });
     if let Some(addr) = overrides.metrics.or(c.metrics.listen) {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -126,7 +147,12 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         let (health_of, watched) = (applier.clone(), watchdog_seen.clone());
         let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> =
             Arc::new(move || health(&health_of, &watched));
-        tokio::spawn(crate::metrics::serve(listener, registry, health));
+        let slots = listeners.add(crate::slots::Slots::new(
+            "metrics",
+            crate::metrics::MAX_CONNECTIONS,
+            crate::metrics::MAX_PER_CLIENT,
+        ));
+        tokio::spawn(crate::metrics::serve(listener, registry, health, slots));
     }
 
     let control = Arc::new(crate::control::Control::new(
@@ -134,10 +160,22 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         shared.clone(),
     ));
     tokio::spawn(control.clone().expire_forever());
-    let socket = control_socket(&socket_path, socket_explicit, &cfg, control.clone())?;
+    let control_slots = listeners.add(crate::slots::Slots::new(
+        "control",
+        crate::control::api::MAX_CONNECTIONS,
+        0,
+    ));
+    let socket = control_socket(
+        &socket_path,
+        socket_explicit,
+        &cfg,
+        control.clone(),
+        control_slots,
+    )?;
 
     // UDP: telesink's own listener with the replay fast path (src/dns/udp.rs), or, with
-    // udp_fast_path = false, hickory-server's. TCP: always hickory-server's.
+    // udp_fast_path = false, hickory-server's. TCP: telesink's own, with bounded
+    // connections (src/dns/tcp.rs).
     let udp_threads = match c.server.udp_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -148,8 +186,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
             tokio::runtime::Handle::current(),
         )
     });
-    let mut server = Server::new(pipeline);
     let tcp_idle = Duration::from_secs(c.server.tcp_idle_timeout_secs.max(1));
+    let tcp_server = crate::dns::tcp::Tcp::new(Arc::new(pipeline.clone()), tcp_slots, tcp_idle);
+    let mut server = Server::new(pipeline);
     let mut bound = Vec::new();
     for &addr in &c.server.listen {
         let ((udp, udp_addr), tcp) = bind_same_port(addr, |at| match &fast {
@@ -177,7 +216,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         info!("listening on udp {udp_addr}");
         info!("listening on tcp {}", tcp.local_addr().unwrap_or(udp_addr));
         bound.push(udp_addr);
-        server.register_listener(tcp, tcp_idle, 65535);
+        tokio::spawn(tcp_server.clone().serve(tcp));
     }
     info!("ready");
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
@@ -274,11 +313,12 @@ fn control_socket(
     explicit: bool,
     cfg: &LoadedConfig,
     control: Arc<crate::control::Control>,
+    slots: Arc<crate::slots::Slots>,
 ) -> Result<Option<PathBuf>, DaemonError> {
     match crate::control::api::bind(path, cfg.config.control.socket_group.as_deref()) {
         Ok(listener) => {
             info!("control socket {}", path.display());
-            tokio::spawn(crate::control::api::serve(listener, control));
+            tokio::spawn(crate::control::api::serve(listener, control, slots));
             Ok(Some(path.to_owned()))
         }
         Err(e) if explicit => Err(e.into()),

@@ -2,19 +2,21 @@
 //! The binary is `src/main.rs`; this library exists so tests and benchmarks reach the parts.
 //!
 //! Layers, each importing only those above it in this list (docs/ARCHITECTURE.md):
-//! clock, config, lists, policy -> firewall (plan, netlink, the kernel owner) -> state,
-//! snapshot -> dns -> shadow -> apply -> metrics -> control -> daemon.
+//! clock, host, slots, config, lists, policy -> firewall (plan, netlink, the kernel owner)
+//! -> state, snapshot -> dns -> shadow -> apply -> metrics -> control -> budget -> daemon.
 
 // Unsafe code is allowed in one module only, src/firewall/netlink.rs, each block justified.
 #![deny(unsafe_code)]
 
 pub mod apply;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod firewall;
+pub mod host;
 pub mod init;
 pub mod instance;
 pub mod lists;

@@ -303,18 +303,7 @@ fn never_learn(ctx: &Context) -> Vec<IpAddr> {
             .iter()
             .map(|s| s.ip()),
     );
-    if let Ok(ifaces) = nix::ifaddrs::getifaddrs() {
-        for iface in ifaces {
-            let Some(addr) = iface.address else {
-                continue;
-            };
-            if let Some(v4) = addr.as_sockaddr_in() {
-                out.push(IpAddr::V4(v4.ip()));
-            } else if let Some(v6) = addr.as_sockaddr_in6() {
-                out.push(IpAddr::V6(v6.ip()));
-            }
-        }
-    }
+    out.extend(crate::host::own_addresses());
     out
 }
 

@@ -5,6 +5,7 @@
 //! config to prove it). Values that refer to something else (a profile named in a group,
 //! a list file) are `Spanned`, so the semantic checks in `policy::build` can name the line.
 
+pub mod limits;
 mod load;
 pub mod values;
 
@@ -29,6 +30,7 @@ pub fn gid_of(group: &str) -> Option<u32> {
     })
 }
 
+pub use limits::{RateAction, RateLimitConfig};
 pub use load::{ConfigError, LoadedConfig, Location, line_of, normalized};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,6 +311,16 @@ pub struct ServerConfig {
     /// 0: one per CPU.
     #[serde(default)]
     pub udp_threads: usize,
+    /// DNS-over-TCP connections at once. Absent: what the descriptor budget leaves, at
+    /// most 4,096 (logged at start). When full, the longest idle connection is closed.
+    #[serde(default)]
+    pub tcp_max_connections: Option<usize>,
+    /// DNS-over-TCP connections one client address may hold; its longest idle one is
+    /// closed for a new one.
+    #[serde(default = "default_tcp_per_client")]
+    pub tcp_max_per_client: usize,
+    #[serde(default)]
+    pub rate_limit: limits::RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -486,6 +498,9 @@ fn default_max_in_flight() -> usize {
 fn default_tcp_idle() -> u64 {
     10
 }
+fn default_tcp_per_client() -> usize {
+    32
+}
 fn default_udp_payload() -> u16 {
     1232
 }
@@ -538,6 +553,9 @@ impl Default for ServerConfig {
             udp_payload_max: default_udp_payload(),
             udp_fast_path: true,
             udp_threads: 0,
+            tcp_max_connections: None,
+            tcp_max_per_client: default_tcp_per_client(),
+            rate_limit: limits::RateLimitConfig::default(),
         }
     }
 }

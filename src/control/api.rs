@@ -34,7 +34,7 @@ use tracing::{info, warn};
 use super::{Control, ControlError, Edit};
 use crate::policy::{Toggle, ToggleError};
 
-const MAX_CONNECTIONS: usize = 16;
+pub const MAX_CONNECTIONS: usize = 16;
 /// A client sends its request at once; a connection silent this long is closed, and an
 /// idle one is evicted (oldest first) when all slots are taken (src/slots.rs).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,21 +86,20 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketErro
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, control: Arc<Control>) {
-    let slots = crate::slots::Slots::new(MAX_CONNECTIONS);
+pub async fn serve(listener: UnixListener, control: Arc<Control>, slots: Arc<crate::slots::Slots>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                crate::metrics::accept_failed("control", &e).await;
+                slots.accept_failed(&e).await;
                 continue;
             }
         };
         let uid = stream.peer_cred().map(|c| c.uid()).ok();
         let control = control.clone();
-        slots.spawn(move |busy| async move {
+        slots.spawn(None, move |hold| async move {
             let service = service_fn(move |req| {
-                busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                hold.busy.store(true, std::sync::atomic::Ordering::Relaxed);
                 let control = control.clone();
                 async move { Ok::<_, Infallible>(respond(req, &control, uid).await) }
             });

@@ -13,8 +13,11 @@ use parking_lot::Mutex;
 const SHARDS: usize = 16;
 
 /// Per client: blocked count per profile index (up to 64 profiles), then at 64 + index
-/// the would-be blocks of log-only profiles.
-type Counts = Box<[u64; 128]>;
+/// the would-be blocks of log-only profiles, then at `RATE_LIMITED` the queries over the
+/// client's rate limit.
+type Counts = Box<[u64; SLOTS]>;
+const SLOTS: usize = 129;
+pub const RATE_LIMITED: usize = 128;
 
 pub struct ClientCounts {
     max_clients: usize,
@@ -30,7 +33,7 @@ impl ClientCounts {
             max_clients,
             known: AtomicUsize::new(0),
             shards: Default::default(),
-            other: Mutex::new(Box::new([0; 128])),
+            other: Mutex::new(Box::new([0; SLOTS])),
             overflow: AtomicU64::new(0),
         }
     }
@@ -46,6 +49,12 @@ impl ClientCounts {
         self.count(client, 64 + (profile as usize).min(63));
     }
 
+    /// A query over the client's rate limit.
+    #[inline]
+    pub fn rate_limited(&self, client: IpAddr) {
+        self.count(client, RATE_LIMITED);
+    }
+
     fn count(&self, client: IpAddr, p: usize) {
         let shard = &self.shards[shard_of(client)];
         let mut map = shard.lock();
@@ -55,7 +64,7 @@ impl ClientCounts {
         }
         if self.known.load(Ordering::Relaxed) < self.max_clients {
             self.known.fetch_add(1, Ordering::Relaxed);
-            let mut counts: Counts = Box::new([0; 128]);
+            let mut counts: Counts = Box::new([0; SLOTS]);
             counts[p] = 1;
             map.insert(client, counts);
             return;
@@ -66,7 +75,8 @@ impl ClientCounts {
     }
 
     /// (client, slot, count) for every non-zero count; client None is "other"; slot is
-    /// the profile index for blocks, 64 + the profile index for log-only would-be blocks.
+    /// the profile index for blocks, 64 + the profile index for log-only would-be blocks,
+    /// `RATE_LIMITED` for queries over the rate limit.
     pub fn snapshot(&self) -> Vec<(Option<IpAddr>, usize, u64)> {
         let mut out = Vec::new();
         for shard in &self.shards {
@@ -79,7 +89,11 @@ impl ClientCounts {
     }
 }
 
-fn push(out: &mut Vec<(Option<IpAddr>, usize, u64)>, client: Option<IpAddr>, counts: &[u64; 128]) {
+fn push(
+    out: &mut Vec<(Option<IpAddr>, usize, u64)>,
+    client: Option<IpAddr>,
+    counts: &[u64; SLOTS],
+) {
     for (p, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
         out.push((client, p, n));
     }

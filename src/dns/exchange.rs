@@ -25,7 +25,7 @@ use tokio::sync::{Notify, oneshot};
 
 /// Sockets per upstream: enough to spread the waiting queries' IDs thin (16 x 65,536),
 /// few enough that they cost nothing (each is one fd and one mostly idle task).
-const SOCKETS: usize = 16;
+pub const SOCKETS: usize = 16;
 /// Queries per socket before it is replaced by one on a new port.
 const ROTATE_AFTER: u32 = 256;
 

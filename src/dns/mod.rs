@@ -7,8 +7,11 @@ pub mod exchange;
 pub mod outcome;
 pub mod pipeline;
 pub mod protocol;
+pub mod ratelimit;
+pub mod tcp;
 pub mod udp;
 pub mod upstream;
+pub mod wire;
 
 pub use client_counts::ClientCounts;
 pub use outcome::{Outcome, Outcomes};

@@ -22,10 +22,12 @@ pub enum Outcome {
     NotImp,
     /// Answered by telesink itself (special-use names, BADVERS).
     Local,
+    /// Over the client's rate limit: dropped, or REFUSED with EDE 18.
+    RateLimited,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Forwarded,
         Outcome::Cached,
         Outcome::Blocked,
@@ -34,6 +36,7 @@ impl Outcome {
         Outcome::FormErr,
         Outcome::NotImp,
         Outcome::Local,
+        Outcome::RateLimited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,13 +49,14 @@ impl Outcome {
             Outcome::FormErr => "formerr",
             Outcome::NotImp => "notimp",
             Outcome::Local => "local",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 }
 
 #[derive(Default)]
 pub struct Outcomes {
-    counts: [AtomicU64; 8],
+    counts: [AtomicU64; 9],
     clients: [Mutex<HashSet<IpAddr>>; CLIENT_SHARDS],
 }
 

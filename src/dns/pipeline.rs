@@ -1,6 +1,6 @@
 //! The query pipeline, in the order every query travels through it:
 //!
-//! listener (src/dns/udp.rs, hickory-server for TCP) -> protocol checks -> client identity -> special-use names ->
+//! listener (src/dns/udp.rs, src/dns/tcp.rs) -> rate limit -> protocol checks -> client identity -> special-use names ->
 //! policy verdict -> sinkhole answer | log-only count -> cache -> upstream -> CNAME cloaking ->
 //! send -> outcome
 //!
@@ -25,6 +25,7 @@ use super::answer::{
 use super::cache::{self, Cache};
 use super::outcome::{Outcome, Outcomes};
 use super::protocol;
+use super::ratelimit::Admit;
 use super::upstream::{Upstream, Upstreamed};
 use crate::policy::{Policy, QName, Verdict};
 use crate::snapshot::Snapshot;
@@ -43,6 +44,8 @@ pub struct Pipeline {
     pub forward_slots: Arc<Semaphore>,
     pub udp_payload_max: u16,
     pub outcomes: Arc<Outcomes>,
+    /// The per-client rate limit's buckets; its rules are the snapshot's.
+    pub limiter: Arc<super::ratelimit::Limiter>,
 }
 
 /// The response we are about to send, with the parts the EDNS needs.
@@ -120,7 +123,16 @@ impl RequestHandler for Pipeline {
         request: &Request,
         handle: R,
     ) -> ResponseInfo {
-        self.serve(request, handle).await.0
+        // hickory-server's UDP listener (udp_fast_path = false): the rate limit first,
+        // as on telesink's own listeners.
+        match self.admit(&self.policy.load(), request.src().ip()) {
+            Admit::Yes => self.serve(request, handle).await.0,
+            Admit::Refuse => self.refuse_limited(request, handle).await,
+            Admit::Drop => ResponseInfo::from(Header {
+                metadata: Metadata::response_from_request(&request.metadata),
+                counts: HeaderCounts::default(),
+            }),
+        }
     }
 }
 
@@ -136,6 +148,32 @@ impl Pipeline {
         // Last: counting after the send keeps the metrics off the answer's critical path.
         self.count(request.src().ip(), &record, Path::Full, true);
         (info, record.replayable.then_some(record))
+    }
+
+    /// The rate limit, which every listener asks first (docs/ARCHITECTURE.md, "Abuse"):
+    /// before the pipeline and before a replay, so a client over its limit costs one
+    /// bucket update. Counted here, per client, whether the query is dropped or refused.
+    #[inline]
+    pub fn admit(&self, policy: &Snapshot, client: std::net::IpAddr) -> Admit {
+        let admit = self.limiter.admit(&policy.rate, client);
+        if admit != Admit::Yes {
+            self.outcomes.record(Outcome::RateLimited);
+            self.clients.rate_limited(client);
+        }
+        admit
+    }
+
+    /// The answer to a query over the limit with `action = "refuse"` (already counted).
+    pub async fn refuse_limited<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> ResponseInfo {
+        let reply = Reply {
+            ede: Some((EDE_PROHIBITED, "rate limited")),
+            ..Reply::rcode(ResponseCode::Refused)
+        };
+        self.send(request, handle, reply).await
     }
 
     /// Applies one record to every count. `learn_now`: hand the name to shadow

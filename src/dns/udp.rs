@@ -32,12 +32,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use hickory_proto::op::{Header, ResponseCode};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_proto::op::Header;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use hickory_server::zone_handler::MessageResponse;
 use lru::LruCache;
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -48,6 +48,8 @@ use socket2::{Domain, Socket, Type};
 use tracing::{error, warn};
 
 use super::pipeline::{Path, Pipeline, QueryRecord};
+use super::ratelimit::Admit;
+use crate::snapshot::Snapshot;
 
 /// Kept answers at most (about 100-500 bytes each).
 const KEPT: usize = 16384;
@@ -190,7 +192,21 @@ impl Udp {
                 if len < 12 || packet[2] & 0x80 != 0 || !answerable(src) {
                     continue;
                 }
-                if self.replay(packet, src, &mut key, &mut outs[replies]) {
+                // The rate limit first: a client over it costs one bucket update.
+                let policy = self.pipeline.policy.load();
+                match self.pipeline.admit(&policy, src.ip()) {
+                    Admit::Yes => {}
+                    Admit::Drop => continue,
+                    Admit::Refuse => {
+                        if let Some(bytes) = refuse_limited(&self.pipeline, packet, src, &socket) {
+                            outs[replies] = bytes;
+                            to[replies] = Some(SockaddrStorage::from(src));
+                            replies += 1;
+                        }
+                        continue;
+                    }
+                }
+                if self.replay(&policy, packet, src, &mut key, &mut outs[replies]) {
                     to[replies] = Some(SockaddrStorage::from(src));
                     replies += 1;
                     continue;
@@ -239,12 +255,12 @@ impl Udp {
     /// The fast path: true if a kept answer was written to `out` (and counted).
     fn replay(
         &self,
+        policy: &Snapshot,
         packet: &[u8],
         src: SocketAddr,
         key: &mut [u8; MAX_REQUEST + 2],
         out: &mut Vec<u8>,
     ) -> bool {
-        let policy = self.pipeline.policy.load();
         let client = src.ip();
         if !policy.is_allowed_client(client) {
             return false;
@@ -293,7 +309,8 @@ impl Udp {
             Ok(request) => self.pipeline.serve(&request, handle).await.1,
             Err(_) => {
                 // Counted like every answered query (FORMERR), through the one record.
-                if form_error(&raw, handle) {
+                if let Some(bytes) = super::wire::form_error(&raw) {
+                    handle.deliver(bytes);
                     let record = QueryRecord::new(super::Outcome::FormErr);
                     self.pipeline.count(src.ip(), &record, Path::Full, false);
                 }
@@ -322,52 +339,29 @@ impl Udp {
     }
 }
 
-/// A request whose header reads but whose body does not: FORMERR with the header's ID,
-/// the same answer hickory-server gives.
-/// Answers FORMERR to a request whose body does not parse; false when nothing could be
-/// answered (not even a header).
-fn form_error(raw: &[u8], handle: Capture) -> bool {
-    let mut decoder = BinDecoder::new(raw);
-    let Ok(header) = Header::read(&mut decoder) else {
-        return false;
-    };
-    let mut none = BinDecoder::new(&[]);
-    let Ok(queries) = Queries::read(&mut none, 0) else {
-        return false;
-    };
-    let response = MessageResponseBuilder::new(&queries, None)
-        .error_msg(&header.metadata, ResponseCode::FormErr);
-    match encode(response) {
-        Some(bytes) => {
-            handle.deliver(bytes);
-            true
-        }
-        None => false,
-    }
-}
-
-/// Encodes as hickory-server's UDP handle does: at most the client's EDNS payload size
-/// (512 without EDNS), truncated with TC beyond it.
-fn encode<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-    >,
+/// REFUSED with EDE 18 for a client over its limit (`action = "refuse"`); its answer is
+/// made right here, never kept for replay.
+fn refuse_limited(
+    pipeline: &Pipeline,
+    packet: &[u8],
+    src: SocketAddr,
+    socket: &Arc<UdpSocket>,
 ) -> Option<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(response.edns().map_or(512, |e| e.max_payload()));
-    match response.destructive_emit(&mut encoder) {
-        Ok(_) => Some(bytes),
-        Err(e) => {
-            warn!(error = %e, "could not encode a response");
-            None
-        }
-    }
+    let request = Request::from_bytes(packet.to_vec(), src, Protocol::Udp).ok()?;
+    let handle = Capture {
+        socket: socket.clone(),
+        dst: src,
+        sent: Arc::new(Mutex::new(None)),
+        inline: Arc::new(AtomicBool::new(true)),
+    };
+    let sent = handle.sent.clone();
+    let mut refused = Box::pin(pipeline.refuse_limited(&request, handle));
+    // Nothing in it waits: it completes in its first poll.
+    let _ = refused
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()));
+    drop(refused);
+    sent.lock().take().map(|(bytes, _)| bytes)
 }
 
 /// An answer's bytes, and whether they went out already.
@@ -415,7 +409,8 @@ impl ResponseHandler for Capture {
             impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let bytes = encode(response).ok_or_else(|| NetError::from("encoding failed"))?;
+        let bytes =
+            super::wire::encode(response, None).ok_or_else(|| NetError::from("encoding failed"))?;
         let mut decoder = BinDecoder::new(&bytes);
         let header = Header::read(&mut decoder).map_err(|e| NetError::from(e.to_string()))?;
         self.deliver(bytes);

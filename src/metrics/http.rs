@@ -17,7 +17,10 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tracing::warn;
 
-const MAX_CONNECTIONS: usize = 32;
+/// Connections at once, and per client address: Prometheus, an admin's curl and a
+/// load balancer's probe need a handful; one host can hold at most a quarter.
+pub const MAX_CONNECTIONS: usize = 32;
+pub const MAX_PER_CLIENT: usize = 8;
 /// A scraper sends its request at once; a connection silent this long is closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,23 +30,23 @@ pub async fn serve(
     listener: TcpListener,
     registry: Registry,
     health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    slots: Arc<crate::slots::Slots>,
 ) {
-    let slots = crate::slots::Slots::new(MAX_CONNECTIONS);
     let registry = Arc::new(registry);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
-                crate::metrics::accept_failed("metrics", &e).await;
+                slots.accept_failed(&e).await;
                 continue;
             }
         };
         // Full of connections being answered: the stream is dropped, closed at once
         // rather than queued.
         let (registry, health) = (registry.clone(), health.clone());
-        slots.spawn(move |busy| async move {
+        slots.spawn(Some(peer.ip()), move |hold| async move {
             let service = service_fn(move |req| {
-                busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                hold.busy.store(true, std::sync::atomic::Ordering::Relaxed);
                 respond(req, registry.clone(), health.clone())
             });
             let conn = http1::Builder::new()

@@ -17,7 +17,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 pub use crate::dns::ClientCounts;
-pub use http::serve;
+pub use http::{MAX_CONNECTIONS, MAX_PER_CLIENT, serve};
 pub use labels::{KeyError, Labeler};
 
 use crate::apply::Applier;
@@ -47,17 +47,41 @@ pub struct Shared {
     pub cache: Arc<Cache>,
     pub labels: Labeler,
     pub in_flight: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// The connection slots of every listener that holds connections.
+    pub listeners: crate::slots::Listeners,
+    pub limiter: Arc<crate::dns::ratelimit::Limiter>,
 }
 
-/// An accept that fails (out of descriptors, EMFILE) fails again at once: log it, wait a
-/// little, and try again, instead of spinning a core and flooding the log.
-pub async fn accept_failed(endpoint: &str, e: &std::io::Error) {
-    static LAST_LOG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = unix_now();
-    if LAST_LOG.swap(now, Ordering::Relaxed) != now {
-        tracing::warn!("{endpoint} endpoint: accept failed ({e}); backing off");
+/// Open connections, their bound and the closes that were not the client's doing, per
+/// listener (DNS over TCP, metrics, control).
+fn connection_families(listeners: &crate::slots::Listeners) -> Vec<MetricFamily> {
+    use names::{CONNECTIONS_CLOSED, CONNECTIONS_MAX, CONNECTIONS_OPEN};
+    let mut open = Family_::new(
+        CONNECTIONS_OPEN,
+        "Connections open, by listener.",
+        MetricType::GAUGE,
+    );
+    let mut max = Family_::new(
+        CONNECTIONS_MAX,
+        "Connections a listener holds at most (the oldest idle one makes room).",
+        MetricType::GAUGE,
+    );
+    let mut closed = Family_::new(
+        CONNECTIONS_CLOSED,
+        "Connections closed or refused by telesink, by listener and reason.",
+        MetricType::COUNTER,
+    );
+    for l in listeners.all() {
+        open.add(&[("listener", l.name)], l.open() as f64);
+        max.add(&[("listener", l.name)], l.max() as f64);
+        for why in crate::slots::Closed::ALL {
+            closed.add(
+                &[("listener", l.name), ("reason", why.name())],
+                l.closed(why) as f64,
+            );
+        }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    vec![open.mf, max.mf, closed.mf]
 }
 
 /// The custom collector: builds every family from the shared state at scrape time.
@@ -146,18 +170,36 @@ impl Collector for TelesinkCollector {
             "Queries a log-only profile would have blocked (answered normally), by client and profile.",
             MetricType::COUNTER,
         );
+        let mut rl = Family_::new(
+            DNS_RATE_LIMITED,
+            "Queries over the client's rate limit (dropped or refused), by client.",
+            MetricType::COUNTER,
+        );
         for (client, slot, n) in s.clients.snapshot() {
+            let client =
+                client.map_or_else(|| "other".to_owned(), |ip| s.labels.label(&policy, ip));
+            if slot == crate::dns::client_counts::RATE_LIMITED {
+                rl.add(&[("client", &client)], n as f64);
+                continue;
+            }
             let name = policy
                 .profiles
                 .get(slot % 64)
                 .map_or("unknown", |p| p.name.as_str());
-            let client =
-                client.map_or_else(|| "other".to_owned(), |ip| s.labels.label(&policy, ip));
             let family = if slot < 64 { &mut b } else { &mut lo };
             family.add(&[("client", &client), ("profile", name)], n as f64);
         }
         out.push(b.mf);
         out.push(lo.mf);
+        out.push(rl.mf);
+        let mut forgotten = Family_::new(
+            RATE_LIMIT_FORGOTTEN,
+            "Clients the rate limit forgot because its table (server.rate_limit.max_clients) was full.",
+            MetricType::COUNTER,
+        );
+        forgotten.add(&[], s.limiter.forgotten.load(Ordering::Relaxed) as f64);
+        out.push(forgotten.mf);
+        out.extend(connection_families(&s.listeners));
 
         let mut ov = Family_::new(
             CLIENT_OVERFLOW,

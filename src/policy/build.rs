@@ -213,6 +213,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     let never_learn_nets = b.load_cidrs(&cfg.config.firewall.shadow.never_learn_cidrs);
     let never_learn_zones = b.load_zones(&cfg.config.firewall.shadow.never_learn_zones);
     let (groups, nets, host_names) = b.groups(&profiles);
+    let rate = b.rate_rules(&host_names);
     let mut warnings: Vec<String> = profiles
         .iter()
         .enumerate()
@@ -251,6 +252,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         never_learn_zones: Arc::new(never_learn_zones),
         block_ttl: cfg.config.policy.block_ttl_secs,
         cname_cloaking: cfg.config.policy.cname_cloaking,
+        rate: Arc::new(rate),
     });
     if let Some(p) = &policy {
         warnings.extend(required_warnings(p, &required));
@@ -263,6 +265,27 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
 }
 
 impl Builder<'_> {
+    /// The rate limit's exemptions: each `exempt` entry resolved (an unknown name is an
+    /// error at its line), and the gateway's own addresses when asked for.
+    fn rate_rules(&mut self, hosts: &[(std::net::IpAddr, String)]) -> super::rate::RateRules {
+        let c = &self.cfg.config.server.rate_limit;
+        let mut exempt = Vec::new();
+        for entry in &c.exempt {
+            match super::rate::exempt_entry(entry.get_ref(), hosts) {
+                Ok(net) => exempt.push(net),
+                Err(message) => self.fatal(entry.span().start, message),
+            }
+        }
+        if c.exempt_gateway {
+            exempt.extend(
+                crate::host::own_addresses()
+                    .into_iter()
+                    .map(ipnet::IpNet::from),
+            );
+        }
+        super::rate::RateRules::new(c, exempt)
+    }
+
     fn fatal(&mut self, offset: usize, message: impl Into<String>) {
         self.problems.push(BuildProblem {
             at: self.cfg.at(offset),

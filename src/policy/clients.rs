@@ -68,7 +68,7 @@ impl ClientTable {
 }
 
 /// A v4 client on a dual-stack socket arrives as ::ffff:a.b.c.d; match it as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

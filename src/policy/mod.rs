@@ -12,6 +12,7 @@ mod clients;
 mod explain;
 mod index;
 mod qname;
+pub mod rate;
 mod toggles;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -179,6 +180,8 @@ pub struct Policy {
     pub never_learn_zones: Arc<crate::lists::ZoneSet>,
     pub block_ttl: u32,
     pub cname_cloaking: bool,
+    /// The per-client query rate limit: its rate and who is exempt.
+    pub rate: Arc<rate::RateRules>,
 }
 
 impl Policy {

@@ -233,7 +233,26 @@ impl Telesink {
     }
 
     pub fn start_env(dir: TempDir, cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> Telesink {
-        let mut child = Command::new(bin())
+        Self::start_under(&[], dir, cfg, args, env)
+    }
+
+    /// Started through `prefix` (e.g. `prlimit --nofile=1024:1024 --`), which execs it.
+    pub fn start_under(
+        prefix: &[&str],
+        dir: TempDir,
+        cfg: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Telesink {
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(cfg)
@@ -468,4 +487,33 @@ pub fn check(cfg: &Path) -> (bool, String) {
     let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stdout));
     (out.status.success(), text)
+}
+
+/// GET over HTTP/1.1: (status, body).
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one series (name and labels as written) in an exposition.
+pub fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
