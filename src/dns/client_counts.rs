@@ -56,7 +56,7 @@ impl ClientCounts {
     }
 
     fn count(&self, client: IpAddr, p: usize) {
-        let shard = &self.shards[shard_of(client)];
+        let shard = &self.shards[shard_of(client, SHARDS)];
         let mut map = shard.lock();
         if let Some(counts) = map.get_mut(&client) {
             counts[p] += 1;
@@ -99,10 +99,12 @@ fn push(
     }
 }
 
-fn shard_of(ip: IpAddr) -> usize {
+/// The shard of a client address among `shards`: by its last byte, which varies most
+/// between the clients of one LAN.
+pub fn shard_of(ip: IpAddr, shards: usize) -> usize {
     match ip {
-        IpAddr::V4(a) => a.octets()[3] as usize % SHARDS,
-        IpAddr::V6(a) => a.octets()[15] as usize % SHARDS,
+        IpAddr::V4(a) => a.octets()[3] as usize % shards,
+        IpAddr::V6(a) => a.octets()[15] as usize % shards,
     }
 }
 

@@ -69,10 +69,7 @@ impl Outcomes {
     /// Remembers a client address (bounded), for "clients seen" in STATUS.
     #[inline]
     pub fn saw(&self, client: IpAddr) {
-        let shard = match client {
-            IpAddr::V4(a) => a.octets()[3] as usize,
-            IpAddr::V6(a) => a.octets()[15] as usize,
-        } % CLIENT_SHARDS;
+        let shard = super::client_counts::shard_of(client, CLIENT_SHARDS);
         let mut set = self.clients[shard].lock();
         if set.len() < CLIENTS_MAX / CLIENT_SHARDS {
             set.insert(client);

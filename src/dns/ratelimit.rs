@@ -75,7 +75,7 @@ impl Limiter {
             return Admit::Yes;
         }
         let now = self.epoch.elapsed().as_secs_f64();
-        let mut shard = self.shards[shard_of(client)].lock();
+        let mut shard = self.shards[super::client_counts::shard_of(client, SHARDS)].lock();
         if let Some(b) = shard.get_mut(&client) {
             b.tokens = (b.tokens + (now - b.at) * rules.per_sec).min(rules.burst);
             b.at = now;
@@ -123,13 +123,6 @@ impl Limiter {
                 "client over its query rate limit (server.rate_limit); counted in telesink_dns_rate_limited_total"
             );
         }
-    }
-}
-
-fn shard_of(ip: IpAddr) -> usize {
-    match ip {
-        IpAddr::V4(a) => a.octets()[3] as usize % SHARDS,
-        IpAddr::V6(a) => a.octets()[15] as usize % SHARDS,
     }
 }
 

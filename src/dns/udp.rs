@@ -32,8 +32,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use hickory_proto::op::Header;
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
@@ -409,12 +407,9 @@ impl ResponseHandler for Capture {
             impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let bytes =
-            super::wire::encode(response, None).ok_or_else(|| NetError::from("encoding failed"))?;
-        let mut decoder = BinDecoder::new(&bytes);
-        let header = Header::read(&mut decoder).map_err(|e| NetError::from(e.to_string()))?;
+        let (bytes, info) = super::wire::encode_answer(response, None)?;
         self.deliver(bytes);
-        Ok(ResponseInfo::from(header))
+        Ok(info)
     }
 }
 

@@ -19,13 +19,16 @@ pub fn form_error(raw: &[u8]) -> Option<Vec<u8>> {
     let queries = Queries::read(&mut none, 0).ok()?;
     let response = MessageResponseBuilder::new(&queries, None)
         .error_msg(&header.metadata, ResponseCode::FormErr);
-    encode(response, Some(u16::MAX))
+    encode_answer(response, Some(u16::MAX))
+        .ok()
+        .map(|(bytes, _)| bytes)
 }
 
-/// Encodes a response. `max` None: as hickory-server's UDP handle does, at most the
-/// client's EDNS payload size (512 without EDNS), truncated with TC beyond it; over TCP
-/// the whole message (up to 65,535 bytes).
-pub fn encode<'a>(
+/// The encoded response and what the pipeline learns of it: what every response handler
+/// of ours returns. `max` None: as hickory-server's UDP handle does, at most the client's
+/// EDNS payload size (512 without EDNS), truncated with TC beyond it; over TCP the whole
+/// message (up to 65,535 bytes).
+pub fn encode_answer<'a>(
     response: MessageResponse<
         '_,
         'a,
@@ -35,17 +38,17 @@ pub fn encode<'a>(
         impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
     >,
     max: Option<u16>,
-) -> Option<Vec<u8>> {
+) -> Result<(Vec<u8>, ResponseInfo), NetError> {
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
     encoder.set_max_size(max.unwrap_or_else(|| response.edns().map_or(512, |e| e.max_payload())));
-    match response.destructive_emit(&mut encoder) {
-        Ok(_) => Some(bytes),
-        Err(e) => {
-            warn!(error = %e, "could not encode a response");
-            None
-        }
+    if let Err(e) = response.destructive_emit(&mut encoder) {
+        warn!(error = %e, "could not encode a response");
+        return Err(NetError::from("encoding failed"));
     }
+    let mut decoder = BinDecoder::new(&bytes);
+    let header = Header::read(&mut decoder).map_err(|e| NetError::from(e.to_string()))?;
+    Ok((bytes, ResponseInfo::from(header)))
 }
 
 /// A response handler that keeps the encoded answer for its caller (the TCP listener
@@ -68,11 +71,8 @@ impl ResponseHandler for Collect {
             impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let bytes =
-            encode(response, Some(u16::MAX)).ok_or_else(|| NetError::from("encoding failed"))?;
-        let mut decoder = BinDecoder::new(&bytes);
-        let header = Header::read(&mut decoder).map_err(|e| NetError::from(e.to_string()))?;
+        let (bytes, info) = encode_answer(response, Some(u16::MAX))?;
         *self.sent.lock() = Some(bytes);
-        Ok(ResponseInfo::from(header))
+        Ok(info)
     }
 }
