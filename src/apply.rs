@@ -26,6 +26,7 @@ use crate::clock::unix_now;
 use crate::config::{ConfigError, LoadedConfig};
 use crate::dns::upstream::Upstream;
 use crate::firewall::kernel::{Kernel, KernelError, Learned};
+use crate::policy::runtime::NameRule;
 use crate::policy::{Policy, Toggle, ToggleError};
 use crate::shadow::{Context, LearnedAddrs, Shadow, ShadowCounts, SharedAddrs};
 use crate::snapshot::{self, Learner, Snapshot};
@@ -55,12 +56,29 @@ pub enum Edit {
     /// Observe (`enabled` true) or stop observing a profile; group and time as for a
     /// profile toggle.
     LogOnly(Toggle),
+    /// `telesink allow` / `telesink block`: a runtime rule for a name.
+    Rule(NameRule),
+    /// Removes the runtime rule for a name and group.
+    Unrule {
+        name: String,
+        group: Option<String>,
+    },
 }
 
 impl std::fmt::Display for Edit {
     /// In words, for the log: "profile ads off for group finance until 14:30 UTC".
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (what, t, state) = match self {
+            Edit::Rule(r) => {
+                let verb = if r.allow { "allow" } else { "block" };
+                write!(f, "runtime rule: {verb} {}", r.name)?;
+                write_scope(f, r.group.as_deref(), r.until)?;
+                return Ok(());
+            }
+            Edit::Unrule { name, group } => {
+                write!(f, "runtime rule for {name} removed")?;
+                return write_scope(f, group.as_deref(), None);
+            }
             Edit::Profile(t) => ("profile", t, if t.enabled { "on" } else { "off" }),
             Edit::LogOnly(t) => (
                 "log-only of profile",
@@ -69,29 +87,51 @@ impl std::fmt::Display for Edit {
             ),
         };
         write!(f, "{what} {} {state}", t.profile)?;
-        match &t.group {
-            Some(g) => write!(f, " for group {g}")?,
-            None => write!(f, " for every group")?,
-        }
-        if let Some(until) = t.until {
-            let secs = until % 86_400;
-            write!(
-                f,
-                " until {:02}:{:02} UTC (in {} s)",
-                secs / 3600,
-                secs % 3600 / 60,
-                until.saturating_sub(unix_now())
-            )?;
-        }
-        Ok(())
+        write_scope(f, t.group.as_deref(), t.until)
     }
+}
+
+/// " for group G until 14:30 UTC (in 600 s)", in words.
+fn write_scope(
+    f: &mut std::fmt::Formatter<'_>,
+    group: Option<&str>,
+    until: Option<u64>,
+) -> std::fmt::Result {
+    match group {
+        Some(g) => write!(f, " for group {g}")?,
+        None => write!(f, " for every group")?,
+    }
+    if let Some(until) = until {
+        let secs = until % 86_400;
+        write!(
+            f,
+            " until {:02}:{:02} UTC (in {} s)",
+            secs / 3600,
+            secs % 3600 / 60,
+            until.saturating_sub(unix_now())
+        )?;
+    }
+    Ok(())
 }
 
 /// The toggles in force, in words, for the log after a reload or start.
 pub fn describe_toggles(t: &crate::policy::Toggles) -> Vec<String> {
     let profiles = t.profiles.iter().map(|x| Edit::Profile(x.clone()));
     let observe = t.observe.iter().map(|x| Edit::LogOnly(x.clone()));
-    profiles.chain(observe).map(|e| e.to_string()).collect()
+    let rules = t.rules.iter().map(|x| Edit::Rule(x.clone()));
+    profiles
+        .chain(observe)
+        .chain(rules)
+        .map(|e| e.to_string())
+        .collect()
+}
+
+/// The runtime rules in force, in words (for reports and the log).
+pub fn describe_rules(t: &crate::policy::Toggles) -> Vec<String> {
+    t.rules
+        .iter()
+        .map(|r| Edit::Rule(r.clone()).to_string())
+        .collect()
 }
 
 /// Command-line replacements for parts of the config, kept for every reload so a trial
@@ -274,6 +314,8 @@ impl Applier {
         match &edit {
             Edit::Profile(t) => toggles.set(t.clone()),
             Edit::LogOnly(t) => toggles.set_log_only(t.clone()),
+            Edit::Rule(r) => toggles.set_rule(r.clone()),
+            Edit::Unrule { name, group } => toggles.remove_rule(name, group.as_deref())?,
         }
         let policy = old.with_toggles(toggles, old.generation + 1)?;
         if dry_run {
@@ -374,6 +416,9 @@ impl Applier {
         let kept = old.and_then(|o| o.learner.clone());
         let mut new = Snapshot::new(policy, cfg, None);
         self.reconcile(old.map(|o| o.as_ref()), &new).await?;
+        if old.is_some_and(|o| o.toggles.rules != new.toggles.rules) {
+            self.forget_allowed(&new).await?;
+        }
         let started_shadow = wants_shadow && kept.is_none();
         new.learner = match (wants_shadow, kept) {
             (true, Some(running)) => Some(running),
@@ -404,6 +449,27 @@ impl Applier {
         self.seed_shadow(&new);
         self.changed.notify_one();
         Ok(new)
+    }
+
+    /// Takes the addresses learned for names a runtime rule now allows out of the learned
+    /// sets, in the change that allowed them: `telesink allow` returns once both DNS and
+    /// the firewall let the name through.
+    async fn forget_allowed(&self, new: &Snapshot) -> Result<(), ApplyError> {
+        let runtime = &new.policy.runtime;
+        let diffs = self.learned.forget(|name| {
+            crate::policy::QName::parse(&name.to_ascii())
+                .is_some_and(|q| runtime.allows_anywhere(&q))
+        });
+        if diffs.is_empty() || !new.firewall_on() {
+            return Ok(());
+        }
+        let n: usize = diffs.iter().map(|d| d.remove.len()).sum();
+        self.kernel.update_elements(diffs).await?;
+        info!(
+            n,
+            "learned addresses of names a runtime rule allows removed from the learned sets"
+        );
+        Ok(())
     }
 
     /// The learned addresses a full write of this snapshot's table carries.

@@ -101,6 +101,10 @@ pub fn log_only(args: &SocketArgs, name: &str, body: Value) -> ExitCode {
     )
 }
 
+pub fn rule(args: &SocketArgs, body: Value) -> ExitCode {
+    run(args, "POST", "/v1/rules", Some(&body), report_text)
+}
+
 pub fn reload(args: &SocketArgs) -> ExitCode {
     run(args, "POST", "/v1/reload", None, report_text)
 }
@@ -135,24 +139,46 @@ fn span(secs: u64) -> String {
     }
 }
 
-fn toggle_text(t: &Value) -> String {
+/// "for group G, reverts in 5m 0s": who a runtime change applies to and how long.
+fn scope_text(v: &Value, lapse: &str, forever: &str) -> String {
     let now = telesink::clock::unix_now();
+    let group = v
+        .get("group")
+        .and_then(Value::as_str)
+        .map_or("every group".to_owned(), |g| format!("group {g}"));
+    let until = v
+        .get("until")
+        .and_then(Value::as_u64)
+        .map_or(forever.to_owned(), |u| {
+            format!("{lapse} in {}", span(u.saturating_sub(now)))
+        });
+    format!("for {group}, {until}")
+}
+
+fn toggle_text(t: &Value) -> String {
     let on = if t.get("enabled").and_then(Value::as_bool) == Some(true) {
         "on"
     } else {
         "off"
     };
-    let group = t
-        .get("group")
-        .and_then(Value::as_str)
-        .map_or("every group".to_owned(), |g| format!("group {g}"));
-    let until = t
-        .get("until")
-        .and_then(Value::as_u64)
-        .map_or("until changed".to_owned(), |u| {
-            format!("reverts in {}", span(u.saturating_sub(now)))
-        });
-    format!("{} {on} for {group}, {until}", s(t, "profile"))
+    format!(
+        "{} {on} {}",
+        s(t, "profile"),
+        scope_text(t, "reverts", "until changed")
+    )
+}
+
+fn rule_text(r: &Value) -> String {
+    let verb = if r.get("allow").and_then(Value::as_bool) == Some(true) {
+        "allow"
+    } else {
+        "block"
+    };
+    format!(
+        "{verb} {} {}",
+        s(r, "name"),
+        scope_text(r, "lapses", "until removed")
+    )
 }
 
 fn status_text(v: &Value) -> String {
@@ -196,6 +222,13 @@ fn status_text(v: &Value) -> String {
             list(g, "on"),
             list(g, "log_only")
         );
+    }
+    let rules = v.get("rules").and_then(Value::as_array);
+    if let Some(rs) = rules.filter(|r| !r.is_empty()) {
+        out += "runtime rules (telesink allow / block):\n";
+        for r in rs {
+            out += &format!("  {}\n", rule_text(r));
+        }
     }
     let toggles = v.get("toggles").and_then(Value::as_array);
     match toggles.filter(|t| !t.is_empty()) {
@@ -258,7 +291,11 @@ fn report_text(v: &Value) -> String {
             list(c, "clients"),
         );
     }
-    if changes.is_none_or(|c| c.is_empty()) {
+    let rules = v.get("rules").and_then(Value::as_array);
+    for r in rules.into_iter().flatten().filter_map(Value::as_str) {
+        out += &format!("{r}\n");
+    }
+    if changes.is_none_or(|c| c.is_empty()) && rules.is_none_or(|r| r.is_empty()) {
         out += "no profile changes state\n";
     }
     let ms = v.get("ms").and_then(Value::as_f64).unwrap_or(0.0);

@@ -336,10 +336,11 @@ fn status_line(policy: &Snapshot, outcomes: &Outcomes, applier: &Applier) -> Str
         .iter()
         .enumerate()
         .filter(|(i, _)| {
-            policy
-                .groups
-                .first()
-                .is_some_and(|g| g.active & (1 << i) != 0)
+            policy.listed(*i)
+                && policy
+                    .groups
+                    .first()
+                    .is_some_and(|g| g.active & (1 << i) != 0)
         })
         .map(|(_, p)| p.name.as_str())
         .collect();

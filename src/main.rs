@@ -98,17 +98,8 @@ enum Command {
         action: OnOff,
         /// The profile.
         name: String,
-        /// Only for this client group (default: every group).
-        #[arg(long)]
-        group: Option<String>,
-        /// Revert by itself after this long: 90s, 30m, 2h, 1d.
-        #[arg(long = "for", value_parser = telesink::control::client::parse_duration)]
-        duration: Option<u64>,
-        /// Show what would change (names, CIDRs, clients) without changing anything.
-        #[arg(long)]
-        dry_run: bool,
         #[command(flatten)]
-        socket: SocketArgs,
+        change: ChangeArgs,
     },
     /// Log-only (observe) a profile: it answers normally and counts what it would block,
     /// on or off, whether it was on or off before (kept across restarts).
@@ -118,17 +109,20 @@ enum Command {
         /// on: observe it; off: stop observing it.
         #[arg(value_enum)]
         state: LogOnlyState,
-        /// Only for this client group (default: every group).
-        #[arg(long)]
-        group: Option<String>,
-        /// Revert by itself after this long: 90s, 30m, 2h, 1d.
-        #[arg(long = "for", value_parser = telesink::control::client::parse_duration)]
-        duration: Option<u64>,
-        /// Show what would change without changing anything.
-        #[arg(long)]
-        dry_run: bool,
         #[command(flatten)]
-        socket: SocketArgs,
+        change: ChangeArgs,
+    },
+    /// Unblock a name now, for every group or one (kept across restarts): a runtime rule
+    /// with the precedence of a list rule (an exact allow beats a suffix block).
+    Allow {
+        #[command(flatten)]
+        rule: RuleArgs,
+    },
+    /// Block a name now, for every group or one (kept across restarts), in DNS and, with
+    /// shadow resolution, in the firewall's learned sets.
+    Block {
+        #[command(flatten)]
+        rule: RuleArgs,
     },
     /// Write a first gateway config from the interfaces' real addresses (listen,
     /// allowed_clients, metrics, firewall interfaces), check it and say what was chosen.
@@ -151,6 +145,56 @@ enum Command {
         #[command(flatten)]
         socket: SocketArgs,
     },
+}
+
+/// Who a runtime change applies to, for how long, and whether only to show it.
+#[derive(clap::Args, Clone)]
+struct ChangeArgs {
+    /// Only for this client group (default: every group).
+    #[arg(long)]
+    group: Option<String>,
+    /// Revert by itself after this long: 90s, 30m, 2h, 1d.
+    #[arg(long = "for", value_parser = telesink::control::client::parse_duration)]
+    duration: Option<u64>,
+    /// Show what would change (names, CIDRs, clients) without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    socket: SocketArgs,
+}
+
+impl ChangeArgs {
+    /// The request body: these fields and the command's own.
+    fn body(&self, mut own: serde_json::Value) -> serde_json::Value {
+        if let Some(o) = own.as_object_mut() {
+            o.insert("group".into(), serde_json::json!(self.group));
+            o.insert("for_secs".into(), serde_json::json!(self.duration));
+            o.insert("dry_run".into(), serde_json::json!(self.dry_run));
+        }
+        own
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct RuleArgs {
+    /// The name: `teams.microsoft.com` (that name only) or `*.example.com` (it and every
+    /// name below).
+    name: String,
+    /// Remove the rule for this name (and group) instead of adding one.
+    #[arg(long)]
+    remove: bool,
+    #[command(flatten)]
+    change: ChangeArgs,
+}
+
+impl RuleArgs {
+    fn body(&self, allow: bool) -> serde_json::Value {
+        self.change.body(serde_json::json!({
+            "name": self.name,
+            "allow": allow,
+            "remove": self.remove,
+        }))
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -245,37 +289,23 @@ fn main() -> ExitCode {
         Command::Profile {
             action,
             name,
-            group,
-            duration,
-            dry_run,
-            socket,
+            change,
         } => ctl::profile(
-            &socket,
+            &change.socket,
             &name,
-            serde_json::json!({
-                "enabled": matches!(action, OnOff::Enable),
-                "group": group,
-                "for_secs": duration,
-                "dry_run": dry_run,
-            }),
+            change.body(serde_json::json!({ "enabled": matches!(action, OnOff::Enable) })),
         ),
         Command::LogOnly {
             name,
             state,
-            group,
-            duration,
-            dry_run,
-            socket,
+            change,
         } => ctl::log_only(
-            &socket,
+            &change.socket,
             &name,
-            serde_json::json!({
-                "on": matches!(state, LogOnlyState::On),
-                "group": group,
-                "for_secs": duration,
-                "dry_run": dry_run,
-            }),
+            change.body(serde_json::json!({ "on": matches!(state, LogOnlyState::On) })),
         ),
+        Command::Allow { rule } => ctl::rule(&rule.change.socket, rule.body(true)),
+        Command::Block { rule } => ctl::rule(&rule.change.socket, rule.body(false)),
         Command::Reload { socket } => ctl::reload(&socket),
         Command::Init {
             lan,

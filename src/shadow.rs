@@ -71,7 +71,53 @@ pub struct Shadow {
 /// keyed by address, so an allowed answer can ask "is this one learned?" at once. The
 /// firewall owner reads them for every full apply.
 #[derive(Default)]
-pub struct LearnedAddrs(Mutex<HashMap<IpAddr, Vec<(String, Instant)>>>);
+pub struct LearnedAddrs(Mutex<HashMap<IpAddr, Vec<Learnt>>>);
+
+/// One learned address in one set: until when, and the name it was learned for (so a
+/// runtime allow of that name can take it out at once).
+struct Learnt {
+    set: String,
+    until: Instant,
+    name: Name,
+}
+
+impl LearnedAddrs {
+    /// Takes out every address learned for a name `allowed` says is now allowed; returns
+    /// the removals for the kernel, per set. The apply path sends them with the change
+    /// that allowed the name, so DNS and the learned sets change together.
+    pub fn forget(&self, allowed: impl Fn(&Name) -> bool) -> Vec<ElementDiff> {
+        let mut by_set: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        let mut addrs = self.0.lock();
+        for (ip, sets) in addrs.iter_mut() {
+            sets.retain(|l| {
+                let gone = allowed(&l.name);
+                if gone {
+                    by_set.entry(l.set.clone()).or_default().push(*ip);
+                }
+                !gone
+            });
+        }
+        addrs.retain(|_, sets| !sets.is_empty());
+        removals(by_set)
+    }
+}
+
+/// Element removals, one diff per set.
+fn removals(by_set: HashMap<String, Vec<IpAddr>>) -> Vec<ElementDiff> {
+    by_set
+        .into_iter()
+        .map(|(set, ips)| ElementDiff {
+            family: if ips[0].is_ipv4() {
+                Family::V4
+            } else {
+                Family::V6
+            },
+            set,
+            remove: ips.iter().map(|ip| (key(*ip), false)).collect(),
+            add: Vec::new(),
+        })
+        .collect()
+}
 
 impl Learned for LearnedAddrs {
     fn remaining(&self, set: &str) -> Vec<(u128, Duration)> {
@@ -80,9 +126,9 @@ impl Learned for LearnedAddrs {
         let addrs = self.0.lock();
         let mut out = Vec::new();
         for (ip, sets) in addrs.iter() {
-            for (s, until) in sets {
-                if s == set && *until > soon {
-                    out.push((key(*ip), *until - now));
+            for l in sets {
+                if l.set == set && l.until > soon {
+                    out.push((key(*ip), l.until - now));
                 }
             }
         }
@@ -192,7 +238,7 @@ impl Learner for Shadow {
     /// path never waits on the kernel).
     fn allowed(&self, answers: &[Record]) {
         let now = Instant::now();
-        let mut revealed: Vec<(IpAddr, Vec<(String, Instant)>)> = Vec::new();
+        let mut revealed: Vec<(IpAddr, Vec<Learnt>)> = Vec::new();
         for record in answers {
             let ip = match &record.data {
                 RData::A(a) => IpAddr::V4(a.0),
@@ -215,23 +261,11 @@ impl Learner for Shadow {
         tokio::spawn(async move {
             let mut by_set: HashMap<String, Vec<IpAddr>> = HashMap::new();
             for (ip, sets) in revealed {
-                for (set, _) in sets {
-                    by_set.entry(set).or_default().push(ip);
+                for l in sets {
+                    by_set.entry(l.set).or_default().push(ip);
                 }
             }
-            let diffs: Vec<ElementDiff> = by_set
-                .into_iter()
-                .map(|(set, ips)| ElementDiff {
-                    family: if ips[0].is_ipv4() {
-                        Family::V4
-                    } else {
-                        Family::V6
-                    },
-                    set,
-                    remove: ips.iter().map(|ip| (key(*ip), false)).collect(),
-                    add: Vec::new(),
-                })
-                .collect();
+            let diffs = removals(by_set);
             let n: usize = diffs.iter().map(|d| d.remove.len()).sum();
             match kernel.update_elements(diffs.clone()).await {
                 Ok(()) => {
@@ -268,6 +302,23 @@ impl Learner for Shadow {
                 }
                 Some((p, Name::from_ascii(format!("{name}.")).ok()?))
             })
+            .chain(
+                policy
+                    .runtime
+                    .exact_blocks()
+                    .filter(|_| {
+                        policy
+                            .profiles
+                            .get(policy.runtime_profile as usize)
+                            .is_some_and(|p| p.shadow)
+                    })
+                    .filter_map(|name| {
+                        Some((
+                            policy.runtime_profile,
+                            Name::from_ascii(format!("{name}.")).ok()?,
+                        ))
+                    }),
+            )
             .collect();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -388,6 +439,17 @@ async fn resolve_into(
         info!(%name, zone, profile = %p.name, "shadow: the name is in a shared-hosting zone; never learned");
         return cap;
     }
+    // A name a runtime rule allows (for any group): the clients allowed it must reach its
+    // addresses, and the learned sets are per profile, not per group.
+    if let Some(q) = crate::policy::QName::parse(lower)
+        && policy.runtime.allows_anywhere(&q)
+    {
+        ctx.counts
+            .never_learn_skipped
+            .fetch_add(1, Ordering::Relaxed);
+        info!(%name, profile = %p.name, "shadow: a runtime rule allows the name; never learned");
+        return cap;
+    }
     let mut lifetime = cap;
     let mut found: Vec<(IpAddr, Duration)> = Vec::new();
     for qtype in [RecordType::A, RecordType::AAAA] {
@@ -437,7 +499,7 @@ async fn resolve_into(
         let mut addrs = learned.0.lock();
         let now = Instant::now();
         addrs.retain(|_, sets| {
-            sets.retain(|(_, until)| *until > now);
+            sets.retain(|l| l.until > now);
             !sets.is_empty()
         });
         let mut total: usize = addrs.values().map(Vec::len).sum();
@@ -462,15 +524,19 @@ async fn resolve_into(
             let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
             let set = learned_set(&p.name, family);
             let sets = addrs.entry(ip).or_default();
-            match sets.iter_mut().find(|(s, _)| *s == set) {
-                Some((_, until)) => *until = now + ttl,
+            match sets.iter_mut().find(|l| l.set == set) {
+                Some(l) => l.until = now + ttl,
                 None if total >= ctx.cfg.max_addresses => {
                     ctx.counts.over_max.fetch_add(1, Ordering::Relaxed);
                     warn!(%ip, "shadow: max_addresses reached; address not added");
                     continue;
                 }
                 None => {
-                    sets.push((set.clone(), now + ttl));
+                    sets.push(Learnt {
+                        set: set.clone(),
+                        until: now + ttl,
+                        name: name.clone(),
+                    });
                     total += 1;
                 }
             }

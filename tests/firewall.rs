@@ -1567,3 +1567,65 @@ fn a_start_with_the_firewall_off_leaves_an_existing_table_and_warns() {
         "nft delete table inet telesink 2>/dev/null || true",
     );
 }
+
+/// `telesink allow` and `telesink block` change DNS and the learned sets in one change:
+/// when `allow` returns, a name that shadow resolution had learned answers and its
+/// address is reachable; a name blocked at runtime is blocked in DNS and its address
+/// learned for the firewall (telesink's own `runtime` profile).
+#[test]
+fn runtime_rules_change_dns_and_the_learned_sets_together() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let (t, dir, _knot) = shadow_gateway("rtrules");
+    dir.write("tele.list", "solo.shadow.test\n");
+    let cfg = dir.write("telesink.toml", &shadow_config("tele.list", true));
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    let refused_soon = |addr: &str| {
+        (0..100).any(|_| {
+            let r = t.connect(&t.client, None, addr, 8080) == "refused";
+            if !r {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            r
+        })
+    };
+    assert!(
+        refused_soon("203.0.113.101"),
+        "solo.shadow.test was not learned\n{}",
+        daemon.log()
+    );
+    assert_eq!(dig_a(&t, "solo.shadow.test"), "0.0.0.0");
+
+    let (ok, out) = ctl_in(&t, &dir, "allow solo.shadow.test");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("runtime rule: allow solo.shadow.test for every group"),
+        "{out}"
+    );
+    // No waiting: the command returned after both halves changed.
+    assert_eq!(t.connect(&t.client, None, "203.0.113.101", 8080), "ok");
+    assert_eq!(dig_a(&t, "solo.shadow.test"), "203.0.113.101");
+    assert!(
+        daemon
+            .log()
+            .contains("learned addresses of names a runtime rule allows removed")
+    );
+
+    let (ok, out) = ctl_in(&t, &dir, "block collector2.shadow.test");
+    assert!(ok, "{out}");
+    assert_eq!(dig_a(&t, "collector2.shadow.test"), "0.0.0.0");
+    assert!(
+        refused_soon("203.0.113.103"),
+        "collector2.shadow.test was not learned\n{}",
+        daemon.log()
+    );
+    let set = t.sh(&t.gateway, "nft list set inet telesink learned_runtime_4");
+    assert!(set.contains("203.0.113.103"), "{set}");
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}

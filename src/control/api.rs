@@ -10,6 +10,7 @@
 //! | GET    | /v1/profiles         |                                                   |
 //! | POST   | /v1/profiles/NAME    | {"enabled": bool, "group"?, "for_secs"?, "dry_run"?} |
 //! | POST   | /v1/log-only/NAME    | {"on": bool, "group"?, "for_secs"?, "dry_run"?}   |
+//! | POST   | /v1/rules            | {"name": "x" or "*.x", "allow": bool, "group"?, "for_secs"?, "remove"?, "dry_run"?} |
 //! | POST   | /v1/reload           |                                                   |
 //! | POST   | /v1/firewall/apply   | (installs the table in force again)               |
 //! | POST   | /v1/explain          | {"name": "...", "client"?: "192.0.2.10"}          |
@@ -129,6 +130,24 @@ struct ProfileBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RuleBody {
+    name: String,
+    /// true: allow the name; false: block it.
+    #[serde(default)]
+    allow: bool,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    for_secs: Option<u64>,
+    /// Remove the rule for this name and group instead.
+    #[serde(default)]
+    remove: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogOnlyBody {
     on: bool,
     #[serde(default)]
@@ -166,9 +185,9 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
 
 fn control_error(e: ControlError) -> Reply {
     let status = match &e {
-        ControlError::Toggle(ToggleError::NoProfile(_) | ToggleError::NoGroup(_)) => {
-            StatusCode::NOT_FOUND
-        }
+        ControlError::Toggle(
+            ToggleError::NoProfile(_) | ToggleError::NoGroup(_) | ToggleError::NoRule { .. },
+        ) => StatusCode::NOT_FOUND,
         ControlError::Policy(_) | ControlError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ControlError::Firewall(_) | ControlError::State(_) | ControlError::Task(..) => {
             StatusCode::INTERNAL_SERVER_ERROR
@@ -206,14 +225,11 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let until = b
-                .for_secs
-                .map(|s| crate::clock::unix_now().saturating_add(s));
             let edit = Edit::Profile(Toggle {
                 profile: (*name).to_owned(),
                 group: b.group,
                 enabled: b.enabled,
-                until,
+                until: until(b.for_secs),
             });
             change(c, edit, b.dry_run, uid).await
         }
@@ -226,10 +242,32 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
                 profile: (*name).to_owned(),
                 group: b.group,
                 enabled: b.on,
-                until: b
-                    .for_secs
-                    .map(|s| crate::clock::unix_now().saturating_add(s)),
+                until: until(b.for_secs),
             });
+            change(c, edit, b.dry_run, uid).await
+        }
+        (&Method::POST, ["v1", "rules"]) => {
+            let b: RuleBody = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let name = match crate::policy::runtime::normalize(&b.name) {
+                Ok(n) => n,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            let edit = if b.remove {
+                Edit::Unrule {
+                    name,
+                    group: b.group,
+                }
+            } else {
+                Edit::Rule(crate::policy::runtime::NameRule {
+                    name,
+                    allow: b.allow,
+                    group: b.group,
+                    until: until(b.for_secs),
+                })
+            };
             change(c, edit, b.dry_run, uid).await
         }
         (&Method::POST, ["v1", "reload"]) => {
@@ -269,6 +307,11 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
         ),
         _ => error(StatusCode::NOT_FOUND, "the API is under /v1/"),
     }
+}
+
+/// When a change made now for `for_secs` lapses.
+fn until(for_secs: Option<u64>) -> Option<u64> {
+    for_secs.map(|s| crate::clock::unix_now().saturating_add(s))
 }
 
 async fn change(c: &Arc<Control>, edit: Edit, dry_run: bool, uid: Option<u32>) -> Reply {

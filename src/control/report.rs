@@ -12,6 +12,8 @@ pub struct Report {
     /// Generation the change produces (or would produce).
     pub generation: u64,
     pub changes: Vec<Change>,
+    /// Runtime rules added, replaced or removed, in words.
+    pub rules: Vec<String>,
     /// Time from request to the new snapshot serving (or to the dry run's answer).
     pub ms: f64,
 }
@@ -83,10 +85,24 @@ impl Report {
                 }
             }
         }
+        let describe = |t: &crate::policy::Toggles| crate::apply::describe_rules(t);
+        let (before, after) = (describe(&old.toggles), describe(&new.toggles));
+        let mut rules: Vec<String> = after
+            .iter()
+            .filter(|r| !before.contains(r))
+            .cloned()
+            .collect();
+        rules.extend(
+            before
+                .iter()
+                .filter(|r| !after.contains(r))
+                .map(|r| format!("removed: {r}")),
+        );
         Self {
             dry_run,
             generation: new.generation,
             changes,
+            rules,
             ms: 0.0,
         }
     }
@@ -171,6 +187,8 @@ pub struct Status {
     /// Per group: the profiles on, and those in log-only mode.
     pub groups: Vec<GroupProfiles>,
     pub toggles: Vec<Toggle>,
+    /// `telesink allow` / `telesink block` rules in force.
+    pub rules: Vec<crate::policy::runtime::NameRule>,
     pub state_file: String,
 }
 
@@ -204,7 +222,7 @@ impl Status {
                 .profiles
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| mask & (1 << i) != 0)
+                .filter(|(i, _)| mask & (1 << i) != 0 && policy.listed(*i))
                 .map(|(_, p)| p.name.clone())
                 .collect()
         };
@@ -245,6 +263,7 @@ impl Status {
                 })
                 .collect(),
             toggles: policy.toggles.profiles.clone(),
+            rules: policy.toggles.rules.clone(),
             state_file: a.state.path.display().to_string(),
         }
     }

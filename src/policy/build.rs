@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use super::index::IndexBuilder;
 use super::{
-    ClientTable, Group, ListInfo, MAX_PROFILES, MAX_RULES_PER_NAME, Mode, Policy, Profile, Rule,
-    Scope,
+    ClientTable, Group, ListInfo, MAX_CONFIG_PROFILES, MAX_RULES_PER_NAME, Mode, Policy, Profile,
+    Rule, Scope,
 };
 use crate::config::{LoadedConfig, Location, ModeName, ProfileConfig};
 use crate::lists::{self, Guard, Reach};
@@ -179,7 +179,14 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     for path in &cfg.config.policy.allowlists {
         b.load(path, Scope::Global, true);
     }
-    for (i, (name, p)) in cfg.config.profiles.0.iter().enumerate().take(MAX_PROFILES) {
+    for (i, (name, p)) in cfg
+        .config
+        .profiles
+        .0
+        .iter()
+        .enumerate()
+        .take(MAX_CONFIG_PROFILES)
+    {
         for path in &p.lists {
             let before = b.lists.len();
             b.load(path, Scope::Profile(i as u16), false);
@@ -201,13 +208,34 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         }
     }
     let mut profiles = profiles;
-    for (i, (name, p)) in cfg.config.profiles.0.iter().enumerate().take(MAX_PROFILES) {
+    for (i, (name, p)) in cfg
+        .config
+        .profiles
+        .0
+        .iter()
+        .enumerate()
+        .take(MAX_CONFIG_PROFILES)
+    {
         let (nets, counts) = b.load_cidrs_counted(&p.cidrs);
         for (at, file, n) in counts {
             b.refuse_empty(name.get_ref(), p.allow_empty_lists, at, &file, n);
         }
         profiles[i].nets = nets;
     }
+    // telesink's own profile for `telesink block`: last, so a list's profile is named
+    // first when both block a name; on for every group; shadowed when any profile is, so
+    // the firewall also stops a name blocked at 9:00 for clients that know its address.
+    let runtime_profile = profiles.len() as u16;
+    profiles.push(Profile {
+        name: super::runtime::RUNTIME_PROFILE.to_owned(),
+        description: "names blocked with `telesink block`".to_owned(),
+        mode: Mode::Null,
+        enabled: true,
+        warning: None,
+        ede_text: "blocked by a telesink runtime rule (telesink block)".to_owned(),
+        nets: super::AddressSet::default(),
+        shadow: profiles.iter().any(|p| p.shadow),
+    });
     let allow_nets = b.load_cidrs(&cfg.config.firewall.allow_cidrs);
     let bypass_nets = b.load_cidrs(&cfg.config.firewall.bypass.doh_cidrs);
     let never_learn_nets = b.load_cidrs(&cfg.config.firewall.shadow.never_learn_cidrs);
@@ -253,6 +281,8 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         block_ttl: cfg.config.policy.block_ttl_secs,
         cname_cloaking: cfg.config.policy.cname_cloaking,
         rate: Arc::new(rate),
+        runtime: Arc::default(),
+        runtime_profile,
     });
     if let Some(p) = &policy {
         warnings.extend(required_warnings(p, &required));
@@ -328,12 +358,21 @@ impl Builder<'_> {
 
     fn profiles(&mut self) -> Vec<Profile> {
         let entries = &self.cfg.config.profiles.0;
-        if entries.len() > MAX_PROFILES {
-            let at = entries[MAX_PROFILES].0.span().start;
-            self.fatal(at, format!("at most {MAX_PROFILES} profiles are supported"));
+        if entries.len() > MAX_CONFIG_PROFILES {
+            let at = entries[MAX_CONFIG_PROFILES].0.span().start;
+            self.fatal(
+                at,
+                format!("at most {MAX_CONFIG_PROFILES} profiles are supported (one more is telesink's own, runtime)"),
+            );
         }
         let mut out = Vec::new();
-        for (name, p) in entries.iter().take(MAX_PROFILES) {
+        for (name, p) in entries.iter().take(MAX_CONFIG_PROFILES) {
+            if name.get_ref() == super::runtime::RUNTIME_PROFILE {
+                self.fatal(
+                    name.span().start,
+                    "the profile name runtime is telesink's own (it holds the blocks of `telesink block`); rename this one",
+                );
+            }
             if out.iter().any(|o: &Profile| o.name == *name.get_ref()) {
                 self.fatal(
                     name.span().start,
@@ -655,7 +694,7 @@ impl Builder<'_> {
             .profiles
             .0
             .iter()
-            .take(MAX_PROFILES)
+            .take(MAX_CONFIG_PROFILES)
             .enumerate()
             .filter(|(_, (_, p))| p.observed)
             .fold(0u64, |m, (i, _)| m | 1 << i);

@@ -43,7 +43,7 @@ pub enum ExplainError {
 
 /// Whether text is a host name a client could ask for: labels of 1-63 letters, digits,
 /// '-' or '_', at most 253 characters, an optional trailing dot.
-fn valid_name(text: &str) -> bool {
+pub(super) fn valid_name(text: &str) -> bool {
     let t = text.strip_suffix('.').unwrap_or(text);
     !t.is_empty()
         && t.len() <= 253
@@ -61,6 +61,37 @@ pub struct RuleAt {
     pub file: String,
     pub line: u32,
     pub allow: bool,
+}
+
+/// "runtime rule (telesink allow, group finance, lapses at 14:30 UTC)" for the rule at
+/// position `line` (from 1) of the snapshot's runtime rules.
+fn runtime_origin(policy: &Policy, line: u32) -> String {
+    let Some(r) = policy.toggles.rules.get((line as usize).wrapping_sub(1)) else {
+        return "runtime rule".to_owned();
+    };
+    let mut out = format!(
+        "runtime rule (telesink {}, {}",
+        if r.allow { "allow" } else { "block" },
+        r.group
+            .as_deref()
+            .map_or("every group".to_owned(), |g| format!("group {g}"))
+    );
+    if let Some(until) = r.until {
+        let secs = until % 86_400;
+        out += &format!(", lapses at {:02}:{:02} UTC", secs / 3600, secs % 3600 / 60);
+    }
+    out + ")"
+}
+
+impl RuleAt {
+    /// file:line, or the runtime rule's description (it has no line).
+    pub fn place(&self) -> String {
+        if self.line == 0 {
+            self.file.clone()
+        } else {
+            format!("{}:{}", self.file, self.line)
+        }
+    }
 }
 
 pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Result<Explanation, ExplainError> {
@@ -82,11 +113,19 @@ pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Result<Explanatio
             } else {
                 matched
             },
-            file: policy
-                .lists
-                .get(d.rule.list as usize)
-                .map_or_else(String::new, |l| l.path.display().to_string()),
-            line: d.rule.line,
+            file: match d.rule.list {
+                super::runtime::RUNTIME_ALLOW | super::runtime::RUNTIME_BLOCK => {
+                    runtime_origin(policy, d.rule.line)
+                }
+                list => policy
+                    .lists
+                    .get(list as usize)
+                    .map_or_else(String::new, |l| l.path.display().to_string()),
+            },
+            line: match d.rule.list {
+                super::runtime::RUNTIME_ALLOW | super::runtime::RUNTIME_BLOCK => 0,
+                _ => d.rule.line,
+            },
             allow: d.rule.allow,
         }
     };
@@ -110,7 +149,7 @@ pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Result<Explanatio
     let would_block: Vec<WouldBlock> = (0..policy.profiles.len())
         .filter(|&i| enforcing & (1 << i) == 0)
         .filter_map(|i| {
-            let Verdict::Block { by, .. } = policy.verdict_for(1 << i, &q) else {
+            let Verdict::Block { by, .. } = policy.verdict_in(Some(g), 1 << i, &q) else {
                 return None;
             };
             let p = &policy.profiles[i];
@@ -170,11 +209,10 @@ impl std::fmt::Display for Explanation {
         match &self.rule {
             Some(r) => writeln!(
                 f,
-                "  {} rule: {}  at {}:{}",
+                "  {} rule: {}  at {}",
                 if r.allow { "allow" } else { "block" },
                 r.rule,
-                r.file,
-                r.line
+                r.place()
             ),
             None if self.verdict == "forwarded" => {
                 writeln!(
@@ -189,7 +227,7 @@ impl std::fmt::Display for Explanation {
                 f,
                 "  profile {} would block it ({}), but is {}",
                 w.profile,
-                format_args!("{} at {}:{}", w.rule.rule, w.rule.file, w.rule.line),
+                format_args!("{} at {}", w.rule.rule, w.rule.place()),
                 w.why_not
             )?;
         }

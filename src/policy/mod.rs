@@ -13,6 +13,7 @@ mod explain;
 mod index;
 mod qname;
 pub mod rate;
+pub mod runtime;
 mod toggles;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -31,6 +32,8 @@ use crate::lists::Reach;
 /// At most this many profiles: a group's active set is a `u64` bit mask, which keeps the
 /// per-query verdict free of allocation.
 pub const MAX_PROFILES: usize = 64;
+/// Profiles a config may define: the last bit is telesink's own `runtime` profile.
+pub const MAX_CONFIG_PROFILES: usize = MAX_PROFILES - 1;
 
 /// How a profile answers a name it blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +185,10 @@ pub struct Policy {
     pub cname_cloaking: bool,
     /// The per-client query rate limit: its rate and who is exempt.
     pub rate: Arc<rate::RateRules>,
+    /// `telesink allow` / `telesink block` rules, read beside the name index.
+    pub runtime: Arc<runtime::RuntimeIndex>,
+    /// Index of telesink's own profile `runtime`, which holds the runtime blocks.
+    pub runtime_profile: u16,
 }
 
 impl Policy {
@@ -205,7 +212,7 @@ impl Policy {
     /// deciding rule blocks; among several, the first profile in config order is reported.
     pub fn verdict(&self, group: u16, name: &QName) -> Verdict {
         let mask = self.groups.get(group as usize).map_or(0, |g| g.active);
-        self.verdict_for(mask, name)
+        self.verdict_in(Some(group), mask, name)
     }
 
     /// For a name that passed: the log-only profile that would have blocked it, if any.
@@ -216,14 +223,20 @@ impl Policy {
         if mask == 0 {
             return None;
         }
-        match self.verdict_for(mask, name) {
+        match self.verdict_in(Some(group), mask, name) {
             Verdict::Block { profile, .. } => Some(profile),
             Verdict::Pass { .. } => None,
         }
     }
 
-    /// The verdict with the profiles of `mask` on.
+    /// The verdict with the profiles of `mask` on, as any group sees it: the lists and the
+    /// runtime rules for every group (`check`'s view).
     pub fn verdict_for(&self, mask: u64, name: &QName) -> Verdict {
+        self.verdict_in(None, mask, name)
+    }
+
+    /// The verdict with the profiles of `mask` on, with the runtime rules of `group`.
+    pub fn verdict_in(&self, group: Option<u16>, mask: u64, name: &QName) -> Verdict {
         let mut undecided = mask;
         if undecided == 0 || name.is_root() {
             return Verdict::Pass { allow: None };
@@ -233,12 +246,18 @@ impl Policy {
         for (depth, at) in name.suffix_starts().enumerate() {
             // A parent level can only hold suffix rules: skip it when no suffix rule has
             // that many labels. Saves a hash probe (a cache miss on big lists) per level.
-            if depth > 0 && !self.index.has_suffix_depth(name.label_count() - depth) {
+            let labels = name.label_count() - depth;
+            if depth > 0
+                && !self.index.has_suffix_depth(labels)
+                && !self.runtime.has_suffix_depth(labels)
+            {
                 continue;
             }
             found.len = 0;
             self.index
                 .for_each(name.suffix_at(at), |rule| found.push(rule));
+            self.runtime
+                .for_each(name.suffix_at(at), group, |rule| found.push(rule));
             if found.len == 0 {
                 continue;
             }
@@ -269,9 +288,9 @@ impl Policy {
     ) -> Option<Verdict> {
         let mut allow_mask = 0u64;
         let mut block_mask = 0u64;
-        let mut blockers: [Option<(u16, Rule)>; MAX_RULES_PER_NAME] = [None; MAX_RULES_PER_NAME];
+        let mut blockers: [Option<(u16, Rule)>; FOUND_MAX] = [None; FOUND_MAX];
         for rule in rules {
-            match self.lists.get(rule.list as usize).map(|l| l.scope) {
+            match self.scope_of(rule.list) {
                 Some(Scope::Global) if rule.allow => {
                     allow_mask = u64::MAX;
                     if allow_seen.is_none() && *undecided != 0 {
@@ -311,6 +330,22 @@ impl Policy {
         (*undecided == 0).then_some(Verdict::Pass { allow: *allow_seen })
     }
 
+    /// Whether profile `i` is worth naming among the profiles on: all but telesink's own
+    /// `runtime` profile while no `telesink block` rule exists.
+    pub fn listed(&self, i: usize) -> bool {
+        i != self.runtime_profile as usize || self.runtime.has_blocks()
+    }
+
+    /// Which profiles a rule of this list speaks for; runtime rules are no list file.
+    #[inline]
+    fn scope_of(&self, list: u16) -> Option<Scope> {
+        match list {
+            runtime::RUNTIME_ALLOW => Some(Scope::Global),
+            runtime::RUNTIME_BLOCK => Some(Scope::Profile(self.runtime_profile)),
+            _ => self.lists.get(list as usize).map(|l| l.scope),
+        }
+    }
+
     /// Number of index entries (names) each list contributed, for logs and metrics.
     pub fn total_names(&self) -> usize {
         self.index.names()
@@ -321,11 +356,15 @@ impl Policy {
 /// array, so the per-query path allocates nothing; the compiler refuses a name with more
 /// (with file:line), so none is ever dropped silently.
 pub const MAX_RULES_PER_NAME: usize = 8;
+/// List rules and runtime rules under one name: a name carries at most four runtime rules
+/// for one group (exact and suffix, for every group and for its own), since a new rule
+/// replaces the one for the same name and group.
+const FOUND_MAX: usize = MAX_RULES_PER_NAME + 4;
 
 /// The rules stored under one name.
 #[derive(Default)]
 struct Found {
-    rules: [Option<Rule>; MAX_RULES_PER_NAME],
+    rules: [Option<Rule>; FOUND_MAX],
     len: usize,
 }
 

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::runtime::{NameRule, RuntimeIndex};
 use super::{Group, Policy};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,10 @@ pub struct Toggles {
     /// order rules as `profiles`: global entries first, then group entries.
     #[serde(default)]
     pub observe: Vec<Toggle>,
+    /// `telesink allow` / `telesink block` rules (src/policy/runtime.rs); a later rule
+    /// for the same name and group replaces the earlier one.
+    #[serde(default)]
+    pub rules: Vec<NameRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +52,8 @@ pub enum ToggleError {
     NoProfile(String),
     #[error("no group named {0}")]
     NoGroup(String),
+    #[error("no runtime rule for {name}{}", .group.as_deref().map(|g| format!(" in group {g}")).unwrap_or_default())]
+    NoRule { name: String, group: Option<String> },
 }
 
 impl Toggles {
@@ -65,6 +72,27 @@ impl Toggles {
         self.observe.push(t);
     }
 
+    /// Records a runtime rule, replacing one for the same name and group.
+    pub fn set_rule(&mut self, r: NameRule) {
+        self.rules
+            .retain(|x| !(x.name == r.name && x.group == r.group));
+        self.rules.push(r);
+    }
+
+    /// Removes the runtime rule for this name and group.
+    pub fn remove_rule(&mut self, name: &str, group: Option<&str>) -> Result<(), ToggleError> {
+        let before = self.rules.len();
+        self.rules
+            .retain(|x| !(x.name == name && x.group.as_deref() == group));
+        if self.rules.len() == before {
+            return Err(ToggleError::NoRule {
+                name: name.to_owned(),
+                group: group.map(str::to_owned),
+            });
+        }
+        Ok(())
+    }
+
     /// Folds log-only entries of an older state file into `observe`.
     pub fn normalize(&mut self) {
         for profile in std::mem::take(&mut self.log_only) {
@@ -81,10 +109,11 @@ impl Toggles {
 
     /// Drops toggles whose time is up; true if any was dropped.
     pub fn expire(&mut self, now: u64) -> bool {
-        let before = self.profiles.len() + self.observe.len();
+        let before = self.profiles.len() + self.observe.len() + self.rules.len();
         self.profiles.retain(|t| t.until.is_none_or(|u| u > now));
         self.observe.retain(|t| t.until.is_none_or(|u| u > now));
-        self.profiles.len() + self.observe.len() != before
+        self.rules.retain(|t| t.until.is_none_or(|u| u > now));
+        self.profiles.len() + self.observe.len() + self.rules.len() != before
     }
 
     /// When the next timed toggle lapses.
@@ -93,6 +122,7 @@ impl Toggles {
             .iter()
             .chain(&self.observe)
             .filter_map(|t| t.until)
+            .chain(self.rules.iter().filter_map(|r| r.until))
             .min()
     }
 
@@ -117,6 +147,16 @@ impl Toggles {
                     false
                 }
             });
+        self.rules.retain(|r| match &r.group {
+            Some(g) if !policy.base_groups.iter().any(|x| x.name == *g) => {
+                dropped.push(format!(
+                    "runtime rule for {} dropped: no group named {g}",
+                    r.name
+                ));
+                false
+            }
+            _ => true,
+        });
         dropped
     }
 }
@@ -153,6 +193,13 @@ impl Policy {
         toggles.normalize();
         for t in toggles.profiles.iter().chain(&toggles.observe) {
             check(self, &t.profile, t.group.as_deref())?;
+        }
+        for r in &toggles.rules {
+            if let Some(g) = &r.group
+                && !self.base_groups.iter().any(|x| x.name == *g)
+            {
+                return Err(ToggleError::NoGroup(g.clone()));
+            }
         }
         let bit = |name: &str| {
             self.profiles
@@ -194,6 +241,12 @@ impl Policy {
             }
         }
         let mut next = self.clone();
+        next.runtime = std::sync::Arc::new(RuntimeIndex::build(&toggles.rules, |g| {
+            self.base_groups
+                .iter()
+                .position(|x| x.name == g)
+                .map(|i| i as u16)
+        }));
         next.groups = groups;
         next.toggles = toggles;
         next.generation = generation;
