@@ -20,6 +20,7 @@ pub mod host;
 pub mod init;
 pub mod instance;
 pub mod lists;
+pub mod m365;
 pub mod metric_names;
 pub mod metrics;
 pub mod notify;

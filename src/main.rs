@@ -124,6 +124,27 @@ enum Command {
         #[command(flatten)]
         rule: RuleArgs,
     },
+    /// Regenerate the Microsoft 365 allow set and Required names from Microsoft's endpoint
+    /// data (worldwide), write them next to the config, check them and reload the daemon.
+    #[command(name = "update-m365")]
+    UpdateM365 {
+        /// The endpoints web service (default https://endpoints.office.com), or a saved
+        /// endpoints JSON file for a gateway without access to it.
+        #[arg(long)]
+        from: Option<String>,
+        /// The data's version (YYYYMMDDNN), for a file (the service says its own).
+        #[arg(long)]
+        version: Option<String>,
+        /// Where to write the lists (default: <config dir>/blocklists, read before the
+        /// shipped lists).
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// Install even when the allow set shrinks by more than half.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
     /// Write a first gateway config from the interfaces' real addresses (listen,
     /// allowed_clients, metrics, firewall interfaces), check it and say what was chosen.
     Init {
@@ -307,6 +328,19 @@ fn main() -> ExitCode {
         Command::Allow { rule } => ctl::rule(&rule.change.socket, rule.body(true)),
         Command::Block { rule } => ctl::rule(&rule.change.socket, rule.body(false)),
         Command::Reload { socket } => ctl::reload(&socket),
+        Command::UpdateM365 {
+            from,
+            version,
+            output_dir,
+            force,
+            socket,
+        } => update_m365(
+            from.as_deref(),
+            version,
+            output_dir.as_deref(),
+            force,
+            &socket,
+        ),
         Command::Init {
             lan,
             wan,
@@ -345,6 +379,80 @@ fn run(config: PathBuf, overrides: Overrides) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn update_m365(
+    from: Option<&str>,
+    version: Option<String>,
+    output_dir: Option<&std::path::Path>,
+    force: bool,
+    socket: &SocketArgs,
+) -> ExitCode {
+    use telesink::m365;
+    let cfg = match LoadedConfig::load(&socket.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("telesink: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let source = m365::Source::parse(from, version);
+    let installed = m365::fetch(&source).and_then(|update| {
+        let today = telesink::clock::utc_date(telesink::clock::unix_now());
+        m365::install(&cfg, &update, output_dir, force, &today).map(|i| (update, i))
+    });
+    let (update, done) = match installed {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("telesink: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let was = done.previous.as_ref().map_or(String::new(), |(n, p)| {
+        format!(", was {n} in {}", p.display())
+    });
+    println!(
+        "Microsoft 365 endpoints v{} from {}:
+  {} ranges -> {}{was}
+  {} Required names -> {}",
+        update.version,
+        update.source,
+        done.ranges,
+        done.allow_path.display(),
+        done.names,
+        done.required_path.display()
+    );
+    if !update.inexpressible.is_empty() {
+        println!(
+            "  left out (a wildcard inside a label): {}",
+            update.inexpressible.join(", ")
+        );
+    }
+    for key in &done.unused {
+        println!("  note: the config does not name it in {key}, so it has no effect there");
+    }
+    match ctl::call(socket, "POST", "/v1/reload", None) {
+        Ok(v) => {
+            println!(
+                "reloaded: the running daemon serves generation {}",
+                v.get("generation")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(telesink::control::client::ClientError::Connect { path, .. }) => {
+            println!(
+                "telesink is not running (no answer on {}): the next start uses them",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("telesink: the lists are written and check out, but the reload failed: {e}");
             ExitCode::FAILURE
         }
     }

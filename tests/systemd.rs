@@ -121,11 +121,19 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Every unit the package ships.
+const UNITS: [&str; 4] = [
+    "telesink.service",
+    "telesink-early.service",
+    "telesink-update-m365.service",
+    "telesink-update-m365.timer",
+];
+
 /// A scratch root with the units and an executable at the paths they name, because
 /// systemd-analyze checks that ExecStart points to a program.
 fn scratch_root() -> TempDir {
     let dir = TempDir::new("units");
-    for unit in ["telesink.service", "telesink-early.service"] {
+    for unit in UNITS {
         let text = std::fs::read_to_string(root().join("systemd").join(unit)).unwrap();
         dir.write(&format!("etc/systemd/system/{unit}"), &text);
     }
@@ -152,7 +160,7 @@ fn units_verify_without_a_word() {
         return;
     }
     let dir = scratch_root();
-    for unit in ["telesink.service", "telesink-early.service"] {
+    for unit in UNITS {
         let out = Command::new("systemd-analyze")
             .args(["verify", "--man=no"])
             .arg(format!("--root={}", dir.path().display()))
@@ -178,7 +186,7 @@ fn units_are_sandboxed_to_an_exposure_of_at_most_two() {
         return;
     }
     let dir = scratch_root();
-    for unit in ["telesink.service", "telesink-early.service"] {
+    for unit in UNITS.iter().filter(|u| u.ends_with(".service")) {
         let out = Command::new("systemd-analyze")
             .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
             .arg(format!("--root={}", dir.path().display()))

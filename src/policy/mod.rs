@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use build::{BuildOutcome, BuildProblem, Severity, build};
+pub use build::{BuildOutcome, BuildProblem, Severity, build, list_search_path};
 pub use clients::ClientTable;
 pub use explain::{ExplainError, Explanation, WouldBlock, explain};
 pub use index::{NameIndex, Rule};
