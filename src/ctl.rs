@@ -317,3 +317,234 @@ pub fn explanation(v: &Value) -> String {
         Err(_) => format!("{v}\n"),
     }
 }
+
+/// The report's period from `--since` (YYYY-MM-DD or Nd) and `--until`.
+pub fn report_query(
+    since: &str,
+    until: Option<&str>,
+    client: Option<String>,
+    profile: Option<String>,
+    by: Option<String>,
+) -> Result<telesink::evidence::report::Query, String> {
+    let today = telesink::clock::unix_now() / 86_400;
+    let day = |text: &str| -> Result<String, String> {
+        if let Some(n) = text.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
+            return Ok(telesink::clock::utc_date(today.saturating_sub(n) * 86_400));
+        }
+        let ok = text.len() == 10
+            && text.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        if ok {
+            Ok(text.to_owned())
+        } else {
+            Err(format!(
+                "not a day: {text:?} (write 2026-11-01, or 30d for the last 30 days)"
+            ))
+        }
+    };
+    Ok(telesink::evidence::report::Query {
+        since: day(since)?,
+        until: match until {
+            Some(u) => day(u)?,
+            None => telesink::clock::utc_date(today * 86_400),
+        },
+        client,
+        profile,
+        by,
+    })
+}
+
+/// The ledger file of the config, for reports while the daemon is down.
+fn ledger_file(args: &SocketArgs) -> Result<PathBuf, String> {
+    let cfg = telesink::config::LoadedConfig::load(&args.config).map_err(|e| e.to_string())?;
+    let state = telesink::apply::state_file(&cfg).path;
+    Ok(telesink::evidence::path_of(&cfg.config.evidence, &state))
+}
+
+fn write_out(text: &str, output: Option<&std::path::Path>) -> ExitCode {
+    match output {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match std::fs::write(path, text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("telesink: cannot write {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+pub fn report(
+    args: &SocketArgs,
+    q: &telesink::evidence::report::Query,
+    format: &str,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    use telesink::evidence::report::{Report, run};
+    let body = serde_json::to_value(q).unwrap_or_default();
+    let report: Report = match call(args, "POST", "/v1/report", Some(&body)) {
+        Ok(v) => match serde_json::from_value(v) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("telesink: malformed report from the daemon: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(ClientError::Connect { .. }) => {
+            // The daemon is down: the file, read-only.
+            let opened = ledger_file(args).and_then(|p| {
+                telesink::evidence::Store::open_read_only(&p).map_err(|e| e.to_string())
+            });
+            match opened.and_then(|store| run(&store, q).map_err(|e| e.to_string())) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("telesink: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("telesink: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = match format {
+        "csv" => report.csv(),
+        "json" => report.json() + "\n",
+        "html" => report.html("telesink: telemetry attempts stopped at the gateway"),
+        _ => report.table(),
+    };
+    write_out(&text, output)
+}
+
+pub fn report_verify(args: &SocketArgs) -> ExitCode {
+    let v = match call(args, "POST", "/v1/report/verify", None) {
+        Ok(v) => v,
+        Err(ClientError::Connect { .. }) => {
+            let checked = ledger_file(args).and_then(|p| {
+                let store =
+                    telesink::evidence::Store::open_read_only(&p).map_err(|e| e.to_string())?;
+                let c = store.verify().map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({
+                    "ok": c.is_ok(),
+                    "days": c.as_ref().ok(),
+                    "first_bad_day": c.as_ref().err(),
+                }))
+            });
+            match checked {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("telesink: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("telesink: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    if v.get("ok").and_then(Value::as_bool) == Some(true) {
+        if !args.json {
+            println!(
+                "the digest chain holds: {} closed days verified",
+                n(&v, "days")
+            );
+        }
+        ExitCode::SUCCESS
+    } else {
+        if !args.json {
+            println!(
+                "the digest chain breaks at {}: that day's rows are not what was recorded when it closed",
+                s(&v, "first_bad_day")
+            );
+        }
+        ExitCode::FAILURE
+    }
+}
+
+pub fn report_purge(args: &SocketArgs, client: &str) -> ExitCode {
+    let body = serde_json::json!({ "client": client });
+    run(args, "POST", "/v1/report/purge", Some(&body), |v| {
+        format!(
+            "client {}: {} rows erased; the purge is recorded in the ledger\n",
+            s(v, "client"),
+            n(v, "rows")
+        )
+    })
+}
+
+/// Polls the daemon's live view and prints what arrives, until `count` lines or Ctrl-C.
+pub fn tail(
+    args: &SocketArgs,
+    client: Option<std::net::IpAddr>,
+    blocked: bool,
+    count: Option<u64>,
+) -> ExitCode {
+    use telesink::evidence::tail::Batch;
+    let mut after: Option<u64> = None;
+    let mut printed = 0u64;
+    loop {
+        let path = after.map_or("/v1/tail".to_owned(), |a| format!("/v1/tail?after={a}"));
+        let batch: Batch = match call(args, "GET", &path, None)
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+        {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("telesink: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if batch.lost > 0 {
+            eprintln!("... {} events lost (this reader fell behind)", batch.lost);
+        }
+        for e in batch.events {
+            if client.is_some_and(|c| c != e.client)
+                || (blocked && e.verdict != "blocked" && !e.observed)
+            {
+                continue;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+            } else {
+                let secs = (e.at_ms / 1000) % 86_400;
+                println!(
+                    "{:02}:{:02}:{:02}.{:03}  {:<15}  {:<9}  {}{}{}",
+                    secs / 3600,
+                    secs % 3600 / 60,
+                    secs % 60,
+                    e.at_ms % 1000,
+                    e.client,
+                    if e.observed && e.verdict != "blocked" {
+                        "observed"
+                    } else {
+                        &e.verdict
+                    },
+                    e.name,
+                    e.profile
+                        .map(|p| format!("  profile {p}"))
+                        .unwrap_or_default(),
+                    e.rule.map(|r| format!("  rule {r}")).unwrap_or_default(),
+                );
+            }
+            printed += 1;
+            if count.is_some_and(|c| printed >= c) {
+                return ExitCode::SUCCESS;
+            }
+        }
+        after = Some(batch.next);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}

@@ -11,7 +11,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use crate::apply::Overrides;
 use crate::apply::{Applier, ApplyError};
@@ -98,7 +98,31 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         limiter: Arc::new(crate::dns::ratelimit::Limiter::new(
             c.server.rate_limit.max_clients,
         )),
+        evidence: None,
+        tail: Arc::new(crate::evidence::tail::Tail::default()),
     };
+    // The evidence ledger. A file that is not a ledger is set aside inside `open`; one
+    // that cannot be opened at all (a folder telesink may not write) leaves DNS and the
+    // firewall running, says so in the log and in /health.
+    let ledger = if c.evidence.enabled {
+        let path = crate::evidence::path_of(&c.evidence, &state_path);
+        match crate::evidence::Ledger::open(&c.evidence, &path) {
+            Ok(l) => {
+                info!("evidence ledger {}", path.display());
+                Some(l)
+            }
+            Err(e) => {
+                error!(
+                    "evidence ledger unavailable, nothing is recorded: {e} (set [evidence] path to a folder telesink may write)"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut pipeline = pipeline;
+    pipeline.evidence = ledger.as_ref().map(|l| l.aggregate.clone());
     let listeners = crate::slots::Listeners::default();
     let tcp_slots = listeners.add(crate::slots::Slots::new(
         "dns-tcp",
@@ -125,6 +149,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         }),
         listeners: listeners.clone(),
         limiter: pipeline.limiter.clone(),
+        ledger: ledger.clone(),
+        tail: pipeline.tail.clone(),
     });
     if let Some(addr) = overrides.metrics.or(c.metrics.listen) {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -145,8 +171,21 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
             warn!("metrics: {e}");
         }
         let (health_of, watched) = (applier.clone(), watchdog_seen.clone());
-        let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> =
-            Arc::new(move || health(&health_of, &watched));
+        let ledger_missing = c.evidence.enabled && ledger.is_none();
+        let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || {
+            let mut why = health(&health_of, &watched)
+                .err()
+                .into_iter()
+                .collect::<Vec<_>>();
+            if ledger_missing {
+                why.push("the evidence ledger could not be opened; nothing is recorded".into());
+            }
+            if why.is_empty() {
+                Ok(())
+            } else {
+                Err(why.join("; "))
+            }
+        });
         let slots = listeners.add(crate::slots::Slots::new(
             "metrics",
             crate::metrics::MAX_CONNECTIONS,
@@ -155,9 +194,28 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         tokio::spawn(crate::metrics::serve(listener, registry, health, slots));
     }
 
+    let audit = ledger
+        .as_ref()
+        .map(|l| crate::audit::Audit::new(l.clone(), applier.clone(), shared.labels.clone()));
+    if let Some(a) = &audit {
+        let every = Duration::from_secs(c.evidence.flush_secs.max(1));
+        tokio::spawn(a.clone().run(every));
+    }
+    {
+        let tail = pipeline.tail.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                tail.idle_check();
+            }
+        });
+    }
+    let evidence_wanted = c.evidence.enabled;
     let control = Arc::new(crate::control::Control::new(
         applier.clone(),
         shared.clone(),
+        audit.clone(),
     ));
     tokio::spawn(control.clone().expire_forever());
     let control_slots = listeners.add(crate::slots::Slots::new(
@@ -256,6 +314,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if let Err(e) = server.shutdown_gracefully().await {
         warn!("shutdown: {e}");
     }
+    // What was counted since the last flush goes to the ledger before the process ends.
+    if let Some(a) = audit {
+        let _ = tokio::task::spawn_blocking(move || a.flush()).await;
+    }
+    let _ = evidence_wanted;
     // on_exit of the config in force now (a reload may have changed it).
     applier.stop().await;
     if let Some(path) = socket {

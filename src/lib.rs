@@ -9,12 +9,14 @@
 #![deny(unsafe_code)]
 
 pub mod apply;
+pub mod audit;
 pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod evidence;
 pub mod firewall;
 pub mod host;
 pub mod init;

@@ -124,6 +124,51 @@ enum Command {
         #[command(flatten)]
         rule: RuleArgs,
     },
+    /// The evidence ledger over a period: which device tried to reach which telemetry
+    /// endpoint (docs/EVIDENCE.md). Asks the running daemon (including what it has not
+    /// written yet), else reads the file.
+    Report {
+        #[command(subcommand)]
+        action: Option<ReportAction>,
+        /// From this day on: YYYY-MM-DD, or 30d for the last 30 days (default 30d).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// Up to this day, YYYY-MM-DD (default: today).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this client (its label as reports show it).
+        #[arg(long)]
+        client: Option<String>,
+        /// Only this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Sum by client, name, profile or day (default: every row).
+        #[arg(long)]
+        by: Option<String>,
+        /// table, csv, json or html.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Verdicts as they happen (time, client, name, verdict, profile, rule), for
+    /// troubleshooting; forwarded names too, never written to disk.
+    Tail {
+        /// Only this client address.
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// Only blocked (and observed) queries.
+        #[arg(long)]
+        blocked: bool,
+        /// Stop after this many lines (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
     /// Regenerate the Microsoft 365 allow set and Required names from Microsoft's endpoint
     /// data (worldwide), write them next to the config, check them and reload the daemon.
     #[command(name = "update-m365")]
@@ -216,6 +261,26 @@ impl RuleArgs {
             "remove": self.remove,
         }))
     }
+}
+
+#[derive(clap::Subcommand, Clone)]
+enum ReportAction {
+    /// Check the digest chain of the closed days; names the first day that does not match.
+    Verify,
+    /// Erase one client's rows (GDPR erasure); the ledger records that it happened.
+    Purge {
+        /// The client's label as reports show it.
+        #[arg(long)]
+        client: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+    Html,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -328,6 +393,42 @@ fn main() -> ExitCode {
         Command::Allow { rule } => ctl::rule(&rule.change.socket, rule.body(true)),
         Command::Block { rule } => ctl::rule(&rule.change.socket, rule.body(false)),
         Command::Reload { socket } => ctl::reload(&socket),
+        Command::Report {
+            action,
+            since,
+            until,
+            client,
+            profile,
+            by,
+            format,
+            output,
+            socket,
+        } => match action {
+            Some(ReportAction::Verify) => ctl::report_verify(&socket),
+            Some(ReportAction::Purge { client }) => ctl::report_purge(&socket, &client),
+            None => {
+                let query = match ctl::report_query(&since, until.as_deref(), client, profile, by) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        eprintln!("telesink: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let format = match format {
+                    ReportFormat::Table => "table",
+                    ReportFormat::Csv => "csv",
+                    ReportFormat::Json => "json",
+                    ReportFormat::Html => "html",
+                };
+                ctl::report(&socket, &query, format, output.as_deref())
+            }
+        },
+        Command::Tail {
+            client,
+            blocked,
+            count,
+            socket,
+        } => ctl::tail(&socket, client, blocked, count),
         Command::UpdateM365 {
             from,
             version,

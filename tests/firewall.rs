@@ -1629,3 +1629,112 @@ fn runtime_rules_change_dns_and_the_learned_sets_together() {
         "nft delete table inet telesink 2>/dev/null || true",
     );
 }
+
+/// The evidence ledger on a gateway: DNS blocks, observed queries, firewall rejects and
+/// bypass attempts of two clients, with exact counts in `telesink report --format json`,
+/// from the daemon and, after a restart, again (new attempts adding up).
+#[test]
+fn the_ledger_records_every_layer_per_client_exactly_across_a_restart() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let (t, dir, _knot) = shadow_gateway("ledger");
+    dir.write("tele.list", "collector.shadow.test\n");
+    dir.write("tele.cidrs", "203.0.113.5/32\n");
+    dir.write("strict.list", "cloudsave.shadow.test\n");
+    let cfg = dir.write(
+        "telesink.toml",
+        &shadow_config("tele.list", false).replace(
+            "lists = [\"tele.list\"]\n",
+            "lists = [\"tele.list\"]\ncidrs = [\"tele.cidrs\"]\n[profiles.strict]\nobserved = true\nlists = [\"strict.list\"]\n[firewall.bypass]\nenabled = true\ndns = true\n[evidence]\nflush_secs = 1\n",
+        ),
+    );
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    let dig_from = |from: &str, name: &str, n: usize| {
+        for _ in 0..n {
+            t.sh(
+                &t.client,
+                &format!("dig +short +time=2 +tries=1 -b {from} @192.0.2.1 {name} A >/dev/null"),
+            );
+        }
+    };
+    let connect_from = |from: &str, n: usize| {
+        for _ in 0..n {
+            assert_eq!(
+                t.connect(&t.client, Some(from), "203.0.113.5", 8080),
+                "refused"
+            );
+        }
+    };
+    dig_from(CLIENT_IP, "collector.shadow.test", 3);
+    dig_from(CLIENT_IP, "cloudsave.shadow.test", 2);
+    connect_from(CLIENT_IP, 4);
+    assert_eq!(t.udp(&t.client, Some(CLIENT_IP), WAN_IP, 53), "refused");
+    dig_from(CLIENT_IP2, "collector.shadow.test", 1);
+    connect_from(CLIENT_IP2, 2);
+    let report = |dir: &TempDir| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.gateway,
+                bin(),
+                "report",
+                "--format",
+                "json",
+                "--since",
+                "1d",
+                "--config",
+            ])
+            .arg(dir.path().join("telesink.toml"))
+            .arg("--socket")
+            .arg(dir.path().join("control.sock"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut rows: Vec<String> = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {} {}",
+                    r["client"].as_str().unwrap(),
+                    r["layer"].as_str().unwrap(),
+                    r["profile"].as_str().unwrap(),
+                    r["name"].as_str().unwrap(),
+                    r["count"]
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let want = [
+        "192.0.2.2 bypass bypass dns 1",
+        "192.0.2.2 dns-blocked tele collector.shadow.test 3",
+        "192.0.2.2 dns-observed strict cloudsave.shadow.test 2",
+        "192.0.2.2 firewall-rejected tele - 4",
+        "192.0.2.3 dns-blocked tele collector.shadow.test 1",
+        "192.0.2.3 firewall-rejected tele - 2",
+    ];
+    assert_eq!(report(&dir), want, "{}", daemon.log());
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    // The table stays (on_exit = keep) with its counters: the restart must not count
+    // them again, and new attempts add up.
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    connect_from(CLIENT_IP2, 1);
+    dig_from(CLIENT_IP2, "collector.shadow.test", 1);
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want[4] = "192.0.2.3 dns-blocked tele collector.shadow.test 2".into();
+    want[5] = "192.0.2.3 firewall-rejected tele - 3".into();
+    assert_eq!(report(&dir), want, "{}", daemon.log());
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
+}

@@ -105,3 +105,39 @@ fn the_per_query_policy_and_metrics_path_does_not_allocate() {
     assert_eq!(n, 0, "{n} allocations on the per-query path");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The evidence aggregate, for a name already in it: the query path's whole cost for the
+/// ledger is one shard lock, no allocation.
+#[test]
+fn counting_a_known_name_into_the_evidence_aggregate_does_not_allocate() {
+    use std::sync::Arc;
+    use telesink::evidence::{Aggregate, Layer};
+    let agg = Aggregate::new(200, 1000);
+    let profile: Arc<str> = "office-telemetry".into();
+    let client: IpAddr = "192.0.2.7".parse().unwrap();
+    let now = 1_796_083_200;
+    agg.record(
+        client,
+        &profile,
+        Layer::DnsBlocked,
+        "nexus.officeapps.live.com",
+        "nexus.officeapps.live.com",
+        1,
+        now,
+    );
+    let n = allocations(|| {
+        for i in 0..10_000 {
+            agg.record(
+                client,
+                &profile,
+                Layer::DnsBlocked,
+                "nexus.officeapps.live.com",
+                "nexus.officeapps.live.com",
+                1,
+                now + i,
+            );
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations counting a known name");
+    assert_eq!(agg.drain((now / 86_400) as u32)[0].count, 10_001);
+}

@@ -5,6 +5,7 @@
 //! config to prove it). Values that refer to something else (a profile named in a group,
 //! a list file) are `Spanned`, so the semantic checks in `policy::build` can name the line.
 
+pub mod evidence;
 pub mod limits;
 mod load;
 pub mod values;
@@ -30,6 +31,7 @@ pub fn gid_of(group: &str) -> Option<u32> {
     })
 }
 
+pub use evidence::EvidenceConfig;
 pub use limits::{RateAction, RateLimitConfig};
 pub use load::{ConfigError, LoadedConfig, Location, line_of, normalized};
 
@@ -54,6 +56,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub control: ControlConfig,
+    #[serde(default)]
+    pub evidence: EvidenceConfig,
 }
 
 /// The local control API (`telesink status`, `profile enable`, ...): a Unix socket only,

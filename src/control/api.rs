@@ -11,6 +11,10 @@
 //! | POST   | /v1/profiles/NAME    | {"enabled": bool, "group"?, "for_secs"?, "dry_run"?} |
 //! | POST   | /v1/log-only/NAME    | {"on": bool, "group"?, "for_secs"?, "dry_run"?}   |
 //! | POST   | /v1/rules            | {"name": "x" or "*.x", "allow": bool, "group"?, "for_secs"?, "remove"?, "dry_run"?} |
+//! | POST   | /v1/report           | {"since", "until", "client"?, "profile"?, "by"?} (flushes first) |
+//! | POST   | /v1/report/verify    | (checks the ledger's digest chain)                |
+//! | POST   | /v1/report/purge     | {"client": "label"} (erases one client)           |
+//! | GET    | /v1/tail?after=SEQ   | (verdicts after SEQ; collection on while polled)  |
 //! | POST   | /v1/reload           |                                                   |
 //! | POST   | /v1/firewall/apply   | (installs the table in force again)               |
 //! | POST   | /v1/explain          | {"name": "...", "client"?: "192.0.2.10"}          |
@@ -126,6 +130,13 @@ struct ProfileBody {
     for_secs: Option<u64>,
     #[serde(default)]
     dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    /// The client label as reports show it.
+    client: String,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +281,54 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
             };
             change(c, edit, b.dry_run, uid).await
         }
+        (&Method::POST, ["v1", "report"]) => {
+            let q: crate::evidence::report::Query = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            evidence_reply(
+                c.evidence(move |store| Ok(crate::evidence::report::run(store, &q)?))
+                    .await,
+            )
+        }
+        (&Method::POST, ["v1", "report", "verify"]) => evidence_reply(
+            c.evidence(|store| {
+                let checked = store.verify()?;
+                Ok(serde_json::json!({
+                    "ok": checked.is_ok(),
+                    "days": checked.as_ref().ok(),
+                    "first_bad_day": checked.as_ref().err(),
+                    "purges": store.purges()?,
+                }))
+            })
+            .await,
+        ),
+        (&Method::POST, ["v1", "report", "purge"]) => {
+            let b: PurgeBody = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            info!(
+                uid,
+                client = b.client,
+                "evidence purge requested over the control socket"
+            );
+            evidence_reply(
+                c.evidence(move |store| {
+                    let rows = store.purge(&b.client)?;
+                    Ok(serde_json::json!({ "client": b.client, "rows": rows }))
+                })
+                .await,
+            )
+        }
+        (&Method::GET, ["v1", "tail"]) => {
+            let after = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
+                .and_then(|v| v.parse().ok());
+            json(StatusCode::OK, &c.shared.tail.poll(after))
+        }
         (&Method::POST, ["v1", "reload"]) => {
             info!(uid, "reload requested over the control socket");
             match c.reload().await {
@@ -306,6 +365,17 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
             format!("no such endpoint: {method} {path}"),
         ),
         _ => error(StatusCode::NOT_FOUND, "the API is under /v1/"),
+    }
+}
+
+fn evidence_reply<T: serde::Serialize>(r: Result<T, super::EvidenceError>) -> Reply {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e @ super::EvidenceError::Off) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ super::EvidenceError::Report(crate::evidence::report::ReportError::By(_))) => {
+            error(StatusCode::BAD_REQUEST, e)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

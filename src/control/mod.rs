@@ -25,15 +25,59 @@ pub struct Control {
     pub applier: Arc<Applier>,
     pub shared: Arc<Shared>,
     pub started_unix: u64,
+    /// The evidence ledger (None with `[evidence] enabled = false`).
+    pub audit: Option<Arc<crate::audit::Audit>>,
+}
+
+/// What the evidence endpoints answer with when there is no ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    #[error(
+        "the evidence ledger is off ([evidence] enabled = false) or could not be opened (see the log)"
+    )]
+    Off,
+    #[error(transparent)]
+    Report(#[from] crate::evidence::report::ReportError),
+    #[error(transparent)]
+    Store(#[from] crate::evidence::StoreError),
+    #[error("the evidence task failed: {0}")]
+    Task(String),
 }
 
 impl Control {
-    pub fn new(applier: Arc<Applier>, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        applier: Arc<Applier>,
+        shared: Arc<Shared>,
+        audit: Option<Arc<crate::audit::Audit>>,
+    ) -> Self {
         Self {
             applier,
             shared,
             started_unix: crate::clock::unix_now(),
+            audit,
         }
+    }
+
+    /// Runs `f` on the ledger file after a flush (so the report includes what was counted
+    /// and not yet written), off the runtime's workers.
+    pub async fn evidence<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::evidence::Store) -> Result<T, EvidenceError> + Send + 'static,
+    ) -> Result<T, EvidenceError> {
+        let audit = self.audit.clone().ok_or(EvidenceError::Off)?;
+        tokio::task::spawn_blocking(move || {
+            // The kernel's counters too, so a report has every attempt up to now.
+            audit.read_firewall();
+            let label = |ip| audit.label(ip);
+            let mut out = None;
+            audit.ledger.with_store(&label, |store| {
+                out = Some(f(store));
+                Ok(())
+            })?;
+            out.unwrap_or(Err(EvidenceError::Off))
+        })
+        .await
+        .map_err(|e| EvidenceError::Task(e.to_string()))?
     }
 
     pub fn current(&self) -> Arc<Snapshot> {

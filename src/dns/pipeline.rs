@@ -27,7 +27,10 @@ use super::outcome::{Outcome, Outcomes};
 use super::protocol;
 use super::ratelimit::Admit;
 use super::upstream::{Upstream, Upstreamed};
-use crate::policy::{Policy, QName, Verdict};
+use crate::evidence::tail::{Event, Tail};
+use crate::evidence::{Aggregate, Layer, Sighting};
+use crate::lists::Reach;
+use crate::policy::{Decision, Policy, QName, Verdict};
 use crate::snapshot::Snapshot;
 
 #[derive(Clone)]
@@ -46,6 +49,10 @@ pub struct Pipeline {
     pub outcomes: Arc<Outcomes>,
     /// The per-client rate limit's buckets; its rules are the snapshot's.
     pub limiter: Arc<super::ratelimit::Limiter>,
+    /// The evidence ledger's in-memory aggregate; None with `[evidence] enabled = false`.
+    pub evidence: Option<Arc<Aggregate>>,
+    /// The live view (`telesink tail`), fed only while someone watches.
+    pub tail: Arc<Tail>,
 }
 
 /// The response we are about to send, with the parts the EDNS needs.
@@ -90,6 +97,9 @@ pub struct QueryRecord {
     /// For a replayable cache hit: until its TTLs would read one second less. None:
     /// valid until the policy changes.
     pub until: Option<Instant>,
+    /// The name and the rule that decided, for the evidence ledger and the live view
+    /// (made once on the full path; a replay shares it).
+    pub sighting: Option<Arc<Sighting>>,
 }
 
 impl QueryRecord {
@@ -103,6 +113,7 @@ impl QueryRecord {
             learn: None,
             replayable: false,
             until: None,
+            sighting: None,
         }
     }
 }
@@ -195,6 +206,35 @@ impl Pipeline {
         {
             learner.learn(*p, name);
         }
+        let Some(sighting) = &r.sighting else {
+            return;
+        };
+        if let Some(evidence) = &self.evidence
+            && (r.blocked.is_some() || r.logged.is_some())
+        {
+            let policy = self.policy.load();
+            let now = crate::clock::unix_now();
+            for (p, layer) in [
+                (r.blocked, Layer::DnsBlocked),
+                (r.logged, Layer::DnsObserved),
+            ] {
+                if let Some(profile) = p.and_then(|p| policy.profiles.get(p as usize)) {
+                    evidence.record(
+                        client,
+                        &profile.key,
+                        layer,
+                        &sighting.name,
+                        &sighting.rule,
+                        1,
+                        now,
+                    );
+                }
+            }
+        }
+        if self.tail.watching() {
+            self.tail
+                .push(tail_event(&self.policy.load(), client, r, sighting));
+        }
     }
 
     async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> Answered {
@@ -261,6 +301,7 @@ impl Pipeline {
         let allowed_by_rule = match policy.verdict(group, &qname) {
             Verdict::Pass { allow } => allow.is_some(),
             Verdict::Block { profile, by } => {
+                let seen = sighting(&qname, Some(&by));
                 let labels = qname
                     .suffix_at(by.at)
                     .iter()
@@ -271,7 +312,10 @@ impl Pipeline {
                 let (outcome, info) = self
                     .sinkhole(request, handle, &policy, profile, query, &zone, None)
                     .await;
-                let base = record(outcome, true, None);
+                let base = QueryRecord {
+                    sighting: Some(seen),
+                    ..record(outcome, true, None)
+                };
                 let name = query.original().name();
                 return (info, sinkholed(base, &policy, profile, name));
             }
@@ -280,7 +324,9 @@ impl Pipeline {
         // 4b. Log-only profiles, after the real verdict: a name that some enforcing profile
         //     blocks was answered above; what passes is counted as a would-be block of a
         //     log-only profile and then answered normally.
-        let logged = policy.would_block(group, &qname);
+        let observed = policy.would_block_by(group, &qname);
+        let logged = observed.map(|(p, _)| p);
+        let seen = Some(sighting(&qname, observed.as_ref().map(|(_, by)| by)));
 
         // 5. Cache, then upstream. Only a miss takes a forwarding slot.
         let key = cache::Key {
@@ -316,6 +362,7 @@ impl Pipeline {
                         info,
                         QueryRecord {
                             logged,
+                            sighting: seen,
                             ..record(Outcome::ServFail, false, None)
                         },
                     );
@@ -343,6 +390,7 @@ impl Pipeline {
                 .await;
             let base = QueryRecord {
                 logged,
+                sighting: seen,
                 ..record(outcome, replayable, fresh_until)
             };
             return (info, sinkholed(base, &policy, profile, &target));
@@ -372,6 +420,7 @@ impl Pipeline {
             info,
             QueryRecord {
                 logged,
+                sighting: seen,
                 ..record(outcome, replayable, fresh_until)
             },
         )
@@ -496,6 +545,50 @@ fn sinkholed(base: QueryRecord, snap: &Snapshot, profile: u16, name: &Name) -> Q
         blocked: Some(profile),
         learn: (shadowed && snap.learner.is_some()).then(|| (profile, name.clone())),
         ..base
+    }
+}
+
+/// What the ledger and the live view keep of a query: its name, and the rule that decided
+/// (`*.suffix` for a suffix rule), with the rule's list and line.
+fn sighting(q: &QName, by: Option<&Decision>) -> Arc<Sighting> {
+    let name: Box<str> = q.as_str().into();
+    let (rule, at) = match by {
+        Some(d) => {
+            let matched = String::from_utf8_lossy(q.suffix_at(d.at));
+            let rule = if d.rule.reach == Reach::Suffix {
+                format!("*.{matched}").into()
+            } else {
+                matched.into()
+            };
+            (rule, Some((d.rule.list, d.rule.line)))
+        }
+        None => (name.clone(), None),
+    };
+    Arc::new(Sighting { name, rule, at })
+}
+
+/// One verdict for the live view (made only while someone watches).
+fn tail_event(policy: &Snapshot, client: std::net::IpAddr, r: &QueryRecord, s: &Sighting) -> Event {
+    let profile = r
+        .blocked
+        .or(r.logged)
+        .and_then(|p| policy.profiles.get(p as usize))
+        .map(|p| p.name.clone());
+    let rule = s.at.map(|(list, line)| {
+        let place = policy.rule_place(list, line);
+        format!("{} at {place}", s.rule)
+    });
+    Event {
+        seq: 0,
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        client,
+        name: s.name.to_string(),
+        verdict: r.outcome.name().to_owned(),
+        profile,
+        rule,
+        observed: r.logged.is_some(),
     }
 }
 

@@ -50,6 +50,68 @@ pub struct Shared {
     /// The connection slots of every listener that holds connections.
     pub listeners: crate::slots::Listeners,
     pub limiter: Arc<crate::dns::ratelimit::Limiter>,
+    /// The evidence ledger (None when off), and the live view.
+    pub ledger: Option<Arc<crate::evidence::Ledger>>,
+    pub tail: Arc<crate::evidence::tail::Tail>,
+}
+
+/// The evidence ledger's size and health, and the live view's drops.
+fn evidence_families(s: &Shared) -> Vec<MetricFamily> {
+    use names::*;
+    let mut out = Vec::new();
+    let mut one = |name: &str, help: &str, kind: MetricType, value: u64| {
+        let mut f = Family_::new(name, help, kind);
+        f.add(&[], value as f64);
+        out.push(f.mf);
+    };
+    one(
+        TAIL_DROPPED,
+        "Live-view events dropped because the view's ring was busy.",
+        MetricType::COUNTER,
+        s.tail.dropped.load(Ordering::Relaxed),
+    );
+    let Some(l) = &s.ledger else {
+        return out;
+    };
+    one(
+        EVIDENCE_FILE_BYTES,
+        "Size of the evidence ledger file.",
+        MetricType::GAUGE,
+        l.size_bytes.load(Ordering::Relaxed),
+    );
+    one(
+        EVIDENCE_PENDING,
+        "Rows counted in memory and not yet written to the ledger.",
+        MetricType::GAUGE,
+        l.aggregate.pending() as u64,
+    );
+    one(
+        EVIDENCE_CAPPED,
+        "Attempts recorded as their rule because the client's day held names_per_client_day names.",
+        MetricType::COUNTER,
+        l.aggregate.capped.load(Ordering::Relaxed),
+    );
+    one(
+        EVIDENCE_DROPPED,
+        "Attempts not recorded because max_pending_rows rows were waiting for a flush.",
+        MetricType::COUNTER,
+        l.aggregate.dropped.load(Ordering::Relaxed),
+    );
+    let mut f = Family_::new(
+        EVIDENCE_FLUSHES,
+        "Writes of the in-memory aggregate to the ledger, by result.",
+        MetricType::COUNTER,
+    );
+    f.add(
+        &[("result", "ok")],
+        l.flushes.load(Ordering::Relaxed) as f64,
+    );
+    f.add(
+        &[("result", "failed")],
+        l.flush_failures.load(Ordering::Relaxed) as f64,
+    );
+    out.push(f.mf);
+    out
 }
 
 /// Open connections, their bound and the closes that were not the client's doing, per
@@ -200,6 +262,7 @@ impl Collector for TelesinkCollector {
         forgotten.add(&[], s.limiter.forgotten.load(Ordering::Relaxed) as f64);
         out.push(forgotten.mf);
         out.extend(connection_families(&s.listeners));
+        out.extend(evidence_families(s));
 
         let mut ov = Family_::new(
             CLIENT_OVERFLOW,

@@ -228,6 +228,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     let runtime_profile = profiles.len() as u16;
     profiles.push(Profile {
         name: super::runtime::RUNTIME_PROFILE.to_owned(),
+        key: super::runtime::RUNTIME_PROFILE.into(),
         description: "names blocked with `telesink block`".to_owned(),
         mode: Mode::Null,
         enabled: true,
@@ -395,6 +396,7 @@ impl Builder<'_> {
             let mode = self.mode(name, p);
             out.push(Profile {
                 name: name.get_ref().clone(),
+                key: name.get_ref().as_str().into(),
                 description: p.description.clone(),
                 mode,
                 enabled: p.enabled,

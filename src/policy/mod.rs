@@ -99,6 +99,8 @@ impl AddressSet {
 #[derive(Debug, Clone)]
 pub struct Profile {
     pub name: String,
+    /// The name, shared: the evidence ledger counts under it without allocating.
+    pub key: Arc<str>,
     pub description: String,
     pub mode: Mode,
     /// The config's default: on for every group that does not switch it off.
@@ -219,13 +221,30 @@ impl Policy {
     /// Costs nothing unless the client's group has a log-only profile on.
     #[inline]
     pub fn would_block(&self, group: u16, name: &QName) -> Option<u16> {
+        self.would_block_by(group, name).map(|(p, _)| p)
+    }
+
+    /// `would_block` with the rule that would have blocked.
+    #[inline]
+    pub fn would_block_by(&self, group: u16, name: &QName) -> Option<(u16, Decision)> {
         let mask = self.groups.get(group as usize).map_or(0, |g| g.logged);
         if mask == 0 {
             return None;
         }
         match self.verdict_in(Some(group), mask, name) {
-            Verdict::Block { profile, .. } => Some(profile),
+            Verdict::Block { profile, by } => Some((profile, by)),
             Verdict::Pass { .. } => None,
+        }
+    }
+
+    /// "file:line" of a rule, or "runtime rule" for `telesink allow|block`.
+    pub fn rule_place(&self, list: u16, line: u32) -> String {
+        match list {
+            runtime::RUNTIME_ALLOW | runtime::RUNTIME_BLOCK => "runtime rule".to_owned(),
+            _ => self.lists.get(list as usize).map_or_else(
+                || "?".to_owned(),
+                |l| format!("{}:{line}", l.path.display()),
+            ),
         }
     }
 

@@ -1,0 +1,127 @@
+//! Feeding the evidence ledger besides the pipeline, and writing it: every `flush_secs`
+//! the firewall's kernel counters (rejects per client and profile, bypass attempts per
+//! client and kind) are read, their growth since the last reading is counted into the
+//! aggregate, and the aggregate is written to the file; the same once more at stop.
+//!
+//! The kernel counts per source address only: firewall rows name the profile (or the
+//! bypass kind), not the destination (docs/EVIDENCE.md says why).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::apply::Applier;
+use crate::evidence::{Layer, Ledger};
+use crate::metrics::Labeler;
+
+/// What the ledger needs from the daemon.
+pub struct Audit {
+    pub ledger: Arc<Ledger>,
+    pub applier: Arc<Applier>,
+    pub labels: Labeler,
+    /// The last reading of each (set, client) counter.
+    seen: parking_lot::Mutex<HashMap<(String, IpAddr), u64>>,
+}
+
+impl Audit {
+    pub fn new(ledger: Arc<Ledger>, applier: Arc<Applier>, labels: Labeler) -> Arc<Audit> {
+        Arc::new(Audit {
+            ledger,
+            applier,
+            labels,
+            seen: Default::default(),
+        })
+    }
+
+    /// The client label as the metrics make it (inventory name, pseudonym or address).
+    pub fn label(&self, ip: IpAddr) -> String {
+        self.labels.label(&self.applier.current.load(), ip)
+    }
+
+    /// Counts the growth of the firewall's counters since the last reading. Blocking.
+    pub fn read_firewall(&self) {
+        let snap = self.applier.current.load_full();
+        let Some(plan) = &snap.plan else {
+            return;
+        };
+        let sets = crate::metrics::accounting_sets(plan, &snap);
+        let read = self
+            .applier
+            .kernel
+            .accounting_blocking(sets.iter().map(|s| (s.set.clone(), s.family)).collect());
+        let Ok(read) = read else {
+            return;
+        };
+        let now = crate::clock::unix_now();
+        let mut seen = self.seen.lock();
+        for (set, counts) in sets.iter().zip(read) {
+            let Ok(counts) = counts else { continue };
+            let (layer, profile, name): (Layer, Arc<str>, &str) =
+                if set.metric == crate::metric_names::FIREWALL_REJECTS {
+                    (Layer::FirewallRejected, set.value.as_str().into(), "-")
+                } else {
+                    (Layer::Bypass, "bypass".into(), set.value.as_str())
+                };
+            for c in counts {
+                let last = seen.insert((set.set.clone(), c.client), c.packets);
+                // A counter that went down was reset (the table was written anew).
+                let grown = match last {
+                    Some(before) if c.packets >= before => c.packets - before,
+                    _ => c.packets,
+                };
+                if grown > 0 {
+                    self.ledger
+                        .aggregate
+                        .record(c.client, &profile, layer, name, name, grown, now);
+                }
+            }
+        }
+    }
+
+    /// One round: firewall counters in, aggregate out to the file. Blocking.
+    pub fn flush(&self) {
+        self.read_firewall();
+        if let Err(e) = self.ledger.flush(&|ip| self.label(ip)) {
+            warn!("evidence: {e}; the counts are kept for the next flush");
+        }
+    }
+
+    /// Flushes every `every` until the process ends.
+    pub async fn run(self: Arc<Self>, every: Duration) {
+        // The first reading of the kernel counters is the baseline, not new attempts:
+        // a restart must not count again what the table had counted before it.
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.baseline()).await;
+        let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.flush()).await;
+        }
+    }
+
+    fn baseline(&self) {
+        let snap = self.applier.current.load_full();
+        let Some(plan) = &snap.plan else {
+            return;
+        };
+        let sets = crate::metrics::accounting_sets(plan, &snap);
+        let Ok(read) = self
+            .applier
+            .kernel
+            .accounting_blocking(sets.iter().map(|s| (s.set.clone(), s.family)).collect())
+        else {
+            return;
+        };
+        let mut seen = self.seen.lock();
+        for (set, counts) in sets.iter().zip(read) {
+            for c in counts.into_iter().flatten() {
+                seen.insert((set.set.clone(), c.client), c.packets);
+            }
+        }
+    }
+}

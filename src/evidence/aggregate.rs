@@ -1,0 +1,268 @@
+//! The in-memory aggregate the query path counts into: per UTC day, client address,
+//! profile and layer, each name with its count and first and last sighting. The query
+//! path never waits on the disk: it takes one shard lock and, for a name already here,
+//! allocates nothing; a task writes the counts to the ledger every `flush_secs`.
+//!
+//! Bounded twice: distinct names per (day, client, profile, layer) are capped (beyond it
+//! the rule that matched stands in for the name), and so are the rows held between
+//! flushes (beyond it new rows are dropped). Both are counted.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+const SHARDS: usize = 16;
+
+/// Where an attempt was stopped or seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layer {
+    /// A DNS query answered with a sinkhole.
+    DnsBlocked,
+    /// A query a log-only (observed) profile would have blocked, answered normally.
+    DnsObserved,
+    /// Packets the firewall rejected (kernel counters, per client and profile).
+    FirewallRejected,
+    /// DNS sent around the gateway (plain DNS, DoT, DoH), stopped by the firewall.
+    Bypass,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 4] = [
+        Layer::DnsBlocked,
+        Layer::DnsObserved,
+        Layer::FirewallRejected,
+        Layer::Bypass,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::DnsBlocked => "dns-blocked",
+            Layer::DnsObserved => "dns-observed",
+            Layer::FirewallRejected => "firewall-rejected",
+            Layer::Bypass => "bypass",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Layer> {
+        Layer::ALL.into_iter().find(|l| l.name() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    day: u32,
+    client: IpAddr,
+    /// The profile's name (or the bypass kind), shared with the policy: a reload that
+    /// reorders profiles cannot mislabel what was counted before it.
+    profile: Arc<str>,
+    layer: Layer,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    count: u64,
+    first: u64,
+    last: u64,
+}
+
+/// One row as the ledger stores it (the client still an address: the label is made when
+/// it is written, by the same rules as the metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub day: u32,
+    pub client: IpAddr,
+    pub profile: String,
+    pub layer: Layer,
+    pub name: String,
+    pub count: u64,
+    pub first: u64,
+    pub last: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Key, HashMap<Box<str>, Counts>>,
+    rows: usize,
+}
+
+pub struct Aggregate {
+    shards: Vec<Mutex<Shard>>,
+    names_cap: usize,
+    max_rows: usize,
+    rows: AtomicUsize,
+    /// Names recorded as their rule because the client's day was at `names_cap`.
+    pub capped: AtomicU64,
+    /// Attempts not recorded because `max_rows` rows were pending.
+    pub dropped: AtomicU64,
+}
+
+impl Aggregate {
+    pub fn new(names_cap: usize, max_rows: usize) -> Self {
+        Aggregate {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            names_cap: names_cap.max(1),
+            max_rows: max_rows.max(1),
+            rows: AtomicUsize::new(0),
+            capped: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `n` attempts of `client` at `name` (`rule`: the rule that matched, recorded
+    /// instead of the name once the day holds `names_cap` names) at Unix time `now`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        client: IpAddr,
+        profile: &Arc<str>,
+        layer: Layer,
+        name: &str,
+        rule: &str,
+        n: u64,
+        now: u64,
+    ) {
+        let key = Key {
+            day: (now / 86_400) as u32,
+            client,
+            profile: profile.clone(),
+            layer,
+        };
+        let shard = &self.shards[crate::evidence::shard_of(client, SHARDS)];
+        let mut shard = shard.lock();
+        let shard = &mut *shard;
+        let names = shard.map.entry(key).or_default();
+        let bump = |c: &mut Counts| {
+            c.count += n;
+            c.last = c.last.max(now);
+        };
+        if let Some(c) = names.get_mut(name) {
+            return bump(c);
+        }
+        let stored = if names.len() >= self.names_cap {
+            self.capped.fetch_add(n, Ordering::Relaxed);
+            if let Some(c) = names.get_mut(rule) {
+                return bump(c);
+            }
+            rule
+        } else {
+            name
+        };
+        if self.rows.load(Ordering::Relaxed) >= self.max_rows {
+            self.dropped.fetch_add(n, Ordering::Relaxed);
+            return;
+        }
+        self.rows.fetch_add(1, Ordering::Relaxed);
+        shard.rows += 1;
+        names.insert(
+            stored.into(),
+            Counts {
+                count: n,
+                first: now,
+                last: now,
+            },
+        );
+    }
+
+    /// The rows counted since the last drain. The names of `today` stay (with zero
+    /// counts), so the per-day name cap holds across flushes; older days are let go.
+    pub fn drain(&self, today: u32) -> Vec<Row> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let shard = &mut *shard;
+            let mut freed = 0;
+            shard.map.retain(|key, names| {
+                for (name, c) in names.iter_mut().filter(|(_, c)| c.count > 0) {
+                    out.push(Row {
+                        day: key.day,
+                        client: key.client,
+                        profile: key.profile.to_string(),
+                        layer: key.layer,
+                        name: name.to_string(),
+                        count: c.count,
+                        first: c.first,
+                        last: c.last,
+                    });
+                    c.count = 0;
+                }
+                let keep = key.day >= today;
+                if !keep {
+                    freed += names.len();
+                }
+                keep
+            });
+            shard.rows -= freed;
+            self.rows.fetch_sub(freed, Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// Puts rows back after a failed write, so the next flush retries them.
+    pub fn restore(&self, rows: Vec<Row>) {
+        for r in rows {
+            let profile: Arc<str> = r.profile.into();
+            self.record(
+                r.client, &profile, r.layer, &r.name, &r.name, r.count, r.last,
+            );
+        }
+    }
+
+    /// Rows held now (for the metrics).
+    pub fn pending(&self) -> usize {
+        self.rows.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_beyond_the_cap_count_as_their_rule_and_drains_are_deltas() {
+        let a = Aggregate::new(2, 100);
+        let p: Arc<str> = "office".into();
+        let c = IpAddr::from([192, 0, 2, 1]);
+        let day = 20_000 * 86_400;
+        for name in ["a.x.com", "b.x.com", "c.x.com", "d.x.com", "a.x.com"] {
+            a.record(c, &p, Layer::DnsBlocked, name, "*.x.com", 1, day + 5);
+        }
+        let mut rows = a.drain(20_000);
+        rows.sort_by(|x, y| x.name.cmp(&y.name));
+        let got: Vec<(&str, u64)> = rows.iter().map(|r| (r.name.as_str(), r.count)).collect();
+        assert_eq!(got, [("*.x.com", 2), ("a.x.com", 2), ("b.x.com", 1)]);
+        assert_eq!(a.capped.load(Ordering::Relaxed), 2);
+        // The next drain has only what came since.
+        a.record(c, &p, Layer::DnsBlocked, "b.x.com", "*.x.com", 3, day + 9);
+        let rows = a.drain(20_000);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].count, rows[0].first, rows[0].last),
+            (3, day + 5, day + 9)
+        );
+        // A new day lets the old one go.
+        assert!(a.drain(20_001).is_empty());
+        assert_eq!(a.pending(), 0);
+    }
+
+    #[test]
+    fn rows_beyond_the_bound_are_dropped_and_counted() {
+        let a = Aggregate::new(100, 2);
+        let p: Arc<str> = "office".into();
+        for i in 0..5u8 {
+            a.record(
+                IpAddr::from([192, 0, 2, i]),
+                &p,
+                Layer::DnsBlocked,
+                "n.x",
+                "n.x",
+                1,
+                0,
+            );
+        }
+        assert_eq!(a.pending(), 2);
+        assert_eq!(a.dropped.load(Ordering::Relaxed), 3);
+    }
+}

@@ -1,0 +1,392 @@
+//! `telesink report`: the ledger over a period, as a table, CSV, JSON or one
+//! self-contained HTML page (inline SVG, no external assets: it opens on an offline
+//! machine). Columns are documented in docs/EVIDENCE.md and kept stable.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::store::{Store, StoreError, Stored};
+
+/// What to report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Query {
+    /// First and last day, YYYY-MM-DD (inclusive).
+    pub since: String,
+    pub until: String,
+    pub client: Option<String>,
+    pub profile: Option<String>,
+    /// Group by "client", "name", "profile" or "day"; None: every row.
+    pub by: Option<String>,
+}
+
+/// The report: the rows (grouped or not), the totals per profile and layer, and what
+/// makes it evidence (the last closed day's digest, the purges).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub since: String,
+    pub until: String,
+    pub by: Option<String>,
+    pub rows: Vec<Line>,
+    /// profile -> layer -> attempts.
+    pub totals: BTreeMap<String, BTreeMap<String, u64>>,
+    pub clients: usize,
+    /// Over every row of the period, whatever `by` is: attempts per day, the clients and
+    /// names with the most attempts (20 each), and the clients seen by an observed
+    /// (log-only) profile, whose Office or Windows policy is evidently not applied.
+    pub per_day: BTreeMap<String, u64>,
+    pub top_clients: Vec<(String, u64)>,
+    pub top_names: Vec<(String, u64)>,
+    pub observed_clients: Vec<(String, u64)>,
+    /// The last closed day in the period and its digest (`telesink report verify`).
+    pub last_digest: Option<(String, String)>,
+    /// Purges recorded: (Unix time, client, rows).
+    pub purges: Vec<(u64, String, u64)>,
+}
+
+/// One line: a ledger row, or a group (then the fields not grouped by are empty).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Line {
+    pub day: String,
+    pub client: String,
+    pub profile: String,
+    pub layer: String,
+    pub name: String,
+    pub count: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("--by {0}: group by client, name, profile or day")]
+    By(String),
+}
+
+pub fn run(store: &Store, q: &Query) -> Result<Report, ReportError> {
+    if let Some(by) = &q.by
+        && !["client", "name", "profile", "day"].contains(&by.as_str())
+    {
+        return Err(ReportError::By(by.clone()));
+    }
+    let rows = store.rows(
+        &q.since,
+        &q.until,
+        q.client.as_deref(),
+        q.profile.as_deref(),
+    )?;
+    let mut totals: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut clients = std::collections::BTreeSet::new();
+    for r in &rows {
+        *totals
+            .entry(r.profile.clone())
+            .or_default()
+            .entry(r.layer.clone())
+            .or_default() += r.count;
+        clients.insert(r.client.clone());
+    }
+    let top = |f: &dyn Fn(&Stored) -> Option<String>| {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &rows {
+            if let Some(k) = f(r) {
+                *m.entry(k).or_default() += r.count;
+            }
+        }
+        let mut v: Vec<(String, u64)> = m.into_iter().collect();
+        v.sort_by_key(|b| std::cmp::Reverse(b.1));
+        v.truncate(20);
+        v
+    };
+    let mut per_day: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &rows {
+        *per_day.entry(r.day.clone()).or_default() += r.count;
+    }
+    let top_clients = top(&|r| Some(r.client.clone()));
+    let top_names = top(&|r| (r.name != "-").then(|| r.name.clone()));
+    let observed_clients = top(&|r| (r.layer == "dns-observed").then(|| r.client.clone()));
+    let lines = match q.by.as_deref() {
+        None => rows.iter().map(line).collect(),
+        Some(by) => group(&rows, by),
+    };
+    Ok(Report {
+        since: q.since.clone(),
+        until: q.until.clone(),
+        by: q.by.clone(),
+        rows: lines,
+        totals,
+        clients: clients.len(),
+        per_day,
+        top_clients,
+        top_names,
+        observed_clients,
+        last_digest: store.last_digest(&q.until)?,
+        purges: store.purges()?,
+    })
+}
+
+fn line(r: &Stored) -> Line {
+    Line {
+        day: r.day.clone(),
+        client: r.client.clone(),
+        profile: r.profile.clone(),
+        layer: r.layer.clone(),
+        name: r.name.clone(),
+        count: r.count,
+        first_seen: r.first,
+        last_seen: r.last,
+    }
+}
+
+/// Sums rows by one field and the layer; largest first.
+fn group(rows: &[Stored], by: &str) -> Vec<Line> {
+    let mut groups: BTreeMap<(String, String), Line> = BTreeMap::new();
+    for r in rows {
+        let key = match by {
+            "client" => r.client.clone(),
+            "name" => r.name.clone(),
+            "profile" => r.profile.clone(),
+            _ => r.day.clone(),
+        };
+        let g = groups
+            .entry((key.clone(), r.layer.clone()))
+            .or_insert_with(|| Line {
+                day: String::new(),
+                client: String::new(),
+                profile: String::new(),
+                layer: r.layer.clone(),
+                name: String::new(),
+                count: 0,
+                first_seen: u64::MAX,
+                last_seen: 0,
+            });
+        match by {
+            "client" => g.client = key,
+            "name" => g.name = key,
+            "profile" => g.profile = key,
+            _ => g.day = key,
+        }
+        g.count += r.count;
+        g.first_seen = g.first_seen.min(r.first);
+        g.last_seen = g.last_seen.max(r.last);
+    }
+    let mut out: Vec<Line> = groups.into_values().collect();
+    if by != "day" {
+        out.sort_by_key(|l| std::cmp::Reverse(l.count));
+    }
+    out
+}
+
+fn time(unix: u64) -> String {
+    let secs = unix % 86_400;
+    format!(
+        "{} {:02}:{:02}:{:02}",
+        crate::clock::utc_date(unix),
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Columns of the table and CSV, in order (docs/EVIDENCE.md).
+pub const COLUMNS: [&str; 8] = [
+    "day",
+    "client",
+    "profile",
+    "layer",
+    "name",
+    "count",
+    "first_seen",
+    "last_seen",
+];
+
+fn fields(l: &Line) -> [String; 8] {
+    [
+        l.day.clone(),
+        l.client.clone(),
+        l.profile.clone(),
+        l.layer.clone(),
+        l.name.clone(),
+        l.count.to_string(),
+        time(l.first_seen),
+        time(l.last_seen),
+    ]
+}
+
+impl Report {
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{} to {}: {} attempts by {} clients\n",
+            self.since,
+            self.until,
+            self.totals.values().flat_map(|l| l.values()).sum::<u64>(),
+            self.clients
+        );
+        let rows: Vec<[String; 8]> = self.rows.iter().map(fields).collect();
+        let widths: Vec<usize> = (0..8)
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([COLUMNS[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut emit = |cells: &[&str]| {
+            let mut line = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                let _ = write!(line, "{:<w$}  ", c, w = widths[i]);
+            }
+            out += line.trim_end();
+            out += "\n";
+        };
+        emit(
+            &COLUMNS
+                .map(str::to_uppercase)
+                .each_ref()
+                .map(String::as_str),
+        );
+        for r in &rows {
+            emit(&r.each_ref().map(String::as_str));
+        }
+        if let Some((day, digest)) = &self.last_digest {
+            out += &format!("last closed day {day}, digest {digest}\n");
+        }
+        for (at, client, n) in &self.purges {
+            out += &format!("purge at {}: client {client}, {n} rows erased\n", time(*at));
+        }
+        out
+    }
+
+    pub fn csv(&self) -> String {
+        let mut out = COLUMNS.join(",") + "\n";
+        for l in &self.rows {
+            let cells: Vec<String> = fields(l).iter().map(|c| csv_cell(c)).collect();
+            out += &cells.join(",");
+            out += "\n";
+        }
+        out
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// One self-contained page for a data-protection officer.
+    pub fn html(&self, title: &str) -> String {
+        let total: u64 = self.totals.values().flat_map(|l| l.values()).sum();
+        let mut page = String::new();
+        let _ = write!(
+            page,
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>
+body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #bbb;padding:.3em .6em;text-align:left}}th{{background:#eee}}
+td.n{{text-align:right}}h2{{margin-top:1.6em}}.small{{color:#555;font-size:.9em}}
+</style></head><body><h1>{t}</h1><p>Period {s} to {u}: <b>{total}</b> attempts by <b>{c}</b> devices.</p>",
+            t = esc(title),
+            s = esc(&self.since),
+            u = esc(&self.until),
+            c = self.clients
+        );
+        page += "<h2>Totals per profile and layer</h2><table><tr><th>profile</th><th>layer</th><th>attempts</th></tr>";
+        for (profile, layers) in &self.totals {
+            for (layer, n) in layers {
+                let _ = write!(
+                    page,
+                    "<tr><td>{}</td><td>{}</td><td class=\"n\">{n}</td></tr>",
+                    esc(profile),
+                    esc(layer)
+                );
+            }
+        }
+        page += "</table>";
+        for (title, what, items) in [
+            ("Top devices", "device", &self.top_clients),
+            ("Top endpoints", "endpoint", &self.top_names),
+            (
+                "Devices that still reach observed endpoints (their policy is not applied)",
+                "device",
+                &self.observed_clients,
+            ),
+        ] {
+            let _ = write!(page, "<h2>{}</h2>", esc(title));
+            if items.is_empty() {
+                page += "<p class=\"small\">none</p>";
+                continue;
+            }
+            let _ = write!(page, "<table><tr><th>{what}</th><th>attempts</th></tr>");
+            for (k, n) in items.iter() {
+                let _ = write!(page, "<tr><td>{}</td><td class=\"n\">{n}</td></tr>", esc(k));
+            }
+            page += "</table>";
+        }
+        page += "<h2>Per day</h2>";
+        page += &self.trend_svg();
+        match &self.last_digest {
+            Some((day, digest)) => {
+                let _ = write!(
+                    page,
+                    "<p class=\"small\">Last closed day in the period: {}, digest <code>{}</code> (check with <code>telesink report verify</code>).</p>",
+                    esc(day),
+                    esc(digest)
+                );
+            }
+            None => page += "<p class=\"small\">No closed day in the period yet.</p>",
+        }
+        for (at, client, n) in &self.purges {
+            let _ = write!(
+                page,
+                "<p class=\"small\">Erasure at {}: client {}, {n} rows.</p>",
+                time(*at),
+                esc(client)
+            );
+        }
+        page += "</body></html>\n";
+        page
+    }
+
+    /// Attempts per day as inline SVG bars.
+    fn trend_svg(&self) -> String {
+        let days = &self.per_day;
+        if days.is_empty() {
+            return "<p class=\"small\">No attempts in the period.</p>".to_owned();
+        }
+        let max = days.values().copied().max().unwrap_or(1).max(1);
+        let (w, h, bar) = (40 * days.len().max(1) + 60, 180, 30);
+        let mut svg = format!(
+            "<svg width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"attempts per day\">",
+            h + 40
+        );
+        for (i, (day, n)) in days.iter().enumerate() {
+            let bh = (*n as f64 / max as f64 * h as f64).round() as usize;
+            let x = 40 + i * 40;
+            let _ = write!(
+                svg,
+                "<rect x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{bh}\" fill=\"#3a6ea5\"><title>{} {n}</title></rect><text x=\"{x}\" y=\"{}\" font-size=\"9\">{}</text><text x=\"{x}\" y=\"{}\" font-size=\"9\">{n}</text>",
+                h - bh + 10,
+                esc(day),
+                h + 25,
+                esc(day.get(5..).unwrap_or(day)),
+                (h - bh + 8).max(10),
+            );
+        }
+        svg + "</svg>"
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
