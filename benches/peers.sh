@@ -165,6 +165,12 @@ done
 for v in rloff rlon; do
   sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
 done
+# The evidence ledger's cost: off, and on (the default) for the same blocked workload.
+for v in evoff evon; do
+  sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
+done
+printf '[evidence]\nenabled = false\n' >> "$work/telesink-evoff.toml"
+printf '[evidence]\nenabled = true\npath = "%s/evidence-evon.sqlite"\n' "$work" >> "$work/telesink-evon.toml"
 printf '[server.rate_limit]\nenabled = false\n' >> "$work/telesink-rloff.toml"
 printf '[server.rate_limit]\nexempt_gateway = false\nqueries_per_sec = 100000000\nburst = 100000000\n' >> "$work/telesink-rlon.toml"
 cmd_for() { # server tag -> command line
@@ -256,9 +262,10 @@ if [[ $BIG != 0 ]]; then
   stop_all
 fi
 
-# Rate limiter on and off, alternating, blocked names (its worst case: nothing else costs).
+# Rate limiter on and off, and the evidence ledger off and on, alternating, blocked names
+# (their worst case: nothing else costs).
 for run in $(seq "$RUNS"); do
-  for v in rloff rlon; do
+  for v in rloff rlon evoff evon; do
     start telesink $v h1.bench.test 192.0.2.2
     measure "telesink-$v" "$PID" 55302 "$work/blocked.q" blocked "$run"
     kill "$PID"; wait "$PID" 2>/dev/null || true
@@ -391,6 +398,14 @@ if off and on:
     print("\n## Rate limiter cost (blocked names, every query through a bucket)\n")
     print("| telesink | QPS median [min-max] | CPU us/query |\n|---|---|---|")
     for v, m in [("limit off", "telesink-rloff"), ("limit on", "telesink-rlon")]:
+        q, c = med(m, "blocked", "qps"), med(m, "blocked", "cpu")
+        print(f"| {v} | {q[0]:.0f} [{q[1]:.0f}-{q[2]:.0f}] | {c[0]:.2f} |")
+    print(f"\nQPS ratio on/off: {on[0] / off[0]:.3f}")
+off, on = med("telesink-evoff", "blocked", "qps"), med("telesink-evon", "blocked", "qps")
+if off and on:
+    print("\n## Evidence ledger cost (blocked names, every query counted into the aggregate)\n")
+    print("| telesink | QPS median [min-max] | CPU us/query |\n|---|---|---|")
+    for v, m in [("ledger off", "telesink-evoff"), ("ledger on", "telesink-evon")]:
         q, c = med(m, "blocked", "qps"), med(m, "blocked", "cpu")
         print(f"| {v} | {q[0]:.0f} [{q[1]:.0f}-{q[2]:.0f}] | {c[0]:.2f} |")
     print(f"\nQPS ratio on/off: {on[0] / off[0]:.3f}")

@@ -55,7 +55,6 @@ CREATE TABLE IF NOT EXISTS evidence (
     day TEXT NOT NULL, client TEXT NOT NULL, profile TEXT NOT NULL, layer TEXT NOT NULL,
     name TEXT NOT NULL, count INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
     PRIMARY KEY (day, client, profile, layer, name)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS evidence_client ON evidence (client, day);
 CREATE TABLE IF NOT EXISTS days (
     day TEXT PRIMARY KEY, digest TEXT NOT NULL, rows INTEGER NOT NULL, closed_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS purges (
