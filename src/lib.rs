@@ -3,7 +3,8 @@
 //!
 //! Layers, each importing only those above it in this list (docs/ARCHITECTURE.md):
 //! clock, host, slots, config, lists, policy -> firewall (plan, netlink, the kernel owner)
-//! -> state, snapshot -> dns -> shadow -> apply -> metrics -> control -> budget -> daemon.
+//! -> state, evidence, snapshot -> dns -> shadow -> apply -> metrics -> audit -> control
+//! -> budget -> daemon; m365 and init beside control (CLI commands).
 
 // Unsafe code is allowed in one module only, src/firewall/netlink.rs, each block justified.
 #![deny(unsafe_code)]
