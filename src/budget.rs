@@ -1,7 +1,8 @@
 //! The descriptor budget, derived at start: every socket and file the daemon holds is a
 //! descriptor, and running out of them took cache misses down (the upstream sockets
 //! could not be opened) while idle TCP clients held the rest. So the soft limit is raised
-//! to the hard one, what the daemon needs beside client connections is reserved, and the
+//! to the hard one, what the daemon needs beside client connections is reserved (upstream
+//! sockets, netlink, the evidence ledger, the control plane), and the
 //! TCP connection cap is sized from what remains; a configured cap that cannot fit stops
 //! the start with the figures and the fix.
 
@@ -20,6 +21,9 @@ const PROCESS_MARGIN: u64 = 64;
 /// Netlink: the firewall owner's socket and its notification socket, with room for one
 /// being replaced.
 const NETLINK: u64 = 4;
+/// The evidence ledger: the SQLite file, its write-ahead log and shared-memory index,
+/// and a reader's handle.
+const LEDGER: u64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {
@@ -114,6 +118,9 @@ pub fn plan(
         ("netlink", NETLINK),
         ("process", PROCESS_MARGIN),
     ];
+    if c.evidence.enabled {
+        reserved.push(("evidence ledger", LEDGER));
+    }
     if c.metrics.listen.is_some() {
         reserved.push(("metrics", 1 + crate::metrics::MAX_CONNECTIONS as u64));
     }
@@ -155,14 +162,14 @@ mod tests {
         let mut c: Config = toml::from_str("").unwrap();
         c.server.udp_threads = 2;
         let b = plan(&c, 2, 1024, None).unwrap();
-        // 1 listener x 3, 2 upstreams x 40, control 17, netlink 4, process 64.
-        assert_eq!(b.reserved(), 3 + 80 + 17 + 4 + 64);
-        assert_eq!(b.tcp_max, 1024 - 168);
+        // 1 listener x 3, 2 upstreams x 40, control 17, netlink 4, process 64, ledger 4.
+        assert_eq!(b.reserved(), 3 + 80 + 17 + 4 + 64 + 4);
+        assert_eq!(b.tcp_max, 1024 - 172);
         assert_eq!(plan(&c, 2, 1 << 20, None).unwrap().tcp_max, DEFAULT_TCP_MAX);
         c.server.tcp_max_connections = Some(900);
         let e = plan(&c, 2, 1024, None).unwrap_err().to_string();
         assert!(e.contains("tcp_max_connections = 900"), "{e}");
-        assert!(e.contains("at most 856"), "{e}");
+        assert!(e.contains("at most 852"), "{e}");
         assert!(e.contains("LimitNOFILE"), "{e}");
     }
 }
