@@ -393,22 +393,18 @@ for s in ["telesink"] + peers:
     rss = med(s, "small", "rss")
     if rss:
         print(f"| {s} | {rss[0]/1024:.1f} MiB |")
-off, on = med("telesink-rloff", "blocked", "qps"), med("telesink-rlon", "blocked", "qps")
-if off and on:
-    print("\n## Rate limiter cost (blocked names, every query through a bucket)\n")
+def on_off(title, what, tag):
+    off, on = med(f"telesink-{tag}off", "blocked", "qps"), med(f"telesink-{tag}on", "blocked", "qps")
+    if not (off and on):
+        return
+    print(f"\n## {title}\n")
     print("| telesink | QPS median [min-max] | CPU us/query |\n|---|---|---|")
-    for v, m in [("limit off", "telesink-rloff"), ("limit on", "telesink-rlon")]:
-        q, c = med(m, "blocked", "qps"), med(m, "blocked", "cpu")
-        print(f"| {v} | {q[0]:.0f} [{q[1]:.0f}-{q[2]:.0f}] | {c[0]:.2f} |")
+    for v in ["off", "on"]:
+        q, c = med(f"telesink-{tag}{v}", "blocked", "qps"), med(f"telesink-{tag}{v}", "blocked", "cpu")
+        print(f"| {what} {v} | {q[0]:.0f} [{q[1]:.0f}-{q[2]:.0f}] | {c[0]:.2f} |")
     print(f"\nQPS ratio on/off: {on[0] / off[0]:.3f}")
-off, on = med("telesink-evoff", "blocked", "qps"), med("telesink-evon", "blocked", "qps")
-if off and on:
-    print("\n## Evidence ledger cost (blocked names, every query counted into the aggregate)\n")
-    print("| telesink | QPS median [min-max] | CPU us/query |\n|---|---|---|")
-    for v, m in [("ledger off", "telesink-evoff"), ("ledger on", "telesink-evon")]:
-        q, c = med(m, "blocked", "qps"), med(m, "blocked", "cpu")
-        print(f"| {v} | {q[0]:.0f} [{q[1]:.0f}-{q[2]:.0f}] | {c[0]:.2f} |")
-    print(f"\nQPS ratio on/off: {on[0] / off[0]:.3f}")
+on_off("Rate limiter cost (blocked names, every query through a bucket)", "limit", "rl")
+on_off("Evidence ledger cost (blocked names, every query counted into the aggregate)", "ledger", "ev")
 print("\n## Live changes under a steady stream (telesink)\n")
 for r in rows:
     if r[0] == "live":

@@ -812,12 +812,7 @@ fn profile_toggles_and_log_only_apply_to_the_firewall() {
     assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "ok");
     ctl("log-only legacy-ip-telemetry off");
     assert_eq!(t.connect(&t.client, None, "203.0.113.5", 8080), "refused");
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }
 
 /// A gateway for one test: namespaces with the wan listener, a folder, and the config
@@ -851,6 +846,16 @@ fn ctl_in(t: &Topology, dir: &TempDir, args: &str) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Stops the daemon (it must exit cleanly) and deletes the table it kept.
+fn stop_and_clean(t: &Topology, daemon: Daemon) {
+    let (ok, log) = daemon.stop();
+    assert!(ok, "{log}");
+    t.sh(
+        &t.gateway,
+        "nft delete table inet telesink 2>/dev/null || true",
+    );
 }
 
 fn table_exists(t: &Topology) -> bool {
@@ -968,12 +973,7 @@ fn a_flushed_ruleset_or_a_deleted_table_is_restored_under_traffic() {
         })
         .unwrap_or_else(|| panic!("no restores counter:\n{metrics}"));
     assert!(restores >= 2.0, "{metrics}");
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }
 
 /// A reload that turns the firewall off removes the table and `status` says off; one that
@@ -1106,12 +1106,7 @@ fn a_reload_changes_only_the_elements_that_differ() {
         "{}",
         daemon.log()
     );
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }
 
 /// The shadow-resolution config used below: a profile over `list`, `shadow` as given.
@@ -1182,12 +1177,7 @@ fn a_reload_that_turns_shadow_on_starts_shadow_resolution() {
         "{}",
         daemon.log()
     );
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }
 
 /// Seeding used to stop at the queue's 4,096 places without a word; every exact name of
@@ -1221,12 +1211,7 @@ fn shadow_seeding_queues_every_name_of_a_big_list() {
     }
     let line = queued.unwrap_or_else(|| panic!("seeding did not finish:\n{}", daemon.log()));
     assert!(line.contains("names=6000 of=6000"), "{line}");
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }
 
 /// A shadow-resolution gateway: namespaces with the wan listener, knotd for shadow.test,
@@ -1358,12 +1343,7 @@ fn shadow_never_blocks_an_address_an_allowed_name_uses() {
     for never in ["198.51.100.1", "198.51.100.2", "203.0.113.106"] {
         assert!(!learned.contains(never), "{never} learned: {learned}");
     }
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }
 
 /// Names in shared-hosting zones (never_learn_zones), and answers whose CNAME chain passes
@@ -1416,12 +1396,7 @@ fn shadow_never_learns_names_in_shared_hosting_zones() {
     let dig = |name: &str| dig_a(&t, name);
     assert_eq!(dig("blob1.hosting.shadow.test"), "0.0.0.0");
     assert_eq!(dig("front.shadow.test"), "0.0.0.0");
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }
 
 /// `firewall counters` with no table used to fail with a bare netlink error per set.
@@ -1519,12 +1494,7 @@ fn init_writes_a_working_gateway_config_from_the_interfaces() {
         t.sh(&t.gateway, "nft list tables")
             .contains("inet telesink")
     );
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }
 
 /// A start with the firewall off never changes the kernel (the table may be another
@@ -1622,12 +1592,7 @@ fn runtime_rules_change_dns_and_the_learned_sets_together() {
     );
     let set = t.sh(&t.gateway, "nft list set inet telesink learned_runtime_4");
     assert!(set.contains("203.0.113.103"), "{set}");
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }
 
 /// The evidence ledger on a gateway: DNS blocks, observed queries, firewall rejects and
@@ -1731,10 +1696,5 @@ fn the_ledger_records_every_layer_per_client_exactly_across_a_restart() {
     want[4] = "192.0.2.3 dns-blocked tele collector.shadow.test 2".into();
     want[5] = "192.0.2.3 firewall-rejected tele - 3".into();
     assert_eq!(report(&dir), want, "{}", daemon.log());
-    let (ok, log) = daemon.stop();
-    assert!(ok, "{log}");
-    t.sh(
-        &t.gateway,
-        "nft delete table inet telesink 2>/dev/null || true",
-    );
+    stop_and_clean(&t, daemon);
 }

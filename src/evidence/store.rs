@@ -362,6 +362,18 @@ fn digest_of(conn: &Connection, day: &str, previous: &str) -> rusqlite::Result<(
     Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), n))
 }
 
+/// The digest of the closed day before `day` ("" for the first day).
+fn previous_digest(conn: &Connection, day: &str) -> rusqlite::Result<String> {
+    Ok(conn
+        .query_row(
+            "SELECT digest FROM days WHERE day < ?1 ORDER BY day DESC LIMIT 1",
+            [day],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
 /// Gives every day before `today` that has rows or purges and no digest its digest.
 fn close_days(conn: &Connection, today: &str) -> rusqlite::Result<()> {
     let open: Vec<String> = {
@@ -373,15 +385,7 @@ fn close_days(conn: &Connection, today: &str) -> rusqlite::Result<()> {
         r.collect::<Result<_, _>>()?
     };
     for day in open {
-        let previous: String = conn
-            .query_row(
-                "SELECT digest FROM days WHERE day < ?1 ORDER BY day DESC LIMIT 1",
-                [&day],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or_default();
-        let (digest, rows) = digest_of(conn, &day, &previous)?;
+        let (digest, rows) = digest_of(conn, &day, &previous_digest(conn, &day)?)?;
         conn.execute(
             "INSERT INTO days (day, digest, rows, closed_at) VALUES (?1, ?2, ?3, ?4)",
             params![day, digest, rows, crate::clock::unix_now() as i64],
@@ -398,15 +402,7 @@ fn rechain(conn: &Connection, from: &str) -> rusqlite::Result<()> {
         r.collect::<Result<_, _>>()?
     };
     for day in days {
-        let previous: String = conn
-            .query_row(
-                "SELECT digest FROM days WHERE day < ?1 ORDER BY day DESC LIMIT 1",
-                [&day],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or_default();
-        let (digest, rows) = digest_of(conn, &day, &previous)?;
+        let (digest, rows) = digest_of(conn, &day, &previous_digest(conn, &day)?)?;
         conn.execute(
             "UPDATE days SET digest = ?2, rows = ?3 WHERE day = ?1",
             params![day, digest, rows],
