@@ -248,6 +248,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     let tcp_server = crate::dns::tcp::Tcp::new(Arc::new(pipeline.clone()), tcp_slots, tcp_idle);
     let mut server = Server::new(pipeline);
     let mut bound = Vec::new();
+    // hickory-server serves UDP only with udp_fast_path = false; otherwise it holds
+    // nothing and is not shut down (it would warn that it had nothing to wait for).
+    let mut hickory_serves = false;
     for &addr in &c.server.listen {
         let ((udp, udp_addr), tcp) = bind_same_port(addr, |at| match &fast {
             Some(f) => {
@@ -268,7 +271,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
                     source,
                 })?
             }
-            UdpListener::Hickory(socket) => server.register_socket(socket),
+            UdpListener::Hickory(socket) => {
+                server.register_socket(socket);
+                hickory_serves = true;
+            }
         }
         // Tests and admins read the real ports from these lines (port 0 picks a free one).
         info!("listening on udp {udp_addr}");
@@ -311,7 +317,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if let Some(n) = &notifier {
         n.send("STOPPING=1");
     }
-    if let Err(e) = server.shutdown_gracefully().await {
+    if hickory_serves && let Err(e) = server.shutdown_gracefully().await {
         warn!("shutdown: {e}");
     }
     // What was counted since the last flush goes to the ledger before the process ends.
