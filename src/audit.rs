@@ -15,7 +15,8 @@ use tracing::warn;
 
 use crate::apply::Applier;
 use crate::evidence::{Layer, Ledger};
-use crate::metrics::Labeler;
+use crate::firewall::netlink::ClientCount;
+use crate::metrics::{AcctSet, Labeler};
 
 /// What the ledger needs from the daemon.
 pub struct Audit {
@@ -41,24 +42,31 @@ impl Audit {
         self.labels.label(&self.applier.current.load(), ip)
     }
 
-    /// Counts the growth of the firewall's counters since the last reading. Blocking.
-    pub fn read_firewall(&self) {
+    /// The accounting sets of the table in force with their counters now. Blocking.
+    fn counters(&self) -> Vec<(AcctSet, Vec<ClientCount>)> {
         let snap = self.applier.current.load_full();
         let Some(plan) = &snap.plan else {
-            return;
+            return Vec::new();
         };
         let sets = crate::metrics::accounting_sets(plan, &snap);
-        let read = self
+        let Ok(read) = self
             .applier
             .kernel
-            .accounting_blocking(sets.iter().map(|s| (s.set.clone(), s.family)).collect());
-        let Ok(read) = read else {
-            return;
+            .accounting_blocking(sets.iter().map(|s| (s.set.clone(), s.family)).collect())
+        else {
+            return Vec::new();
         };
+        sets.into_iter()
+            .zip(read)
+            .filter_map(|(set, counts)| Some((set, counts.ok()?)))
+            .collect()
+    }
+
+    /// Counts the growth of the firewall's counters since the last reading. Blocking.
+    pub fn read_firewall(&self) {
         let now = crate::clock::unix_now();
         let mut seen = self.seen.lock();
-        for (set, counts) in sets.iter().zip(read) {
-            let Ok(counts) = counts else { continue };
+        for (set, counts) in self.counters() {
             let (layer, profile, name): (Layer, Arc<str>, &str) =
                 if set.metric == crate::metric_names::FIREWALL_REJECTS {
                     (Layer::FirewallRejected, set.value.as_str().into(), "-")
@@ -104,22 +112,11 @@ impl Audit {
         }
     }
 
+    /// The counters as they are: what the table counted before this run is not new.
     fn baseline(&self) {
-        let snap = self.applier.current.load_full();
-        let Some(plan) = &snap.plan else {
-            return;
-        };
-        let sets = crate::metrics::accounting_sets(plan, &snap);
-        let Ok(read) = self
-            .applier
-            .kernel
-            .accounting_blocking(sets.iter().map(|s| (s.set.clone(), s.family)).collect())
-        else {
-            return;
-        };
         let mut seen = self.seen.lock();
-        for (set, counts) in sets.iter().zip(read) {
-            for c in counts.into_iter().flatten() {
+        for (set, counts) in self.counters() {
+            for c in counts {
                 seen.insert((set.set.clone(), c.client), c.packets);
             }
         }

@@ -172,20 +172,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         }
         let (health_of, watched) = (applier.clone(), watchdog_seen.clone());
         let ledger_missing = c.evidence.enabled && ledger.is_none();
-        let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || {
-            let mut why = health(&health_of, &watched)
-                .err()
-                .into_iter()
-                .collect::<Vec<_>>();
-            if ledger_missing {
-                why.push("the evidence ledger could not be opened; nothing is recorded".into());
-            }
-            if why.is_empty() {
-                Ok(())
-            } else {
-                Err(why.join("; "))
-            }
-        });
+        let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> =
+            Arc::new(move || health(&health_of, &watched, ledger_missing));
         let slots = listeners.add(crate::slots::Slots::new(
             "metrics",
             crate::metrics::MAX_CONNECTIONS,
@@ -211,7 +199,6 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
             }
         });
     }
-    let evidence_wanted = c.evidence.enabled;
     let control = Arc::new(crate::control::Control::new(
         applier.clone(),
         shared.clone(),
@@ -324,7 +311,6 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if let Some(a) = audit {
         let _ = tokio::task::spawn_blocking(move || a.flush()).await;
     }
-    let _ = evidence_wanted;
     // on_exit of the config in force now (a reload may have changed it).
     applier.stop().await;
     if let Some(path) = socket {
@@ -343,9 +329,12 @@ struct WatchdogSeen {
 }
 
 /// `/health`: 200 only when what the daemon claims is true; otherwise every reason.
-fn health(applier: &Applier, watchdog: &WatchdogSeen) -> Result<(), String> {
+fn health(applier: &Applier, watchdog: &WatchdogSeen, ledger_missing: bool) -> Result<(), String> {
     use std::sync::atomic::Ordering::Relaxed;
     let mut why = Vec::new();
+    if ledger_missing {
+        why.push("the evidence ledger could not be opened; nothing is recorded".to_owned());
+    }
     if applier.upstream.servers().is_empty() {
         why.push("no upstream resolver".to_owned());
     } else if let Some(problem) = applier.upstream.reach.problem() {

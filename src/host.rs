@@ -1,4 +1,4 @@
-//! Facts about the machine telesink runs on.
+//! Facts about the machine telesink runs on and the client addresses it serves.
 
 use std::net::IpAddr;
 
@@ -20,4 +20,14 @@ pub fn own_addresses() -> Vec<IpAddr> {
         }
     }
     out
+}
+
+/// The shard of a client address among `shards`, for the per-client tables (counts, rate
+/// buckets, the evidence aggregate): by its last byte, which varies most between the
+/// clients of one LAN.
+pub fn client_shard(ip: IpAddr, shards: usize) -> usize {
+    match ip {
+        IpAddr::V4(a) => a.octets()[3] as usize % shards,
+        IpAddr::V6(a) => a.octets()[15] as usize % shards,
+    }
 }

@@ -183,13 +183,12 @@ pub fn parse(body: &str, version: &str, source: &str) -> Result<Update, M365Erro
         source_name: source.to_owned(),
         why,
     };
-    if version.len() != 10 || !version.bytes().all(|b| b.is_ascii_digit()) {
-        // The service's versions are YYYYMMDDNN; a file's may be given by hand.
-        if !version.starts_with("unknown") {
-            return Err(bad(format!(
-                "version {version:?} is not of the form YYYYMMDDNN"
-            )));
-        }
+    // The service's versions are YYYYMMDDNN; a file without `--version` says "unknown".
+    let dated = version.len() == 10 && version.bytes().all(|b| b.is_ascii_digit());
+    if !dated && !version.starts_with("unknown") {
+        return Err(bad(format!(
+            "version {version:?} is not of the form YYYYMMDDNN"
+        )));
     }
     let endpoints: Vec<Endpoint> = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
     if endpoints.is_empty() {

@@ -68,13 +68,7 @@ impl Control {
         tokio::task::spawn_blocking(move || {
             // The kernel's counters too, so a report has every attempt up to now.
             audit.read_firewall();
-            let label = |ip| audit.label(ip);
-            let mut out = None;
-            audit.ledger.with_store(&label, |store| {
-                out = Some(f(store));
-                Ok(())
-            })?;
-            out.unwrap_or(Err(EvidenceError::Off))
+            audit.ledger.with_store(&|ip| audit.label(ip), f)
         })
         .await
         .map_err(|e| EvidenceError::Task(e.to_string()))?

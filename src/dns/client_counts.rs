@@ -56,7 +56,7 @@ impl ClientCounts {
     }
 
     fn count(&self, client: IpAddr, p: usize) {
-        let shard = &self.shards[shard_of(client, SHARDS)];
+        let shard = &self.shards[crate::host::client_shard(client, SHARDS)];
         let mut map = shard.lock();
         if let Some(counts) = map.get_mut(&client) {
             counts[p] += 1;
@@ -96,15 +96,6 @@ fn push(
 ) {
     for (p, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
         out.push((client, p, n));
-    }
-}
-
-/// The shard of a client address among `shards`: by its last byte, which varies most
-/// between the clients of one LAN.
-pub fn shard_of(ip: IpAddr, shards: usize) -> usize {
-    match ip {
-        IpAddr::V4(a) => a.octets()[3] as usize % shards,
-        IpAddr::V6(a) => a.octets()[15] as usize % shards,
     }
 }
 

@@ -69,7 +69,7 @@ impl Outcomes {
     /// Remembers a client address (bounded), for "clients seen" in STATUS.
     #[inline]
     pub fn saw(&self, client: IpAddr) {
-        let shard = super::client_counts::shard_of(client, CLIENT_SHARDS);
+        let shard = crate::host::client_shard(client, CLIENT_SHARDS);
         let mut set = self.clients[shard].lock();
         if set.len() < CLIENTS_MAX / CLIENT_SHARDS {
             set.insert(client);

@@ -29,7 +29,6 @@ use super::ratelimit::Admit;
 use super::upstream::{Upstream, Upstreamed};
 use crate::evidence::tail::{Event, Tail};
 use crate::evidence::{Aggregate, Layer, Sighting};
-use crate::lists::Reach;
 use crate::policy::{Decision, Policy, QName, Verdict};
 use crate::snapshot::Snapshot;
 
@@ -224,7 +223,7 @@ impl Pipeline {
                         &profile.key,
                         layer,
                         &sighting.name,
-                        &sighting.rule,
+                        sighting.rule(),
                         1,
                         now,
                     );
@@ -552,19 +551,16 @@ fn sinkholed(base: QueryRecord, snap: &Snapshot, profile: u16, name: &Name) -> Q
 /// (`*.suffix` for a suffix rule), with the rule's list and line.
 fn sighting(q: &QName, by: Option<&Decision>) -> Arc<Sighting> {
     let name: Box<str> = q.as_str().into();
-    let (rule, at) = match by {
-        Some(d) => {
-            let matched = String::from_utf8_lossy(q.suffix_at(d.at));
-            let rule = if d.rule.reach == Reach::Suffix {
-                format!("*.{matched}").into()
-            } else {
-                matched.into()
-            };
-            (rule, Some((d.rule.list, d.rule.line)))
-        }
-        None => (name.clone(), None),
-    };
-    Arc::new(Sighting { name, rule, at })
+    // A rule that is the name itself is not stored twice.
+    let rule = by
+        .map(|d| d.rule_text(q))
+        .filter(|r| **r != *name)
+        .map(String::into_boxed_str);
+    Arc::new(Sighting {
+        name,
+        rule,
+        at: by.map(|d| (d.rule.list, d.rule.line)),
+    })
 }
 
 /// One verdict for the live view (made only while someone watches).
@@ -576,7 +572,7 @@ fn tail_event(policy: &Snapshot, client: std::net::IpAddr, r: &QueryRecord, s: &
         .map(|p| p.name.clone());
     let rule = s.at.map(|(list, line)| {
         let place = policy.rule_place(list, line);
-        format!("{} at {place}", s.rule)
+        format!("{} at {place}", s.rule())
     });
     Event {
         seq: 0,

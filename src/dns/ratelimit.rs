@@ -75,7 +75,7 @@ impl Limiter {
             return Admit::Yes;
         }
         let now = self.epoch.elapsed().as_secs_f64();
-        let mut shard = self.shards[super::client_counts::shard_of(client, SHARDS)].lock();
+        let mut shard = self.shards[crate::host::client_shard(client, SHARDS)].lock();
         if let Some(b) = shard.get_mut(&client) {
             b.tokens = (b.tokens + (now - b.at) * rules.per_sec).min(rules.burst);
             b.at = now;

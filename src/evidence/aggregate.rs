@@ -130,7 +130,7 @@ impl Aggregate {
             profile: profile.clone(),
             layer,
         };
-        let shard = &self.shards[crate::evidence::shard_of(client, SHARDS)];
+        let shard = &self.shards[crate::host::client_shard(client, SHARDS)];
         let mut shard = shard.lock();
         let shard = &mut *shard;
         let names = shard.map.entry(key).or_default();

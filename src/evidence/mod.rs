@@ -29,19 +29,16 @@ use crate::config::EvidenceConfig;
 pub struct Sighting {
     /// The name asked, lower case, no trailing dot.
     pub name: Box<str>,
-    /// The rule that decided (`*.example.com` or the name), recorded instead of the name
-    /// once a client's day holds `names_per_client_day` names.
-    pub rule: Box<str>,
+    /// The rule that decided (`*.example.com`), recorded instead of the name once a
+    /// client's day holds `names_per_client_day` names; None when it is the name itself.
+    pub rule: Option<Box<str>>,
     /// The list and line of that rule (list index, line), for the live view.
     pub at: Option<(u16, u32)>,
 }
 
-/// The shard of a client address among `shards`: by its last byte, which varies most
-/// between the clients of one LAN.
-pub fn shard_of(ip: IpAddr, shards: usize) -> usize {
-    match ip {
-        IpAddr::V4(a) => a.octets()[3] as usize % shards,
-        IpAddr::V6(a) => a.octets()[15] as usize % shards,
+impl Sighting {
+    pub fn rule(&self) -> &str {
+        self.rule.as_deref().unwrap_or(&self.name)
     }
 }
 
@@ -111,11 +108,11 @@ impl Ledger {
 
     /// Runs `f` on the file (reports, verify, purge), after a flush so nothing counted is
     /// missing from it.
-    pub fn with_store<T>(
+    pub fn with_store<T, E: From<StoreError>>(
         &self,
         label: &dyn Fn(IpAddr) -> String,
-        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+        f: impl FnOnce(&mut Store) -> Result<T, E>,
+    ) -> Result<T, E> {
         self.flush(label)?;
         let mut store = self.store.lock();
         let out = f(&mut store);

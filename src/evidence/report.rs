@@ -28,7 +28,7 @@ pub struct Report {
     pub since: String,
     pub until: String,
     pub by: Option<String>,
-    pub rows: Vec<Line>,
+    pub rows: Vec<Stored>,
     /// profile -> layer -> attempts.
     pub totals: BTreeMap<String, BTreeMap<String, u64>>,
     pub clients: usize,
@@ -43,19 +43,6 @@ pub struct Report {
     pub last_digest: Option<(String, String)>,
     /// Purges recorded: (Unix time, client, rows).
     pub purges: Vec<(u64, String, u64)>,
-}
-
-/// One line: a ledger row, or a group (then the fields not grouped by are empty).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Line {
-    pub day: String,
-    pub client: String,
-    pub profile: String,
-    pub layer: String,
-    pub name: String,
-    pub count: u64,
-    pub first_seen: u64,
-    pub last_seen: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +95,7 @@ pub fn run(store: &Store, q: &Query) -> Result<Report, ReportError> {
     let top_names = top(&|r| (r.name != "-").then(|| r.name.clone()));
     let observed_clients = top(&|r| (r.layer == "dns-observed").then(|| r.client.clone()));
     let lines = match q.by.as_deref() {
-        None => rows.iter().map(line).collect(),
+        None => rows,
         Some(by) => group(&rows, by),
     };
     Ok(Report {
@@ -127,22 +114,9 @@ pub fn run(store: &Store, q: &Query) -> Result<Report, ReportError> {
     })
 }
 
-fn line(r: &Stored) -> Line {
-    Line {
-        day: r.day.clone(),
-        client: r.client.clone(),
-        profile: r.profile.clone(),
-        layer: r.layer.clone(),
-        name: r.name.clone(),
-        count: r.count,
-        first_seen: r.first,
-        last_seen: r.last,
-    }
-}
-
 /// Sums rows by one field and the layer; largest first.
-fn group(rows: &[Stored], by: &str) -> Vec<Line> {
-    let mut groups: BTreeMap<(String, String), Line> = BTreeMap::new();
+fn group(rows: &[Stored], by: &str) -> Vec<Stored> {
+    let mut groups: BTreeMap<(String, String), Stored> = BTreeMap::new();
     for r in rows {
         let key = match by {
             "client" => r.client.clone(),
@@ -152,7 +126,7 @@ fn group(rows: &[Stored], by: &str) -> Vec<Line> {
         };
         let g = groups
             .entry((key.clone(), r.layer.clone()))
-            .or_insert_with(|| Line {
+            .or_insert_with(|| Stored {
                 day: String::new(),
                 client: String::new(),
                 profile: String::new(),
@@ -169,10 +143,10 @@ fn group(rows: &[Stored], by: &str) -> Vec<Line> {
             _ => g.day = key,
         }
         g.count += r.count;
-        g.first_seen = g.first_seen.min(r.first);
-        g.last_seen = g.last_seen.max(r.last);
+        g.first_seen = g.first_seen.min(r.first_seen);
+        g.last_seen = g.last_seen.max(r.last_seen);
     }
-    let mut out: Vec<Line> = groups.into_values().collect();
+    let mut out: Vec<Stored> = groups.into_values().collect();
     if by != "day" {
         out.sort_by_key(|l| std::cmp::Reverse(l.count));
     }
@@ -202,7 +176,7 @@ pub const COLUMNS: [&str; 8] = [
     "last_seen",
 ];
 
-fn fields(l: &Line) -> [String; 8] {
+fn fields(l: &Stored) -> [String; 8] {
     [
         l.day.clone(),
         l.client.clone(),

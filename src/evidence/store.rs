@@ -30,7 +30,8 @@ pub enum StoreError {
     },
 }
 
-/// A row as written: the client is its label.
+/// A row as written (the client is its label), and as reports show it: a report's line
+/// is a row, or a group of rows with the fields not grouped by left empty.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stored {
     pub day: String,
@@ -39,8 +40,9 @@ pub struct Stored {
     pub layer: String,
     pub name: String,
     pub count: u64,
-    pub first: u64,
-    pub last: u64,
+    /// Unix seconds.
+    pub first_seen: u64,
+    pub last_seen: u64,
 }
 
 pub struct Store {
@@ -57,6 +59,8 @@ CREATE TABLE IF NOT EXISTS evidence (
     PRIMARY KEY (day, client, profile, layer, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS days (
     day TEXT PRIMARY KEY, digest TEXT NOT NULL, rows INTEGER NOT NULL, closed_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS anchor (
+    id INTEGER PRIMARY KEY CHECK (id = 1), day TEXT NOT NULL, digest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS purges (
     at INTEGER NOT NULL, day TEXT NOT NULL, client TEXT NOT NULL, rows INTEGER NOT NULL);
 ";
@@ -178,6 +182,15 @@ impl Store {
         let cutoff = day_text(today.saturating_sub(retention_days));
         tx.execute("DELETE FROM evidence WHERE day < ?1", [&cutoff])
             .map_err(sql)?;
+        // The chain goes on from the last day that leaves: its digest stays as the anchor
+        // the first kept day was chained on.
+        tx.execute(
+            "INSERT INTO anchor (id, day, digest)
+               SELECT 1, day, digest FROM days WHERE day < ?1 ORDER BY day DESC LIMIT 1
+             ON CONFLICT (id) DO UPDATE SET day = excluded.day, digest = excluded.digest",
+            [&cutoff],
+        )
+        .map_err(sql)?;
         tx.execute("DELETE FROM days WHERE day < ?1", [&cutoff])
             .map_err(sql)?;
         close_days(&tx, &day_text(today)).map_err(sql)?;
@@ -243,7 +256,7 @@ impl Store {
                 .map_err(self.sql())?;
             r.collect::<Result<_, _>>().map_err(self.sql())?
         };
-        let mut previous = String::new();
+        let mut previous = anchor(&self.conn).map_err(self.sql())?;
         for (day, recorded) in &days {
             let (digest, _) = digest_of(&self.conn, day, &previous).map_err(self.sql())?;
             if &digest != recorded {
@@ -319,8 +332,8 @@ fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
         layer: r.get(3)?,
         name: r.get(4)?,
         count: r.get::<_, i64>(5)? as u64,
-        first: r.get::<_, i64>(6)? as u64,
-        last: r.get::<_, i64>(7)? as u64,
+        first_seen: r.get::<_, i64>(6)? as u64,
+        last_seen: r.get::<_, i64>(7)? as u64,
     })
 }
 
@@ -340,7 +353,7 @@ fn digest_of(conn: &Connection, day: &str, previous: &str) -> rusqlite::Result<(
         h.update(
             format!(
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-                r.day, r.client, r.profile, r.layer, r.name, r.count, r.first, r.last
+                r.day, r.client, r.profile, r.layer, r.name, r.count, r.first_seen, r.last_seen
             )
             .as_bytes(),
         );
@@ -362,14 +375,25 @@ fn digest_of(conn: &Connection, day: &str, previous: &str) -> rusqlite::Result<(
     Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), n))
 }
 
-/// The digest of the closed day before `day` ("" for the first day).
+/// The digest of the closed day before `day`: the anchor for the first day kept.
 fn previous_digest(conn: &Connection, day: &str) -> rusqlite::Result<String> {
-    Ok(conn
+    let previous = conn
         .query_row(
             "SELECT digest FROM days WHERE day < ?1 ORDER BY day DESC LIMIT 1",
             [day],
             |r| r.get(0),
         )
+        .optional()?;
+    match previous {
+        Some(d) => Ok(d),
+        None => anchor(conn),
+    }
+}
+
+/// The digest of the last day the retention removed ("" while none was removed).
+fn anchor(conn: &Connection) -> rusqlite::Result<String> {
+    Ok(conn
+        .query_row("SELECT digest FROM anchor WHERE id = 1", [], |r| r.get(0))
         .optional()?
         .unwrap_or_default())
 }
@@ -480,6 +504,14 @@ mod tests {
         );
         assert_eq!(s.verify().unwrap(), Ok(2));
         assert_eq!(s.purges().unwrap().len(), 1);
+        // Days past the retention go, and the chain of the days kept still verifies.
+        // (20_300 closes chained on 20_001; then 20_000 and 20_001 pass the retention.)
+        s.flush(&[row(20_300, 3, "c.x", 1)], &label, 20_301, 400)
+            .unwrap();
+        s.flush(&[], &label, 20_402, 400).unwrap();
+        let kept = s.rows("1970-01-01", "9999-12-31", None, None).unwrap();
+        assert!(kept.iter().all(|r| r.day == day_text(20_300)), "{kept:?}");
+        assert_eq!(s.verify().unwrap(), Ok(1));
         // A file that is no database is set aside and a new ledger started.
         drop(s);
         std::fs::write(

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{Decision, Policy, QName, Verdict};
-use crate::lists::Reach;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Explanation {
@@ -105,29 +104,22 @@ pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Result<Explanatio
         .groups
         .get(g as usize)
         .map_or("default".into(), |gr| gr.name.clone());
-    let rule_at = |d: &Decision| {
-        let matched = String::from_utf8_lossy(q.suffix_at(d.at)).into_owned();
-        RuleAt {
-            rule: if d.rule.reach == Reach::Suffix {
-                format!("*.{matched}")
-            } else {
-                matched
-            },
-            file: match d.rule.list {
-                super::runtime::RUNTIME_ALLOW | super::runtime::RUNTIME_BLOCK => {
-                    runtime_origin(policy, d.rule.line)
-                }
-                list => policy
-                    .lists
-                    .get(list as usize)
-                    .map_or_else(String::new, |l| l.path.display().to_string()),
-            },
-            line: match d.rule.list {
-                super::runtime::RUNTIME_ALLOW | super::runtime::RUNTIME_BLOCK => 0,
-                _ => d.rule.line,
-            },
-            allow: d.rule.allow,
-        }
+    let rule_at = |d: &Decision| RuleAt {
+        rule: d.rule_text(&q),
+        file: match d.rule.list {
+            super::runtime::RUNTIME_ALLOW | super::runtime::RUNTIME_BLOCK => {
+                runtime_origin(policy, d.rule.line)
+            }
+            list => policy
+                .lists
+                .get(list as usize)
+                .map_or_else(String::new, |l| l.path.display().to_string()),
+        },
+        line: match d.rule.list {
+            super::runtime::RUNTIME_ALLOW | super::runtime::RUNTIME_BLOCK => 0,
+            _ => d.rule.line,
+        },
+        allow: d.rule.allow,
     };
     let base = |verdict: &str| Explanation {
         name: q.as_str().to_owned(),

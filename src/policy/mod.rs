@@ -150,6 +150,18 @@ pub struct Decision {
     pub at: u8,
 }
 
+impl Decision {
+    /// The rule as written in a list (`name` or `*.name`), for the name it decided.
+    pub fn rule_text(&self, q: &QName) -> String {
+        let matched = String::from_utf8_lossy(q.suffix_at(self.at));
+        if self.rule.reach == Reach::Suffix {
+            format!("*.{matched}")
+        } else {
+            matched.into_owned()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Not blocked. `allow` is the allow rule that won over a block, if one did.
