@@ -25,6 +25,47 @@ fn name(i: u32) -> String {
     format!("telemetry-{i}.events.data.example.com")
 }
 
+fn profile_of(n: u32) -> &'static str {
+    if n.is_multiple_of(2) {
+        "office-telemetry"
+    } else {
+        "windows-telemetry"
+    }
+}
+
+/// xorshift64*: the same pseudo-random year on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Writes a year as the daemon would: each day's rows in one flush, sealed by the next.
+fn write_year(
+    path: &std::path::Path,
+    days: u32,
+    row: &dyn Fn(u32, u32, u32, u64) -> telesink::evidence::Row,
+) {
+    let label = |ip: IpAddr| ip.to_string();
+    let mut store = Store::open(path).unwrap();
+    for d in 0..days {
+        let t = u64::from(FIRST_DAY + d) * 86_400;
+        let mut rows: Vec<telesink::evidence::Row> = (0..CLIENTS)
+            .flat_map(|c| (0..NAMES).map(move |n| (c, n)))
+            .map(|(c, n)| row(d, c, n, t))
+            .collect();
+        // Two picks of one name by a client are one row, as the aggregate would give.
+        rows.sort_by(|a, b| (a.client, &a.name).cmp(&(b.client, &b.name)));
+        rows.dedup_by(|a, b| a.client == b.client && a.name == b.name);
+        store.flush(&rows, &label, FIRST_DAY + d + 1, 400).unwrap();
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let days = if full { 365 } else { 7 };
@@ -66,71 +107,125 @@ fn main() {
     drop(store);
 
     // 2. A synthetic year, day by day as the daemon writes it (each day's rows in one
-    //    flush; the next day's flush closes it).
-    let path = dir.join("year.sqlite");
-    let mut store = Store::open(&path).unwrap();
-    let started = Instant::now();
-    for d in 0..days {
-        let day = FIRST_DAY + d;
-        let t = u64::from(day) * 86_400;
-        let rows: Vec<telesink::evidence::Row> = (0..CLIENTS)
-            .flat_map(|c| {
-                (0..NAMES).map(move |n| telesink::evidence::Row {
-                    day,
-                    client: client(c),
-                    profile: if n % 2 == 0 {
-                        "office-telemetry"
-                    } else {
-                        "windows-telemetry"
-                    }
-                    .into(),
-                    layer: Layer::DnsBlocked,
-                    name: name(n),
-                    count: u64::from(1 + (c + n + d) % 40),
-                    first: t + u64::from((c * 7 + n) % 3600),
-                    last: t + 80_000 + u64::from(n),
-                })
+    //    flush; the next day's flush seals it). The regular year repeats one pattern
+    //    (each client the same 50 names, counts and times from a formula): that is the
+    //    year the issue names. The irregular one gives each client 50 of 2,000 names,
+    //    and counts and times at random: what compression cannot guess, closer to a
+    //    real site.
+    let regular = |d: u32, c: u32, n: u32, t: u64| telesink::evidence::Row {
+        day: FIRST_DAY + d,
+        client: client(c),
+        profile: profile_of(n).into(),
+        layer: Layer::DnsBlocked,
+        name: name(n),
+        count: u64::from(1 + (c + n + d) % 40),
+        first: t + u64::from((c * 7 + n) % 3600),
+        last: t + 80_000 + u64::from(n),
+    };
+    let irregular = |d: u32, c: u32, n: u32, t: u64| {
+        let mut rng = Rng(u64::from(d) << 40 ^ u64::from(c) << 20 ^ u64::from(n) ^ 0x9e37_79b9);
+        let named = (Rng(u64::from(c) << 20 ^ u64::from(n) ^ 0x51ed).next() % 2000) as u32;
+        let first = t + rng.next() % 86_000;
+        telesink::evidence::Row {
+            day: FIRST_DAY + d,
+            client: client(c),
+            profile: profile_of(named).into(),
+            layer: Layer::DnsBlocked,
+            name: name(named),
+            // Mostly a few, now and then hundreds.
+            count: 1 + (rng.next() % 40) * (1 + rng.next() % 100) / 10,
+            first,
+            last: first + rng.next() % (86_400 - (first - t)),
+        }
+    };
+    for (kind, make) in [
+        (
+            "regular",
+            &regular as &dyn Fn(u32, u32, u32, u64) -> telesink::evidence::Row,
+        ),
+        ("irregular", &irregular),
+    ] {
+        let path = dir.join(format!("{kind}.sqlite"));
+        let started = Instant::now();
+        write_year(&path, days, make);
+        let written = started.elapsed().as_secs_f64();
+        let bytes: u64 = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{kind}.sqlite"))
             })
-            .collect();
-        store.flush(&rows, &label, day + 1, 400).unwrap();
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum();
+        println!(
+            "{kind} year, {days} days x {CLIENTS} clients x {NAMES} names ({} rows): written in {written:.1} s, file {:.1} MiB ({:.1} bytes per row)",
+            u64::from(days) * u64::from(CLIENTS * NAMES),
+            bytes as f64 / 1048576.0,
+            bytes as f64 / (f64::from(days) * f64::from(CLIENTS * NAMES))
+        );
     }
-    let written = started.elapsed().as_secs_f64();
-    drop(store);
-    let bytes: u64 = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("year.sqlite"))
-        .map(|e| e.metadata().map_or(0, |m| m.len()))
-        .sum();
-    println!(
-        "{days} days x {CLIENTS} clients x {NAMES} names ({} rows): written in {written:.1} s, file {:.1} MiB ({:.1} bytes per row)",
-        u64::from(days) * u64::from(CLIENTS * NAMES),
-        bytes as f64 / 1048576.0,
-        bytes as f64 / (f64::from(days) * f64::from(CLIENTS * NAMES))
-    );
-    let store = Store::open(&path).unwrap();
-    for by in [Some("client"), Some("name"), None] {
+    for kind in ["regular", "irregular"] {
+        let path = dir.join(format!("{kind}.sqlite"));
+        let mut store = Store::open(&path).unwrap();
+        // The reports an auditor asks for: the page (summary only), each grouping, and
+        // every row of the year (18 million lines built in memory).
+        for (by, summary) in [
+            (None, true),
+            (Some("client"), false),
+            (Some("name"), false),
+            (Some("profile"), false),
+            (Some("day"), false),
+            (None, false),
+        ] {
+            let q = Query {
+                since: "2026-01-01".into(),
+                until: "2026-12-31".into(),
+                by: by.map(str::to_owned),
+                summary,
+                ..Query::default()
+            };
+            let started = Instant::now();
+            let r = run(&store, &q).unwrap();
+            println!(
+                "{kind}: report over the period, {}: {} lines, {} attempts, in {:.2} s",
+                match (by, summary) {
+                    (_, true) => "summary (the HTML page)".to_owned(),
+                    (Some(by), _) => format!("by {by}"),
+                    (None, _) => "every row".to_owned(),
+                },
+                r.rows.len(),
+                r.totals.values().flat_map(|l| l.values()).sum::<u64>(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         let q = Query {
             since: "2026-01-01".into(),
             until: "2026-12-31".into(),
-            by: by.map(str::to_owned),
+            client: Some(label(client(7))),
             ..Query::default()
         };
         let started = Instant::now();
         let r = run(&store, &q).unwrap();
         println!(
-            "report over the period, by {}: {} lines in {:.2} s",
-            by.unwrap_or("row"),
+            "{kind}: report over the period for one client: {} lines in {:.2} s",
             r.rows.len(),
             started.elapsed().as_secs_f64()
         );
+        let started = Instant::now();
+        let verified = store.verify().unwrap();
+        println!(
+            "{kind}: verify of the chain ({:?} days): {:.2} s",
+            verified,
+            started.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        let erased = store.purge(&label(client(7))).unwrap();
+        println!(
+            "{kind}: purge of one client ({erased} rows over the year), re-chained: {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
     }
-    let started = Instant::now();
-    let verified = store.verify().unwrap();
-    println!(
-        "verify of the chain ({:?} days): {:.2} s",
-        verified,
-        started.elapsed().as_secs_f64()
-    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,6 +21,30 @@ pub fn utc_date(unix: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// Days since 1970-01-01 of a YYYY-MM-DD date (days-from-civil); None for anything else.
+pub fn day_number(date: &str) -> Option<u32> {
+    let b = date.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year: i64 = date.get(0..4)?.parse().ok()?;
+    let month: i64 = date.get(5..7)?.parse().ok()?;
+    let day: i64 = date.get(8..10)?.parse().ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let n = u32::try_from(days).ok()?;
+    // 2026-02-31 is not a day: it must come back as itself.
+    (utc_date(u64::from(n) * 86_400) == date).then_some(n)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -28,5 +52,14 @@ mod tests {
         assert_eq!(super::utc_date(0), "1970-01-01");
         assert_eq!(super::utc_date(951_782_400), "2000-02-29");
         assert_eq!(super::utc_date(1_796_083_200), "2026-12-01");
+        for n in [0, 11_016, 20_788, 20_454, 40_000] {
+            assert_eq!(
+                super::day_number(&super::utc_date(n * 86_400)),
+                Some(n as u32)
+            );
+        }
+        assert_eq!(super::day_number("2026-02-31"), None);
+        assert_eq!(super::day_number("1969-12-31"), None);
+        assert_eq!(super::day_number("2026-1-01"), None);
     }
 }

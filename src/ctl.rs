@@ -356,6 +356,7 @@ pub fn report_query(
         client,
         profile,
         by,
+        summary: false,
     })
 }
 
@@ -416,6 +417,9 @@ pub fn report(
             return ExitCode::FAILURE;
         }
     };
+    if report.lines_left_out > 0 {
+        eprintln!("telesink: {}", report.left_out_note());
+    }
     let text = match format {
         "csv" => report.csv(),
         "json" => report.json() + "\n",

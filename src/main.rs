@@ -408,7 +408,12 @@ fn main() -> ExitCode {
             Some(ReportAction::Purge { client }) => ctl::report_purge(&socket, &client),
             None => {
                 let query = match ctl::report_query(&since, until.as_deref(), client, profile, by) {
-                    Ok(q) => q,
+                    // The page shows the summary only: its lines would cross the
+                    // control socket for nothing.
+                    Ok(q) => telesink::evidence::report::Query {
+                        summary: matches!(format, ReportFormat::Html),
+                        ..q
+                    },
                     Err(e) => {
                         eprintln!("telesink: {e}");
                         return ExitCode::FAILURE;

@@ -36,4 +36,5 @@ pub const EVIDENCE_PENDING: &str = "telesink_evidence_pending_rows";
 pub const EVIDENCE_FLUSHES: &str = "telesink_evidence_flushes_total";
 pub const EVIDENCE_CAPPED: &str = "telesink_evidence_names_capped_total";
 pub const EVIDENCE_DROPPED: &str = "telesink_evidence_dropped_total";
+pub const EVIDENCE_REPORT_LEFT_OUT: &str = "telesink_evidence_report_lines_left_out_total";
 pub const TAIL_DROPPED: &str = "telesink_tail_dropped_total";

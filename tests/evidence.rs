@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hickory_proto::rr::RecordType;
+use telesink::evidence::block::{self, DayRows};
 
 fn config(knot: &Knot, flush_secs: u64) -> String {
     format!(
@@ -228,10 +229,36 @@ fn verify_finds_a_changed_count_and_purge_erases_a_client_verifiably() {
     let (ok, text) = verify(&ts);
     assert!(ok, "{text}");
     assert!(text.contains("1 closed days verified"), "{text}");
-    // Tampering with one count breaks the chain at that day.
+    // Tampering with one count breaks the chain at that day. The closed day is sealed
+    // into a block: taken out with sqlite3, one count changed (re-encoded well formed,
+    // as a forger with telesink's own code would) and put back with sqlite3.
     let dir = ts.stop();
     let day = sql("SELECT day FROM days");
-    sql("UPDATE evidence SET count = 20 WHERE client = '127.0.0.2' AND name = 'a.blocked.test'");
+    let file = dir.path().join("day.block");
+    let put_back = |bytes: &[u8]| {
+        std::fs::write(&file, bytes).unwrap();
+        sql(&format!(
+            "UPDATE sealed SET block = readfile('{}') WHERE day = '{day}'",
+            file.display()
+        ));
+    };
+    sql(&format!(
+        "SELECT writefile('{}', block) FROM sealed WHERE day = '{day}'",
+        file.display()
+    ));
+    let honest = std::fs::read(&file).unwrap();
+    let mut forged = DayRows::decode(&block::decompress(&honest).unwrap()).unwrap();
+    let row = forged
+        .rows
+        .iter()
+        .position(|p| {
+            forged.clients[p.client as usize] == "127.0.0.2"
+                && forged.names[p.name as usize] == "a.blocked.test"
+        })
+        .expect("the row is in the sealed day");
+    assert_eq!(forged.rows[row].count, 2);
+    forged.rows[row].count = 20;
+    put_back(&block::compress(&forged.encode()).unwrap());
     let ts = Telesink::start_with(dir, &cfg, &[]);
     let (ok, text) = verify(&ts);
     assert!(!ok);
@@ -239,8 +266,27 @@ fn verify_finds_a_changed_count_and_purge_erases_a_client_verifiably() {
         text.contains(&format!("the digest chain breaks at {day}")),
         "{text}"
     );
+    // The report reads what the file says (20): verify is what tells it was changed.
+    let forged_rows = rows(ts.dir.path(), &["--since", "7d"]);
+    assert!(
+        forged_rows.iter().any(|r| r.0 == "127.0.0.2" && r.3 == 20),
+        "{forged_rows:?}"
+    );
+    // A purge would recompute the digests and hide the break: refused.
+    let out = Command::new(bin())
+        .args(["report", "--socket"])
+        .arg(ts.dir.path().join("control.sock"))
+        .args(["purge", "--client", "127.0.0.3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains(&format!("the digest chain breaks at {day}")),
+        "{}",
+        output_text(&out)
+    );
     let dir = ts.stop();
-    sql("UPDATE evidence SET count = 2 WHERE client = '127.0.0.2' AND name = 'a.blocked.test'");
+    put_back(&honest);
     let ts = Telesink::start_with(dir, &cfg, &[]);
     // Erasure: the client is gone, the purge is recorded, and the chain holds.
     let out = Command::new(bin())

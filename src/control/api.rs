@@ -286,10 +286,19 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            evidence_reply(
-                c.evidence(move |store| Ok(crate::evidence::report::run(store, &q)?))
-                    .await,
-            )
+            let report = c
+                .evidence(move |store| Ok(crate::evidence::report::run(store, &q)?))
+                .await;
+            if let (Ok(r), Some(audit)) = (&report, &c.audit)
+                && r.lines_left_out > 0
+            {
+                audit
+                    .ledger
+                    .report_lines_left_out
+                    .fetch_add(r.lines_left_out, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("evidence report: {}", r.left_out_note());
+            }
+            evidence_reply(report)
         }
         (&Method::POST, ["v1", "report", "verify"]) => evidence_reply(
             c.evidence(|store| {

@@ -7,6 +7,7 @@
 //! bounded in-memory aggregate and never waits on the disk; `flush` writes it to SQLite.
 
 pub mod aggregate;
+pub mod block;
 pub mod report;
 pub mod store;
 pub mod tail;
@@ -62,6 +63,8 @@ pub struct Ledger {
     pub flush_failures: AtomicU64,
     pub last_flush_rows: AtomicU64,
     pub size_bytes: AtomicU64,
+    /// Report lines past `report::MAX_LINES`, not sent.
+    pub report_lines_left_out: AtomicU64,
 }
 
 impl Ledger {
@@ -79,6 +82,7 @@ impl Ledger {
             flush_failures: AtomicU64::new(0),
             last_flush_rows: AtomicU64::new(0),
             size_bytes: AtomicU64::new(size),
+            report_lines_left_out: AtomicU64::new(0),
         }))
     }
 

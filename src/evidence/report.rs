@@ -2,12 +2,13 @@
 //! self-contained HTML page (inline SVG, no external assets: it opens on an offline
 //! machine). Columns are documented in docs/EVIDENCE.md and kept stable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{Store, StoreError, Stored};
+use super::block::DayRows;
+use super::store::{Store, StoreError, Stored, day_text};
 
 /// What to report.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -19,6 +20,9 @@ pub struct Query {
     pub profile: Option<String>,
     /// Group by "client", "name", "profile" or "day"; None: every row.
     pub by: Option<String>,
+    /// The totals, top lists and trend only, no lines (the HTML page).
+    #[serde(default)]
+    pub summary: bool,
 }
 
 /// The report: the rows (grouped or not), the totals per profile and layer, and what
@@ -43,7 +47,18 @@ pub struct Report {
     pub last_digest: Option<(String, String)>,
     /// Purges recorded: (Unix time, client, rows).
     pub purges: Vec<(u64, String, u64)>,
+    /// Lines past `MAX_LINES` that this report does not hold (the sums above still
+    /// count them): narrow the period or the client, or sum with `--by`.
+    #[serde(default)]
+    pub lines_left_out: u64,
 }
+
+/// The lines one report holds at most. A year of every row of a large site is tens of
+/// millions of lines, gigabytes in the daemon's memory and on the control socket; the
+/// summary and `--by` cost the same whatever the period. A report past it says so
+/// (JSON `lines_left_out`, the table's last line, the CLI's standard error), the daemon
+/// logs it and counts it in `telesink_evidence_report_lines_left_out_total`.
+pub const MAX_LINES: usize = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -54,103 +69,331 @@ pub enum ReportError {
 }
 
 pub fn run(store: &Store, q: &Query) -> Result<Report, ReportError> {
-    if let Some(by) = &q.by
-        && !["client", "name", "profile", "day"].contains(&by.as_str())
-    {
-        return Err(ReportError::By(by.clone()));
-    }
-    let rows = store.rows(
-        &q.since,
-        &q.until,
-        q.client.as_deref(),
-        q.profile.as_deref(),
-    )?;
-    let mut totals: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut clients = std::collections::BTreeSet::new();
-    for r in &rows {
-        *totals
-            .entry(r.profile.clone())
-            .or_default()
-            .entry(r.layer.clone())
-            .or_default() += r.count;
-        clients.insert(r.client.clone());
-    }
-    let top = |f: &dyn Fn(&Stored) -> Option<String>| {
-        let mut m: BTreeMap<String, u64> = BTreeMap::new();
-        for r in &rows {
-            if let Some(k) = f(r) {
-                *m.entry(k).or_default() += r.count;
-            }
-        }
-        let mut v: Vec<(String, u64)> = m.into_iter().collect();
-        v.sort_by_key(|b| std::cmp::Reverse(b.1));
-        v.truncate(20);
-        v
-    };
-    let mut per_day: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &rows {
-        *per_day.entry(r.day.clone()).or_default() += r.count;
-    }
-    let top_clients = top(&|r| Some(r.client.clone()));
-    let top_names = top(&|r| (r.name != "-").then(|| r.name.clone()));
-    let observed_clients = top(&|r| (r.layer == "dns-observed").then(|| r.client.clone()));
-    let lines = match q.by.as_deref() {
-        None => rows,
-        Some(by) => group(&rows, by),
-    };
-    Ok(Report {
-        since: q.since.clone(),
-        until: q.until.clone(),
-        by: q.by.clone(),
-        rows: lines,
-        totals,
-        clients: clients.len(),
-        per_day,
-        top_clients,
-        top_names,
-        observed_clients,
-        last_digest: store.last_digest(&q.until)?,
-        purges: store.purges()?,
-    })
+    run_capped(store, q, MAX_LINES)
 }
 
-/// Sums rows by one field and the layer; largest first.
-fn group(rows: &[Stored], by: &str) -> Vec<Stored> {
-    let mut groups: BTreeMap<(String, String), Stored> = BTreeMap::new();
-    for r in rows {
-        let key = match by {
-            "client" => r.client.clone(),
-            "name" => r.name.clone(),
-            "profile" => r.profile.clone(),
-            _ => r.day.clone(),
-        };
-        let g = groups
-            .entry((key.clone(), r.layer.clone()))
-            .or_insert_with(|| Stored {
-                day: String::new(),
-                client: String::new(),
-                profile: String::new(),
-                layer: r.layer.clone(),
-                name: String::new(),
-                count: 0,
-                first_seen: u64::MAX,
-                last_seen: 0,
-            });
-        match by {
-            "client" => g.client = key,
-            "name" => g.name = key,
-            "profile" => g.profile = key,
-            _ => g.day = key,
+fn run_capped(store: &Store, q: &Query, max_lines: usize) -> Result<Report, ReportError> {
+    let by = match q.by.as_deref() {
+        None => None,
+        Some("client") => Some(By::Client),
+        Some("name") => Some(By::Name),
+        Some("profile") => Some(By::Profile),
+        Some("day") => Some(By::Day),
+        Some(other) => return Err(ReportError::By(other.to_owned())),
+    };
+    let mut sum = Summing::new(q, by, max_lines);
+    store.each_day(&q.since, &q.until, |day| sum.add(day))?;
+    Ok(sum.finish(store.last_digest(&q.until)?, store.purges()?))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum By {
+    Client,
+    Name,
+    Profile,
+    Day,
+}
+
+/// Strings seen across the period, each given a number once: the sums run over
+/// numbers, and a string is copied only into the lines of the report.
+#[derive(Default)]
+struct Interned {
+    ids: HashMap<String, u32>,
+    texts: Vec<String>,
+}
+
+impl Interned {
+    fn id(&mut self, text: &str) -> u32 {
+        if let Some(&id) = self.ids.get(text) {
+            return id;
         }
-        g.count += r.count;
-        g.first_seen = g.first_seen.min(r.first_seen);
-        g.last_seen = g.last_seen.max(r.last_seen);
+        let id = self.texts.len() as u32;
+        self.ids.insert(text.to_owned(), id);
+        self.texts.push(text.to_owned());
+        id
     }
-    let mut out: Vec<Stored> = groups.into_values().collect();
-    if by != "day" {
-        out.sort_by_key(|l| std::cmp::Reverse(l.count));
+
+    fn ids(&mut self, texts: &[String]) -> Vec<u32> {
+        texts.iter().map(|t| self.id(t)).collect()
     }
-    out
+
+    /// The 20 largest of per-id sums, ties in text order.
+    fn top(&self, sums: &[u64]) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = sums
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(i, &n)| (self.texts[i].clone(), n))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(20);
+        v
+    }
+}
+
+fn bump(sums: &mut Vec<u64>, id: u32, n: u64) {
+    let i = id as usize;
+    if sums.len() <= i {
+        sums.resize(i + 1, 0);
+    }
+    sums[i] += n;
+}
+
+/// One group of `--by`: its count and first and last sighting.
+#[derive(Clone)]
+struct Group {
+    count: u64,
+    first: u64,
+    last: u64,
+}
+
+/// The report's sums over the days of the period, fed one day at a time.
+struct Summing<'q> {
+    q: &'q Query,
+    by: Option<By>,
+    clients: Interned,
+    profiles: Interned,
+    layers: Interned,
+    names: Interned,
+    days: Interned,
+    /// (profile, layer) -> attempts.
+    totals: HashMap<(u32, u32), u64>,
+    per_client: Vec<u64>,
+    per_name: Vec<u64>,
+    observed: Vec<u64>,
+    per_day: BTreeMap<String, u64>,
+    lines: Vec<Stored>,
+    max_lines: usize,
+    left_out: u64,
+    /// (the id of the value grouped by, layer) -> sums.
+    groups: HashMap<(u32, u32), Group>,
+}
+
+impl<'q> Summing<'q> {
+    fn new(q: &'q Query, by: Option<By>, max_lines: usize) -> Summing<'q> {
+        Summing {
+            q,
+            by,
+            clients: Interned::default(),
+            profiles: Interned::default(),
+            layers: Interned::default(),
+            names: Interned::default(),
+            days: Interned::default(),
+            totals: HashMap::new(),
+            per_client: Vec::new(),
+            per_name: Vec::new(),
+            observed: Vec::new(),
+            per_day: BTreeMap::new(),
+            lines: Vec::new(),
+            max_lines,
+            left_out: 0,
+            groups: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, day: &DayRows) {
+        // The filters as the day's own indices (its dictionaries are sorted); a day
+        // without the client or profile asked for has nothing to add.
+        let local = |dict: &[String], want: &Option<String>| match want {
+            None => Ok(None),
+            Some(w) => dict
+                .binary_search(w)
+                .map(|i| Some(i as u32))
+                .map_err(|_| ()),
+        };
+        let (Ok(client), Ok(profile)) = (
+            local(&day.clients, &self.q.client),
+            local(&day.profiles, &self.q.profile),
+        ) else {
+            return;
+        };
+        // The row loop sums into arrays of the day's own indices (no hashing per row),
+        // folded into the period's sums once the day is done.
+        let layers = day.layers.len();
+        let observed = day.layers.iter().position(|l| l == "dns-observed");
+        let no_name = day.names.iter().position(|n| n == "-");
+        let keys = match self.by {
+            Some(By::Client) => day.clients.len(),
+            Some(By::Name) => day.names.len(),
+            Some(By::Profile) => day.profiles.len(),
+            Some(By::Day) => 1,
+            None => 0,
+        };
+        let grouping = !self.q.summary && self.by.is_some();
+        let mut totals = vec![0u64; day.profiles.len() * layers];
+        let mut per_client = vec![0u64; day.clients.len()];
+        let mut per_name = vec![0u64; day.names.len()];
+        let mut seen_observed = vec![0u64; day.clients.len()];
+        let mut groups = vec![
+            Group {
+                count: 0,
+                first: u64::MAX,
+                last: 0,
+            };
+            if grouping { keys * layers } else { 0 }
+        ];
+        let mut day_total = 0;
+        let mut any = false;
+        for p in &day.rows {
+            if client.is_some_and(|c| c != p.client) || profile.is_some_and(|f| f != p.profile) {
+                continue;
+            }
+            any = true;
+            let layer = p.layer as usize;
+            totals[p.profile as usize * layers + layer] += p.count;
+            per_client[p.client as usize] += p.count;
+            per_name[p.name as usize] += p.count;
+            if observed == Some(layer) {
+                seen_observed[p.client as usize] += p.count;
+            }
+            day_total += p.count;
+            if self.q.summary {
+                continue;
+            }
+            let key = match self.by {
+                None if self.lines.len() < self.max_lines => {
+                    self.lines.push(day.stored(p));
+                    continue;
+                }
+                None => {
+                    self.left_out += 1;
+                    continue;
+                }
+                Some(By::Client) => p.client,
+                Some(By::Name) => p.name,
+                Some(By::Profile) => p.profile,
+                Some(By::Day) => 0,
+            };
+            let g = &mut groups[key as usize * layers + layer];
+            g.count += p.count;
+            g.first = g.first.min(p.first);
+            g.last = g.last.max(p.last);
+        }
+        if !any {
+            return;
+        }
+        let client_ids = self.clients.ids(&day.clients);
+        let profile_ids = self.profiles.ids(&day.profiles);
+        let layer_ids = self.layers.ids(&day.layers);
+        let name_ids = self.names.ids(&day.names);
+        let day_text = day_text(day.day);
+        let key_ids = match self.by {
+            Some(By::Client) => client_ids.clone(),
+            Some(By::Name) => name_ids.clone(),
+            Some(By::Profile) => profile_ids.clone(),
+            Some(By::Day) => vec![self.days.id(&day_text)],
+            None => Vec::new(),
+        };
+        for (i, &n) in totals.iter().enumerate().filter(|&(_, &n)| n > 0) {
+            *self
+                .totals
+                .entry((profile_ids[i / layers], layer_ids[i % layers]))
+                .or_default() += n;
+        }
+        for (i, &n) in per_client.iter().enumerate().filter(|&(_, &n)| n > 0) {
+            bump(&mut self.per_client, client_ids[i], n);
+        }
+        for (i, &n) in seen_observed.iter().enumerate().filter(|&(_, &n)| n > 0) {
+            bump(&mut self.observed, client_ids[i], n);
+        }
+        for (i, &n) in per_name.iter().enumerate().filter(|&(_, &n)| n > 0) {
+            if no_name != Some(i) {
+                bump(&mut self.per_name, name_ids[i], n);
+            }
+        }
+        for (i, g) in groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.first != u64::MAX)
+        {
+            let sum = self
+                .groups
+                .entry((key_ids[i / layers], layer_ids[i % layers]))
+                .or_insert(Group {
+                    count: 0,
+                    first: u64::MAX,
+                    last: 0,
+                });
+            sum.count += g.count;
+            sum.first = sum.first.min(g.first);
+            sum.last = sum.last.max(g.last);
+        }
+        *self.per_day.entry(day_text).or_default() += day_total;
+    }
+
+    fn finish(
+        self,
+        last_digest: Option<(String, String)>,
+        purges: Vec<(u64, String, u64)>,
+    ) -> Report {
+        let rows = match self.by {
+            None => self.lines,
+            Some(by) => {
+                let keys = match by {
+                    By::Client => &self.clients,
+                    By::Name => &self.names,
+                    By::Profile => &self.profiles,
+                    By::Day => &self.days,
+                };
+                let mut out: Vec<Stored> = self
+                    .groups
+                    .iter()
+                    .map(|(&(key, layer), g)| {
+                        let key = keys.texts[key as usize].clone();
+                        let mut line = Stored {
+                            day: String::new(),
+                            client: String::new(),
+                            profile: String::new(),
+                            layer: self.layers.texts[layer as usize].clone(),
+                            name: String::new(),
+                            count: g.count,
+                            first_seen: g.first,
+                            last_seen: g.last,
+                        };
+                        match by {
+                            By::Client => line.client = key,
+                            By::Name => line.name = key,
+                            By::Profile => line.profile = key,
+                            By::Day => line.day = key,
+                        }
+                        line
+                    })
+                    .collect();
+                let key = |l: &Stored| {
+                    [&l.day, &l.client, &l.profile, &l.name, &l.layer].map(|s| s.clone())
+                };
+                out.sort_by_key(key);
+                // Largest first, but days in order (a trend).
+                if by != By::Day {
+                    out.sort_by_key(|l| std::cmp::Reverse(l.count));
+                }
+                out
+            }
+        };
+        let mut totals: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (&(profile, layer), &n) in &self.totals {
+            *totals
+                .entry(self.profiles.texts[profile as usize].clone())
+                .or_default()
+                .entry(self.layers.texts[layer as usize].clone())
+                .or_default() += n;
+        }
+        Report {
+            since: self.q.since.clone(),
+            until: self.q.until.clone(),
+            by: self.q.by.clone(),
+            rows,
+            totals,
+            clients: self.per_client.iter().filter(|&&n| n > 0).count(),
+            per_day: self.per_day,
+            top_clients: self.clients.top(&self.per_client),
+            top_names: self.names.top(&self.per_name),
+            observed_clients: self.clients.top(&self.observed),
+            last_digest,
+            purges,
+            lines_left_out: self.left_out,
+        }
+    }
 }
 
 fn time(unix: u64) -> String {
@@ -225,6 +468,10 @@ impl Report {
         for r in &rows {
             emit(&r.each_ref().map(String::as_str));
         }
+        if self.lines_left_out > 0 {
+            out += &self.left_out_note();
+            out += "\n";
+        }
         if let Some((day, digest)) = &self.last_digest {
             out += &format!("last closed day {day}, digest {digest}\n");
         }
@@ -232,6 +479,14 @@ impl Report {
             out += &format!("purge at {}: client {client}, {n} rows erased\n", time(*at));
         }
         out
+    }
+
+    /// What a report past `MAX_LINES` says of itself.
+    pub fn left_out_note(&self) -> String {
+        format!(
+            "{} more lines are not listed (a report holds at most {MAX_LINES}; the totals count them): narrow --since/--until or --client, or sum with --by",
+            self.lines_left_out
+        )
     }
 
     pub fn csv(&self) -> String {
@@ -362,5 +617,82 @@ fn csv_cell(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::{Layer, Row};
+    use std::net::IpAddr;
+
+    #[test]
+    fn sealed_and_open_days_sum_alike_and_a_report_past_its_lines_says_so() {
+        let dir = std::env::temp_dir().join(format!("telesink-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = Store::open(&dir.join("evidence.sqlite")).unwrap();
+        let row = |day: u32, client: u8, layer, name: &str, count| Row {
+            day,
+            client: IpAddr::from([192, 0, 2, client]),
+            profile: "office".into(),
+            layer,
+            name: name.into(),
+            count,
+            first: u64::from(day) * 86_400 + 10,
+            last: u64::from(day) * 86_400 + 20,
+        };
+        let rows = [
+            row(20_000, 1, Layer::DnsBlocked, "a.x", 3),
+            row(20_000, 2, Layer::DnsObserved, "b.x", 2),
+            row(20_001, 1, Layer::DnsBlocked, "a.x", 4),
+            row(20_001, 1, Layer::FirewallRejected, "-", 5),
+        ];
+        // 20_000 is sealed by the flush of 20_001; 20_001 stays open.
+        store
+            .flush(&rows, &|ip| ip.to_string(), 20_001, 400)
+            .unwrap();
+        let q = |by: Option<&str>, summary| Query {
+            since: day_text(20_000),
+            until: day_text(20_001),
+            by: by.map(str::to_owned),
+            summary,
+            ..Query::default()
+        };
+        let all = run_capped(&store, &q(None, false), 3).unwrap();
+        assert_eq!((all.rows.len(), all.lines_left_out), (3, 1));
+        assert!(all.table().contains("1 more lines are not listed"));
+        assert_eq!(all.totals["office"]["dns-blocked"], 7);
+        assert_eq!(all.totals["office"]["firewall-rejected"], 5);
+        assert_eq!(all.clients, 2);
+        assert_eq!(all.per_day.values().copied().collect::<Vec<_>>(), [5, 9]);
+        assert_eq!(all.top_clients[0], ("192.0.2.1".to_owned(), 12));
+        // "-" (a firewall row) is no endpoint.
+        assert_eq!(all.top_names.len(), 2);
+        assert_eq!(all.observed_clients, [("192.0.2.2".to_owned(), 2)]);
+        let by = run(&store, &q(Some("name"), false)).unwrap();
+        let a: Vec<_> = by.rows.iter().filter(|l| l.name == "a.x").collect();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].count, 7);
+        assert_eq!(a[0].first_seen, 20_000 * 86_400 + 10);
+        assert_eq!(a[0].last_seen, 20_001 * 86_400 + 20);
+        let days = run(&store, &q(Some("day"), false)).unwrap();
+        assert_eq!(days.rows[0].day, day_text(20_000));
+        let summary = run(&store, &q(Some("client"), true)).unwrap();
+        assert!(summary.rows.is_empty());
+        assert_eq!(summary.totals, all.totals);
+        let one = run(
+            &store,
+            &Query {
+                client: Some("192.0.2.2".into()),
+                ..q(None, false)
+            },
+        )
+        .unwrap();
+        assert_eq!(one.rows.len(), 1);
+        assert!(matches!(
+            run(&store, &q(Some("week"), false)),
+            Err(ReportError::By(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,13 +1,19 @@
-//! The ledger on disk: SQLite in WAL mode, one row per (UTC day, client label, profile,
-//! layer, name) with its count and first and last sighting.
+//! The ledger on disk: SQLite in WAL mode.
 //!
-//! Tamper evidence: every closed day (a day before today, at the first flush after it
-//! ends) gets a digest, SHA-256 over the previous day's digest and that day's rows in key
-//! order; `verify` recomputes the chain and names the first day that does not match.
-//! A purge (GDPR erasure of one client) deletes the client's rows, records itself in
-//! `purges`, and re-chains the days it touched, so the chain stays verifiable and says
-//! that a purge happened.
+//! - `evidence`: the days still open (today, and a day until the first flush after it
+//!   ends), one row per (UTC day, client label, profile, layer, name) with its count and
+//!   first and last sighting; a flush adds to the counts in place.
+//! - `sealed`: every closed day as one compact block (src/evidence/block.rs): a year of
+//!   rows fits in a few bytes each and is read back in a second.
+//! - `days`: the digest chain. Tamper evidence: a closed day's digest is SHA-256 over the
+//!   previous day's digest, the day's block before compression (its rows in key order,
+//!   one canonical encoding) and any purge recorded that day; `verify` recomputes the
+//!   chain and names the first day that does not match.
+//! - `anchor`: the digest of the last day the retention removed, which the first kept
+//!   day was chained on; `purges`: every erasure (GDPR), which re-chains the days it
+//!   touched so the chain stays verifiable and says that a purge happened.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -15,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::aggregate::{Layer, Row};
+use super::block::{self, BlockError, DayRows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +35,46 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "evidence file {path}: the sealed day {day} cannot be read ({source}); `telesink report verify` names the first day that does not match"
+    )]
+    Block {
+        path: PathBuf,
+        day: String,
+        source: BlockError,
+    },
+    #[error(
+        "evidence file {path}: the digest chain breaks at {day}; a purge recomputes the digests and would hide that, so none was made. Keep a copy of the file for the investigation, then move it aside to start a new ledger"
+    )]
+    Broken { path: PathBuf, day: String },
+}
+
+/// What went wrong inside a transaction, before the path is known to the message.
+enum Fail {
+    Sql(rusqlite::Error),
+    Block(String, BlockError),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Fail {
+        Fail::Sql(e)
+    }
+}
+
+impl Fail {
+    fn at(self, path: &Path) -> StoreError {
+        match self {
+            Fail::Sql(source) => StoreError::Sql {
+                path: path.to_owned(),
+                source,
+            },
+            Fail::Block(day, source) => StoreError::Block {
+                path: path.to_owned(),
+                day,
+                source,
+            },
+        }
+    }
 }
 
 /// A row as written (the client is its label), and as reports show it: a report's line
@@ -57,6 +104,8 @@ CREATE TABLE IF NOT EXISTS evidence (
     day TEXT NOT NULL, client TEXT NOT NULL, profile TEXT NOT NULL, layer TEXT NOT NULL,
     name TEXT NOT NULL, count INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
     PRIMARY KEY (day, client, profile, layer, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sealed (
+    day TEXT PRIMARY KEY, rows INTEGER NOT NULL, block BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS days (
     day TEXT PRIMARY KEY, digest TEXT NOT NULL, rows INTEGER NOT NULL, closed_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS anchor (
@@ -64,6 +113,19 @@ CREATE TABLE IF NOT EXISTS anchor (
 CREATE TABLE IF NOT EXISTS purges (
     at INTEGER NOT NULL, day TEXT NOT NULL, client TEXT NOT NULL, rows INTEGER NOT NULL);
 ";
+
+/// The file format (`PRAGMA user_version`): 2 seals closed days into blocks. A file of
+/// format 1 kept closed days as rows; opening it un-closes them, and the next flush seals
+/// them and computes their digests anew (logged).
+const FORMAT: i64 = 2;
+
+/// Adds a row to the open rows: counts add up, first and last widen.
+const ADD_ROW: &str = "INSERT INTO evidence (day, client, profile, layer, name, count, first, last)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    ON CONFLICT (day, client, profile, layer, name) DO UPDATE SET
+      count = count + excluded.count,
+      first = min(first, excluded.first),
+      last = max(last, excluded.last)";
 
 /// The UTC day of a day number (days since 1970-01-01) as the ledger writes it.
 pub fn day_text(day: u32) -> String {
@@ -113,6 +175,25 @@ impl Store {
         // Reading the schema back proves the file is a database, not just openable.
         conn.query_row("SELECT count(*) FROM days", [], |r| r.get::<_, i64>(0))
             .map_err(sql)?;
+        let format: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        if format < FORMAT {
+            let reopened = conn
+                .execute(
+                    "DELETE FROM days WHERE day NOT IN (SELECT day FROM sealed)",
+                    [],
+                )
+                .map_err(sql)?;
+            if reopened > 0 {
+                info!(
+                    "evidence file {}: format {format} upgraded to {FORMAT}; {reopened} closed days are sealed into blocks at the next flush and their digests computed anew",
+                    path.display()
+                );
+            }
+            conn.pragma_update(None, "user_version", FORMAT)
+                .map_err(sql)?;
+        }
         Ok(Store {
             path: path.to_owned(),
             conn,
@@ -132,15 +213,8 @@ impl Store {
         })
     }
 
-    fn sql(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        |source| StoreError::Sql {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// Writes rows (adding to what is there) in one transaction, then closes the days
-    /// before `today` that have no digest yet and deletes days older than `retention`.
+    /// Writes rows (adding to what is there) in one transaction, then seals the days
+    /// before `today` that are still open and deletes days older than `retention`.
     pub fn flush(
         &mut self,
         rows: &[Row],
@@ -148,53 +222,16 @@ impl Store {
         today: u32,
         retention_days: u32,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sql {
-            path: path.clone(),
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(Fail::from)
+            .map_err(|f| f.at(&self.path))?;
+        flush_in(&tx, rows, label, today, retention_days).map_err(|f| f.at(&self.path))?;
+        tx.commit().map_err(|source| StoreError::Sql {
+            path: self.path.clone(),
             source,
-        };
-        let tx = self.conn.transaction().map_err(sql)?;
-        {
-            let mut up = tx
-                .prepare_cached(
-                    "INSERT INTO evidence (day, client, profile, layer, name, count, first, last)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (day, client, profile, layer, name) DO UPDATE SET
-                       count = count + excluded.count,
-                       first = min(first, excluded.first),
-                       last = max(last, excluded.last)",
-                )
-                .map_err(sql)?;
-            for r in rows {
-                up.execute(params![
-                    day_text(r.day),
-                    label(r.client),
-                    r.profile,
-                    r.layer.name(),
-                    r.name,
-                    r.count as i64,
-                    r.first as i64,
-                    r.last as i64
-                ])
-                .map_err(sql)?;
-            }
-        }
-        let cutoff = day_text(today.saturating_sub(retention_days));
-        tx.execute("DELETE FROM evidence WHERE day < ?1", [&cutoff])
-            .map_err(sql)?;
-        // The chain goes on from the last day that leaves: its digest stays as the anchor
-        // the first kept day was chained on.
-        tx.execute(
-            "INSERT INTO anchor (id, day, digest)
-               SELECT 1, day, digest FROM days WHERE day < ?1 ORDER BY day DESC LIMIT 1
-             ON CONFLICT (id) DO UPDATE SET day = excluded.day, digest = excluded.digest",
-            [&cutoff],
-        )
-        .map_err(sql)?;
-        tx.execute("DELETE FROM days WHERE day < ?1", [&cutoff])
-            .map_err(sql)?;
-        close_days(&tx, &day_text(today)).map_err(sql)?;
-        tx.commit().map_err(sql)
+        })
     }
 
     /// The file's size in bytes (database and write-ahead log).
@@ -207,6 +244,41 @@ impl Store {
             .max(std::fs::metadata(&self.path).map_or(0, |m| m.len()))
     }
 
+    /// Visits the days between two days (inclusive, YYYY-MM-DD) in order: a sealed day
+    /// decoded from its block, an open day from its rows.
+    pub fn each_day(
+        &self,
+        since: &str,
+        until: &str,
+        mut visit: impl FnMut(&DayRows),
+    ) -> Result<(), StoreError> {
+        let days: Vec<(String, bool)> = (|| -> rusqlite::Result<_> {
+            let mut q = self.conn.prepare_cached(
+                "SELECT day, 1 FROM sealed WHERE day >= ?1 AND day <= ?2
+                 UNION ALL
+                 SELECT DISTINCT day, 0 FROM evidence WHERE day >= ?1 AND day <= ?2
+                 ORDER BY 1, 2 DESC",
+            )?;
+            let r = q.query_map([since, until], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            r.collect()
+        })()
+        .map_err(|e| Fail::from(e).at(&self.path))?;
+        for (day, sealed) in days {
+            let rows = if sealed {
+                sealed_day(&self.conn, &day)
+                    .and_then(|d| d.ok_or_else(|| Fail::Sql(rusqlite::Error::QueryReturnedNoRows)))
+                    .and_then(|(raw, _)| {
+                        DayRows::decode(&raw).map_err(|e| Fail::Block(day.clone(), e))
+                    })
+            } else {
+                open_day(&self.conn, &day)
+            }
+            .map_err(|f| f.at(&self.path))?;
+            visit(&rows);
+        }
+        Ok(())
+    }
+
     /// Rows between two days (inclusive, YYYY-MM-DD), optionally of one client and one
     /// profile, in key order.
     pub fn rows(
@@ -216,19 +288,13 @@ impl Store {
         client: Option<&str>,
         profile: Option<&str>,
     ) -> Result<Vec<Stored>, StoreError> {
-        let mut q = self
-            .conn
-            .prepare_cached(
-                "SELECT day, client, profile, layer, name, count, first, last FROM evidence
-                 WHERE day >= ?1 AND day <= ?2 AND (?3 IS NULL OR client = ?3)
-                   AND (?4 IS NULL OR profile = ?4)
-                 ORDER BY day, client, profile, layer, name",
-            )
-            .map_err(self.sql())?;
-        let rows = q
-            .query_map(params![since, until, client, profile], stored)
-            .map_err(self.sql())?;
-        rows.collect::<Result<_, _>>().map_err(self.sql())
+        let mut out = Vec::new();
+        self.each_day(since, until, |day| {
+            out.extend(day.rows.iter().map(|p| day.stored(p)).filter(|r| {
+                client.is_none_or(|c| r.client == c) && profile.is_none_or(|p| r.profile == p)
+            }));
+        })?;
+        Ok(out)
     }
 
     /// The digest of the last closed day up to `until`, if any.
@@ -240,88 +306,177 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
-            .map_err(self.sql())
+            .map_err(|e| Fail::from(e).at(&self.path))
     }
 
-    /// Recomputes the digest chain: Ok(days checked), or Err(the first day whose rows
-    /// do not give its recorded digest).
+    /// Recomputes the digest chain: Ok(days checked), or Err(the first day whose block
+    /// does not give its recorded digest, cannot be read, or has rows beside it).
     pub fn verify(&self) -> Result<Result<usize, String>, StoreError> {
-        let days: Vec<(String, String)> = {
-            let mut q = self
-                .conn
-                .prepare("SELECT day, digest FROM days ORDER BY day")
-                .map_err(self.sql())?;
-            let r = q
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(self.sql())?;
-            r.collect::<Result<_, _>>().map_err(self.sql())?
-        };
-        let mut previous = anchor(&self.conn).map_err(self.sql())?;
-        for (day, recorded) in &days {
-            let (digest, _) = digest_of(&self.conn, day, &previous).map_err(self.sql())?;
-            if &digest != recorded {
-                return Ok(Err(day.clone()));
-            }
-            previous = digest;
-        }
-        Ok(Ok(days.len()))
+        verify_in(&self.conn).map_err(|f| f.at(&self.path))
     }
 
     /// Erases one client's rows (GDPR erasure), records the purge, and re-chains the
-    /// closed days from the first one it touched. Returns the rows deleted.
+    /// closed days from the first one it touched. Returns the rows deleted. Refused on a
+    /// chain that does not verify: re-chaining would hide where it broke.
     pub fn purge(&mut self, client: &str) -> Result<usize, StoreError> {
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(sql)?;
-        let first: Option<String> = tx
-            .query_row(
-                "SELECT min(day) FROM evidence WHERE client = ?1",
-                [client],
-                |r| r.get(0),
-            )
-            .map_err(sql)?;
-        let n = tx
-            .execute("DELETE FROM evidence WHERE client = ?1", [client])
-            .map_err(sql)?;
-        let now = crate::clock::unix_now();
-        tx.execute(
-            "INSERT INTO purges (at, day, client, rows) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                now as i64,
-                day_text((now / 86_400) as u32),
-                client,
-                n as i64
-            ],
-        )
-        .map_err(sql)?;
-        if let Some(first) = first {
-            rechain(&tx, &first).map_err(sql)?;
+        if let Err(day) = self.verify()? {
+            return Err(StoreError::Broken {
+                path: self.path.clone(),
+                day,
+            });
         }
-        tx.commit().map_err(sql)?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(Fail::from)
+            .map_err(|f| f.at(&self.path))?;
+        let n = purge_in(&tx, client).map_err(|f| f.at(&self.path))?;
+        tx.commit().map_err(|source| StoreError::Sql {
+            path: self.path.clone(),
+            source,
+        })?;
         info!(client, rows = n, "evidence: client purged");
         Ok(n)
     }
 
     /// Purges recorded: (Unix time, client, rows).
     pub fn purges(&self) -> Result<Vec<(u64, String, u64)>, StoreError> {
-        let mut q = self
-            .conn
-            .prepare("SELECT at, client, rows FROM purges ORDER BY at")
-            .map_err(self.sql())?;
-        let r = q
-            .query_map([], |r| {
+        (|| -> rusqlite::Result<_> {
+            let mut q = self
+                .conn
+                .prepare("SELECT at, client, rows FROM purges ORDER BY at")?;
+            let r = q.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
                     r.get(1)?,
                     r.get::<_, i64>(2)? as u64,
                 ))
-            })
-            .map_err(self.sql())?;
-        r.collect::<Result<_, _>>().map_err(self.sql())
+            })?;
+            r.collect()
+        })()
+        .map_err(|e| Fail::from(e).at(&self.path))
     }
+}
+
+fn flush_in(
+    conn: &Connection,
+    rows: &[Row],
+    label: &dyn Fn(std::net::IpAddr) -> String,
+    today: u32,
+    retention_days: u32,
+) -> Result<(), Fail> {
+    // A row of a day already sealed (the clock set back, or rows put back after a failed
+    // flush across midnight) reopens that day: its block goes back into rows, and the
+    // chain is recomputed from it once it is sealed again.
+    let mut reopened = None;
+    for day in rows.iter().map(|r| r.day).collect::<BTreeSet<u32>>() {
+        let text = day_text(day);
+        if unseal(conn, &text)? {
+            reopened.get_or_insert(text);
+        }
+    }
+    {
+        let mut up = conn.prepare_cached(ADD_ROW)?;
+        for r in rows {
+            up.execute(params![
+                day_text(r.day),
+                label(r.client),
+                r.profile,
+                r.layer.name(),
+                r.name,
+                r.count as i64,
+                r.first as i64,
+                r.last as i64
+            ])?;
+        }
+    }
+    let cutoff = day_text(today.saturating_sub(retention_days));
+    conn.execute("DELETE FROM evidence WHERE day < ?1", [&cutoff])?;
+    conn.execute("DELETE FROM sealed WHERE day < ?1", [&cutoff])?;
+    // The chain goes on from the last day that leaves: its digest stays as the anchor
+    // the first kept day was chained on.
+    conn.execute(
+        "INSERT INTO anchor (id, day, digest)
+           SELECT 1, day, digest FROM days WHERE day < ?1 ORDER BY day DESC LIMIT 1
+         ON CONFLICT (id) DO UPDATE SET day = excluded.day, digest = excluded.digest",
+        [&cutoff],
+    )?;
+    conn.execute("DELETE FROM days WHERE day < ?1", [&cutoff])?;
+    close_days(conn, &day_text(today))?;
+    if let Some(from) = reopened {
+        rechain(conn, &from)?;
+    }
+    Ok(())
+}
+
+/// The open rows of one day.
+fn open_day(conn: &Connection, day: &str) -> Result<DayRows, Fail> {
+    let mut q = conn.prepare_cached(
+        "SELECT day, client, profile, layer, name, count, first, last FROM evidence
+         WHERE day = ?1",
+    )?;
+    let rows = q
+        .query_map([day], stored)?
+        .collect::<rusqlite::Result<Vec<Stored>>>()?;
+    let number = crate::clock::day_number(day)
+        .ok_or_else(|| Fail::Block(day.to_owned(), BlockError::Number))?;
+    Ok(DayRows::from_stored(number, &rows))
+}
+
+/// A sealed day's canonical bytes and its row count, if the day is sealed.
+fn sealed_day(conn: &Connection, day: &str) -> Result<Option<(Vec<u8>, i64)>, Fail> {
+    let found: Option<(Vec<u8>, i64)> = conn
+        .prepare_cached("SELECT block, rows FROM sealed WHERE day = ?1")?
+        .query_row([day], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match found {
+        None => Ok(None),
+        Some((block, rows)) => block::decompress(&block)
+            .map(|raw| Some((raw, rows)))
+            .map_err(|e| Fail::Block(day.to_owned(), e)),
+    }
+}
+
+/// Writes a day's block (replacing what was sealed for it); returns its canonical bytes.
+fn write_block(conn: &Connection, day: &str, rows: &DayRows) -> Result<Vec<u8>, Fail> {
+    let raw = rows.encode();
+    let compressed = block::compress(&raw).map_err(|e| Fail::Block(day.to_owned(), e))?;
+    conn.prepare_cached(
+        "INSERT INTO sealed (day, rows, block) VALUES (?1, ?2, ?3)
+         ON CONFLICT (day) DO UPDATE SET rows = excluded.rows, block = excluded.block",
+    )?
+    .execute(params![day, rows.rows.len() as i64, compressed])?;
+    Ok(raw)
+}
+
+/// Moves a sealed day back into rows and takes its digest away; false if it was not
+/// sealed.
+fn unseal(conn: &Connection, day: &str) -> Result<bool, Fail> {
+    let Some((raw, _)) = sealed_day(conn, day)? else {
+        return Ok(false);
+    };
+    let rows = DayRows::decode(&raw).map_err(|e| Fail::Block(day.to_owned(), e))?;
+    let mut put = conn.prepare_cached(ADD_ROW)?;
+    for p in &rows.rows {
+        let r = rows.stored(p);
+        put.execute(params![
+            r.day,
+            r.client,
+            r.profile,
+            r.layer,
+            r.name,
+            r.count as i64,
+            r.first_seen as i64,
+            r.last_seen as i64
+        ])?;
+    }
+    conn.execute("DELETE FROM sealed WHERE day = ?1", [day])?;
+    conn.execute("DELETE FROM days WHERE day = ?1", [day])?;
+    warn!(
+        day,
+        "evidence: rows arrived for a sealed day; the day is sealed again and the chain recomputed from it"
+    );
+    Ok(true)
 }
 
 fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
@@ -337,28 +492,12 @@ fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
     })
 }
 
-/// SHA-256 over the previous digest and the day's rows and purges, in key order; with the
-/// day's row count.
-fn digest_of(conn: &Connection, day: &str, previous: &str) -> rusqlite::Result<(String, i64)> {
+/// SHA-256 over the previous digest, the day's canonical block and its purges.
+fn digest_of(conn: &Connection, day: &str, previous: &str, raw: &[u8]) -> Result<String, Fail> {
     let mut h = Sha256::new();
     h.update(previous.as_bytes());
     h.update(b"\n");
-    let mut q = conn.prepare_cached(
-        "SELECT day, client, profile, layer, name, count, first, last FROM evidence
-         WHERE day = ?1 ORDER BY client, profile, layer, name",
-    )?;
-    let mut n = 0;
-    for row in q.query_map([day], stored)? {
-        let r = row?;
-        h.update(
-            format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-                r.day, r.client, r.profile, r.layer, r.name, r.count, r.first_seen, r.last_seen
-            )
-            .as_bytes(),
-        );
-        n += 1;
-    }
+    h.update(raw);
     let mut q = conn
         .prepare_cached("SELECT at, client, rows FROM purges WHERE day = ?1 ORDER BY at, client")?;
     for row in q.query_map([day], |r| {
@@ -371,8 +510,7 @@ fn digest_of(conn: &Connection, day: &str, previous: &str) -> rusqlite::Result<(
         let (at, client, rows) = row?;
         h.update(format!("purge\t{at}\t{client}\t{rows}\n").as_bytes());
     }
-    let digest = h.finalize();
-    Ok((digest.iter().map(|b| format!("{b:02x}")).collect(), n))
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The digest of the closed day before `day`: the anchor for the first day kept.
@@ -398,8 +536,8 @@ fn anchor(conn: &Connection) -> rusqlite::Result<String> {
         .unwrap_or_default())
 }
 
-/// Gives every day before `today` that has rows or purges and no digest its digest.
-fn close_days(conn: &Connection, today: &str) -> rusqlite::Result<()> {
+/// Seals every day before `today` that has rows or purges and no digest.
+fn close_days(conn: &Connection, today: &str) -> Result<(), Fail> {
     let open: Vec<String> = {
         let mut q = conn.prepare(
             "SELECT DISTINCT day FROM (SELECT day FROM evidence UNION SELECT day FROM purges)
@@ -409,30 +547,105 @@ fn close_days(conn: &Connection, today: &str) -> rusqlite::Result<()> {
         r.collect::<Result<_, _>>()?
     };
     for day in open {
-        let (digest, rows) = digest_of(conn, &day, &previous_digest(conn, &day)?)?;
+        let rows = open_day(conn, &day)?;
+        let raw = write_block(conn, &day, &rows)?;
+        conn.execute("DELETE FROM evidence WHERE day = ?1", [&day])?;
+        let digest = digest_of(conn, &day, &previous_digest(conn, &day)?, &raw)?;
         conn.execute(
             "INSERT INTO days (day, digest, rows, closed_at) VALUES (?1, ?2, ?3, ?4)",
-            params![day, digest, rows, crate::clock::unix_now() as i64],
+            params![
+                day,
+                digest,
+                rows.rows.len() as i64,
+                crate::clock::unix_now() as i64
+            ],
         )?;
     }
     Ok(())
 }
 
-/// Recomputes the digests of the closed days from `from` on (after a purge).
-fn rechain(conn: &Connection, from: &str) -> rusqlite::Result<()> {
+/// Recomputes the digests of the closed days from `from` on (after a purge or a day
+/// sealed again).
+fn rechain(conn: &Connection, from: &str) -> Result<(), Fail> {
     let days: Vec<String> = {
         let mut q = conn.prepare("SELECT day FROM days WHERE day >= ?1 ORDER BY day")?;
         let r = q.query_map([from], |r| r.get(0))?;
         r.collect::<Result<_, _>>()?
     };
     for day in days {
-        let (digest, rows) = digest_of(conn, &day, &previous_digest(conn, &day)?)?;
+        let (raw, rows) = sealed_day(conn, &day)?.unwrap_or_default();
+        let digest = digest_of(conn, &day, &previous_digest(conn, &day)?, &raw)?;
         conn.execute(
             "UPDATE days SET digest = ?2, rows = ?3 WHERE day = ?1",
             params![day, digest, rows],
         )?;
     }
     Ok(())
+}
+
+fn verify_in(conn: &Connection) -> Result<Result<usize, String>, Fail> {
+    let days: Vec<(String, String)> = {
+        let mut q = conn.prepare("SELECT day, digest FROM days ORDER BY day")?;
+        let r = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        r.collect::<Result<_, _>>()?
+    };
+    let mut loose = conn.prepare("SELECT 1 FROM evidence WHERE day = ?1 LIMIT 1")?;
+    let mut previous = anchor(conn)?;
+    for (day, recorded) in &days {
+        // A block that is gone or does not decode, or rows slipped in beside a sealed
+        // day (reports would count them), break the chain as a changed count does.
+        let raw = match sealed_day(conn, day) {
+            Ok(Some((raw, _))) if DayRows::decode(&raw).is_ok() => raw,
+            Ok(_) | Err(Fail::Block(..)) => return Ok(Err(day.clone())),
+            Err(e) => return Err(e),
+        };
+        if loose.exists([day])? || &digest_of(conn, day, &previous, &raw)? != recorded {
+            return Ok(Err(day.clone()));
+        }
+        previous = recorded.clone();
+    }
+    Ok(Ok(days.len()))
+}
+
+fn purge_in(conn: &Connection, client: &str) -> Result<usize, Fail> {
+    let mut first: Option<String> = conn.query_row(
+        "SELECT min(day) FROM evidence WHERE client = ?1",
+        [client],
+        |r| r.get(0),
+    )?;
+    let mut n = conn.execute("DELETE FROM evidence WHERE client = ?1", [client])?;
+    let sealed: Vec<String> = {
+        let mut q = conn.prepare("SELECT day FROM sealed ORDER BY day")?;
+        let r = q.query_map([], |r| r.get(0))?;
+        r.collect::<Result<_, _>>()?
+    };
+    for day in sealed {
+        let Some((raw, _)) = sealed_day(conn, &day)? else {
+            continue;
+        };
+        let rows = DayRows::decode(&raw).map_err(|e| Fail::Block(day.clone(), e))?;
+        if let Some(kept) = rows.without_client(client) {
+            n += rows.rows.len() - kept.rows.len();
+            write_block(conn, &day, &kept)?;
+            if first.as_ref().is_none_or(|f| &day < f) {
+                first = Some(day);
+            }
+        }
+    }
+    let now = crate::clock::unix_now();
+    conn.execute(
+        "INSERT INTO purges (at, day, client, rows) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            now as i64,
+            day_text((now / 86_400) as u32),
+            client,
+            n as i64
+        ],
+    )?;
+    if let Some(first) = first {
+        rechain(conn, &first)?;
+    }
+    Ok(n)
 }
 
 /// The layer names, for the docs and reports.
@@ -481,22 +694,54 @@ mod tests {
             .unwrap();
         assert_eq!(rows[0].count, 5);
         assert_eq!(s.verify().unwrap(), Ok(2));
-        // Tampering with a count breaks the chain at that day.
+        // Sealed: the closed days left the row table.
+        let open: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM evidence", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(open, 0);
+        // Tampering with a count (the block rewritten, well formed) breaks the chain at
+        // that day, and so does a row slipped in beside it; a purge refuses to hide it.
+        let d0 = day_text(20_000);
+        let block = |s: &Store| {
+            let (raw, _) = sealed_day(&s.conn, &d0).ok().flatten().unwrap();
+            DayRows::decode(&raw).unwrap()
+        };
+        let honest = block(&s);
+        let mut forged = honest.clone();
+        forged.rows[0].count = 4;
+        write_block(&s.conn, &d0, &forged).ok().unwrap();
+        assert_eq!(s.verify().unwrap(), Err(d0.clone()));
+        assert!(matches!(
+            s.purge("192.0.2.2"),
+            Err(StoreError::Broken { .. })
+        ));
+        write_block(&s.conn, &d0, &honest).ok().unwrap();
+        assert_eq!(s.verify().unwrap(), Ok(2));
         s.conn
             .execute(
-                "UPDATE evidence SET count = 4 WHERE client = '192.0.2.1' AND day = ?1",
-                [day_text(20_000)],
+                "INSERT INTO evidence VALUES (?1, '192.0.2.9', 'office', 'dns-blocked', 'z.x', 1, 0, 0)",
+                [&d0],
             )
             .unwrap();
-        assert_eq!(s.verify().unwrap(), Err(day_text(20_000)));
+        assert_eq!(s.verify().unwrap(), Err(d0.clone()));
         s.conn
-            .execute(
-                "UPDATE evidence SET count = 5 WHERE client = '192.0.2.1' AND day = ?1",
-                [day_text(20_000)],
-            )
+            .execute("DELETE FROM evidence WHERE client = '192.0.2.9'", [])
             .unwrap();
+        s.conn
+            .execute("UPDATE sealed SET block = x'00' WHERE day = ?1", [&d0])
+            .unwrap();
+        assert_eq!(s.verify().unwrap(), Err(d0.clone()));
+        write_block(&s.conn, &d0, &honest).ok().unwrap();
+        // A late row for a sealed day reopens it: counted, sealed again, chain holds.
+        s.flush(&[row(20_000, 2, "a.x", 4)], &label, 20_002, 400)
+            .unwrap();
+        let late = s.rows(&d0, &d0, Some("192.0.2.2"), None).unwrap();
+        assert_eq!(late[0].count, 5);
+        assert_eq!(s.verify().unwrap(), Ok(2));
         // A purge erases the client, is recorded, and the chain still verifies.
         assert_eq!(s.purge("192.0.2.1").unwrap(), 2);
+        assert!(block(&s).clients.iter().all(|c| c != "192.0.2.1"));
         assert!(
             s.rows("1970-01-01", "9999-12-31", Some("192.0.2.1"), None)
                 .unwrap()
@@ -512,6 +757,26 @@ mod tests {
         let kept = s.rows("1970-01-01", "9999-12-31", None, None).unwrap();
         assert!(kept.iter().all(|r| r.day == day_text(20_300)), "{kept:?}");
         assert_eq!(s.verify().unwrap(), Ok(1));
+        // A file of format 1 (closed days kept as rows, digests over text) is upgraded:
+        // its closed days are sealed at the next flush and chained anew.
+        s.conn
+            .execute_batch(&format!(
+                "INSERT INTO evidence VALUES ('{d}', '192.0.2.4', 'office', 'dns-blocked', 'd.x', 7, 0, 0);
+                 INSERT INTO days VALUES ('{d}', 'old text digest', 1, 0);
+                 PRAGMA user_version = 0;",
+                d = day_text(20_350)
+            ))
+            .unwrap();
+        drop(s);
+        let mut s = Store::open(&path).unwrap();
+        s.flush(&[], &label, 20_402, 400).unwrap();
+        assert_eq!(s.verify().unwrap(), Ok(2));
+        assert_eq!(
+            s.rows(&day_text(20_350), &day_text(20_350), None, None)
+                .unwrap()[0]
+                .count,
+            7
+        );
         // A file that is no database is set aside and a new ledger started.
         drop(s);
         std::fs::write(

@@ -97,6 +97,12 @@ fn evidence_families(s: &Shared) -> Vec<MetricFamily> {
         MetricType::COUNTER,
         l.aggregate.dropped.load(Ordering::Relaxed),
     );
+    one(
+        EVIDENCE_REPORT_LEFT_OUT,
+        "Report lines not sent because a report holds at most 1,000,000 lines.",
+        MetricType::COUNTER,
+        l.report_lines_left_out.load(Ordering::Relaxed),
+    );
     let mut f = Family_::new(
         EVIDENCE_FLUSHES,
         "Writes of the in-memory aggregate to the ledger, by result.",
