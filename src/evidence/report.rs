@@ -211,7 +211,10 @@ impl<'q> Summing<'q> {
         // folded into the period's sums once the day is done.
         let layers = day.layers.len();
         let observed = day.layers.iter().position(|l| l == "dns-observed");
+        // Firewall rows name no endpoint ("-"), bypass rows name their kind ("doh"):
+        // neither is an endpoint for the top list.
         let no_name = day.names.iter().position(|n| n == "-");
+        let bypass = day.layers.iter().position(|l| l == "bypass");
         let keys = match self.by {
             Some(By::Client) => day.clients.len(),
             Some(By::Name) => day.names.len(),
@@ -242,7 +245,9 @@ impl<'q> Summing<'q> {
             let layer = p.layer as usize;
             totals[p.profile as usize * layers + layer] += p.count;
             per_client[p.client as usize] += p.count;
-            per_name[p.name as usize] += p.count;
+            if bypass != Some(layer) {
+                per_name[p.name as usize] += p.count;
+            }
             if observed == Some(layer) {
                 seen_observed[p.client as usize] += p.count;
             }
@@ -646,6 +651,7 @@ mod tests {
             row(20_000, 2, Layer::DnsObserved, "b.x", 2),
             row(20_001, 1, Layer::DnsBlocked, "a.x", 4),
             row(20_001, 1, Layer::FirewallRejected, "-", 5),
+            row(20_001, 2, Layer::Bypass, "doh", 1),
         ];
         // 20_000 is sealed by the flush of 20_001; 20_001 stays open.
         store
@@ -659,15 +665,18 @@ mod tests {
             ..Query::default()
         };
         let all = run_capped(&store, &q(None, false), 3).unwrap();
-        assert_eq!((all.rows.len(), all.lines_left_out), (3, 1));
-        assert!(all.table().contains("1 more lines are not listed"));
+        assert_eq!((all.rows.len(), all.lines_left_out), (3, 2));
+        assert!(all.table().contains("2 more lines are not listed"));
         assert_eq!(all.totals["office"]["dns-blocked"], 7);
         assert_eq!(all.totals["office"]["firewall-rejected"], 5);
         assert_eq!(all.clients, 2);
-        assert_eq!(all.per_day.values().copied().collect::<Vec<_>>(), [5, 9]);
+        assert_eq!(all.per_day.values().copied().collect::<Vec<_>>(), [5, 10]);
         assert_eq!(all.top_clients[0], ("192.0.2.1".to_owned(), 12));
-        // "-" (a firewall row) is no endpoint.
-        assert_eq!(all.top_names.len(), 2);
+        // "-" (a firewall row) and "doh" (a bypass row's kind) are no endpoints.
+        assert_eq!(
+            all.top_names,
+            [("a.x".to_owned(), 7), ("b.x".to_owned(), 2)]
+        );
         assert_eq!(all.observed_clients, [("192.0.2.2".to_owned(), 2)]);
         let by = run(&store, &q(Some("name"), false)).unwrap();
         let a: Vec<_> = by.rows.iter().filter(|l| l.name == "a.x").collect();
@@ -688,7 +697,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(one.rows.len(), 1);
+        assert_eq!(one.rows.len(), 2);
         assert!(matches!(
             run(&store, &q(Some("week"), false)),
             Err(ReportError::By(_))
