@@ -252,31 +252,7 @@ impl Store {
         until: &str,
         mut visit: impl FnMut(&DayRows),
     ) -> Result<(), StoreError> {
-        let days: Vec<(String, bool)> = (|| -> rusqlite::Result<_> {
-            let mut q = self.conn.prepare_cached(
-                "SELECT day, 1 FROM sealed WHERE day >= ?1 AND day <= ?2
-                 UNION ALL
-                 SELECT DISTINCT day, 0 FROM evidence WHERE day >= ?1 AND day <= ?2
-                 ORDER BY 1, 2 DESC",
-            )?;
-            let r = q.query_map([since, until], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            r.collect()
-        })()
-        .map_err(|e| Fail::from(e).at(&self.path))?;
-        for (day, sealed) in days {
-            let rows = if sealed {
-                sealed_day(&self.conn, &day)
-                    .and_then(|d| d.ok_or_else(|| Fail::Sql(rusqlite::Error::QueryReturnedNoRows)))
-                    .and_then(|(raw, _)| {
-                        DayRows::decode(&raw).map_err(|e| Fail::Block(day.clone(), e))
-                    })
-            } else {
-                open_day(&self.conn, &day)
-            }
-            .map_err(|f| f.at(&self.path))?;
-            visit(&rows);
-        }
-        Ok(())
+        each_day_in(&self.conn, since, until, &mut visit).map_err(|f| f.at(&self.path))
     }
 
     /// Rows between two days (inclusive, YYYY-MM-DD), optionally of one client and one
@@ -356,6 +332,36 @@ impl Store {
         })()
         .map_err(|e| Fail::from(e).at(&self.path))
     }
+}
+
+fn each_day_in(
+    conn: &Connection,
+    since: &str,
+    until: &str,
+    visit: &mut impl FnMut(&DayRows),
+) -> Result<(), Fail> {
+    let days: Vec<(String, bool)> = {
+        let mut q = conn.prepare_cached(
+            "SELECT day, 1 FROM sealed WHERE day >= ?1 AND day <= ?2
+             UNION ALL
+             SELECT DISTINCT day, 0 FROM evidence WHERE day >= ?1 AND day <= ?2
+             ORDER BY 1, 2 DESC",
+        )?;
+        let r = q.query_map([since, until], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        r.collect::<Result<_, _>>()?
+    };
+    for (day, sealed) in days {
+        let rows = if sealed {
+            // Listed a moment ago in the same connection: it is there.
+            let (raw, _) =
+                sealed_day(conn, &day)?.ok_or(Fail::Sql(rusqlite::Error::QueryReturnedNoRows))?;
+            DayRows::decode(&raw).map_err(|e| Fail::Block(day.clone(), e))?
+        } else {
+            open_day(conn, &day)?
+        };
+        visit(&rows);
+    }
+    Ok(())
 }
 
 fn flush_in(
