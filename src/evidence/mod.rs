@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod block;
+pub mod render;
 pub mod report;
 pub mod store;
 pub mod tail;
