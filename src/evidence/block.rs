@@ -139,10 +139,11 @@ impl DayRows {
         }
     }
 
-    /// The row as a report or the digest of old shows it.
-    pub fn stored(&self, p: &Packed) -> Stored {
+    /// The row with its strings, as reports show it; `day` is this day's text, made
+    /// once per day by the caller.
+    pub fn stored(&self, day: &str, p: &Packed) -> Stored {
         Stored {
-            day: super::store::day_text(self.day),
+            day: day.to_owned(),
             client: self.clients[p.client as usize].clone(),
             profile: self.profiles[p.profile as usize].clone(),
             layer: self.layers[p.layer as usize].clone(),
@@ -412,7 +413,8 @@ mod tests {
         let day = DayRows::from_stored(20_000, &rows);
         // Sorted, duplicates added up.
         assert_eq!(day.rows.len(), 3);
-        let back: Vec<Stored> = day.rows.iter().map(|p| day.stored(p)).collect();
+        let text = super::super::store::day_text(20_000);
+        let back: Vec<Stored> = day.rows.iter().map(|p| day.stored(&text, p)).collect();
         assert_eq!(back[0].name, "x.test");
         assert_eq!(back[0].client, "a");
         assert_eq!(

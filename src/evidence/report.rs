@@ -208,6 +208,7 @@ impl<'q> Summing<'q> {
         };
         // The row loop sums into arrays of the day's own indices (no hashing per row),
         // folded into the period's sums once the day is done.
+        let day_text = day_text(day.day);
         let layers = day.layers.len();
         let observed = day.layers.iter().position(|l| l == "dns-observed");
         // Firewall rows name no endpoint ("-"), bypass rows name their kind ("doh"):
@@ -256,7 +257,7 @@ impl<'q> Summing<'q> {
             }
             let key = match self.by {
                 None if self.lines.len() < self.max_lines => {
-                    self.lines.push(day.stored(p));
+                    self.lines.push(day.stored(&day_text, p));
                     continue;
                 }
                 None => {
@@ -280,13 +281,13 @@ impl<'q> Summing<'q> {
         let profile_ids = self.profiles.ids(&day.profiles);
         let layer_ids = self.layers.ids(&day.layers);
         let name_ids = self.names.ids(&day.names);
-        let day_text = day_text(day.day);
-        let key_ids = match self.by {
-            Some(By::Client) => client_ids.clone(),
-            Some(By::Name) => name_ids.clone(),
-            Some(By::Profile) => profile_ids.clone(),
-            Some(By::Day) => vec![self.days.id(&day_text)],
-            None => Vec::new(),
+        let day_id = [self.days.id(&day_text)];
+        let key_ids: &[u32] = match self.by {
+            Some(By::Client) => &client_ids,
+            Some(By::Name) => &name_ids,
+            Some(By::Profile) => &profile_ids,
+            Some(By::Day) => &day_id,
+            None => &[],
         };
         for (i, &n) in totals.iter().enumerate().filter(|&(_, &n)| n > 0) {
             *self

@@ -20,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::aggregate::{Layer, Row};
+use super::aggregate::Row;
 use super::block::{self, BlockError, DayRows};
 
 #[derive(Debug, thiserror::Error)]
@@ -222,16 +222,7 @@ impl Store {
         today: u32,
         retention_days: u32,
     ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(Fail::from)
-            .map_err(|f| f.at(&self.path))?;
-        flush_in(&tx, rows, label, today, retention_days).map_err(|f| f.at(&self.path))?;
-        tx.commit().map_err(|source| StoreError::Sql {
-            path: self.path.clone(),
-            source,
-        })
+        self.in_transaction(|tx| flush_in(tx, rows, label, today, retention_days))
     }
 
     /// The file's size in bytes (database and write-ahead log).
@@ -252,43 +243,26 @@ impl Store {
         until: &str,
         mut visit: impl FnMut(&DayRows),
     ) -> Result<(), StoreError> {
-        each_day_in(&self.conn, since, until, &mut visit).map_err(|f| f.at(&self.path))
-    }
-
-    /// Rows between two days (inclusive, YYYY-MM-DD), optionally of one client and one
-    /// profile, in key order.
-    pub fn rows(
-        &self,
-        since: &str,
-        until: &str,
-        client: Option<&str>,
-        profile: Option<&str>,
-    ) -> Result<Vec<Stored>, StoreError> {
-        let mut out = Vec::new();
-        self.each_day(since, until, |day| {
-            out.extend(day.rows.iter().map(|p| day.stored(p)).filter(|r| {
-                client.is_none_or(|c| r.client == c) && profile.is_none_or(|p| r.profile == p)
-            }));
-        })?;
-        Ok(out)
+        self.read(|conn| each_day_in(conn, since, until, &mut visit))
     }
 
     /// The digest of the last closed day up to `until`, if any.
     pub fn last_digest(&self, until: &str) -> Result<Option<(String, String)>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT day, digest FROM days WHERE day <= ?1 ORDER BY day DESC LIMIT 1",
-                [until],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| Fail::from(e).at(&self.path))
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT day, digest FROM days WHERE day <= ?1 ORDER BY day DESC LIMIT 1",
+                    [until],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?)
+        })
     }
 
     /// Recomputes the digest chain: Ok(days checked), or Err(the first day whose block
     /// does not give its recorded digest, cannot be read, or has rows beside it).
     pub fn verify(&self) -> Result<Result<usize, String>, StoreError> {
-        verify_in(&self.conn).map_err(|f| f.at(&self.path))
+        self.read(verify_in)
     }
 
     /// Erases one client's rows (GDPR erasure), records the purge, and re-chains the
@@ -301,26 +275,15 @@ impl Store {
                 day,
             });
         }
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(Fail::from)
-            .map_err(|f| f.at(&self.path))?;
-        let n = purge_in(&tx, client).map_err(|f| f.at(&self.path))?;
-        tx.commit().map_err(|source| StoreError::Sql {
-            path: self.path.clone(),
-            source,
-        })?;
+        let n = self.in_transaction(|tx| purge_in(tx, client))?;
         info!(client, rows = n, "evidence: client purged");
         Ok(n)
     }
 
     /// Purges recorded: (Unix time, client, rows).
     pub fn purges(&self) -> Result<Vec<(u64, String, u64)>, StoreError> {
-        (|| -> rusqlite::Result<_> {
-            let mut q = self
-                .conn
-                .prepare("SELECT at, client, rows FROM purges ORDER BY at")?;
+        self.read(|conn| {
+            let mut q = conn.prepare("SELECT at, client, rows FROM purges ORDER BY at")?;
             let r = q.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
@@ -328,9 +291,27 @@ impl Store {
                     r.get::<_, i64>(2)? as u64,
                 ))
             })?;
-            r.collect()
-        })()
-        .map_err(|e| Fail::from(e).at(&self.path))
+            Ok(r.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Runs a read on the file, its failure told with the file's path.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Fail>) -> Result<T, StoreError> {
+        f(&self.conn).map_err(|e| e.at(&self.path))
+    }
+
+    /// Runs `f` in one transaction: all of it is written, or none.
+    fn in_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| Fail::from(e).at(&self.path))?;
+        let out = f(&tx).map_err(|e| e.at(&self.path))?;
+        tx.commit().map_err(|e| Fail::from(e).at(&self.path))?;
+        Ok(out)
     }
 }
 
@@ -479,7 +460,7 @@ fn unseal(conn: &Connection, day: &str) -> Result<bool, Fail> {
     let rows = DayRows::decode(&raw).map_err(|e| Fail::Block(day.to_owned(), e))?;
     let mut put = conn.prepare_cached(ADD_ROW)?;
     for p in &rows.rows {
-        let r = rows.stored(p);
+        let r = rows.stored(day, p);
         put.execute(params![
             r.day,
             r.client,
@@ -669,14 +650,32 @@ fn purge_in(conn: &Connection, client: &str) -> Result<usize, Fail> {
     Ok(n)
 }
 
-/// The layer names, for the docs and reports.
-pub fn layers() -> impl Iterator<Item = &'static str> {
-    Layer::ALL.into_iter().map(Layer::name)
+#[cfg(test)]
+impl Store {
+    /// Rows between two days (inclusive, YYYY-MM-DD), optionally of one client and one
+    /// profile, in key order.
+    fn rows(
+        &self,
+        since: &str,
+        until: &str,
+        client: Option<&str>,
+        profile: Option<&str>,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut out = Vec::new();
+        self.each_day(since, until, |day| {
+            let text = day_text(day.day);
+            out.extend(day.rows.iter().map(|p| day.stored(&text, p)).filter(|r| {
+                client.is_none_or(|c| r.client == c) && profile.is_none_or(|p| r.profile == p)
+            }));
+        })?;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::Layer;
     use std::net::IpAddr;
 
     fn row(day: u32, last: u8, name: &str, count: u64) -> Row {

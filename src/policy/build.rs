@@ -179,14 +179,16 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     for path in &cfg.config.policy.allowlists {
         b.load(path, Scope::Global, true);
     }
-    for (i, (name, p)) in cfg
-        .config
-        .profiles
-        .0
-        .iter()
-        .enumerate()
-        .take(MAX_CONFIG_PROFILES)
-    {
+    // Profiles past the limit were refused by `profiles()`; only those within it load.
+    let config_profiles = || {
+        cfg.config
+            .profiles
+            .0
+            .iter()
+            .enumerate()
+            .take(MAX_CONFIG_PROFILES)
+    };
+    for (i, (name, p)) in config_profiles() {
         for path in &p.lists {
             let before = b.lists.len();
             b.load(path, Scope::Profile(i as u16), false);
@@ -208,14 +210,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         }
     }
     let mut profiles = profiles;
-    for (i, (name, p)) in cfg
-        .config
-        .profiles
-        .0
-        .iter()
-        .enumerate()
-        .take(MAX_CONFIG_PROFILES)
-    {
+    for (i, (name, p)) in config_profiles() {
         let (nets, counts) = b.load_cidrs_counted(&p.cidrs);
         for (at, file, n) in counts {
             b.refuse_empty(name.get_ref(), p.allow_empty_lists, at, &file, n);
