@@ -10,6 +10,15 @@
 //!
 //! A document that does not parse, or that would shrink the accept set by more than half
 //! (a truncated download, a changed format), is refused and nothing changes.
+//!
+//! The document is data from outside, and what it says ends up in the firewall's accept
+//! set, which is matched before every block set: one entry of `0.0.0.0/0` would switch
+//! the egress firewall off. So every field is validated before anything is rendered
+//! (`validate_*` below): no control characters anywhere, service areas of plain words,
+//! names that are host names or one of the wildcard forms Microsoft documents, ranges no
+//! broader than `MAX_PREFIX_V4`/`MAX_PREFIX_V6` unless `--allow-broad` (said in the
+//! output), and a document of at most `MAX_DOCUMENT` bytes. Comments are rendered through
+//! `comment()`, which cannot produce a line break whatever it is given.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,8 +34,18 @@ pub const ALLOW_FILE: &str = "allow-m365-core.cidrs";
 pub const REQUIRED_FILE: &str = "m365-required.domains";
 /// Microsoft's endpoints web service.
 pub const DEFAULT_SERVICE: &str = "https://endpoints.office.com";
-/// The largest document read (the worldwide one is about 100 KB).
-const MAX_DOCUMENT: u64 = 16 << 20;
+/// The largest document read, from the service or a file (the worldwide one is about
+/// 100 KB; 4 MiB leaves room for forty times that).
+pub const MAX_DOCUMENT: u64 = 4 << 20;
+/// The broadest Required range accepted without `--allow-broad`. Microsoft's broadest
+/// Optimize/Allow ranges are /13 (IPv4) and /35 (IPv6) in the 2025-2026 documents; a /12
+/// or /24 bound leaves room for growth and still refuses "everything" (0.0.0.0/0, ::/0)
+/// and whole regional blocks.
+pub const MAX_PREFIX_V4: u8 = 12;
+pub const MAX_PREFIX_V6: u8 = 24;
+/// The longest service area name (Microsoft's are "Exchange", "SharePoint", "Skype",
+/// "Common").
+const MAX_SERVICE_AREA: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum M365Error {
@@ -39,6 +58,23 @@ pub enum M365Error {
     },
     #[error("cannot parse the endpoint data from {source_name}: {why}; nothing changed")]
     Parse { source_name: String, why: String },
+    #[error(
+        "refusing the endpoint data from {source_name}: {why}; nothing changed (the document is not what Microsoft publishes: a tampered or damaged copy?)"
+    )]
+    Invalid { source_name: String, why: String },
+    #[error(
+        "refusing the endpoint data from {source_name}: entry {id} lists {net}, broader than /{bound}: an accept set of that size would let most of the Internet past the block sets; nothing changed (--allow-broad installs it anyway, with a warning)"
+    )]
+    Broad {
+        source_name: String,
+        id: u32,
+        net: IpNet,
+        bound: u8,
+    },
+    #[error(
+        "{path} is larger than {max} bytes (the worldwide document is about 100 KB): not an endpoints document; nothing changed"
+    )]
+    TooLarge { path: PathBuf, max: u64 },
     #[error(
         "the new allow set has {new} entries where {current} has {old}: it would shrink by more than half (a truncated or changed document?); nothing changed (--force installs it anyway)"
     )]
@@ -55,7 +91,7 @@ pub enum M365Error {
     #[error(
         "the regenerated lists do not compile, the previous ones are back; nothing changed:\n{0}"
     )]
-    Invalid(String),
+    Uncompilable(String),
 }
 
 /// One entry of the endpoints document (fields Microsoft documents; others ignored).
@@ -96,6 +132,9 @@ pub struct Update {
     pub required: BTreeMap<String, String>,
     /// Required URLs no list rule can express (a wildcard inside a label), left out.
     pub inexpressible: Vec<String>,
+    /// Ranges broader than the bound, kept because `--allow-broad` was given: each is
+    /// said in the output as a warning.
+    pub broad: Vec<IpNet>,
 }
 
 /// Where the data comes from.
@@ -125,8 +164,9 @@ impl Source {
     }
 }
 
-/// Reads the version and the endpoints document.
-pub fn fetch(source: &Source) -> Result<Update, M365Error> {
+/// Reads the version and the endpoints document. `allow_broad` keeps ranges broader than
+/// the bound (and lists them in `Update::broad`) instead of refusing the document.
+pub fn fetch(source: &Source, allow_broad: bool) -> Result<Update, M365Error> {
     match source {
         Source::Service(base) => {
             let request_id = format!("{:032x}", rand::random::<u128>());
@@ -139,19 +179,37 @@ pub fn fetch(source: &Source) -> Result<Update, M365Error> {
                     why: e.to_string(),
                 })?;
             let body = get(&endpoints_url)?;
-            parse(&body, &version.latest, base)
+            parse(&body, &version.latest, base, allow_broad)
         }
         Source::File { path, version } => {
-            let body = std::fs::read_to_string(path).map_err(|source| M365Error::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let body = read_capped(path)?;
             let version = version
                 .clone()
                 .unwrap_or_else(|| "unknown (give it with --version)".to_owned());
-            parse(&body, &version, &path.display().to_string())
+            parse(&body, &version, &path.display().to_string(), allow_broad)
         }
     }
+}
+
+/// A saved document, refused past `MAX_DOCUMENT` bytes without reading the rest.
+fn read_capped(path: &Path) -> Result<String, M365Error> {
+    use std::io::Read;
+    let read = |source| M365Error::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut body = String::new();
+    file.take(MAX_DOCUMENT + 1)
+        .read_to_string(&mut body)
+        .map_err(read)?;
+    if body.len() as u64 > MAX_DOCUMENT {
+        return Err(M365Error::TooLarge {
+            path: path.to_owned(),
+            max: MAX_DOCUMENT,
+        });
+    }
+    Ok(body)
 }
 
 fn get(url: &str) -> Result<String, M365Error> {
@@ -177,9 +235,19 @@ fn get(url: &str) -> Result<String, M365Error> {
         .map_err(|e| fail(e.to_string()))
 }
 
-/// The Required ranges of the Optimize and Allow categories, and every Required URL.
-pub fn parse(body: &str, version: &str, source: &str) -> Result<Update, M365Error> {
+/// The Required ranges of the Optimize and Allow categories, and every Required URL,
+/// each field validated (the module comment says why).
+pub fn parse(
+    body: &str,
+    version: &str,
+    source: &str,
+    allow_broad: bool,
+) -> Result<Update, M365Error> {
     let bad = |why: String| M365Error::Parse {
+        source_name: source.to_owned(),
+        why,
+    };
+    let invalid = |why: String| M365Error::Invalid {
         source_name: source.to_owned(),
         why,
     };
@@ -200,32 +268,41 @@ pub fn parse(body: &str, version: &str, source: &str) -> Result<Update, M365Erro
         allow: BTreeMap::new(),
         required: BTreeMap::new(),
         inexpressible: Vec::new(),
+        broad: Vec::new(),
     };
     for e in endpoints.iter().filter(|e| e.required) {
+        let area = validate_service_area(&e.service_area)
+            .map_err(|why| invalid(format!("entry {}: {why}", e.id)))?;
         let category = format!("{:?}", e.category);
         if matches!(e.category, Category::Optimize | Category::Allow) {
             for ip in &e.ips {
-                let net = ip
-                    .parse::<IpNet>()
-                    .or_else(|_| ip.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| bad(format!("entry {}: {ip:?} is not an address range", e.id)))?;
-                update.allow.entry(net.trunc()).or_insert_with(|| {
-                    format!("MS-M365 ID{} {category}/Required {}", e.id, e.service_area)
-                });
+                let net =
+                    validate_range(ip).map_err(|why| invalid(format!("entry {}: {why}", e.id)))?;
+                if let Some(bound) = too_broad(net) {
+                    if !allow_broad {
+                        return Err(M365Error::Broad {
+                            source_name: source.to_owned(),
+                            id: e.id,
+                            net,
+                            bound,
+                        });
+                    }
+                    update.broad.push(net);
+                }
+                update
+                    .allow
+                    .entry(net)
+                    .or_insert_with(|| format!("MS-M365 ID{} {category}/Required {area}", e.id));
             }
         }
         for url in &e.urls {
-            let name = url.trim().to_ascii_lowercase();
-            match crate::policy::runtime::normalize(&name) {
-                Ok(n) => {
+            match validate_url(url).map_err(|why| invalid(format!("entry {}: {why}", e.id)))? {
+                Url::Rule(n) => {
                     update.required.entry(n).or_insert_with(|| {
-                        format!(
-                            "MS-M365 ID{} {category}/Required ({})",
-                            e.id, e.service_area
-                        )
+                        format!("MS-M365 ID{} {category}/Required ({area})", e.id)
                     });
                 }
-                Err(_) => update.inexpressible.push(name),
+                Url::Inexpressible(n) => update.inexpressible.push(n),
             }
         }
     }
@@ -234,7 +311,109 @@ pub fn parse(body: &str, version: &str, source: &str) -> Result<Update, M365Erro
             "no Required range of the Optimize or Allow category in it".to_owned(),
         ));
     }
+    update.broad.sort();
+    update.broad.dedup();
+    update.inexpressible.sort();
+    update.inexpressible.dedup();
     Ok(update)
+}
+
+/// A service area: a plain word or two (letters, digits, ' ', '-', '_', '.').
+fn validate_service_area(area: &str) -> Result<&str, String> {
+    let fine = !area.trim().is_empty()
+        && area.len() <= MAX_SERVICE_AREA
+        && area
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" -_.".contains(&b));
+    match fine {
+        true => Ok(area.trim()),
+        false => Err(format!(
+            "serviceArea {area:?} is not a service area name (at most {MAX_SERVICE_AREA} letters, digits, spaces, '-', '_' or '.')"
+        )),
+    }
+}
+
+/// An address range as Microsoft writes them (CIDR, or a single address), canonical.
+fn validate_range(text: &str) -> Result<IpNet, String> {
+    let net = text
+        .parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address range"))?;
+    Ok(net.trunc())
+}
+
+/// The bound a range is broader than, if it is.
+pub fn too_broad(net: IpNet) -> Option<u8> {
+    match net {
+        IpNet::V4(n) if n.prefix_len() < MAX_PREFIX_V4 => Some(MAX_PREFIX_V4),
+        IpNet::V6(n) if n.prefix_len() < MAX_PREFIX_V6 => Some(MAX_PREFIX_V6),
+        _ => None,
+    }
+}
+
+/// What a Required URL becomes.
+enum Url {
+    /// A list rule: `name` or `*.name`.
+    Rule(String),
+    /// A wildcard inside a label (`*-files.sharepoint.com`, `autodiscover.*.onmicrosoft.com`),
+    /// which no list rule can express: said, left out.
+    Inexpressible(String),
+}
+
+/// A Required URL: a host name, `*.` and a host name, or a host name with `*` inside;
+/// anything else (spaces, control characters, '#', '/', ':') refuses the document.
+fn validate_url(url: &str) -> Result<Url, String> {
+    let name = url.trim().to_ascii_lowercase();
+    let plain = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b));
+    if !plain {
+        return Err(format!(
+            "url {url:?} is not a host name or a wildcard of one (letters, digits, '-', '_', '.', '*')"
+        ));
+    }
+    match crate::policy::runtime::normalize(&name) {
+        // The rule must read back from a list line as itself: an address ("0.0.0.0")
+        // is a hosts-file line there, not a name.
+        Ok(rule) if reads_back_as(&rule) => Ok(Url::Rule(rule)),
+        Ok(_) => Err(format!("url {url:?} is not a host name")),
+        Err(_) if name.contains('*') => Ok(Url::Inexpressible(name)),
+        Err(_) => Err(format!("url {url:?} is not a host name")),
+    }
+}
+
+/// Whether a list line holding only `rule` gives exactly that rule back.
+fn reads_back_as(rule: &str) -> bool {
+    let mut entries = Vec::new();
+    if crate::lists::parse_line(rule, &mut entries).is_err() {
+        return false;
+    }
+    match entries.as_slice() {
+        [e] if !e.allow => {
+            let read = match e.reach {
+                crate::lists::Reach::Suffix => format!("*.{}", e.name),
+                crate::lists::Reach::Exact => e.name.to_string(),
+            };
+            read == rule
+        }
+        _ => false,
+    }
+}
+
+/// Text for a `#` comment: whatever it is given, it cannot end the line (validation
+/// already refuses such input; this holds even if that ever changes).
+fn comment(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 impl Update {
@@ -252,12 +431,22 @@ impl Update {
 # Syntax: one IPv4 or IPv6 address or CIDR per line; '#' starts a comment.
 
 ",
-            self.version,
-            self.source,
+            comment(&self.version),
+            comment(&self.source),
             self.allow.len()
         );
+        if !self.broad.is_empty() {
+            out += &format!(
+                "# Broader than /{MAX_PREFIX_V4} or /{MAX_PREFIX_V6}, kept with --allow-broad: {}\n\n",
+                self.broad
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         for (net, why) in &self.allow {
-            out += &format!("{net}  # {why}\n");
+            out += &format!("{net}  # {}\n", comment(why));
         }
         out
     }
@@ -277,19 +466,19 @@ impl Update {
 # Written by `telesink update-m365` on {today} from {}: {} names.
 # Syntax: 'name' = exact; '*.name' = name and every subdomain; '#' starts a comment.
 ",
-            self.version,
-            self.source,
+            comment(&self.version),
+            comment(&self.source),
             self.required.len()
         );
         if !self.inexpressible.is_empty() {
             out += &format!(
                 "# Left out, a wildcard inside a label no rule can express: {}\n",
-                self.inexpressible.join(", ")
+                comment(&self.inexpressible.join(", "))
             );
         }
         out += "\n";
         for (name, why) in &self.required {
-            out += &format!("{name}  # {why}\n");
+            out += &format!("{name}  # {}\n", comment(why));
         }
         out
     }
@@ -364,7 +553,7 @@ pub fn install(
             };
         }
         let problems: Vec<String> = outcome.problems.iter().map(|p| p.to_string()).collect();
-        return Err(M365Error::Invalid(problems.join("\n")));
+        return Err(M365Error::Uncompilable(problems.join("\n")));
     }
     let named =
         |p: &toml::Spanned<PathBuf>, file: &str| p.get_ref().file_name().is_some_and(|n| n == file);
@@ -421,7 +610,7 @@ mod tests {
 
     #[test]
     fn required_ranges_of_optimize_and_allow_and_every_required_name() {
-        let u = parse(DOC, "2025013000", "test").unwrap();
+        let u = parse(DOC, "2025013000", "test", false).unwrap();
         let nets: Vec<String> = u.allow.keys().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["13.107.6.152/31", "40.92.0.0/15", "2603:1006::/40"]);
         let names: Vec<&str> = u.required.keys().map(String::as_str).collect();
@@ -448,14 +637,241 @@ mod tests {
                 "unknown variant",
             ),
         ] {
-            let e = parse(doc, "2025013000", "t").unwrap_err().to_string();
+            let e = parse(doc, "2025013000", "t", false)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(why), "{doc}: {e}");
         }
         assert!(
-            parse(DOC, "latest", "t")
+            parse(DOC, "latest", "t", false)
                 .unwrap_err()
                 .to_string()
                 .contains("YYYYMMDDNN")
+        );
+    }
+
+    /// The entries of an endpoint document with one Required Allow entry.
+    fn doc_with(service_area: &str, urls: &[&str], ips: &[&str]) -> String {
+        serde_json::json!([{
+            "id": 7, "serviceArea": service_area, "urls": urls, "ips": ips,
+            "category": "Allow", "required": true
+        }])
+        .to_string()
+    }
+
+    /// The hostile documents of the security review: each is refused, never rendered.
+    #[test]
+    fn injected_lines_and_broad_ranges_are_refused() {
+        for (doc, why) in [
+            (
+                doc_with("Exchange\n0.0.0.0/0\n::/0", &[], &["13.107.6.152/31"]),
+                "is not a service area name",
+            ),
+            (
+                doc_with(
+                    "Exchange",
+                    &["outlook.office.com\nexample.org"],
+                    &["13.107.6.152/31"],
+                ),
+                "is not a host name or a wildcard",
+            ),
+            (
+                doc_with("Exchange", &["a.example # x"], &["13.107.6.152/31"]),
+                "is not a host name or a wildcard",
+            ),
+            (
+                doc_with("Exchange", &[], &["0.0.0.0/0"]),
+                "broader than /12",
+            ),
+            (doc_with("Exchange", &[], &["::/0"]), "broader than /24"),
+            (
+                doc_with("Exchange", &[], &["10.0.0.0/8"]),
+                "broader than /12",
+            ),
+            (
+                doc_with("Exchange", &[], &["13.107.6.152/31\n0.0.0.0/0"]),
+                "is not an address range",
+            ),
+        ] {
+            let e = parse(&doc, "2025013000", "t", false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{doc}: {e}");
+            assert!(e.contains("nothing changed"), "{e}");
+        }
+        // With --allow-broad a broad range is kept and named in the file's header.
+        let u = parse(
+            &doc_with("Exchange", &[], &["0.0.0.0/0"]),
+            "2025013000",
+            "t",
+            true,
+        )
+        .unwrap();
+        assert_eq!(u.broad, ["0.0.0.0/0".parse::<IpNet>().unwrap()]);
+        assert!(
+            u.render_allow("2026-12-07")
+                .contains("kept with --allow-broad: 0.0.0.0/0")
+        );
+    }
+
+    /// A source named with a line break (a file path) cannot end its comment either.
+    #[test]
+    fn the_source_and_version_in_headers_stay_comments() {
+        let u = parse(DOC, "2025013000", "/tmp/x\n0.0.0.0/0\r\n::/0", false).unwrap();
+        for text in [u.render_allow("d"), u.render_required("d")] {
+            assert!(
+                !text
+                    .lines()
+                    .any(|l| l.starts_with("0.0.0.0/0") || l.starts_with("::/0")),
+                "{text}"
+            );
+        }
+    }
+
+    /// A small deterministic generator (xorshift), so the property test needs no crate
+    /// and every run sees the same documents.
+    struct Gen(u64);
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[(self.next() % from.len() as u64) as usize]
+        }
+        /// Mostly one plausible value; otherwise up to three pieces of plausible and
+        /// hostile ones, glued together.
+        fn text(&mut self, plausible: &[&str], hostile: &[&str]) -> String {
+            if self.next() % 10 < 9 {
+                return self.pick(plausible).to_owned();
+            }
+            let n = self.next() % 4;
+            (0..n)
+                .map(|_| match self.next() % 2 {
+                    0 => self.pick(plausible),
+                    _ => self.pick(hostile),
+                })
+                .collect()
+        }
+    }
+
+    /// Any document is refused, or gives lists whose parse is exactly the validated
+    /// input: no field can add, drop or change an entry of the rendered lists.
+    #[test]
+    fn any_document_is_refused_or_renders_exactly_what_was_validated() {
+        const AREAS: &[&str] = &["Exchange", "Share Point", "Common", "Skype-x", "v1.2"];
+        const BAD_AREAS: &[&str] = &["\n", "\r", "#", " ", "", "\u{2028}", "é", "0.0.0.0/0", "\t"];
+        const NAMES: &[&str] = &[
+            "outlook.office.com",
+            "*.protection.outlook.com",
+            "UPPER.Example",
+            "_srv.example.org",
+            "*-files.sharepoint.com",
+            "autodiscover.*.onmicrosoft.com",
+            "a",
+            "x-y.example",
+        ];
+        const BAD_NAMES: &[&str] = &[
+            "*.",
+            "*",
+            ".",
+            "\n",
+            "#",
+            " ",
+            "-x",
+            "\t",
+            "0.0.0.0",
+            "::",
+            "/",
+            "é",
+            "\r\n",
+            "..",
+            "@@",
+            "||",
+            "^",
+            "127.0.0.1",
+        ];
+        const IPS: &[&str] = &[
+            "13.107.6.152/31",
+            "40.96.0.0/13",
+            "2603:1006::/40",
+            "192.0.2.1",
+            "2001:db8::/48",
+            "10.0.0.0/12",
+            "198.51.100.7/24",
+            "2001:db8::1",
+        ];
+        const BAD_IPS: &[&str] = &[
+            "0.0.0.0/0",
+            "::/0",
+            "\n",
+            "#",
+            " ",
+            "/8",
+            "2001:db8::/23",
+            "10.0.0.0/11",
+            "1.2.3.4/33",
+        ];
+        let dir = std::env::temp_dir().join(format!("telesink-m365-prop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..3_000 {
+            let entries: Vec<serde_json::Value> = (0..1 + g.next() % 3)
+                .map(|i| {
+                    let urls: Vec<String> = (0..g.next() % 3)
+                        .map(|_| g.text(NAMES, BAD_NAMES))
+                        .collect();
+                    let ips: Vec<String> = (0..1 + g.next() % 2)
+                        .map(|_| g.text(IPS, BAD_IPS))
+                        .collect();
+                    serde_json::json!({
+                        "id": i, "serviceArea": g.text(AREAS, BAD_AREAS), "urls": urls, "ips": ips,
+                        "category": g.pick(&["Allow", "Optimize", "Default"]), "required": true
+                    })
+                })
+                .collect();
+            let doc = serde_json::Value::Array(entries).to_string();
+            let broad = g.next().is_multiple_of(2);
+            let source = g.text(AREAS, BAD_AREAS);
+            let Ok(u) = parse(&doc, "2025013000", &source, broad) else {
+                refused += 1;
+                continue;
+            };
+            accepted += 1;
+            let allow_path = dir.join(format!("{round}.cidrs"));
+            let names_path = dir.join(format!("{round}.domains"));
+            std::fs::write(&allow_path, u.render_allow("d")).unwrap();
+            std::fs::write(&names_path, u.render_required("d")).unwrap();
+            let (mut nets, mut names, mut problems) = (Vec::new(), Vec::new(), Vec::new());
+            crate::lists::read_cidrs(&allow_path, &mut problems, |n, _| nets.push(n)).unwrap();
+            crate::lists::read_list(&names_path, &mut problems, |e, _| {
+                names.push(match e.reach {
+                    crate::lists::Reach::Suffix => format!("*.{}", e.name),
+                    crate::lists::Reach::Exact => e.name.to_string(),
+                })
+            })
+            .unwrap();
+            assert!(problems.is_empty(), "{doc}: {problems:?}");
+            assert_eq!(nets, u.allow.keys().copied().collect::<Vec<_>>(), "{doc}");
+            assert_eq!(
+                names,
+                u.required.keys().cloned().collect::<Vec<_>>(),
+                "{doc}"
+            );
+            if !broad {
+                assert!(nets.iter().all(|n| too_broad(*n).is_none()), "{doc}");
+            }
+            let _ = std::fs::remove_file(allow_path);
+            let _ = std::fs::remove_file(names_path);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        // Both sides were exercised, or the test proves nothing.
+        assert!(
+            accepted > 100 && refused > 100,
+            "{accepted} accepted, {refused} refused"
         );
     }
 }

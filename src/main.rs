@@ -187,6 +187,11 @@ enum Command {
         /// Install even when the allow set shrinks by more than half.
         #[arg(long)]
         force: bool,
+        /// Keep Required ranges broader than /12 (IPv4) or /24 (IPv6) instead of refusing
+        /// the document; each is printed as a warning (check also wants
+        /// firewall.allow_broad = true for them).
+        #[arg(long)]
+        allow_broad: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -439,12 +444,14 @@ fn main() -> ExitCode {
             version,
             output_dir,
             force,
+            allow_broad,
             socket,
         } => update_m365(
             from.as_deref(),
             version,
             output_dir.as_deref(),
             force,
+            allow_broad,
             &socket,
         ),
         Command::Init {
@@ -495,6 +502,7 @@ fn update_m365(
     version: Option<String>,
     output_dir: Option<&std::path::Path>,
     force: bool,
+    allow_broad: bool,
     socket: &SocketArgs,
 ) -> ExitCode {
     use telesink::m365;
@@ -506,7 +514,14 @@ fn update_m365(
         }
     };
     let source = m365::Source::parse(from, version);
-    let installed = m365::fetch(&source).and_then(|update| {
+    let installed = m365::fetch(&source, allow_broad).and_then(|update| {
+        // Said before the install, which may still refuse them (firewall.allow_broad).
+        for net in &update.broad {
+            eprintln!(
+                "telesink: warning: {net} is broader than /{} and was kept because of --allow-broad: the accept set lets it past every block set",
+                m365::too_broad(*net).unwrap_or(0)
+            );
+        }
         let today = telesink::clock::utc_date(telesink::clock::unix_now());
         m365::install(&cfg, &update, output_dir, force, &today).map(|i| (update, i))
     });

@@ -191,3 +191,139 @@ fn update_m365_installs_current_data_reloads_and_refuses_bad_documents() {
     assert!(text.contains("telesink is not running"), "{text}");
     assert!(read(dir.path(), "allow-m365-core.cidrs").contains("v2026110100"));
 }
+
+/// Hostile documents (tests/fixtures/m365/endpoints-hostile-*.json: a service area and a
+/// URL that carry line breaks to add entries, Required ranges of 0.0.0.0/0 and ::/0), an
+/// oversized file, and a hand-written accept list of 0.0.0.0/0: none of them reaches the
+/// firewall's accept set, each with a clear error, and nothing changes on disk.
+#[test]
+fn nothing_imported_opens_the_firewall() {
+    let dir = TempDir::new("m365-hostile");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/blocklists");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[policy]\nlists_dir = \"{shipped}\"\nrequired = \"m365-required.domains\"\n[firewall]\nallow_cidrs = [\"allow-m365-core.cidrs\"]\n[profiles.office-telemetry]\nenabled = true\nlists = [\"office-telemetry.domains\"]\ncidrs = [\"office-telemetry.cidrs\"]\n"
+    );
+    let cfg = dir.write("telesink.toml", &config);
+    let socket = dir.path().join("control.sock");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin())
+            .arg("update-m365")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        (out.status.success(), output_text(&out))
+    };
+    let fixture = |name: &str| Path::new(FIXTURES).join(name).display().to_string();
+    let (ok, out) = run(&[
+        "--from",
+        &fixture("endpoints-2025013000.json"),
+        "--version",
+        "2025013000",
+    ]);
+    assert!(ok, "{out}");
+    let before = read(dir.path(), "allow-m365-core.cidrs");
+    let before_names = read(dir.path(), "m365-required.domains");
+    let opened = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("0.0.0.0/0")
+                || l.starts_with("::/0")
+                || l.starts_with("telemetry.example.org")
+        })
+    };
+    assert!(!opened(&before));
+    for (file, why) in [
+        (
+            "endpoints-hostile-servicearea.json",
+            "is not a service area name",
+        ),
+        (
+            "endpoints-hostile-url.json",
+            "is not a host name or a wildcard",
+        ),
+        (
+            "endpoints-hostile-everything.json",
+            "lists 0.0.0.0/0, broader than /12",
+        ),
+    ] {
+        let (ok, out) = run(&["--from", &fixture(file), "--version", "2025013100"]);
+        assert!(!ok, "{file}: {out}");
+        assert!(
+            out.contains(why) && out.contains("nothing changed"),
+            "{file}: {out}"
+        );
+        assert_eq!(read(dir.path(), "allow-m365-core.cidrs"), before, "{file}");
+        assert_eq!(
+            read(dir.path(), "m365-required.domains"),
+            before_names,
+            "{file}"
+        );
+    }
+    // --allow-broad writes the broad ranges with a warning, and then the compiler, which
+    // refuses them unless firewall.allow_broad says so, puts the previous lists back.
+    let (ok, out) = run(&[
+        "--from",
+        &fixture("endpoints-hostile-everything.json"),
+        "--version",
+        "2025013100",
+        "--allow-broad",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("was kept because of --allow-broad"), "{out}");
+    assert!(
+        out.contains("allow range 0.0.0.0/0 is broader than /12"),
+        "{out}"
+    );
+    assert!(out.contains("the previous ones are back"), "{out}");
+    assert_eq!(read(dir.path(), "allow-m365-core.cidrs"), before);
+
+    // A file of any size is not read whole: past the cap it is refused.
+    let big = dir.write("big.json", &" ".repeat(5 << 20));
+    let (ok, out) = run(&["--from", big.to_str().unwrap(), "--version", "2025013100"]);
+    assert!(!ok && out.contains("is larger than 4194304 bytes"), "{out}");
+
+    // Whatever wrote it, an accept list of 0.0.0.0/0 or one covering a block range is an
+    // error at its line for check (and so for start and reload); allow_broad makes it a
+    // warning.
+    dir.write(
+        "blocklists/allow-m365-core.cidrs",
+        "13.107.6.152/31\n0.0.0.0/0 # whole v4\n",
+    );
+    let (fine, text) = check(&cfg);
+    assert!(!fine, "{text}");
+    assert!(
+        text.contains(
+            "allow-m365-core.cidrs:2: allow range 0.0.0.0/0 is broader than /12 and covers"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("which office-telemetry blocks"), "{text}");
+    let covered = std::fs::read_to_string(Path::new(shipped).join("office-telemetry.cidrs"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim().to_owned())
+        .find(|l| !l.is_empty())
+        .unwrap();
+    dir.write("blocklists/allow-m365-core.cidrs", &format!("{covered}\n"));
+    let (fine, text) = check(&cfg);
+    assert!(!fine, "{text}");
+    assert!(
+        text.contains(&format!(
+            "allow-m365-core.cidrs:1: allow range {covered} covers {covered}, which office-telemetry blocks"
+        )),
+        "{text}"
+    );
+    let broad_cfg = dir.write(
+        "broad.toml",
+        &config.replace("[firewall]\n", "[firewall]\nallow_broad = true\n"),
+    );
+    let (fine, text) = check(&broad_cfg);
+    assert!(fine, "{text}");
+    assert!(
+        text.contains("accepted: firewall.allow_broad = true"),
+        "{text}"
+    );
+}

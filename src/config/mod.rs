@@ -158,6 +158,10 @@ pub struct FirewallConfig {
     /// Address lists accepted before any block set (e.g. Microsoft 365 Required ranges).
     #[serde(default)]
     pub allow_cidrs: Vec<Spanned<PathBuf>>,
+    /// Accept allow ranges broader than /12 (IPv4) or /24 (IPv6), or that cover a block
+    /// range, with a warning, instead of refusing them (src/policy/build.rs).
+    #[serde(default)]
+    pub allow_broad: bool,
     /// Clients tracked per profile for the per-client reject counters; beyond that, rejects
     /// are still enforced and counted in the rule's own counter.
     #[serde(default = "default_accounting_clients")]
@@ -281,6 +285,7 @@ impl Default for FirewallConfig {
             verdict: FirewallVerdict::default(),
             on_exit: OnExit::default(),
             allow_cidrs: Vec::new(),
+            allow_broad: false,
             accounting_clients: default_accounting_clients(),
             bypass: BypassConfig::default(),
             shadow: ShadowConfig::default(),

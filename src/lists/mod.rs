@@ -121,11 +121,12 @@ fn for_each_line<'a>(
     }
 }
 
-/// Reads an address list: one CIDR or single address per line, `#` comments.
+/// Reads an address list: one CIDR or single address per line, `#` comments. `sink` gets
+/// each range with its 1-based line number.
 pub fn read_cidrs(
     path: &Path,
     problems: &mut Vec<ListProblem>,
-    mut sink: impl FnMut(ipnet::IpNet),
+    mut sink: impl FnMut(ipnet::IpNet, usize),
 ) -> Result<(), std::io::Error> {
     let text = std::fs::read_to_string(path)?;
     for (i, raw) in text.lines().enumerate() {
@@ -137,7 +138,7 @@ pub fn read_cidrs(
             .parse::<ipnet::IpNet>()
             .or_else(|_| line.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
         match parsed {
-            Ok(net) => sink(net.trunc()),
+            Ok(net) => sink(net.trunc(), i + 1),
             Err(_) => problems.push(ListProblem {
                 at: Location {
                     path: path.to_owned(),

@@ -232,8 +232,9 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         nets: super::AddressSet::default(),
         shadow: profiles.iter().any(|p| p.shadow),
     });
-    let allow_nets = b.load_cidrs(&cfg.config.firewall.allow_cidrs);
     let bypass_nets = b.load_cidrs(&cfg.config.firewall.bypass.doh_cidrs);
+    let mut allow_warnings = Vec::new();
+    let allow_nets = b.load_allow_cidrs(&profiles, &bypass_nets, &mut allow_warnings);
     let never_learn_nets = b.load_cidrs(&cfg.config.firewall.shadow.never_learn_cidrs);
     let never_learn_zones = b.load_zones(&cfg.config.firewall.shadow.never_learn_zones);
     let (groups, nets, host_names) = b.groups(&profiles);
@@ -249,6 +250,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         })
         .collect();
     warnings.extend(setting_warnings(cfg));
+    warnings.extend(allow_warnings);
     let required = cfg
         .config
         .policy
@@ -550,6 +552,70 @@ impl Builder<'_> {
         self.load_cidrs_counted(paths).0
     }
 
+    /// The firewall's accept set. It is matched before every block set, so one range too
+    /// many switches the egress firewall off for it: a range broader than /12 (IPv4) or
+    /// /24 (IPv6), or one that covers a range a profile or the DNS-bypass set blocks, is
+    /// an error at its file:line, whatever wrote the file (an admin, `update-m365`, a
+    /// tampered copy), unless `firewall.allow_broad = true` says it is meant (then a
+    /// warning at every start, check and reload).
+    fn load_allow_cidrs(
+        &mut self,
+        profiles: &[Profile],
+        bypass: &super::AddressSet,
+        warnings: &mut Vec<String>,
+    ) -> super::AddressSet {
+        let allow_broad = self.cfg.config.firewall.allow_broad;
+        let mut nets = Vec::new();
+        for path in &self.cfg.config.firewall.allow_cidrs {
+            let file = self.resolve(path.get_ref());
+            let mut problems = Vec::new();
+            let mut found = Vec::new();
+            let read = lists::read_cidrs(&file, &mut problems, |n, line| found.push((n, line)));
+            self.take_read(path, &file, read, problems);
+            for (net, line) in found {
+                let mut why = Vec::new();
+                if let Some(bound) = crate::m365::too_broad(net) {
+                    why.push(format!("is broader than /{bound}"));
+                }
+                let blocked = profiles
+                    .iter()
+                    .map(|p| (p.name.as_str(), &p.nets))
+                    .chain([("dns-bypass (firewall.bypass.doh_cidrs)", bypass)]);
+                for (owner, set) in blocked {
+                    if let Some(block) = set.first_covered_by(net) {
+                        why.push(format!("covers {block}, which {owner} blocks"));
+                        break;
+                    }
+                }
+                if why.is_empty() {
+                    nets.push(net);
+                    continue;
+                }
+                let at = Location {
+                    path: file.clone(),
+                    line,
+                };
+                let message = format!(
+                    "allow range {net} {}: the accept set is matched before every block set, so it would let that traffic past the firewall; narrow it, or set firewall.allow_broad = true if it is meant",
+                    why.join(" and ")
+                );
+                if allow_broad {
+                    warnings.push(format!(
+                        "{at}: {message} (accepted: firewall.allow_broad = true)"
+                    ));
+                    nets.push(net);
+                } else {
+                    self.problems.push(BuildProblem {
+                        at,
+                        message,
+                        severity: Severity::Fatal,
+                    });
+                }
+            }
+        }
+        super::AddressSet::from_nets(nets)
+    }
+
     /// The addresses, and per file (its config span and path) how many it held.
     fn load_cidrs_counted(
         &mut self,
@@ -561,7 +627,7 @@ impl Builder<'_> {
             let file = self.resolve(path.get_ref());
             let mut problems = Vec::new();
             let before = nets.len();
-            let read = lists::read_cidrs(&file, &mut problems, |n| nets.push(n));
+            let read = lists::read_cidrs(&file, &mut problems, |n, _| nets.push(n));
             let ok = read.is_ok();
             self.take_read(path, &file, read, problems);
             if ok {

@@ -70,6 +70,27 @@ pub struct AddressSet {
 }
 
 impl AddressSet {
+    /// A range of this set that `net` contains whole, if any (the set is aggregated:
+    /// sorted, so one binary search finds the first range at or after `net`'s start).
+    pub fn first_covered_by(&self, net: ipnet::IpNet) -> Option<ipnet::IpNet> {
+        match net {
+            ipnet::IpNet::V4(n) => {
+                let at = self.v4.partition_point(|b| b.network() < n.network());
+                self.v4
+                    .get(at)
+                    .filter(|b| n.contains(*b))
+                    .map(|b| ipnet::IpNet::V4(*b))
+            }
+            ipnet::IpNet::V6(n) => {
+                let at = self.v6.partition_point(|b| b.network() < n.network());
+                self.v6
+                    .get(at)
+                    .filter(|b| n.contains(*b))
+                    .map(|b| ipnet::IpNet::V6(*b))
+            }
+        }
+    }
+
     pub fn from_nets(nets: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for net in nets {
