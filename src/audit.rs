@@ -97,6 +97,17 @@ impl Audit {
         }
     }
 
+    /// The last round at stop: firewall counters in, the aggregate out to the file or,
+    /// when the file cannot be written, to a recovery file beside it. Blocking.
+    pub fn stop(&self) {
+        self.read_firewall();
+        match self.ledger.stop(&|ip| self.label(ip)) {
+            Ok(said) if said.contains("saved to") => warn!("{said}"),
+            Ok(said) => tracing::info!("{said}"),
+            Err(said) => tracing::error!("{said}"),
+        }
+    }
+
     /// Flushes every `every` until the process ends.
     pub async fn run(self: Arc<Self>, every: Duration) {
         // The first reading of the kernel counters is the baseline, not new attempts:

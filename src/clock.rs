@@ -21,6 +21,18 @@ pub fn utc_date(unix: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// The UTC time of a Unix time, as YYYY-MM-DD HH:MM:SS UTC.
+pub fn utc_time(unix: u64) -> String {
+    let s = unix % 86_400;
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        utc_date(unix),
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}
+
 /// Days since 1970-01-01 of a YYYY-MM-DD date (days-from-civil); None for anything else.
 pub fn day_number(date: &str) -> Option<u32> {
     let b = date.as_bytes();

@@ -436,12 +436,8 @@ pub fn report_verify(args: &SocketArgs) -> ExitCode {
             let checked = ledger_file(args).and_then(|p| {
                 let store =
                     telesink::evidence::Store::open_read_only(&p).map_err(|e| e.to_string())?;
-                let c = store.verify().map_err(|e| e.to_string())?;
-                Ok(serde_json::json!({
-                    "ok": c.is_ok(),
-                    "days": c.as_ref().ok(),
-                    "first_bad_day": c.as_ref().err(),
-                }))
+                let v = store.verification().map_err(|e| e.to_string())?;
+                serde_json::to_value(v).map_err(|e| e.to_string())
             });
             match checked {
                 Ok(v) => v,
@@ -459,21 +455,30 @@ pub fn report_verify(args: &SocketArgs) -> ExitCode {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     }
-    if v.get("ok").and_then(Value::as_bool) == Some(true) {
-        if !args.json {
-            println!(
-                "the digest chain holds: {} closed days verified",
-                n(&v, "days")
-            );
+    let verified: telesink::evidence::Verification = match serde_json::from_value(v) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("telesink: the daemon's answer is not a verification: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+    if !args.json {
+        match &verified.first_bad_day {
+            None => println!(
+                "the digest chain holds: {} closed days verified",
+                verified.days.unwrap_or(0)
+            ),
+            Some(day) => println!(
+                "the digest chain breaks at {day}: that day's rows are not what was recorded when it closed"
+            ),
+        }
+        for b in &verified.breaks {
+            println!("ledger break at {b}");
+        }
+    }
+    if verified.ok {
         ExitCode::SUCCESS
     } else {
-        if !args.json {
-            println!(
-                "the digest chain breaks at {}: that day's rows are not what was recorded when it closed",
-                s(&v, "first_bad_day")
-            );
-        }
         ExitCode::FAILURE
     }
 }

@@ -172,8 +172,9 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         }
         let (health_of, watched) = (applier.clone(), watchdog_seen.clone());
         let ledger_missing = c.evidence.enabled && ledger.is_none();
+        let ledger_of = ledger.clone();
         let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> =
-            Arc::new(move || health(&health_of, &watched, ledger_missing));
+            Arc::new(move || health(&health_of, &watched, ledger_missing, ledger_of.as_deref()));
         let slots = listeners.add(crate::slots::Slots::new(
             "metrics",
             crate::metrics::MAX_CONNECTIONS,
@@ -307,9 +308,10 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     if hickory_serves && let Err(e) = server.shutdown_gracefully().await {
         warn!("shutdown: {e}");
     }
-    // What was counted since the last flush goes to the ledger before the process ends.
+    // What was counted since the last flush goes to the ledger (or its recovery file)
+    // before the process ends.
     if let Some(a) = audit {
-        let _ = tokio::task::spawn_blocking(move || a.flush()).await;
+        let _ = tokio::task::spawn_blocking(move || a.stop()).await;
     }
     // on_exit of the config in force now (a reload may have changed it).
     applier.stop().await;
@@ -329,12 +331,18 @@ struct WatchdogSeen {
 }
 
 /// `/health`: 200 only when what the daemon claims is true; otherwise every reason.
-fn health(applier: &Applier, watchdog: &WatchdogSeen, ledger_missing: bool) -> Result<(), String> {
+fn health(
+    applier: &Applier,
+    watchdog: &WatchdogSeen,
+    ledger_missing: bool,
+    ledger: Option<&crate::evidence::Ledger>,
+) -> Result<(), String> {
     use std::sync::atomic::Ordering::Relaxed;
     let mut why = Vec::new();
     if ledger_missing {
         why.push("the evidence ledger could not be opened; nothing is recorded".to_owned());
     }
+    why.extend(ledger.map(|l| l.health()).unwrap_or_default());
     if applier.upstream.servers().is_empty() {
         why.push("no upstream resolver".to_owned());
     } else if let Some(problem) = applier.upstream.reach.problem() {

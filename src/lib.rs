@@ -2,7 +2,7 @@
 //! The binary is `src/main.rs`; this library exists so tests and benchmarks reach the parts.
 //!
 //! Layers, each importing only those above it in this list (docs/ARCHITECTURE.md):
-//! clock, host, slots, config, lists, policy -> firewall (plan, netlink, the kernel owner)
+//! clock, durable, host, slots, config, lists, policy -> firewall (plan, netlink, the kernel owner)
 //! -> state, evidence, snapshot -> dns -> shadow -> apply -> metrics -> audit -> control
 //! -> budget -> daemon; m365 and init beside control (CLI commands).
 
@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod durable;
 pub mod evidence;
 pub mod firewall;
 pub mod host;

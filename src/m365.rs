@@ -587,13 +587,10 @@ pub fn install(
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), M365Error> {
-    let tmp = path.with_extension("tmp-update-m365");
-    let err = |source| M365Error::Write {
+    crate::durable::write(path, text.as_bytes()).map_err(|source| M365Error::Write {
         path: path.to_owned(),
         source,
-    };
-    std::fs::write(&tmp, text).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 #[cfg(test)]

@@ -300,18 +300,9 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
             }
             evidence_reply(report)
         }
-        (&Method::POST, ["v1", "report", "verify"]) => evidence_reply(
-            c.evidence(|store| {
-                let checked = store.verify()?;
-                Ok(serde_json::json!({
-                    "ok": checked.is_ok(),
-                    "days": checked.as_ref().ok(),
-                    "first_bad_day": checked.as_ref().err(),
-                    "purges": store.purges()?,
-                }))
-            })
-            .await,
-        ),
+        (&Method::POST, ["v1", "report", "verify"]) => {
+            evidence_reply(c.evidence(|store| Ok(store.verification()?)).await)
+        }
         (&Method::POST, ["v1", "report", "purge"]) => {
             let b: PurgeBody = match body(req).await {
                 Ok(b) => b,

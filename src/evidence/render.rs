@@ -89,6 +89,9 @@ impl Report {
         for (at, client, n) in &self.purges {
             out += &format!("purge at {}: client {client}, {n} rows erased\n", time(*at));
         }
+        for b in &self.breaks {
+            out += &format!("ledger break at {b}\n");
+        }
         out
     }
 
@@ -181,6 +184,13 @@ td.n{{text-align:right}}h2{{margin-top:1.6em}}.small{{color:#555;font-size:.9em}
                 "<p class=\"small\">Erasure at {}: client {}, {n} rows.</p>",
                 time(*at),
                 esc(client)
+            );
+        }
+        for b in &self.breaks {
+            let _ = write!(
+                page,
+                "<p class=\"small\"><strong>Ledger break</strong> at {}</p>",
+                esc(&b.to_string())
             );
         }
         page += "</body></html>\n";

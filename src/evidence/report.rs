@@ -46,6 +46,10 @@ pub struct Report {
     pub last_digest: Option<(String, String)>,
     /// Purges recorded: (Unix time, client, rows).
     pub purges: Vec<(u64, String, u64)>,
+    /// Times the ledger was started anew because the file before was unreadable: the
+    /// attempts before each are not in this file.
+    #[serde(default)]
+    pub breaks: Vec<crate::evidence::Break>,
     /// Lines past `MAX_LINES` that this report does not hold (the sums above still
     /// count them): narrow the period or the client, or sum with `--by`.
     #[serde(default)]
@@ -82,7 +86,9 @@ fn run_capped(store: &Store, q: &Query, max_lines: usize) -> Result<Report, Repo
     };
     let mut sum = Summing::new(q, by, max_lines);
     store.each_day(&q.since, &q.until, |day| sum.add(day))?;
-    Ok(sum.finish(store.last_digest(&q.until)?, store.purges()?))
+    let mut report = sum.finish(store.last_digest(&q.until)?, store.purges()?);
+    report.breaks = store.breaks()?;
+    Ok(report)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -396,6 +402,7 @@ impl<'q> Summing<'q> {
             observed_clients: self.clients.top(&self.observed),
             last_digest,
             purges,
+            breaks: Vec::new(),
             lines_left_out: self.left_out,
         }
     }

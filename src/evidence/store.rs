@@ -12,6 +12,10 @@
 //! - `anchor`: the digest of the last day the retention removed, which the first kept
 //!   day was chained on; `purges`: every erasure (GDPR), which re-chains the days it
 //!   touched so the chain stays verifiable and says that a purge happened.
+//! - `breaks`: each time the file before this one was unreadable and set aside, so the
+//!   attempts before that moment are not in this file. Reports show it, `report verify`
+//!   names it, `/health` says it for a day and a metric counts it: a ledger started anew
+//!   is never mistaken for a complete one.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -92,6 +96,42 @@ pub struct Stored {
     pub last_seen: u64,
 }
 
+/// A new ledger was started here because the file before was unreadable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Break {
+    /// Unix seconds, and its UTC day.
+    pub at: u64,
+    pub day: String,
+    /// Why the file before could not be read.
+    pub reason: String,
+    /// Where it was moved (it still holds the attempts before `at`).
+    pub aside: String,
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: the ledger was started anew because the file before was unreadable ({}); the attempts before are in {}, not in this file",
+            crate::clock::utc_time(self.at),
+            self.reason,
+            self.aside
+        )
+    }
+}
+
+/// The answer of `telesink report verify`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Verification {
+    pub ok: bool,
+    /// Closed days whose digests were recomputed and matched (when the chain holds).
+    pub days: Option<usize>,
+    /// The first day that does not match.
+    pub first_bad_day: Option<String>,
+    pub purges: Vec<(u64, String, u64)>,
+    pub breaks: Vec<Break>,
+}
+
 pub struct Store {
     path: PathBuf,
     conn: Connection,
@@ -112,6 +152,8 @@ CREATE TABLE IF NOT EXISTS anchor (
     id INTEGER PRIMARY KEY CHECK (id = 1), day TEXT NOT NULL, digest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS purges (
     at INTEGER NOT NULL, day TEXT NOT NULL, client TEXT NOT NULL, rows INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS breaks (
+    at INTEGER NOT NULL, day TEXT NOT NULL, reason TEXT NOT NULL, aside TEXT NOT NULL);
 ";
 
 /// The file format (`PRAGMA user_version`): 2 seals closed days into blocks. A file of
@@ -159,10 +201,35 @@ impl Store {
                 for ext in ["sqlite-wal", "sqlite-shm"] {
                     let _ = std::fs::remove_file(path.with_extension(ext));
                 }
-                Self::try_open(path)
+                let store = Self::try_open(path)?;
+                let now = crate::clock::unix_now();
+                store
+                    .conn
+                    .execute(
+                        "INSERT INTO breaks (at, day, reason, aside) VALUES (?1, ?2, ?3, ?4)",
+                        params![
+                            now as i64,
+                            day_text((now / 86_400) as u32),
+                            e.to_string(),
+                            aside.display().to_string()
+                        ],
+                    )
+                    .map_err(|source| StoreError::Sql {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                Ok(store)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Opens the ledger again after a write error (a file made read-only for a while, a
+    /// full disk): a connection that SQLite opened read-only stays read-only, so only a
+    /// new one can write once the cause is gone. Never sets the file aside: a file that
+    /// cannot be written is not a corrupt one.
+    pub fn reopen(path: &Path) -> Result<Store, StoreError> {
+        Self::try_open(path)
     }
 
     fn try_open(path: &Path) -> Result<Store, StoreError> {
@@ -222,7 +289,34 @@ impl Store {
         today: u32,
         retention_days: u32,
     ) -> Result<(), StoreError> {
-        self.in_transaction(|tx| flush_in(tx, rows, label, today, retention_days))
+        let labelled = labelled(rows, label);
+        self.flush_labelled(&labelled, today, retention_days)
+    }
+
+    /// The same for rows whose client is a label already (a recovery file's).
+    pub fn flush_labelled(
+        &mut self,
+        rows: &[Stored],
+        today: u32,
+        retention_days: u32,
+    ) -> Result<(), StoreError> {
+        self.in_transaction(|tx| flush_in(tx, rows, today, retention_days))
+    }
+
+    /// Every time the ledger was started anew, oldest first.
+    pub fn breaks(&self) -> Result<Vec<Break>, StoreError> {
+        self.read(|conn| {
+            let mut q = conn.prepare("SELECT at, day, reason, aside FROM breaks ORDER BY at")?;
+            let r = q.query_map([], |r| {
+                Ok(Break {
+                    at: r.get::<_, i64>(0)? as u64,
+                    day: r.get(1)?,
+                    reason: r.get(2)?,
+                    aside: r.get(3)?,
+                })
+            })?;
+            Ok(r.collect::<Result<_, _>>()?)
+        })
     }
 
     /// The file's size in bytes (database and write-ahead log).
@@ -263,6 +357,22 @@ impl Store {
     /// does not give its recorded digest, cannot be read, or has rows beside it).
     pub fn verify(&self) -> Result<Result<usize, String>, StoreError> {
         self.read(verify_in)
+    }
+
+    /// What `telesink report verify` answers: the chain, the purges, and the breaks (each
+    /// time the ledger was started anew over an unreadable file). `ok` only when the
+    /// chain holds and the ledger was never started anew: a ledger that lost its past
+    /// is not complete evidence, whatever its chain says.
+    pub fn verification(&self) -> Result<Verification, StoreError> {
+        let chain = self.verify()?;
+        let breaks = self.breaks()?;
+        Ok(Verification {
+            ok: chain.is_ok() && breaks.is_empty(),
+            days: chain.as_ref().ok().copied(),
+            first_bad_day: chain.err(),
+            purges: self.purges()?,
+            breaks,
+        })
     }
 
     /// Erases one client's rows (GDPR erasure), records the purge, and re-chains the
@@ -345,10 +455,25 @@ fn each_day_in(
     Ok(())
 }
 
+/// Rows with their client labelled, as they are written.
+pub fn labelled(rows: &[Row], label: &dyn Fn(std::net::IpAddr) -> String) -> Vec<Stored> {
+    rows.iter()
+        .map(|r| Stored {
+            day: day_text(r.day),
+            client: label(r.client),
+            profile: r.profile.clone(),
+            layer: r.layer.name().to_owned(),
+            name: r.name.clone(),
+            count: r.count,
+            first_seen: r.first,
+            last_seen: r.last,
+        })
+        .collect()
+}
+
 fn flush_in(
     conn: &Connection,
-    rows: &[Row],
-    label: &dyn Fn(std::net::IpAddr) -> String,
+    rows: &[Stored],
     today: u32,
     retention_days: u32,
 ) -> Result<(), Fail> {
@@ -357,13 +482,16 @@ fn flush_in(
     // chain is recomputed from it once it is sealed again; unless the chain was broken
     // already: recomputing it would hide where.
     let mut late = Vec::new();
-    for day in rows.iter().map(|r| r.day).collect::<BTreeSet<u32>>() {
-        let text = day_text(day);
+    for day in rows
+        .iter()
+        .map(|r| r.day.as_str())
+        .collect::<BTreeSet<&str>>()
+    {
         if conn
             .prepare_cached("SELECT 1 FROM sealed WHERE day = ?1")?
-            .exists([&text])?
+            .exists([day])?
         {
-            late.push(text);
+            late.push(day.to_owned());
         }
     }
     let broken = match late.is_empty() {
@@ -377,14 +505,14 @@ fn flush_in(
         let mut up = conn.prepare_cached(ADD_ROW)?;
         for r in rows {
             up.execute(params![
-                day_text(r.day),
-                label(r.client),
+                r.day,
+                r.client,
                 r.profile,
-                r.layer.name(),
+                r.layer,
                 r.name,
                 r.count as i64,
-                r.first as i64,
-                r.last as i64
+                r.first_seen as i64,
+                r.last_seen as i64
             ])?;
         }
     }

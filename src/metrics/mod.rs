@@ -103,6 +103,30 @@ fn evidence_families(s: &Shared) -> Vec<MetricFamily> {
         MetricType::COUNTER,
         l.report_lines_left_out.load(Ordering::Relaxed),
     );
+    one(
+        EVIDENCE_WRITABLE,
+        "1 while the last write of the ledger succeeded, 0 while writes fail (the rows wait in memory; /health says why).",
+        MetricType::GAUGE,
+        u64::from(l.writable()),
+    );
+    one(
+        EVIDENCE_REOPENS,
+        "Times the ledger file was opened anew after a write error.",
+        MetricType::COUNTER,
+        l.reopens.load(Ordering::Relaxed),
+    );
+    one(
+        EVIDENCE_RECOVERED,
+        "Rows written into the ledger from a recovery file that a stop left when the ledger could not be written.",
+        MetricType::COUNTER,
+        l.recovered_rows.load(Ordering::Relaxed),
+    );
+    one(
+        EVIDENCE_BREAKS,
+        "Times this ledger was started anew because the file before was unreadable (set aside; report verify names each).",
+        MetricType::GAUGE,
+        l.breaks(),
+    );
     let mut f = Family_::new(
         EVIDENCE_FLUSHES,
         "Writes of the in-memory aggregate to the ledger, by result.",
