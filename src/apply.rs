@@ -178,16 +178,19 @@ pub fn state_file(cfg: &LoadedConfig) -> StateFile {
 
 /// What a boot begins with: the config's policy and the saved toggles. The daemon's start
 /// and `telesink firewall apply` both build their first snapshot with this.
-pub fn boot_policy(cfg: &LoadedConfig) -> Result<Policy, ApplyError> {
+/// The second value counts the saved runtime rules that were dropped (invalid, or past
+/// `[control] max_runtime_rules`).
+pub fn boot_policy(cfg: &LoadedConfig) -> Result<(Policy, usize), ApplyError> {
     let base = snapshot::compile(cfg, 1).map_err(ApplyError::Policy)?;
-    Ok(snapshot::with_saved_toggles(base, &state_file(cfg)))
+    let max = cfg.config.control.max_runtime_rules;
+    Ok(snapshot::with_saved_toggles(base, &state_file(cfg), max))
 }
 
 /// `telesink firewall apply` with no daemon running (early boot): the same snapshot as a
 /// start, installed by the same owner; nothing with the firewall off. Returns what it
 /// did, for the admin.
 pub fn apply_offline(cfg: LoadedConfig) -> Result<String, ApplyError> {
-    let policy = boot_policy(&cfg)?;
+    let (policy, _) = boot_policy(&cfg)?;
     let snap = Snapshot::new(policy, Arc::new(cfg), None);
     let kernel = Kernel::spawn();
     match &snap.plan {
@@ -236,6 +239,33 @@ pub struct Applier {
     serial: tokio::sync::Mutex<()>,
     /// Wakes the expiry task when the set of timed toggles changed.
     pub changed: tokio::sync::Notify,
+    /// Runtime rules refused at the cap or dropped from the state file at start.
+    pub rules_refused: AtomicU64,
+    /// Why the toggles in force are not in the state file (a timed revert applied while
+    /// the file could not be written); None when they are. Retried by the expiry task.
+    unsaved: parking_lot::Mutex<Option<String>>,
+}
+
+/// Whether a change must be saved to take effect.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Save {
+    /// An admin's change: not saved, not made (the caller hears why).
+    Required,
+    /// A timed revert: its time has come whether or not the disk agrees. Applied in
+    /// memory, reported in /health and status, and saved when the file can be written.
+    /// (Not saving it loses nothing: a lapsed toggle in the file is dropped at load.)
+    BestEffort,
+}
+
+/// Runs CPU or disk work of the control plane on the blocking pool, never on the
+/// workers that answer queries and serve the sockets.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, ApplyError> + Send + 'static,
+) -> Result<T, ApplyError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApplyError::Task(what, e.to_string()))?
 }
 
 /// The snapshots before and after a change, for the caller's report.
@@ -255,7 +285,7 @@ impl Applier {
         // This daemon holds the state lock (crate::instance): what a killed run left
         // behind is no change in progress.
         state_file(&cfg).clean_stale_temporaries();
-        let policy = boot_policy(&cfg)?;
+        let (policy, rules_dropped) = boot_policy(&cfg)?;
         let c = &cfg.config;
         let upstreams = if c.upstream.servers.is_empty() {
             crate::dns::upstream::from_resolv_conf(&c.upstream.resolv_conf, &c.server.listen)
@@ -292,12 +322,14 @@ impl Applier {
             shared,
             serial: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
+            rules_refused: AtomicU64::new(rules_dropped as u64),
+            unsaved: parking_lot::Mutex::new(None),
         });
         applier
             .reloads
             .last_unix
             .store(unix_now(), Ordering::Relaxed);
-        applier.commit(None, policy, cfg).await?;
+        applier.commit(None, policy, cfg, Save::Required).await?;
         Ok(applier)
     }
 
@@ -309,21 +341,42 @@ impl Applier {
     pub async fn edit(&self, edit: Edit, dry_run: bool) -> Result<Applied, ApplyError> {
         let _one = self.serial.lock().await;
         let old = self.current.load_full();
-        let mut toggles = old.toggles.clone();
-        toggles.expire(unix_now());
-        match &edit {
-            Edit::Profile(t) => toggles.set(t.clone()),
-            Edit::LogOnly(t) => toggles.set_log_only(t.clone()),
-            Edit::Rule(r) => toggles.set_rule(r.clone()),
-            Edit::Unrule { name, group } => toggles.remove_rule(name, group.as_deref())?,
-        }
-        let policy = old.with_toggles(toggles, old.generation + 1)?;
+        let (base, said) = (old.clone(), edit.to_string());
+        let built = blocking("change", move || {
+            let mut toggles = base.toggles.clone();
+            toggles.expire(unix_now());
+            match edit {
+                Edit::Profile(t) => toggles.set(t),
+                Edit::LogOnly(t) => toggles.set_log_only(t),
+                Edit::Rule(r) => {
+                    toggles.set_rule(r);
+                    toggles.check_rule_cap(base.config.config.control.max_runtime_rules)?;
+                }
+                Edit::Unrule { name, group } => toggles.remove_rule(&name, group.as_deref())?,
+            }
+            Ok(base.with_toggles(toggles, base.generation + 1)?)
+        })
+        .await;
+        let policy = match built {
+            Err(e @ ApplyError::Toggle(ToggleError::TooManyRules { .. })) => {
+                self.rules_refused.fetch_add(1, Ordering::Relaxed);
+                warn!("refused: {said}: {e}");
+                return Err(e);
+            }
+            other => other?,
+        };
         if dry_run {
-            let new = Arc::new(Snapshot::new(policy, old.config.clone(), None));
-            return Ok(Applied { old, new });
+            let config = old.config.clone();
+            let new = blocking("dry run", move || Ok(Snapshot::new(policy, config, None))).await?;
+            return Ok(Applied {
+                old,
+                new: Arc::new(new),
+            });
         }
-        let new = self.commit(Some(&old), policy, old.config.clone()).await?;
-        info!(generation = new.generation, "applied: {edit}");
+        let new = self
+            .commit(Some(&old), policy, old.config.clone(), Save::Required)
+            .await?;
+        info!(generation = new.generation, "applied: {said}");
         Ok(Applied { old, new })
     }
 
@@ -370,11 +423,14 @@ impl Applier {
         .await
         .map_err(|e| ApplyError::Task("reload", e.to_string()))??;
         let (cfg, policy) = built;
-        let new = self.commit(Some(&old), policy, Arc::new(cfg)).await?;
+        let new = self
+            .commit(Some(&old), policy, Arc::new(cfg), Save::Required)
+            .await?;
         Ok(Applied { old, new })
     }
 
-    /// Reverts the timed toggles whose time is up.
+    /// Reverts the timed toggles whose time is up, even while the state file cannot be
+    /// written (`Save::BestEffort`).
     pub async fn expire_due(&self) -> Result<Option<Applied>, ApplyError> {
         let _one = self.serial.lock().await;
         let old = self.current.load_full();
@@ -382,9 +438,53 @@ impl Applier {
         if !toggles.expire(unix_now()) {
             return Ok(None);
         }
-        let policy = old.with_toggles(toggles, old.generation + 1)?;
-        let new = self.commit(Some(&old), policy, old.config.clone()).await?;
+        let base = old.clone();
+        let policy = blocking("timed revert", move || {
+            Ok(base.with_toggles(toggles, base.generation + 1)?)
+        })
+        .await?;
+        let new = self
+            .commit(Some(&old), policy, old.config.clone(), Save::BestEffort)
+            .await?;
         Ok(Some(Applied { old, new }))
+    }
+
+    /// Why the toggles in force are not saved, if they are not.
+    pub fn unsaved(&self) -> Option<String> {
+        self.unsaved.lock().clone()
+    }
+
+    /// Writes the toggles in force to the state file after a revert could not (the
+    /// expiry task calls it every 10 s while `unsaved` says so).
+    pub async fn save_again(&self) {
+        let _one = self.serial.lock().await;
+        let (state, toggles) = (self.state.clone(), self.current.load().toggles.clone());
+        let saved = blocking("state file", move || {
+            state.prepare(&toggles)?.commit()?;
+            Ok(())
+        })
+        .await;
+        self.saved(saved.map_err(|e| e.to_string()));
+    }
+
+    /// Records whether the toggles in force are in the state file.
+    fn saved(&self, result: Result<(), String>) {
+        let mut unsaved = self.unsaved.lock();
+        match result {
+            Ok(()) => {
+                if unsaved.take().is_some() {
+                    info!("state file {} written again", self.state.path.display());
+                }
+            }
+            Err(e) => {
+                if unsaved.is_none() {
+                    error!(
+                        "the toggles in force cannot be saved ({e}); they apply now and are saved when the file can be written (retrying every 10 s)"
+                    );
+                }
+                *unsaved = Some(e);
+            }
+        }
     }
 
     /// Writes the table of the snapshot in force again, whole (`telesink firewall apply`
@@ -400,21 +500,33 @@ impl Applier {
         Ok(snap)
     }
 
-    /// Steps 2-5 of the module comment for a policy built in step 1.
+    /// Steps 2-5 of the module comment for a policy built in step 1. The state file's
+    /// write and the plan's derivation run on the blocking pool.
     async fn commit(
         &self,
         old: Option<&Arc<Snapshot>>,
         policy: Policy,
         cfg: Arc<LoadedConfig>,
+        save: Save,
     ) -> Result<Arc<Snapshot>, ApplyError> {
         // A start (no old snapshot) has just read the toggles from the state file.
         let pending = match old {
-            Some(o) if o.toggles != policy.toggles => Some(self.state.prepare(&policy.toggles)?),
+            Some(o) if o.toggles != policy.toggles => {
+                let (state, toggles) = (self.state.clone(), policy.toggles.clone());
+                match blocking("state file", move || Ok(state.prepare(&toggles)?)).await {
+                    Ok(p) => Some(p),
+                    Err(e) if save == Save::BestEffort => {
+                        self.saved(Err(e.to_string()));
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             _ => None,
         };
         let wants_shadow = Snapshot::wants_shadow(&policy, &cfg);
         let kept = old.and_then(|o| o.learner.clone());
-        let mut new = Snapshot::new(policy, cfg, None);
+        let mut new = blocking("change", move || Ok(Snapshot::new(policy, cfg, None))).await?;
         self.reconcile(old.map(|o| o.as_ref()), &new).await?;
         if old.is_some_and(|o| o.toggles.rules != new.toggles.rules) {
             self.forget_allowed(&new).await?;
@@ -425,19 +537,24 @@ impl Applier {
             (true, None) => Some(self.start_shadow(&new)),
             (false, _) => None,
         };
-        if let Some(pending) = pending
-            && let Err(e) = pending.commit()
-        {
-            // The kernel already has the new table: put the old one back so the halves
-            // stay in step, then report.
-            if let Some(o) = old
-                && let Err(undo) = self.reconcile(Some(&new), o).await
-            {
-                error!(
-                    "could not restore the previous firewall table after a state file error: {undo}"
-                );
+        if let Some(pending) = pending {
+            let committed = blocking("state file", move || Ok(pending.commit()?)).await;
+            match committed {
+                Ok(()) => self.saved(Ok(())),
+                Err(e) if save == Save::BestEffort => self.saved(Err(e.to_string())),
+                Err(e) => {
+                    // The kernel already has the new table: put the old one back so the
+                    // halves stay in step, then report.
+                    if let Some(o) = old
+                        && let Err(undo) = self.reconcile(Some(&new), o).await
+                    {
+                        error!(
+                            "could not restore the previous firewall table after a state file error: {undo}"
+                        );
+                    }
+                    return Err(e);
+                }
             }
-            return Err(e.into());
         }
         let new = Arc::new(new);
         self.current.store(new.clone());

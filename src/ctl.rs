@@ -240,6 +240,18 @@ fn status_text(v: &Value) -> String {
             }
         }
     }
+    if let Some(why) = v.get("state_unsaved").and_then(Value::as_str) {
+        out += &format!(
+            "NOT SAVED: the toggles in force are not in {} ({why}); retried every 10 s\n",
+            s(v, "state_file")
+        );
+    }
+    if n(v, "rules_refused") > 0 {
+        out += &format!(
+            "runtime rules refused at [control] max_runtime_rules or dropped from the state file: {}\n",
+            n(v, "rules_refused")
+        );
+    }
     out
 }
 

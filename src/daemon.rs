@@ -343,6 +343,11 @@ fn health(
         why.push("the evidence ledger could not be opened; nothing is recorded".to_owned());
     }
     why.extend(ledger.map(|l| l.health()).unwrap_or_default());
+    if let Some(e) = applier.unsaved() {
+        why.push(format!(
+            "the toggles in force are not saved ({e}); retrying every 10 s"
+        ));
+    }
     if applier.upstream.servers().is_empty() {
         why.push("no upstream resolver".to_owned());
     } else if let Some(problem) = applier.upstream.reach.problem() {

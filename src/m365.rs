@@ -37,12 +37,11 @@ pub const DEFAULT_SERVICE: &str = "https://endpoints.office.com";
 /// The largest document read, from the service or a file (the worldwide one is about
 /// 100 KB; 4 MiB leaves room for forty times that).
 pub const MAX_DOCUMENT: u64 = 4 << 20;
-/// The broadest Required range accepted without `--allow-broad`. Microsoft's broadest
-/// Optimize/Allow ranges are /13 (IPv4) and /35 (IPv6) in the 2025-2026 documents; a /12
-/// or /24 bound leaves room for growth and still refuses "everything" (0.0.0.0/0, ::/0)
-/// and whole regional blocks.
-pub const MAX_PREFIX_V4: u8 = 12;
-pub const MAX_PREFIX_V6: u8 = 24;
+/// The broadest Required range accepted without `--allow-broad`: the accept set's bound
+/// (`policy::too_broad`), the same that `check` applies to every accept list.
+pub use crate::policy::{
+    MAX_ACCEPT_PREFIX_V4 as MAX_PREFIX_V4, MAX_ACCEPT_PREFIX_V6 as MAX_PREFIX_V6, too_broad,
+};
 /// The longest service area name (Microsoft's are "Exchange", "SharePoint", "Skype",
 /// "Common").
 const MAX_SERVICE_AREA: usize = 64;
@@ -340,15 +339,6 @@ fn validate_range(text: &str) -> Result<IpNet, String> {
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{text:?} is not an address range"))?;
     Ok(net.trunc())
-}
-
-/// The bound a range is broader than, if it is.
-pub fn too_broad(net: IpNet) -> Option<u8> {
-    match net {
-        IpNet::V4(n) if n.prefix_len() < MAX_PREFIX_V4 => Some(MAX_PREFIX_V4),
-        IpNet::V6(n) if n.prefix_len() < MAX_PREFIX_V6 => Some(MAX_PREFIX_V6),
-        _ => None,
-    }
 }
 
 /// What a Required URL becomes.

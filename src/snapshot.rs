@@ -121,18 +121,26 @@ pub fn compile(cfg: &LoadedConfig, generation: u64) -> Result<Policy, String> {
 
 /// The config's policy with the saved toggles that still apply: what start and
 /// `telesink firewall apply` (early boot) both begin with.
-pub fn with_saved_toggles(base: Policy, state: &crate::state::StateFile) -> Policy {
+///
+/// What the state file may not hold (a rule telesink would refuse, more rules than
+/// `max_rules`) is dropped and logged; the second value counts the rules dropped.
+pub fn with_saved_toggles(
+    base: Policy,
+    state: &crate::state::StateFile,
+    max_rules: usize,
+) -> (Policy, usize) {
     let mut toggles = state.load();
     toggles.expire(crate::clock::unix_now());
-    for w in toggles.retain_known(&base) {
+    let (said, dropped) = toggles.retain_valid(max_rules);
+    for w in said.iter().chain(&toggles.retain_known(&base)) {
         warn!("{w}");
     }
     let generation = base.generation;
     match base.with_toggles(toggles, generation) {
-        Ok(p) => p,
+        Ok(p) => (p, dropped),
         Err(e) => {
             warn!("saved toggles not applied: {e}");
-            base
+            (base, dropped)
         }
     }
 }

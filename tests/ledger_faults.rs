@@ -7,29 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use hickory_proto::rr::RecordType;
-
-/// Makes a file immutable until dropped, so a failing test never leaves one behind.
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn set(path: &Path) -> Immutable {
-        let ok = Command::new("chattr").arg("+i").arg(path).status().unwrap();
-        assert!(ok.success(), "chattr +i {}", path.display());
-        Immutable(path.to_owned())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
-}
 
 fn config(knot: &Knot, metrics: u16) -> String {
     format!(

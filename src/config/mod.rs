@@ -62,7 +62,7 @@ pub struct Config {
 
 /// The local control API (`telesink status`, `profile enable`, ...): a Unix socket only,
 /// never TCP, guarded by file permissions.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     /// Socket path. Default: $RUNTIME_DIRECTORY/control.sock under systemd, else
@@ -73,6 +73,25 @@ pub struct ControlConfig {
     /// Runtime toggles, kept across restarts. Default: $STATE_DIRECTORY/state.json under
     /// systemd, else /var/lib/telesink/state.json.
     pub state_file: Option<PathBuf>,
+    /// `telesink allow|block` rules at most: every change rebuilds their index, and a
+    /// list file is the place for thousands of names.
+    #[serde(default = "default_max_runtime_rules")]
+    pub max_runtime_rules: usize,
+}
+
+fn default_max_runtime_rules() -> usize {
+    10_000
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            socket_group: None,
+            state_file: None,
+            max_runtime_rules: default_max_runtime_rules(),
+        }
+    }
 }
 
 /// What the `client` label of the per-client metrics shows.

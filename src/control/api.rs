@@ -43,6 +43,8 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// A client sends its request at once; a connection silent this long is closed, and an
 /// idle one is evicted (oldest first) when all slots are taken (src/slots.rs).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for the body: a request is sent at once, not trickled.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BODY: usize = 64 * 1024;
 
@@ -103,10 +105,20 @@ pub async fn serve(listener: UnixListener, control: Arc<Control>, slots: Arc<cra
         let uid = stream.peer_cred().map(|c| c.uid()).ok();
         let control = control.clone();
         slots.spawn(None, move |hold| async move {
-            let service = service_fn(move |req| {
-                hold.busy.store(true, std::sync::atomic::Ordering::Relaxed);
-                let control = control.clone();
-                async move { Ok::<_, Infallible>(respond(req, &control, uid).await) }
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (control, hold) = (control.clone(), hold.clone());
+                async move {
+                    // Busy (never evicted) only once the whole request is here: a client
+                    // that sends headers and then trickles its body stays evictable, and
+                    // is closed when the deadline passes.
+                    let (parts, body) = req.into_parts();
+                    let bytes = match read_body(body).await {
+                        Ok(b) => b,
+                        Err(reply) => return Ok::<_, Infallible>(reply),
+                    };
+                    hold.busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok(respond(parts, bytes, &control, uid).await)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -199,7 +211,11 @@ fn control_error(e: ControlError) -> Reply {
         ControlError::Toggle(
             ToggleError::NoProfile(_) | ToggleError::NoGroup(_) | ToggleError::NoRule { .. },
         ) => StatusCode::NOT_FOUND,
-        ControlError::Policy(_) | ControlError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ControlError::Policy(_)
+        | ControlError::Config(_)
+        | ControlError::Toggle(ToggleError::TooManyRules { .. }) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         ControlError::Firewall(_) | ControlError::State(_) | ControlError::Task(..) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -207,34 +223,43 @@ fn control_error(e: ControlError) -> Reply {
     error(status, e)
 }
 
-async fn body<T: serde::de::DeserializeOwned>(
-    req: Request<hyper::body::Incoming>,
-) -> Result<T, Reply> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("request body: {e}")))?
-        .to_bytes();
-    let bytes = if bytes.is_empty() {
-        Bytes::from_static(b"{}")
-    } else {
-        bytes
-    };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("request body: {e}")))
+/// The whole request body, within `BODY_READ_TIMEOUT` and `MAX_BODY`.
+async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, Reply> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("request body: {e}"))),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body: not complete within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )),
+    }
 }
 
-async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Option<u32>) -> Reply {
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, Box<Reply>> {
+    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    serde_json::from_slice(bytes)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("request body: {e}"))))
+}
+
+async fn respond(
+    req: hyper::http::request::Parts,
+    bytes: Bytes,
+    c: &Arc<Control>,
+    uid: Option<u32>,
+) -> Reply {
+    let path = req.uri.path().to_owned();
+    let method = req.method.clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "status"]) => json(StatusCode::OK, &c.status()),
         (&Method::GET, ["v1", "profiles"]) => json(StatusCode::OK, &c.profiles()),
         (&Method::POST, ["v1", "profiles", name]) => {
-            let b: ProfileBody = match body(req).await {
+            let b: ProfileBody = match body(&bytes) {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let edit = Edit::Profile(Toggle {
                 profile: (*name).to_owned(),
@@ -245,9 +270,9 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
             change(c, edit, b.dry_run, uid).await
         }
         (&Method::POST, ["v1", "log-only", name]) => {
-            let b: LogOnlyBody = match body(req).await {
+            let b: LogOnlyBody = match body(&bytes) {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let edit = Edit::LogOnly(Toggle {
                 profile: (*name).to_owned(),
@@ -258,9 +283,9 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
             change(c, edit, b.dry_run, uid).await
         }
         (&Method::POST, ["v1", "rules"]) => {
-            let b: RuleBody = match body(req).await {
+            let b: RuleBody = match body(&bytes) {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let name = match crate::policy::runtime::normalize(&b.name) {
                 Ok(n) => n,
@@ -282,9 +307,9 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
             change(c, edit, b.dry_run, uid).await
         }
         (&Method::POST, ["v1", "report"]) => {
-            let q: crate::evidence::report::Query = match body(req).await {
+            let q: crate::evidence::report::Query = match body(&bytes) {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let report = c
                 .evidence(move |store| Ok(crate::evidence::report::run(store, &q)?))
@@ -304,9 +329,9 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
             evidence_reply(c.evidence(|store| Ok(store.verification()?)).await)
         }
         (&Method::POST, ["v1", "report", "purge"]) => {
-            let b: PurgeBody = match body(req).await {
+            let b: PurgeBody = match body(&bytes) {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             info!(
                 uid,
@@ -323,7 +348,7 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
         }
         (&Method::GET, ["v1", "tail"]) => {
             let after = req
-                .uri()
+                .uri
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
                 .and_then(|v| v.parse().ok());
@@ -350,9 +375,9 @@ async fn respond(req: Request<hyper::body::Incoming>, c: &Arc<Control>, uid: Opt
             }
         }
         (&Method::POST, ["v1", "explain"]) => {
-            let b: ExplainBody = match body(req).await {
+            let b: ExplainBody = match body(&bytes) {
                 Ok(b) => b,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let client = b.client.unwrap_or(IpAddr::from([127, 0, 0, 1]));
             match crate::policy::explain(&c.current(), &b.name, client) {

@@ -89,7 +89,7 @@ impl Control {
         let applier = self.applier.clone();
         let applied =
             to_completion("change", async move { applier.edit(edit, dry_run).await }).await?;
-        let mut report = Report::between(&applied.old, &applied.new, dry_run);
+        let mut report = report_of(applied, dry_run).await?;
         report.ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(report)
     }
@@ -99,7 +99,7 @@ impl Control {
         let started = Instant::now();
         let applier = self.applier.clone();
         let applied = to_completion("reload", async move { applier.reload().await }).await?;
-        let mut report = Report::between(&applied.old, &applied.new, false);
+        let mut report = report_of(applied, false).await?;
         report.ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(report)
     }
@@ -110,21 +110,32 @@ impl Control {
         to_completion("firewall apply", async move { applier.reapply().await }).await
     }
 
-    /// Reverts timed toggles when their time is up, for as long as the daemon runs.
+    /// Reverts timed toggles when their time is up, for as long as the daemon runs, and
+    /// saves the toggles in force again while a revert could not save them.
     pub async fn expire_forever(self: Arc<Self>) {
+        const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
         loop {
             let next = self.current().toggles.next_deadline();
             let now = crate::clock::unix_now();
-            let wait = next.map_or(std::time::Duration::from_secs(3600), |t| {
+            let mut wait = next.map_or(std::time::Duration::from_secs(3600), |t| {
                 std::time::Duration::from_millis(t.saturating_sub(now) * 1000)
             });
+            if self.applier.unsaved().is_some() {
+                wait = wait.min(RETRY);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.applier.changed.notified() => continue,
             }
+            if self.applier.unsaved().is_some() {
+                self.applier.save_again().await;
+            }
             match self.applier.expire_due().await {
                 Ok(Some(applied)) => {
-                    for c in Report::between(&applied.old, &applied.new, false).changes {
+                    let Ok(report) = report_of(applied, false).await else {
+                        continue;
+                    };
+                    for c in report.changes {
                         info!(
                             "timed toggle lapsed: profile {} for group {}: {} -> {}",
                             c.profile, c.group, c.from, c.to
@@ -147,6 +158,14 @@ impl Control {
     pub fn profiles(&self) -> Vec<ProfileState> {
         ProfileState::all(&self.current())
     }
+}
+
+/// The report of a change, computed off the workers (it walks every profile, group and
+/// runtime rule of both snapshots).
+async fn report_of(applied: crate::apply::Applied, dry_run: bool) -> Result<Report, ApplyError> {
+    tokio::task::spawn_blocking(move || Report::between(&applied.old, &applied.new, dry_run))
+        .await
+        .map_err(|e| ApplyError::Task("report", e.to_string()))
 }
 
 /// Runs a change in a task of its own, so it completes (or fails cleanly) even when the

@@ -1,6 +1,8 @@
 //! What the control API answers: status, profile states, and the report of a change
 //! (the same for a dry run and a real one, so a dry run shows exactly what would happen).
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use super::Control;
@@ -85,17 +87,17 @@ impl Report {
                 }
             }
         }
+        // Compared by hash: a state file may hold max_runtime_rules rules (10,000 by
+        // default), and a list scan per rule made every toggle quadratic in them.
         let describe = |t: &crate::policy::Toggles| crate::apply::describe_rules(t);
         let (before, after) = (describe(&old.toggles), describe(&new.toggles));
-        let mut rules: Vec<String> = after
-            .iter()
-            .filter(|r| !before.contains(r))
-            .cloned()
-            .collect();
+        let (had, has): (HashSet<&String>, HashSet<&String>) =
+            (before.iter().collect(), after.iter().collect());
+        let mut rules: Vec<String> = after.iter().filter(|r| !had.contains(r)).cloned().collect();
         rules.extend(
             before
                 .iter()
-                .filter(|r| !after.contains(r))
+                .filter(|r| !has.contains(r))
                 .map(|r| format!("removed: {r}")),
         );
         Self {
@@ -190,6 +192,13 @@ pub struct Status {
     /// `telesink allow` / `telesink block` rules in force.
     pub rules: Vec<crate::policy::runtime::NameRule>,
     pub state_file: String,
+    /// Why the toggles in force are not in the state file (a timed revert applied while
+    /// it could not be written; retried every 10 s); absent when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_unsaved: Option<String>,
+    /// Runtime rules refused at `[control] max_runtime_rules` or dropped from the state
+    /// file at start.
+    pub rules_refused: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -265,6 +274,8 @@ impl Status {
             toggles: policy.toggles.profiles.clone(),
             rules: policy.toggles.rules.clone(),
             state_file: a.state.path.display().to_string(),
+            state_unsaved: a.unsaved(),
+            rules_refused: a.rules_refused.load(Relaxed),
         }
     }
 }

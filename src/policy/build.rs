@@ -574,7 +574,7 @@ impl Builder<'_> {
             self.take_read(path, &file, read, problems);
             for (net, line) in found {
                 let mut why = Vec::new();
-                if let Some(bound) = crate::m365::too_broad(net) {
+                if let Some(bound) = super::too_broad(net) {
                     why.push(format!("is broader than /{bound}"));
                 }
                 let blocked = profiles

@@ -62,6 +62,22 @@ impl Mode {
     }
 }
 
+/// The broadest range the firewall's accept set takes without `firewall.allow_broad`
+/// (or `update-m365 --allow-broad`). Microsoft's broadest Optimize/Allow ranges are /13
+/// (IPv4) and /35 (IPv6) in the 2025-2026 documents; a /12 or /24 bound leaves room for
+/// growth and still refuses "everything" (0.0.0.0/0, ::/0) and whole regional blocks.
+pub const MAX_ACCEPT_PREFIX_V4: u8 = 12;
+pub const MAX_ACCEPT_PREFIX_V6: u8 = 24;
+
+/// The bound an accept range is broader than, if it is.
+pub fn too_broad(net: ipnet::IpNet) -> Option<u8> {
+    match net {
+        ipnet::IpNet::V4(n) if n.prefix_len() < MAX_ACCEPT_PREFIX_V4 => Some(MAX_ACCEPT_PREFIX_V4),
+        ipnet::IpNet::V6(n) if n.prefix_len() < MAX_ACCEPT_PREFIX_V6 => Some(MAX_ACCEPT_PREFIX_V6),
+        _ => None,
+    }
+}
+
 /// Networks, merged: no two overlap or touch (what an nftables interval set needs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressSet {

@@ -96,9 +96,20 @@ impl std::fmt::Debug for RuntimeIndex {
 impl RuntimeIndex {
     /// `group_of` maps a group name to its index (rules naming an unknown group were
     /// dropped before). Each rule's `line` is its position in `rules`, from 1.
+    ///
+    /// A standing rule under a timed one of the same name and group is not in force
+    /// until the timed one lapses (src/policy/toggles.rs, "stack").
     pub fn build(rules: &[NameRule], group_of: impl Fn(&str) -> Option<u16>) -> Self {
         let mut out = RuntimeIndex::default();
+        let timed: std::collections::HashSet<(&str, Option<&str>)> = rules
+            .iter()
+            .filter(|r| r.until.is_some())
+            .map(|r| (r.name.as_str(), r.group.as_deref()))
+            .collect();
         for (i, r) in rules.iter().enumerate() {
+            if r.until.is_none() && timed.contains(&(r.name.as_str(), r.group.as_deref())) {
+                continue;
+            }
             let (reach, name) = split(&r.name);
             let group = match &r.group {
                 Some(g) => match group_of(g) {

@@ -46,8 +46,18 @@ pub struct Toggle {
     pub until: Option<u64>,
 }
 
+impl Toggle {
+    fn same_key(&self, other: &Toggle) -> bool {
+        self.profile == other.profile && self.group == other.group
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ToggleError {
+    #[error(
+        "runtime rules are limited to {max} ([control] max_runtime_rules): remove some with `telesink allow|block NAME --remove`, or put the names in a list file (docs/LISTS.md)"
+    )]
+    TooManyRules { max: usize },
     #[error("no profile named {0}")]
     NoProfile(String),
     #[error("no group named {0}")]
@@ -56,27 +66,90 @@ pub enum ToggleError {
     NoRule { name: String, group: Option<String> },
 }
 
+/// Timed entries stack on standing ones: a timed entry replaces only the timed entry of
+/// the same key, so when it lapses the standing one is in force again, exactly as
+/// before; a standing entry replaces both (the admin's latest word for the key).
+fn stack<T>(
+    entries: &mut Vec<T>,
+    new: T,
+    same_key: impl Fn(&T, &T) -> bool,
+    timed: fn(&T) -> bool,
+) {
+    let new_is_timed = timed(&new);
+    entries.retain(|x| !(same_key(x, &new) && (!new_is_timed || timed(x))));
+    entries.push(new);
+}
+
 impl Toggles {
-    /// Records a toggle, replacing an earlier one for the same profile and group.
+    /// Records a toggle: a timed one over the standing one of the same profile and group
+    /// (which is back when it lapses), a standing one instead of both.
     pub fn set(&mut self, t: Toggle) {
-        self.profiles
-            .retain(|x| !(x.profile == t.profile && x.group == t.group));
-        self.profiles.push(t);
+        stack(&mut self.profiles, t, Toggle::same_key, |x| {
+            x.until.is_some()
+        });
     }
 
-    /// Records a log-only (observe) switch, replacing one for the same profile and group.
+    /// Records a log-only (observe) switch, stacked like `set`.
     pub fn set_log_only(&mut self, t: Toggle) {
         self.normalize();
-        self.observe
-            .retain(|x| !(x.profile == t.profile && x.group == t.group));
-        self.observe.push(t);
+        stack(&mut self.observe, t, Toggle::same_key, |x| {
+            x.until.is_some()
+        });
     }
 
-    /// Records a runtime rule, replacing one for the same name and group.
+    /// Records a runtime rule, stacked like `set` per name and group.
     pub fn set_rule(&mut self, r: NameRule) {
-        self.rules
-            .retain(|x| !(x.name == r.name && x.group == r.group));
-        self.rules.push(r);
+        stack(
+            &mut self.rules,
+            r,
+            |a, b| a.name == b.name && a.group == b.group,
+            |x| x.until.is_some(),
+        );
+    }
+
+    /// Refuses more runtime rules than `max` (`[control] max_runtime_rules`).
+    pub fn check_rule_cap(&self, max: usize) -> Result<(), ToggleError> {
+        match self.rules.len() > max {
+            true => Err(ToggleError::TooManyRules { max }),
+            false => Ok(()),
+        }
+    }
+
+    /// What a state file may hold: runtime rules whose name is a rule telesink would
+    /// take from the CLI (anything else was not written by telesink), and at most `max`
+    /// of them, the first ones kept. Returns what was dropped, in words, and how many.
+    pub fn retain_valid(&mut self, max: usize) -> (Vec<String>, usize) {
+        let mut said = Vec::new();
+        let before = self.rules.len();
+        let mut bad = 0usize;
+        self.rules.retain(|r| {
+            let fine = super::runtime::normalize(&r.name).is_ok_and(|n| n == r.name);
+            if !fine {
+                bad += 1;
+                if bad <= 10 {
+                    said.push(format!(
+                        "runtime rule {:?} dropped: not a domain name or *.domain",
+                        r.name
+                    ));
+                }
+            }
+            fine
+        });
+        if bad > 10 {
+            said.push(format!(
+                "{} more runtime rules dropped: not a domain name or *.domain",
+                bad - 10
+            ));
+        }
+        if self.rules.len() > max {
+            said.push(format!(
+                "the state file holds {} runtime rules, more than [control] max_runtime_rules = {max}: the last {} are not restored (raise the limit, or put the names in a list file)",
+                self.rules.len(),
+                self.rules.len() - max
+            ));
+            self.rules.truncate(max);
+        }
+        (said, before - self.rules.len())
     }
 
     /// Removes the runtime rule for this name and group.
@@ -161,12 +234,19 @@ impl Toggles {
     }
 }
 
-/// Global entries first, then group entries: "off for finance" survives "on everywhere".
+/// Global entries first, then group entries: "off for finance" survives "on everywhere";
+/// within each, standing entries before timed ones, so a timed entry is in force over
+/// the standing one of its key until it lapses.
 fn ordered(toggles: &[Toggle]) -> impl Iterator<Item = &Toggle> {
-    toggles
-        .iter()
-        .filter(|t| t.group.is_none())
-        .chain(toggles.iter().filter(|t| t.group.is_some()))
+    let pass = |global: bool, timed: bool| {
+        toggles
+            .iter()
+            .filter(move |t| t.group.is_none() == global && t.until.is_some() == timed)
+    };
+    pass(true, false)
+        .chain(pass(true, true))
+        .chain(pass(false, false))
+        .chain(pass(false, true))
 }
 
 /// That the profile and (if given) the group exist.
@@ -275,5 +355,60 @@ mod tests {
         // Written back in the new form only.
         let text = serde_json::to_string(&t).unwrap();
         assert!(!text.contains("log_only"), "{text}");
+    }
+
+    fn toggle(enabled: bool, until: Option<u64>) -> Toggle {
+        Toggle {
+            profile: "p".into(),
+            group: None,
+            enabled,
+            until,
+        }
+    }
+
+    /// A timed toggle over a standing one: the revert restores the standing one; a new
+    /// standing toggle replaces both.
+    #[test]
+    fn timed_toggles_stack_on_standing_ones() {
+        let mut t = Toggles::default();
+        t.set(toggle(true, None));
+        t.set(toggle(false, Some(100)));
+        t.set(toggle(false, Some(200)));
+        assert_eq!(t.profiles, [toggle(true, None), toggle(false, Some(200))]);
+        assert!(t.expire(300));
+        assert_eq!(t.profiles, [toggle(true, None)]);
+        t.set(toggle(false, Some(400)));
+        t.set(toggle(false, None));
+        assert_eq!(t.profiles, [toggle(false, None)]);
+    }
+
+    #[test]
+    fn state_files_keep_valid_rules_up_to_the_cap() {
+        let rule = |name: &str| NameRule {
+            name: name.into(),
+            allow: true,
+            group: None,
+            until: None,
+        };
+        let mut t = Toggles {
+            rules: vec![
+                rule("a.example"),
+                rule("bad name!"),
+                rule("*.b.example"),
+                rule("c.example"),
+            ],
+            ..Toggles::default()
+        };
+        let (said, dropped) = t.retain_valid(2);
+        assert_eq!(dropped, 2);
+        assert_eq!(t.rules, [rule("a.example"), rule("*.b.example")]);
+        assert!(said[0].contains("\"bad name!\" dropped"), "{said:?}");
+        assert!(said[1].contains("max_runtime_rules = 2"), "{said:?}");
+        assert!(t.check_rule_cap(2).is_ok());
+        t.set_rule(rule("d.example"));
+        assert_eq!(
+            t.check_rule_cap(2),
+            Err(ToggleError::TooManyRules { max: 2 })
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! ports, and a DNS client built on hickory-proto that can send from any 127.x address.
 #![allow(dead_code)]
 
+pub mod control;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -59,6 +60,23 @@ pub fn require(tool: &str) -> bool {
         ));
     }
     found
+}
+
+/// Makes a file or folder immutable (`chattr +i`) until dropped, so a failing test never leaves one behind.
+pub struct Immutable(PathBuf);
+
+impl Immutable {
+    pub fn set(path: &Path) -> Immutable {
+        let ok = Command::new("chattr").arg("+i").arg(path).status().unwrap();
+        assert!(ok.success(), "chattr +i {}", path.display());
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
 }
 
 pub struct TempDir(pub PathBuf);
