@@ -120,6 +120,83 @@ fn attr(mut attrs: &[u8], want: u16) -> Option<&[u8]> {
     None
 }
 
+/// A netfilter netlink socket bound to a kernel-chosen port id and to the multicast
+/// `groups` (a bit mask; 0 for none).
+pub fn socket(groups: u32) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind};
+    use std::os::fd::AsRawFd;
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
+    Ok(fd)
+}
+
+/// `NFT_MSG_GETGEN`, and the generation id's attribute in its answer (`NFTA_GEN_ID`).
+const GETGEN: u16 = 16;
+const ATTR_GEN_ID: u16 = 1;
+
+/// The ruleset's generation now: every committed nf_tables transaction, of any process,
+/// moves it by one. Asked on a socket of its own, so it never meets notifications.
+pub fn generation() -> std::io::Result<u32> {
+    use nix::sys::socket::{MsgFlags, NetlinkAddr, recv, sendto, setsockopt, sockopt};
+    use std::os::fd::AsRawFd;
+    let fd = socket(0)?;
+    setsockopt(
+        &fd,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(1, 0),
+    )?;
+    let seq: u32 = 0x7e1e_5eed;
+    let mut request = Vec::with_capacity(20);
+    request.extend_from_slice(&20u32.to_ne_bytes());
+    request.extend_from_slice(&(SUBSYS_NFTABLES << 8 | GETGEN).to_ne_bytes());
+    request.extend_from_slice(&1u16.to_ne_bytes()); // NLM_F_REQUEST
+    request.extend_from_slice(&seq.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&[0, 0, 0, 0]); // nfgenmsg: AF_UNSPEC, version 0, res_id 0
+    sendto(
+        fd.as_raw_fd(),
+        &request,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        let mut rest = &buf[..n];
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            let got = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
+            if len < 16 || len > rest.len() {
+                break;
+            }
+            let msg = &rest[..len];
+            rest = &rest[align4(len).min(rest.len())..];
+            if got != seq {
+                continue;
+            }
+            if kind == 2 {
+                // NLMSG_ERROR: the error code follows the header, negated.
+                let code = msg
+                    .get(16..20)
+                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                return Err(std::io::Error::from_raw_os_error(-code));
+            }
+            if kind == SUBSYS_NFTABLES << 8 | NEWGEN
+                && let Some(v) = attr(msg.get(20..).unwrap_or_default(), ATTR_GEN_ID)
+                && v.len() >= 4
+            {
+                return Ok(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+            }
+        }
+    }
+}
+
 fn attr_str(attrs: &[u8], want: u16) -> Option<&str> {
     let v = attr(attrs, want)?;
     let v = v.split(|&b| b == 0).next().unwrap_or(v);

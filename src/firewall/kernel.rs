@@ -37,6 +37,12 @@ pub struct KernelStats {
     pub degraded: AtomicBool,
     /// Times the notification socket overflowed and the table was checked instead.
     pub event_overflows: AtomicU64,
+    /// How long the owner worked on the last apply, in microseconds (its queue time is
+    /// what a caller waited beyond this).
+    pub last_apply_us: AtomicU64,
+    /// Times another process committed to nf_tables while the listener was paused for
+    /// one of our commits, so the table was written again to be sure.
+    pub unheard: AtomicU64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, NetlinkError>>;
@@ -74,6 +80,12 @@ enum Job {
     Tampered(Tampered),
     /// Notifications were lost: compare the table with the plan.
     Verify,
+    /// Another process committed while the listener was paused for ours.
+    Unheard,
+    /// Answered once every job before it is done.
+    Drain {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 #[derive(Clone)]
@@ -94,6 +106,16 @@ impl Kernel {
     /// Starts the owner thread. The notification listener starts with the first apply,
     /// so a DNS-only daemon never opens a netlink socket.
     pub fn spawn() -> Kernel {
+        Self::spawn_with(true)
+    }
+
+    /// The owner without the change listener: only for measuring what the listener
+    /// costs (benches/firewall.rs); a table someone else removes is not restored.
+    pub fn spawn_without_listener() -> Kernel {
+        Self::spawn_with(false)
+    }
+
+    fn spawn_with(listen: bool) -> Kernel {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(KernelStats::default());
         let owner = Owner {
@@ -101,7 +123,8 @@ impl Kernel {
             me: tx.clone(),
             stats: stats.clone(),
             installed: None,
-            watching: false,
+            listen,
+            events: None,
         };
         let spawned = std::thread::Builder::new()
             .name("telesink-nft".into())
@@ -210,6 +233,12 @@ impl Kernel {
         Ok(self.ask(|reply| Job::Elements { diffs, reply }).await??)
     }
 
+    /// Returns once the owner has done every job sent before: what a measurement waits
+    /// for, so that it times the owner idle.
+    pub fn drain_blocking(&self) -> Result<(), KernelError> {
+        self.ask_blocking(|reply| Job::Drain { reply })
+    }
+
     /// Reads accounting sets; for the scrape, which runs on a blocking thread.
     pub fn accounting_blocking(
         &self,
@@ -227,7 +256,17 @@ struct Owner {
     stats: Arc<KernelStats>,
     /// The plan in force and the learned addresses that go with it; None: no table.
     installed: Option<Installed>,
-    watching: bool,
+    /// Whether to listen for changes by other processes (always, but in a benchmark).
+    listen: bool,
+    /// The listener's socket once it runs: paused around our own commits.
+    events: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+/// Commits touching more elements than this run with the change listener paused.
+const QUIET_ABOVE: usize = 10_000;
+
+fn elements_in(diffs: &[ElementDiff]) -> usize {
+    diffs.iter().map(|d| d.remove.len() + d.add.len()).sum()
 }
 
 /// A restore that failed is tried again after this long.
@@ -265,24 +304,37 @@ impl Owner {
                     whole,
                     reply,
                 } => {
-                    let result = if whole {
-                        install(&plan, learned.as_deref())
-                    } else {
-                        self.install_over(&plan, learned.as_deref())
-                    };
+                    let started = Instant::now();
+                    let change = if whole { None } else { self.change_for(&plan) };
+                    let many = change.as_ref().is_none_or(|c| match c {
+                        PlanChange::Elements(d) | PlanChange::Rules { diffs: d, .. } => {
+                            elements_in(d) > QUIET_ABOVE
+                        }
+                        PlanChange::Nothing => false,
+                        PlanChange::Structure => true,
+                    });
+                    let result = self.quietly(many, || {
+                        Self::install_change(&plan, change, learned.as_deref())
+                    });
                     if result.is_ok() {
                         self.installed = Some((plan, learned));
                         self.stats.degraded.store(false, Ordering::Relaxed);
                         retry_at = None;
                         self.watch();
                     }
+                    self.stats
+                        .last_apply_us
+                        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                     let _ = reply.send(result);
                 }
                 Job::Remove { reply } => {
                     self.installed = None;
                     self.stats.degraded.store(false, Ordering::Relaxed);
                     retry_at = None;
-                    let _ = reply.send(netlink::remove());
+                    let _ = reply.send(self.quietly(true, netlink::remove));
+                }
+                Job::Drain { reply } => {
+                    let _ = reply.send(());
                 }
                 Job::Exists { reply } => {
                     let _ = reply.send(netlink::table_exists());
@@ -293,10 +345,14 @@ impl Owner {
                     elements,
                     reply,
                 } => {
-                    let _ = reply.send(netlink::update_timed(&set, family, &elements));
+                    let many = elements.len() > QUIET_ABOVE;
+                    let _ = reply.send(
+                        self.quietly(many, || netlink::update_timed(&set, family, &elements)),
+                    );
                 }
                 Job::Elements { diffs, reply } => {
-                    let _ = reply.send(netlink::update_elements(&diffs));
+                    let many = elements_in(&diffs) > QUIET_ABOVE;
+                    let _ = reply.send(self.quietly(many, || netlink::update_elements(&diffs)));
                 }
                 Job::Accounting { sets, reply } => {
                     let counts = sets
@@ -323,23 +379,95 @@ impl Owner {
                             .map(|_| Instant::now() + RETRY);
                     }
                 }
+                Job::Unheard => {
+                    let Some((plan, _)) = &self.installed else {
+                        continue;
+                    };
+                    self.stats.unheard.fetch_add(1, Ordering::Relaxed);
+                    if !matches_plan(plan) {
+                        retry_at = self
+                            .restore("another process changed nf_tables while telesink committed, unheard")
+                            .err()
+                            .map(|_| Instant::now() + RETRY);
+                    }
+                }
             }
         }
     }
 
-    /// Installs `plan` over the installed one with the least the kernel must do: nothing
-    /// when they are the same, element changes when only interval sets differ, the
-    /// in-place rewrite otherwise (and when the kernel refuses the element changes).
-    fn install_over(&self, plan: &Plan, learned: Option<&dyn Learned>) -> Result<(), NetlinkError> {
-        let Some((old, _)) = &self.installed else {
-            return install(plan, learned);
+    /// Runs one commit of ours, with the change listener paused when it touches many
+    /// elements (`many`). A listener on NFNLGRP_NFTABLES makes the kernel describe every
+    /// element a commit touches to it, which tripled a whole write of 100k ranges and
+    /// kept the owner busy for seconds (docs/BENCHMARKS.md); our own commits need no
+    /// describing. Small commits (a toggle's rules, a few elements, learned addresses)
+    /// stay heard: their notifications cost little and the listener tells them apart by
+    /// thread id. A commit by anyone else while we are deaf moves the ruleset's generation
+    /// by more than our one commit: then the table is checked (`Job::Unheard`), as after
+    /// lost notifications, and written again if it is not whole. Not a blind rewrite:
+    /// another process committing often (a container runtime) would otherwise make every
+    /// big commit of ours a second one.
+    fn quietly<T>(
+        &self,
+        many: bool,
+        f: impl FnOnce() -> Result<T, NetlinkError>,
+    ) -> Result<T, NetlinkError> {
+        let Some(events) = self.events.as_ref().filter(|_| many) else {
+            return f();
         };
+        let before = super::events::generation();
+        let paused = listen_to_changes(events, false).is_ok();
+        let result = f();
+        if paused && let Err(e) = listen_to_changes(events, true) {
+            error!(
+                "cannot listen to nftables changes again ({e}); a flushed table is not restored"
+            );
+        }
+        let after = super::events::generation();
+        match (before, after) {
+            // Ours is at most one commit (a refused batch commits nothing).
+            (Ok(b), Ok(a)) if a.wrapping_sub(b) > 1 => {
+                info!(
+                    before = b,
+                    after = a,
+                    "nftables: commits by another process while telesink committed; checking the table"
+                );
+                let _ = self.me.send(Job::Unheard);
+            }
+            (Ok(_), Ok(_)) => {}
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("nftables generation unreadable ({e}); checking the table");
+                let _ = self.me.send(Job::Verify);
+            }
+        }
+        result
+    }
+
+    /// What installing `plan` over the installed one takes: None for a whole write (no
+    /// table yet, or a set changed kind).
+    fn change_for(&self, plan: &Plan) -> Option<PlanChange> {
+        let (old, _) = self.installed.as_ref()?;
         match plan.change_from(old) {
-            PlanChange::Nothing => {
+            PlanChange::Structure => None,
+            change => Some(change),
+        }
+    }
+
+    /// Installs `plan` with the least the kernel must do (`change`, from `change_for`):
+    /// nothing when the plans are the same, element changes when only interval sets
+    /// differ, the rules with the sets kept when rules differ, a whole write otherwise
+    /// (and when the kernel refuses the element changes).
+    fn install_change(
+        plan: &Plan,
+        change: Option<PlanChange>,
+        learned: Option<&dyn Learned>,
+    ) -> Result<(), NetlinkError> {
+        match change {
+            None => install(plan, learned),
+            Some(PlanChange::Nothing) => {
                 info!("firewall unchanged: nothing sent to the kernel");
                 Ok(())
             }
-            PlanChange::Elements(diffs) => match netlink::update_elements(&diffs) {
+            Some(PlanChange::Elements(diffs)) => match netlink::update_elements(&diffs) {
                 Ok(()) => {
                     let (removed, added) = diffs
                         .iter()
@@ -355,18 +483,33 @@ impl Owner {
                     install(plan, learned)
                 }
             },
-            PlanChange::Structure => install(plan, learned),
+            Some(PlanChange::Rules { diffs, kept }) => {
+                let keep = netlink::Keep {
+                    sets: &kept,
+                    diffs: &diffs,
+                };
+                let result = netlink::apply_keeping(plan, &keep);
+                if result.is_ok() {
+                    info!(
+                        kept = kept.len(),
+                        elements = elements_in(&diffs),
+                        "firewall: rules rewritten, sets kept"
+                    );
+                }
+                result
+            }
+            Some(PlanChange::Structure) => install(plan, learned),
         }
     }
 
     /// Puts the installed plan back; logs and counts it.
-    fn restore(&self, why: &str) -> Result<(), NetlinkError> {
-        let Some((plan, learned)) = &self.installed else {
+    fn restore(&mut self, why: &str) -> Result<(), NetlinkError> {
+        let Some((plan, learned)) = self.installed.clone() else {
             return Ok(());
         };
         self.stats.degraded.store(true, Ordering::Relaxed);
         let started = Instant::now();
-        match install(plan, learned.as_deref()) {
+        match self.quietly(true, || install(&plan, learned.as_deref())) {
             Ok(()) => {
                 self.stats.restores.fetch_add(1, Ordering::Relaxed);
                 self.stats.degraded.store(false, Ordering::Relaxed);
@@ -385,11 +528,11 @@ impl Owner {
 
     /// Starts the notification listener once; without it the table would stay gone.
     fn watch(&mut self) {
-        if self.watching {
+        if self.events.is_some() || !self.listen {
             return;
         }
         let socket = match subscribe() {
-            Ok(s) => s,
+            Ok(s) => Arc::new(s),
             Err(e) => {
                 error!(
                     "cannot listen to nftables changes ({e}): a flushed table is not restored until the next change"
@@ -397,13 +540,12 @@ impl Owner {
                 return;
             }
         };
-        let tx = self.me.clone();
-        let stats = self.stats.clone();
+        let (tx, stats, fd) = (self.me.clone(), self.stats.clone(), socket.clone());
         let spawned = std::thread::Builder::new()
             .name("telesink-nft-events".into())
-            .spawn(move || listen(socket, tx, stats));
+            .spawn(move || listen(fd, tx, stats));
         match spawned {
-            Ok(_) => self.watching = true,
+            Ok(_) => self.events = Some(socket),
             Err(e) => error!("cannot start the nftables change listener: {e}"),
         }
     }
@@ -432,27 +574,24 @@ fn matches_plan(plan: &Plan) -> bool {
 const NFNLGRP_NFTABLES: u32 = 7;
 
 fn subscribe() -> nix::Result<std::os::fd::OwnedFd> {
-    use nix::sys::socket::{
-        AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, setsockopt, socket,
-        sockopt,
-    };
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkNetFilter,
-    )?;
-    // A big apply of our own sends one notification per element; room for a burst, and
-    // an overflow is handled (a check of the table), not ignored.
+    use nix::sys::socket::{setsockopt, sockopt};
+    let fd = super::events::socket(1 << (NFNLGRP_NFTABLES - 1))?;
+    // Our own commits are not heard (`Owner::quietly`), but another process's big one
+    // is: room for a burst, and an overflow is handled (a check of the table).
     let _ = setsockopt(&fd, sockopt::RcvBufForce, &(16 << 20));
-    bind(
-        fd.as_raw_fd(),
-        &NetlinkAddr::new(0, 1 << (NFNLGRP_NFTABLES - 1)),
-    )?;
     Ok(fd)
 }
 
-fn listen(fd: std::os::fd::OwnedFd, tx: mpsc::Sender<Job>, stats: Arc<KernelStats>) {
+/// Joins or leaves nf_tables' multicast group by binding the socket again to its own
+/// port id: the kernel takes a bind's group mask as the new membership.
+fn listen_to_changes(fd: &std::os::fd::OwnedFd, on: bool) -> nix::Result<()> {
+    use nix::sys::socket::{NetlinkAddr, bind, getsockname};
+    let own: NetlinkAddr = getsockname(fd.as_raw_fd())?;
+    let groups = if on { 1 << (NFNLGRP_NFTABLES - 1) } else { 0 };
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(own.pid(), groups))
+}
+
+fn listen(fd: Arc<std::os::fd::OwnedFd>, tx: mpsc::Sender<Job>, stats: Arc<KernelStats>) {
     let mut watcher = Watcher::new(TABLE);
     let mut buf = vec![0u8; 1 << 17];
     loop {

@@ -69,7 +69,7 @@ const SOCKET_BUFFER: usize = 64 << 20;
 pub fn apply(plan: &Plan) -> Result<(), NetlinkError> {
     if table_exists()? {
         let existing = existing_sets()?;
-        match send_plan(plan, Some(&existing)) {
+        match send_plan(plan, Some(&existing), &Keep::default()) {
             Ok(()) => return verify(),
             Err(NetlinkError::Rejected(e)) => {
                 tracing::warn!("in-place firewall update refused ({e}); replacing the table");
@@ -77,8 +77,38 @@ pub fn apply(plan: &Plan) -> Result<(), NetlinkError> {
             Err(e) => return Err(e),
         }
     }
-    send_plan(plan, None)?;
+    send_plan(plan, None, &Keep::default())?;
     verify()
+}
+
+/// Sets of the installed table to leave as they are in an in-place batch, and the
+/// element changes to send for them instead of a refill.
+#[derive(Default)]
+pub struct Keep<'a> {
+    pub sets: &'a [String],
+    pub diffs: &'a [plan::ElementDiff],
+}
+
+/// Installs `plan` over the table in force, keeping the sets `keep` names (plus their
+/// element differences) and rewriting only the chains, the rules and the sets only the
+/// new plan has, in one transaction (`PlanChange::Rules`). Falls back to the full
+/// in-place rewrite when the kernel refuses it.
+pub fn apply_keeping(plan: &Plan, keep: &Keep<'_>) -> Result<(), NetlinkError> {
+    let existing = existing_sets()?;
+    if keep.sets.iter().all(|k| existing.contains(k)) {
+        match send_plan(plan, Some(&existing), keep) {
+            Ok(()) => return verify(),
+            Err(NetlinkError::Rejected(e)) => {
+                tracing::warn!("firewall rule change refused ({e}); rewriting the table in place");
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        tracing::warn!(
+            "firewall: a set telesink installed is gone from the kernel; rewriting the table in place"
+        );
+    }
+    apply(plan)
 }
 
 fn verify() -> Result<(), NetlinkError> {
@@ -90,8 +120,13 @@ fn verify() -> Result<(), NetlinkError> {
 }
 
 /// One batch for the plan: in place over the sets named in `existing`, or (None) as a
-/// fresh table replacing whatever is there.
-fn send_plan(plan: &Plan, existing: Option<&[String]>) -> Result<(), NetlinkError> {
+/// fresh table replacing whatever is there. In place, the sets `keep` names stay as they
+/// are apart from `keep.diffs`.
+fn send_plan(
+    plan: &Plan,
+    existing: Option<&[String]>,
+    keep: &Keep<'_>,
+) -> Result<(), NetlinkError> {
     let table = Table::new(cstr(plan::TABLE)?, ProtoFamily::Inet);
     let mut batch = Batch::new();
     batch.add(&table, MsgType::Add);
@@ -145,8 +180,19 @@ fn send_plan(plan: &Plan, existing: Option<&[String]>) -> Result<(), NetlinkErro
         }
     }
 
+    let kept = |spec: &SetSpec| existing.is_some() && keep.sets.contains(&spec.name);
     let mut sets = Vec::with_capacity(plan.sets.len());
     for (id, spec) in plan.sets.iter().enumerate() {
+        // A kept set is declared (so rules can name it) without elements: adding an
+        // existing set changes nothing in it.
+        let declared;
+        let spec = match kept(spec) {
+            true => {
+                declared = spec.declaration();
+                &declared
+            }
+            false => spec,
+        };
         sets.push(NamedSet::new(spec, id as u32, &table)?);
     }
     let table_name = cstr(plan::TABLE)?;
@@ -154,12 +200,20 @@ fn send_plan(plan: &Plan, existing: Option<&[String]>) -> Result<(), NetlinkErro
         // An element delete that names no element flushes the set; packets keep
         // matching the old elements until the commit that brings the new ones.
         let flush = match existing {
-            Some(e) if e.contains(&spec.name) => {
+            Some(e) if e.contains(&spec.name) && !kept(spec) => {
                 Some(ElemUpdate::new(&table_name, &cstr(&spec.name)?)?)
             }
             _ => None,
         };
         set.add_to(&mut batch, flush.as_ref());
+    }
+    // The kept sets' element changes, in the same transaction as the new rules.
+    let (removals, additions) = element_updates(keep.diffs)?;
+    for m in &removals {
+        batch.add(m, MsgType::Del);
+    }
+    for m in &additions {
+        batch.add(m, MsgType::Add);
     }
 
     for (hook, chain) in &chains {
@@ -209,8 +263,31 @@ fn set_dump_request(
     Ok((request, len))
 }
 
+/// A dump that a commit of another process interrupted (the kernel flags it
+/// NLM_F_DUMP_INTR, libmnl reports EINTR) mixed two generations: it is asked again, up to
+/// this many times, then the error is returned.
+const DUMP_TRIES: usize = 10;
+
+fn dump_retrying<T>(mut dump: impl FnMut() -> Result<T, NetlinkError>) -> Result<T, NetlinkError> {
+    let mut tries = 1;
+    loop {
+        match dump() {
+            Err(NetlinkError::Rejected(e))
+                if e.raw_os_error() == Some(libc::EINTR) && tries < DUMP_TRIES =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Names of the sets in our table now.
 pub fn existing_sets() -> Result<Vec<String>, NetlinkError> {
+    dump_retrying(existing_sets_once)
+}
+
+fn existing_sets_once() -> Result<Vec<String>, NetlinkError> {
     let socket = open()?;
     let seq = 9;
     let (request, len) = set_dump_request(seq, None)?;
@@ -264,6 +341,10 @@ pub fn remove() -> Result<(), NetlinkError> {
 }
 
 pub fn table_exists() -> Result<bool, NetlinkError> {
+    dump_retrying(table_exists_once)
+}
+
+fn table_exists_once() -> Result<bool, NetlinkError> {
     let socket = open()?;
     let seq = 1;
     socket
@@ -300,6 +381,10 @@ pub struct ClientCount {
 
 /// Reads every element of a dynamic accounting set with its counter.
 pub fn read_accounting(set_name: &str, family: Family) -> Result<Vec<ClientCount>, NetlinkError> {
+    dump_retrying(|| read_accounting_once(set_name, family))
+}
+
+fn read_accounting_once(set_name: &str, family: Family) -> Result<Vec<ClientCount>, NetlinkError> {
     let socket = open()?;
     let seq = 7;
     let (request, len) = set_dump_request(seq, Some(set_name))?;
@@ -603,6 +688,24 @@ pub fn update_timed(
 /// every addition, so a range that moves never overlaps its old self. What a toggle or
 /// reload that touches k ranges costs is proportional to k, not to the table.
 pub fn update_elements(diffs: &[plan::ElementDiff]) -> Result<(), NetlinkError> {
+    let (removals, additions) = element_updates(diffs)?;
+    if removals.is_empty() && additions.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Batch::new();
+    for m in &removals {
+        batch.add(m, MsgType::Del);
+    }
+    for m in &additions {
+        batch.add(m, MsgType::Add);
+    }
+    send(batch.finalize())
+}
+
+/// The messages that remove and add the elements of `diffs`.
+type ElemMessages = (Vec<ElemUpdate>, Vec<ElemUpdate>);
+
+fn element_updates(diffs: &[plan::ElementDiff]) -> Result<ElemMessages, NetlinkError> {
     let table = cstr(plan::TABLE)?;
     let mut removals = Vec::new();
     let mut additions = Vec::new();
@@ -620,17 +723,7 @@ pub fn update_elements(diffs: &[plan::ElementDiff]) -> Result<(), NetlinkError> 
             }
         }
     }
-    if removals.is_empty() && additions.is_empty() {
-        return Ok(());
-    }
-    let mut batch = Batch::new();
-    for m in &removals {
-        batch.add(m, MsgType::Del);
-    }
-    for m in &additions {
-        batch.add(m, MsgType::Add);
-    }
-    send(batch.finalize())
+    Ok((removals, additions))
 }
 
 /// Elements of a set named by table and name: added (NEWSETELEM with CREATE but not
