@@ -359,7 +359,7 @@ pub fn report_query(
             ))
         }
     };
-    Ok(telesink::evidence::report::Query {
+    let q = telesink::evidence::report::Query {
         since: day(since)?,
         until: match until {
             Some(u) => day(u)?,
@@ -369,7 +369,9 @@ pub fn report_query(
         profile,
         by,
         summary: false,
-    })
+    };
+    q.validate().map_err(|e| e.to_string())?;
+    Ok(q)
 }
 
 /// The ledger file of the config, for reports while the daemon is down.
@@ -401,7 +403,7 @@ pub fn report(
     format: &str,
     output: Option<&std::path::Path>,
 ) -> ExitCode {
-    use telesink::evidence::report::{Report, run};
+    use telesink::evidence::report::{Report, run_checked};
     let body = serde_json::to_value(q).unwrap_or_default();
     let report: Report = match call(args, "POST", "/v1/report", Some(&body)) {
         Ok(v) => match serde_json::from_value(v) {
@@ -416,7 +418,21 @@ pub fn report(
             let opened = ledger_file(args).and_then(|p| {
                 telesink::evidence::Store::open_read_only(&p).map_err(|e| e.to_string())
             });
-            match opened.and_then(|store| run(&store, q).map_err(|e| e.to_string())) {
+            // The config's profiles are valid filters too (a profile that never
+            // blocked anything is no typo).
+            let profiles: Vec<String> = telesink::config::LoadedConfig::load(&args.config)
+                .map(|c| {
+                    c.config
+                        .profiles
+                        .0
+                        .iter()
+                        .map(|(n, _)| n.get_ref().clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            match opened
+                .and_then(|store| run_checked(&store, q, &profiles).map_err(|e| e.to_string()))
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("telesink: {e}");
@@ -441,11 +457,27 @@ pub fn report(
     write_out(&text, output)
 }
 
-pub fn report_verify(args: &SocketArgs) -> ExitCode {
-    let v = match call(args, "POST", "/v1/report/verify", None) {
+pub fn report_verify(args: &SocketArgs, ledger: Option<&std::path::Path>) -> ExitCode {
+    let asked = match ledger {
+        // A given file is checked as it is, never through a daemon.
+        Some(_) => Err(ClientError::Connect {
+            path: PathBuf::new(),
+            source: std::io::Error::other("a ledger file was given"),
+        }),
+        None => call(args, "POST", "/v1/report/verify", None),
+    };
+    let v = match asked {
         Ok(v) => v,
         Err(ClientError::Connect { .. }) => {
-            let checked = ledger_file(args).and_then(|p| {
+            let file = match ledger {
+                Some(p) if !p.exists() => {
+                    eprintln!("telesink: no ledger file {}", p.display());
+                    return ExitCode::FAILURE;
+                }
+                Some(p) => Ok(p.to_owned()),
+                None => ledger_file(args),
+            };
+            let checked = file.and_then(|p| {
                 let store =
                     telesink::evidence::Store::open_read_only(&p).map_err(|e| e.to_string())?;
                 let v = store.verification().map_err(|e| e.to_string())?;

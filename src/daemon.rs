@@ -363,6 +363,15 @@ fn health(
             ));
         }
     }
+    if applier.firewall_state() != "off"
+        && let Some((at, e)) = applier.kernel.stats.last_counter_error.lock().clone()
+        && crate::clock::unix_now().saturating_sub(at) < 300
+    {
+        why.push(format!(
+            "the firewall's per-client counters could not be read at {} ({e}): rejects are missing from /metrics and the ledger",
+            crate::clock::utc_time(at)
+        ));
+    }
     if applier.firewall_state() == "degraded" {
         why.push(format!(
             "firewall table inet {} is missing or incomplete and being restored",

@@ -181,11 +181,17 @@ pub fn fetch(source: &Source, allow_broad: bool) -> Result<Update, M365Error> {
             parse(&body, &version.latest, base, allow_broad)
         }
         Source::File { path, version } => {
+            // The endpoints document does not carry its version (the service's
+            // /version/worldwide does); a list header without one would not say what
+            // data the accept set is.
+            let Some(version) = version else {
+                return Err(M365Error::Parse {
+                    source_name: path.display().to_string(),
+                    why: "a saved endpoints document does not say its version: give it with --version YYYYMMDDNN (the \"latest\" of https://endpoints.office.com/version/worldwide when it was downloaded)".to_owned(),
+                });
+            };
             let body = read_capped(path)?;
-            let version = version
-                .clone()
-                .unwrap_or_else(|| "unknown (give it with --version)".to_owned());
-            parse(&body, &version, &path.display().to_string(), allow_broad)
+            parse(&body, version, &path.display().to_string(), allow_broad)
         }
     }
 }
@@ -250,9 +256,9 @@ pub fn parse(
         source_name: source.to_owned(),
         why,
     };
-    // The service's versions are YYYYMMDDNN; a file without `--version` says "unknown".
+    // The service's versions are YYYYMMDDNN.
     let dated = version.len() == 10 && version.bytes().all(|b| b.is_ascii_digit());
-    if !dated && !version.starts_with("unknown") {
+    if !dated {
         return Err(bad(format!(
             "version {version:?} is not of the form YYYYMMDDNN"
         )));

@@ -77,6 +77,12 @@ enum Command {
     Firewall {
         #[command(subcommand)]
         action: FirewallAction,
+        /// The config file (before or after the subcommand).
+        #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The running daemon's control socket (default: from the config).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
         /// Machine-readable output (on every firewall command).
         #[arg(long, global = true)]
         json: bool,
@@ -145,9 +151,9 @@ enum Command {
         /// Sum by client, name, profile or day (default: every row).
         #[arg(long)]
         by: Option<String>,
-        /// table, csv, json or html.
-        #[arg(long, value_enum, default_value = "table")]
-        format: ReportFormat,
+        /// table, csv, json or html (default table; --json is --format json).
+        #[arg(long, value_enum)]
+        format: Option<ReportFormat>,
         /// Write here instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
@@ -270,8 +276,14 @@ impl RuleArgs {
 
 #[derive(clap::Subcommand, Clone)]
 enum ReportAction {
-    /// Check the digest chain of the closed days; names the first day that does not match.
-    Verify,
+    /// Check the digest chain of the closed days; names the first day that does not
+    /// match, and every time the ledger was started anew. Exit 0 only when both hold.
+    Verify {
+        /// A ledger file to check as it is (a copy an auditor was given), without the
+        /// daemon or a config.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+    },
     /// Erase one client's rows (GDPR erasure); the ledger records that it happened.
     Purge {
         /// The client's label as reports show it.
@@ -300,51 +312,35 @@ enum LogOnlyState {
     Off,
 }
 
+/// Global, so a subcommand takes them after its name too (`report verify --config X`).
 #[derive(clap::Args, Clone)]
 struct SocketArgs {
     /// The daemon's control socket (default: the config's control.socket, else
     /// /run/telesink/control.sock; also TELESINK_SOCKET).
-    #[arg(long)]
+    #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// Read the socket path from this config.
-    #[arg(long, default_value = DEFAULT_CONFIG)]
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Machine-readable output.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
 #[derive(Subcommand)]
 enum FirewallAction {
-    /// Print the table the config produces, in nft syntax (changes nothing).
-    Show {
-        /// The config file.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
+    /// Print the table the config produces with the saved toggles, in nft syntax: the
+    /// table a start would install (changes nothing).
+    Show,
     /// Program the table once and exit (early boot, before the daemon starts): the
     /// config with the saved toggles, as the daemon would. While the daemon runs, asks it
     /// to install its table again instead.
-    Apply {
-        /// The config file.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// The running daemon's control socket (default: from the config).
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// Delete the table.
-    Remove {
-        /// Accepted like the other firewall commands; the table's name is fixed.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
+    Apply,
+    /// Delete the table; refused while the daemon runs (it would put the table back at
+    /// once: set firewall.enabled = false and reload instead).
+    Remove,
     /// Print the per-client reject counters of every profile.
-    Counters {
-        /// The config file.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
+    Counters,
 }
 
 mod ctl;
@@ -366,7 +362,12 @@ fn main() -> ExitCode {
             },
         ),
         Command::Check { config, json } => check(&config, json),
-        Command::Firewall { action, json } => firewall(action, json),
+        Command::Firewall {
+            action,
+            config,
+            socket,
+            json,
+        } => firewall(action, &config, socket, json),
         Command::Explain {
             name,
             client,
@@ -409,9 +410,22 @@ fn main() -> ExitCode {
             output,
             socket,
         } => match action {
-            Some(ReportAction::Verify) => ctl::report_verify(&socket),
+            Some(ReportAction::Verify { ledger }) => ctl::report_verify(&socket, ledger.as_deref()),
             Some(ReportAction::Purge { client }) => ctl::report_purge(&socket, &client),
             None => {
+                // --json means JSON here as on every other command; with another
+                // --format it is a contradiction, said.
+                let format = match (format, socket.json) {
+                    (None, true) | (Some(ReportFormat::Json), _) => ReportFormat::Json,
+                    (Some(f), false) => f,
+                    (None, false) => ReportFormat::Table,
+                    (Some(_), true) => {
+                        eprintln!(
+                            "telesink: --json asks for JSON, --format for something else: give one of them"
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                };
                 let query = match ctl::report_query(&since, until.as_deref(), client, profile, by) {
                     // The page shows the summary only: its lines would cross the
                     // control socket for nothing.
@@ -704,12 +718,17 @@ fn check(path: &std::path::Path, json: bool) -> ExitCode {
 /// What a firewall command did: text for the admin, JSON for scripts; or why it failed.
 type FwResult = Result<(String, serde_json::Value), String>;
 
-fn firewall(action: FirewallAction, json: bool) -> ExitCode {
+fn firewall(
+    action: FirewallAction,
+    config: &std::path::Path,
+    socket: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
     let result = match action {
-        FirewallAction::Show { config } => firewall_show(&config),
-        FirewallAction::Apply { config, socket } => firewall_apply(&config, socket),
-        FirewallAction::Counters { config } => firewall_counters(&config),
-        FirewallAction::Remove { .. } => firewall_remove(),
+        FirewallAction::Show => firewall_show(config),
+        FirewallAction::Apply => firewall_apply(config, socket),
+        FirewallAction::Counters => firewall_counters(config),
+        FirewallAction::Remove => firewall_remove(config, socket),
     };
     use std::io::Write;
     let written = match &result {
@@ -740,14 +759,17 @@ fn firewall(action: FirewallAction, json: bool) -> ExitCode {
     }
 }
 
+/// The config's policy with the saved toggles: what a start would serve, so `firewall
+/// show`, `counters` and `explain --offline` describe the table `firewall apply` installs.
+fn booted_policy(path: &std::path::Path) -> Result<(LoadedConfig, policy::Policy), String> {
+    let cfg = LoadedConfig::load(path).map_err(|e| e.to_string())?;
+    let (policy, _) = telesink::apply::boot_policy(&cfg).map_err(|e| e.to_string())?;
+    Ok((cfg, policy))
+}
+
 fn firewall_show(path: &std::path::Path) -> FwResult {
     use telesink::firewall::plan::{SetKind, addr};
-    let cfg = LoadedConfig::load(path).map_err(|e| e.to_string())?;
-    let outcome = policy::build(&cfg, 1);
-    let Some(policy) = outcome.policy else {
-        let problems: Vec<String> = outcome.problems.iter().map(|p| p.to_string()).collect();
-        return Err(problems.join("\n"));
-    };
+    let (cfg, policy) = booted_policy(path)?;
     let plan = telesink::firewall::plan(&policy, &cfg.config.firewall);
     let sets: Vec<serde_json::Value> = plan
         .sets
@@ -824,7 +846,19 @@ fn firewall_apply(path: &std::path::Path, socket: Option<PathBuf>) -> FwResult {
     ))
 }
 
-fn firewall_remove() -> FwResult {
+fn firewall_remove(path: &std::path::Path, socket: Option<PathBuf>) -> FwResult {
+    let args = SocketArgs {
+        socket,
+        config: path.to_owned(),
+        json: false,
+    };
+    if let Ok(v) = ctl::call(&args, "GET", "/v1/status", None) {
+        return Err(format!(
+            "telesink is running (generation {}, config {}): it would put the table back at once. To run without the firewall set firewall.enabled = false and `telesink reload` (the table is removed then), or stop telesink first (on_exit decides whether the table stays)",
+            v.get("generation").and_then(|g| g.as_u64()).unwrap_or(0),
+            v.get("config").and_then(|c| c.as_str()).unwrap_or("?")
+        ));
+    }
     telesink::firewall::netlink::remove().map_err(|e| e.to_string())?;
     Ok((
         format!(
@@ -837,13 +871,7 @@ fn firewall_remove() -> FwResult {
 
 fn firewall_counters(path: &std::path::Path) -> FwResult {
     use telesink::firewall::plan::SetKind;
-    let cfg = LoadedConfig::load(path).map_err(|e| e.to_string())?;
-    let policy = policy::build(&cfg, 1).policy.ok_or_else(|| {
-        format!(
-            "{}: the policy has errors; run telesink check",
-            path.display()
-        )
-    })?;
+    let (cfg, policy) = booted_policy(path)?;
     if !telesink::firewall::netlink::table_exists().map_err(|e| e.to_string())? {
         return Err(format!(
             "there is no table inet {} in the kernel, so no counters: the firewall is not programmed here (start the daemon, or telesink firewall apply)",
@@ -870,29 +898,6 @@ fn firewall_counters(path: &std::path::Path) -> FwResult {
         }
     }
     Ok((text, serde_json::json!({ "counters": rows })))
-}
-
-/// Loads a config and compiles its policy, or reports why not.
-fn load_policy(path: &std::path::Path) -> Result<(LoadedConfig, policy::Policy), ExitCode> {
-    let cfg = load(path)?;
-    match policy::build(&cfg, 1).policy {
-        Some(policy) => Ok((cfg, policy)),
-        None => {
-            eprintln!(
-                "{}: the policy has errors; run telesink check",
-                path.display()
-            );
-            Err(ExitCode::FAILURE)
-        }
-    }
-}
-
-/// Loads a config or reports why not (already printed) as the exit code.
-fn load(path: &std::path::Path) -> Result<LoadedConfig, ExitCode> {
-    LoadedConfig::load(path).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::FAILURE
-    })
 }
 
 fn explain(
@@ -929,9 +934,13 @@ fn explain(
             }
         }
     }
-    let (_, policy) = match load_policy(path) {
+    // With the saved toggles, as a start would serve it.
+    let (_, policy) = match booted_policy(path) {
         Ok(both) => both,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("telesink: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let e = match policy::explain(&policy, name, client) {
         Ok(e) => e,

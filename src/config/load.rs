@@ -17,6 +17,10 @@ impl LoadedConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
+            hint: match source.kind() {
+                std::io::ErrorKind::NotFound => " (give the config with --config PATH: the package installs /etc/telesink/telesink.toml, a checkout has config/telesink.toml)",
+                _ => "",
+            },
             source,
         })?;
         Self::parse(path, text)
@@ -34,7 +38,7 @@ impl LoadedConfig {
                     path: path.to_owned(),
                     line: e.span().map_or(0, |s| line_of(&text, s.start)),
                 },
-                message: e.message().to_owned(),
+                message: with_key(&text, e.span().map(|s| s.start), e.message()),
             }),
         }
     }
@@ -53,6 +57,28 @@ impl LoadedConfig {
             path: self.path.clone(),
             line: line_of(&self.text, offset),
         }
+    }
+}
+
+/// serde's message with the key it is about ("duplicate key" alone names nothing): the
+/// key of the line the error points at, or the line itself when it has no `key =`.
+fn with_key(text: &str, offset: Option<usize>, message: &str) -> String {
+    let Some(offset) = offset else {
+        return message.to_owned();
+    };
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("").trim();
+    match line.split_once('=') {
+        Some((key, _)) if !line.starts_with('[') => {
+            format!("{}: {message}", key.trim().trim_matches('"'))
+        }
+        _ if !line.is_empty() => {
+            let shown: String = line.chars().take(80).collect();
+            format!("{message} (at `{shown}`)")
+        }
+        _ => message.to_owned(),
     }
 }
 
@@ -99,10 +125,12 @@ pub fn normalized(path: &Path) -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read config: {source}", path.display())]
+    #[error("{}: cannot read config: {source}{hint}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
+        /// What to do about it, when that is clear.
+        hint: &'static str,
     },
     #[error("{at}: {message}")]
     Syntax { at: Location, message: String },

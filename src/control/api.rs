@@ -209,7 +209,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
 fn control_error(e: ControlError) -> Reply {
     let status = match &e {
         ControlError::Toggle(
-            ToggleError::NoProfile(_) | ToggleError::NoGroup(_) | ToggleError::NoRule { .. },
+            ToggleError::NoProfile(..) | ToggleError::NoGroup(..) | ToggleError::NoRule { .. },
         ) => StatusCode::NOT_FOUND,
         ControlError::Policy(_)
         | ControlError::Config(_)
@@ -311,8 +311,16 @@ async fn respond(
                 Ok(b) => b,
                 Err(r) => return *r,
             };
+            let profiles: Vec<String> = c
+                .current()
+                .profiles
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
             let report = c
-                .evidence(move |store| Ok(crate::evidence::report::run(store, &q)?))
+                .evidence(move |store| {
+                    Ok(crate::evidence::report::run_checked(store, &q, &profiles)?)
+                })
                 .await;
             if let (Ok(r), Some(audit)) = (&report, &c.audit)
                 && r.lines_left_out > 0
@@ -397,7 +405,7 @@ fn evidence_reply<T: serde::Serialize>(r: Result<T, super::EvidenceError>) -> Re
     match r {
         Ok(v) => json(StatusCode::OK, &v),
         Err(e @ super::EvidenceError::Off) => error(StatusCode::NOT_FOUND, e),
-        Err(e @ super::EvidenceError::Report(crate::evidence::report::ReportError::By(_))) => {
+        Err(super::EvidenceError::Report(e)) if e.is_question() => {
             error(StatusCode::BAD_REQUEST, e)
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

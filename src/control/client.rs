@@ -104,7 +104,13 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("not a duration: {text:?} (use e.g. 90s, 30m, 2h, 1d)"))?;
     let factor = match unit {
-        "" | "s" => 1,
+        // A bare number is refused: "--for 30" meant 30 minutes as often as 30 seconds.
+        "" => {
+            return Err(format!(
+                "{text:?} has no unit: write {text}s, {text}m, {text}h or {text}d"
+            ));
+        }
+        "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
@@ -123,7 +129,11 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90"), Ok(90));
+        assert!(
+            parse_duration("90")
+                .unwrap_err()
+                .contains("has no unit: write 90s, 90m")
+        );
         assert_eq!(parse_duration("90s"), Ok(90));
         assert_eq!(parse_duration("30m"), Ok(1800));
         assert_eq!(parse_duration("2h"), Ok(7200));

@@ -233,10 +233,34 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// One CSV cell. A cell a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, tab
+/// or CR first: a client label or name comes from the network) gets a leading `'`, so it
+/// is shown as text and never run (OWASP, "CSV injection").
 fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
     } else {
         s.to_owned()
+    };
+    if s.contains([',', '"', '\n', '\r', '\'']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    #[test]
+    fn formulas_are_written_as_text() {
+        assert_eq!(
+            super::csv_cell("=HYPERLINK(\"x\")"),
+            "\"'=HYPERLINK(\"\"x\"\")\""
+        );
+        assert_eq!(super::csv_cell("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(super::csv_cell("+1"), "\"'+1\"");
+        assert_eq!(super::csv_cell("-2"), "\"'-2\"");
+        assert_eq!(super::csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(super::csv_cell("plain.example"), "plain.example");
     }
 }

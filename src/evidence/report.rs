@@ -2,7 +2,7 @@
 //! trend, and the lines: every row or sums `--by` one field). Its text forms (table,
 //! CSV, JSON, HTML) are in render.rs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,10 +69,92 @@ pub enum ReportError {
     Store(#[from] StoreError),
     #[error("--by {0}: group by client, name, profile or day")]
     By(String),
+    #[error(
+        "not a day: {0:?} (write a date that exists, as 2026-11-01, or 30d for the last 30 days)"
+    )]
+    Day(String),
+    #[error(
+        "the period is empty: --since {since} is after --until {until} (a report covers since to until, both included)"
+    )]
+    EmptyPeriod { since: String, until: String },
+    /// What was asked for, its value, and the valid choices (`suggest::choices`).
+    #[error("no {0} {1} in the ledger or the config{2}")]
+    Unknown(&'static str, String, String),
+}
+
+impl ReportError {
+    /// A mistake in the question (400), not a failure to answer it.
+    pub fn is_question(&self) -> bool {
+        !matches!(self, ReportError::Store(_))
+    }
+}
+
+impl Query {
+    /// Days that exist, in order: a silent "0 attempts" for 2026-02-30 or for a period
+    /// that ends before it starts would read as "nothing happened".
+    pub fn validate(&self) -> Result<(), ReportError> {
+        for day in [&self.since, &self.until] {
+            let exists = crate::clock::day_number(day)
+                .is_some_and(|n| crate::clock::utc_date(u64::from(n) * 86_400) == *day);
+            if !exists {
+                return Err(ReportError::Day(day.clone()));
+            }
+        }
+        if self.since > self.until {
+            return Err(ReportError::EmptyPeriod {
+                since: self.since.clone(),
+                until: self.until.clone(),
+            });
+        }
+        Ok(())
+    }
 }
 
 pub fn run(store: &Store, q: &Query) -> Result<Report, ReportError> {
     run_capped(store, q, MAX_LINES)
+}
+
+/// `run`, with the question checked: valid days, and a client or profile filter that
+/// names one the ledger has (any day) or, for profiles, one of `profiles` (the config's):
+/// a typo is an error naming the nearest, never a silent zero.
+pub fn run_checked(store: &Store, q: &Query, profiles: &[String]) -> Result<Report, ReportError> {
+    q.validate()?;
+    let report = run(store, q)?;
+    if report.totals.is_empty() && (q.client.is_some() || q.profile.is_some()) {
+        let (clients, mut known) = labels(store)?;
+        known.extend(profiles.iter().cloned());
+        for (what, value, set) in [
+            ("client", &q.client, clients),
+            ("profile", &q.profile, known),
+        ] {
+            if let Some(v) = value
+                && !set.contains(v)
+            {
+                let all: Vec<String> = set.into_iter().collect();
+                let plural = if what == "client" {
+                    "clients"
+                } else {
+                    "profiles"
+                };
+                return Err(ReportError::Unknown(
+                    what,
+                    v.clone(),
+                    crate::suggest::choices(v, plural, &all),
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Every client label and profile the ledger holds, any day.
+fn labels(store: &Store) -> Result<(BTreeSet<String>, BTreeSet<String>), ReportError> {
+    let (mut clients, mut profiles) = (BTreeSet::new(), BTreeSet::new());
+    store.each_day("0000-01-01", "9999-12-31", |day| {
+        clients.extend(day.clients.iter().cloned());
+        profiles.extend(day.profiles.iter().cloned());
+    })?;
+    Ok((clients, profiles))
 }
 
 fn run_capped(store: &Store, q: &Query, max_lines: usize) -> Result<Report, ReportError> {

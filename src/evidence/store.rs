@@ -51,6 +51,13 @@ pub enum StoreError {
         "evidence file {path}: the digest chain breaks at {day}; a purge recomputes the digests and would hide that, so none was made. Keep a copy of the file for the investigation, then move it aside to start a new ledger"
     )]
     Broken { path: PathBuf, day: String },
+    /// Nothing to erase: recording a purge of nobody would say an erasure happened.
+    #[error("evidence file {path}: no client {client} in the ledger, nothing purged{choices}")]
+    NoClient {
+        path: PathBuf,
+        client: String,
+        choices: String,
+    },
 }
 
 /// What went wrong inside a transaction, before the path is known to the message.
@@ -383,6 +390,18 @@ impl Store {
             return Err(StoreError::Broken {
                 path: self.path.clone(),
                 day,
+            });
+        }
+        let mut clients = std::collections::BTreeSet::new();
+        self.each_day("0000-01-01", "9999-12-31", |day| {
+            clients.extend(day.clients.iter().cloned());
+        })?;
+        if !clients.contains(client) {
+            let all: Vec<String> = clients.into_iter().collect();
+            return Err(StoreError::NoClient {
+                path: self.path.clone(),
+                client: client.to_owned(),
+                choices: crate::suggest::choices(client, "clients", &all),
             });
         }
         let n = self.in_transaction(|tx| purge_in(tx, client))?;

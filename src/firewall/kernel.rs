@@ -41,8 +41,12 @@ pub struct KernelStats {
     /// what a caller waited beyond this).
     pub last_apply_us: AtomicU64,
     /// Times another process committed to nf_tables while the listener was paused for
-    /// one of our commits, so the table was written again to be sure.
+    /// one of our commits, so the table was checked.
     pub unheard: AtomicU64,
+    /// Reads of the per-client counters that failed (the scrape and the ledger then lack
+    /// firewall rows), and the last failure: Unix time and why.
+    pub counter_read_errors: AtomicU64,
+    pub last_counter_error: parking_lot::Mutex<Option<(u64, String)>>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, NetlinkError>>;
@@ -355,10 +359,18 @@ impl Owner {
                     let _ = reply.send(self.quietly(many, || netlink::update_elements(&diffs)));
                 }
                 Job::Accounting { sets, reply } => {
-                    let counts = sets
+                    let counts: Vec<_> = sets
                         .iter()
                         .map(|(s, f)| netlink::read_accounting(s, *f))
                         .collect();
+                    if let Some(e) = counts.iter().find_map(|c| c.as_ref().err()) {
+                        self.stats
+                            .counter_read_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        *self.stats.last_counter_error.lock() =
+                            Some((crate::clock::unix_now(), e.to_string()));
+                        warn!("firewall counters could not be read: {e}");
+                    }
                     let _ = reply.send(counts);
                 }
                 Job::Tampered(t) => {

@@ -363,6 +363,16 @@ impl Collector for TelesinkCollector {
                 "Times nftables change notifications were lost and the table was checked instead.",
                 &k.event_overflows,
             ));
+            plain.push((
+                FIREWALL_COUNTER_READ_ERRORS,
+                "Reads of the firewall's per-client counters that failed: the scrape and the ledger lacked those rows (/health says why).",
+                &k.counter_read_errors,
+            ));
+            plain.push((
+                FIREWALL_UNHEARD,
+                "Times another process committed to nftables while telesink's change listener was paused for one of its big commits, so the table was checked.",
+                &k.unheard,
+            ));
         }
         if policy.learner.is_some() {
             let n = &a.shadow_counts;

@@ -43,11 +43,25 @@ pub enum RuleError {
         "not a domain name or *.domain: {0:?} (labels of letters, digits, '-' and '_', separated by dots)"
     )]
     NotAName(String),
+    #[error(
+        "{0} is an address, not a name: runtime rules take names; to block an address or range put it in a profile's .cidrs list (docs/LISTS.md)"
+    )]
+    Address(String),
 }
 
 /// The rule's name as stored and matched: lower case, no trailing dot, `*.` kept.
 pub fn normalize(text: &str) -> Result<String, RuleError> {
     let bad = || RuleError::NotAName(text.to_owned());
+    // "192.168.1.1" has the form of a name of four numeric labels; what was meant is the
+    // address, which a name rule never matches.
+    if text
+        .trim_end_matches('.')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+        || text.trim_end_matches('.').parse::<ipnet::IpNet>().is_ok()
+    {
+        return Err(RuleError::Address(text.to_owned()));
+    }
     let (suffix, name) = match text.strip_prefix("*.") {
         Some(rest) => (true, rest),
         None => (false, text),
@@ -222,6 +236,9 @@ mod tests {
             "*.*.x.com",
         ] {
             assert!(normalize(bad).is_err(), "{bad}");
+        }
+        for address in ["192.168.1.1", "2001:db8::1", "192.0.2.0/24"] {
+            assert_eq!(normalize(address), Err(RuleError::Address(address.into())));
         }
     }
 }

@@ -58,10 +58,11 @@ pub enum ToggleError {
         "runtime rules are limited to {max} ([control] max_runtime_rules): remove some with `telesink allow|block NAME --remove`, or put the names in a list file (docs/LISTS.md)"
     )]
     TooManyRules { max: usize },
-    #[error("no profile named {0}")]
-    NoProfile(String),
-    #[error("no group named {0}")]
-    NoGroup(String),
+    /// The name, and what to say of the valid ones (`suggest::choices`).
+    #[error("no profile named {0}{1}")]
+    NoProfile(String, String),
+    #[error("no group named {0}{1}")]
+    NoGroup(String, String),
     #[error("no runtime rule for {name}{}", .group.as_deref().map(|g| format!(" in group {g}")).unwrap_or_default())]
     NoRule { name: String, group: Option<String> },
 }
@@ -249,17 +250,32 @@ fn ordered(toggles: &[Toggle]) -> impl Iterator<Item = &Toggle> {
         .chain(pass(false, true))
 }
 
-/// That the profile and (if given) the group exist.
+/// That the profile and (if given) the group exist; if not, the error names the valid
+/// ones and the nearest.
 pub fn check(policy: &Policy, profile: &str, group: Option<&str>) -> Result<(), ToggleError> {
     if !policy.profiles.iter().any(|p| p.name == profile) {
-        return Err(ToggleError::NoProfile(profile.to_owned()));
+        let names: Vec<String> = policy.profiles.iter().map(|p| p.name.clone()).collect();
+        return Err(ToggleError::NoProfile(
+            profile.to_owned(),
+            crate::suggest::choices(profile, "profiles", &names),
+        ));
     }
     match group {
-        Some(g) if !policy.base_groups.iter().any(|x| x.name == g) => {
-            Err(ToggleError::NoGroup(g.to_owned()))
-        }
-        _ => Ok(()),
+        Some(g) => check_group(policy, g),
+        None => Ok(()),
     }
+}
+
+/// That the group exists; if not, the error names the groups and the nearest.
+pub fn check_group(policy: &Policy, group: &str) -> Result<(), ToggleError> {
+    if policy.base_groups.iter().any(|x| x.name == group) {
+        return Ok(());
+    }
+    let names: Vec<String> = policy.base_groups.iter().map(|g| g.name.clone()).collect();
+    Err(ToggleError::NoGroup(
+        group.to_owned(),
+        crate::suggest::choices(group, "groups", &names),
+    ))
 }
 
 impl Policy {
@@ -275,10 +291,8 @@ impl Policy {
             check(self, &t.profile, t.group.as_deref())?;
         }
         for r in &toggles.rules {
-            if let Some(g) = &r.group
-                && !self.base_groups.iter().any(|x| x.name == *g)
-            {
-                return Err(ToggleError::NoGroup(g.clone()));
+            if let Some(g) = &r.group {
+                check_group(self, g)?;
             }
         }
         let bit = |name: &str| {
