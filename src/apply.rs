@@ -63,6 +63,12 @@ pub enum Edit {
         name: String,
         group: Option<String>,
     },
+    /// Removes a profile's toggles and log-only switches for a group (None: the entries
+    /// for every group): back to the config.
+    Reset {
+        profile: String,
+        group: Option<String>,
+    },
 }
 
 impl std::fmt::Display for Edit {
@@ -77,6 +83,10 @@ impl std::fmt::Display for Edit {
             }
             Edit::Unrule { name, group } => {
                 write!(f, "runtime rule for {name} removed")?;
+                return write_scope(f, group.as_deref(), None);
+            }
+            Edit::Reset { profile, group } => {
+                write!(f, "profile {profile} back to the config")?;
                 return write_scope(f, group.as_deref(), None);
             }
             Edit::Profile(t) => ("profile", t, if t.enabled { "on" } else { "off" }),
@@ -346,8 +356,18 @@ impl Applier {
             let mut toggles = base.toggles.clone();
             toggles.expire(unix_now());
             match edit {
-                Edit::Profile(t) => toggles.set(t),
-                Edit::LogOnly(t) => toggles.set_log_only(t),
+                Edit::Profile(t) => {
+                    toggles.set(t);
+                    toggles = base.without_redundant(toggles, false);
+                }
+                Edit::LogOnly(t) => {
+                    toggles.set_log_only(t);
+                    toggles = base.without_redundant(toggles, true);
+                }
+                Edit::Reset { profile, group } => {
+                    crate::policy::check_toggle(&base, &profile, group.as_deref())?;
+                    toggles.reset(&profile, group.as_deref())?;
+                }
                 Edit::Rule(r) => {
                     toggles.set_rule(r);
                     toggles.check_rule_cap(base.config.config.control.max_runtime_rules)?;

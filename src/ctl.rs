@@ -91,6 +91,19 @@ pub fn profile(args: &SocketArgs, name: &str, body: Value) -> ExitCode {
     )
 }
 
+pub fn profile_reset(args: &SocketArgs, name: &str, mut body: Value) -> ExitCode {
+    if let Some(o) = body.as_object_mut() {
+        o.remove("for_secs");
+    }
+    run(
+        args,
+        "POST",
+        &format!("/v1/profiles/{name}/reset"),
+        Some(&body),
+        report_text,
+    )
+}
+
 pub fn log_only(args: &SocketArgs, name: &str, body: Value) -> ExitCode {
     run(
         args,
@@ -168,6 +181,19 @@ fn toggle_text(t: &Value) -> String {
     )
 }
 
+fn log_only_text(t: &Value) -> String {
+    let on = if t.get("enabled").and_then(Value::as_bool) == Some(true) {
+        "observed (log-only)"
+    } else {
+        "not observed"
+    };
+    format!(
+        "{} {on} {}",
+        s(t, "profile"),
+        scope_text(t, "reverts", "until changed")
+    )
+}
+
 fn rule_text(r: &Value) -> String {
     let verb = if r.get("allow").and_then(Value::as_bool) == Some(true) {
         "allow"
@@ -230,14 +256,28 @@ fn status_text(v: &Value) -> String {
             out += &format!("  {}\n", rule_text(r));
         }
     }
-    let toggles = v.get("toggles").and_then(Value::as_array);
-    match toggles.filter(|t| !t.is_empty()) {
-        None => out += "no runtime toggles\n",
-        Some(ts) => {
-            out += &format!("runtime toggles (kept in {}):\n", s(v, "state_file"));
-            for t in ts {
-                out += &format!("  {}\n", toggle_text(t));
-            }
+    let toggles = v
+        .get("toggles")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let observed = v
+        .get("log_only")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if toggles.is_empty() && observed.is_empty() {
+        out += "no runtime toggles: every profile as the config says\n";
+    } else {
+        out += &format!(
+            "runtime toggles (kept in {}; `telesink profile reset NAME` returns one to the config):\n",
+            s(v, "state_file")
+        );
+        for t in &toggles {
+            out += &format!("  {}\n", toggle_text(t));
+        }
+        for t in &observed {
+            out += &format!("  {}\n", log_only_text(t));
         }
     }
     if let Some(why) = v.get("state_unsaved").and_then(Value::as_str) {
@@ -283,6 +323,14 @@ fn profiles_text(v: &Value) -> String {
             .flatten()
         {
             out += &format!("{:<30} toggled: {}\n", "", toggle_text(t));
+        }
+        for t in p
+            .get("log_only_toggles")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out += &format!("{:<30} toggled: {}\n", "", log_only_text(t));
         }
     }
     out

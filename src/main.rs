@@ -304,6 +304,9 @@ enum ReportFormat {
 enum OnOff {
     Enable,
     Disable,
+    /// Remove the runtime toggles and log-only switches of the profile (for --group, or
+    /// those for every group): the config's setting is back.
+    Reset,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -378,6 +381,17 @@ fn main() -> ExitCode {
         } => explain(&config, &name, client, json, socket, offline),
         Command::Status { socket } => ctl::status(&socket),
         Command::Profiles { socket } => ctl::profiles(&socket),
+        Command::Profile {
+            action,
+            name,
+            change,
+        } if matches!(action, OnOff::Reset) => {
+            if change.duration.is_some() {
+                eprintln!("telesink: --for does not go with reset (it ends the toggles now)");
+                return ExitCode::FAILURE;
+            }
+            ctl::profile_reset(&change.socket, &name, change.body(serde_json::json!({})))
+        }
         Command::Profile {
             action,
             name,

@@ -167,3 +167,53 @@ fn slow_control_clients_do_not_lock_out_the_admin() {
     assert_eq!(addrs(&m), ["0.0.0.0"]);
     drop(slow);
 }
+
+/// Runtime state is never hidden or sticky: log-only switches and their timers show in
+/// status and profiles; a toggle that says what the config says is not kept (it would
+/// silently override a later config edit); `profile reset` returns a profile to the
+/// config and says when there is nothing to reset.
+#[test]
+fn runtime_state_is_shown_and_returns_to_the_config() {
+    let Some((_knot, ts)) = start("", &[]) else {
+        return;
+    };
+    ok(&ts, &["profile", "disable", "tele"]);
+    ok(&ts, &["profile", "enable", "tele"]);
+    let status = ok(&ts, &["status"]);
+    assert!(
+        status.contains("no runtime toggles: every profile as the config says"),
+        "{status}"
+    );
+    let state = std::fs::read_to_string(ts.dir.path().join("state.json")).unwrap();
+    assert!(
+        !state.contains("\"tele\""),
+        "an undo is kept as a toggle: {state}"
+    );
+
+    ok(&ts, &["log-only", "ads", "on", "--for", "1h"]);
+    let status = ok(&ts, &["status"]);
+    assert!(
+        status.contains("ads observed (log-only) for every group, reverts in"),
+        "{status}"
+    );
+    let v = json(&ts, &["status"]);
+    assert_eq!(v["log_only"][0]["profile"], "ads", "{v}");
+    let profiles = ok(&ts, &["profiles"]);
+    assert!(
+        profiles.contains("toggled: ads observed (log-only)"),
+        "{profiles}"
+    );
+
+    ok(&ts, &["profile", "disable", "tele", "--group", "finance"]);
+    assert_eq!(rcode(&ts, "127.0.0.2", TELE), ResponseCode::NoError);
+    ok(&ts, &["profile", "reset", "tele", "--group", "finance"]);
+    assert_eq!(rcode(&ts, "127.0.0.2", TELE), ResponseCode::NXDomain);
+    let (success, out, err) = ts.ctl(&["profile", "reset", "tele"]);
+    assert!(!success, "{out}");
+    assert!(
+        err.contains("tele has no runtime toggle for every group: it is as the config says"),
+        "{err}"
+    );
+    ok(&ts, &["profile", "reset", "ads"]);
+    assert!(ok(&ts, &["status"]).contains("no runtime toggles"));
+}

@@ -9,6 +9,7 @@
 //! | GET    | /v1/status           |                                                   |
 //! | GET    | /v1/profiles         |                                                   |
 //! | POST   | /v1/profiles/NAME    | {"enabled": bool, "group"?, "for_secs"?, "dry_run"?} |
+//! | POST   | /v1/profiles/NAME/reset | {"group"?, "dry_run"?} (the config's setting back) |
 //! | POST   | /v1/log-only/NAME    | {"on": bool, "group"?, "for_secs"?, "dry_run"?}   |
 //! | POST   | /v1/rules            | {"name": "x" or "*.x", "allow": bool, "group"?, "for_secs"?, "remove"?, "dry_run"?} |
 //! | POST   | /v1/report           | {"since", "until", "client"?, "profile"?, "by"?} (flushes first) |
@@ -134,6 +135,15 @@ pub async fn serve(listener: UnixListener, control: Arc<Control>, slots: Arc<cra
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ResetBody {
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ProfileBody {
     enabled: bool,
     #[serde(default)]
@@ -209,7 +219,10 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Reply {
 fn control_error(e: ControlError) -> Reply {
     let status = match &e {
         ControlError::Toggle(
-            ToggleError::NoProfile(..) | ToggleError::NoGroup(..) | ToggleError::NoRule { .. },
+            ToggleError::NoProfile(..)
+            | ToggleError::NoGroup(..)
+            | ToggleError::NoRule { .. }
+            | ToggleError::NoToggle(_),
         ) => StatusCode::NOT_FOUND,
         ControlError::Policy(_)
         | ControlError::Config(_)
@@ -267,6 +280,17 @@ async fn respond(
                 enabled: b.enabled,
                 until: until(b.for_secs),
             });
+            change(c, edit, b.dry_run, uid).await
+        }
+        (&Method::POST, ["v1", "profiles", name, "reset"]) => {
+            let b: ResetBody = match body(&bytes) {
+                Ok(b) => b,
+                Err(r) => return *r,
+            };
+            let edit = Edit::Reset {
+                profile: (*name).to_owned(),
+                group: b.group,
+            };
             change(c, edit, b.dry_run, uid).await
         }
         (&Method::POST, ["v1", "log-only", name]) => {

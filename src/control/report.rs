@@ -129,6 +129,8 @@ pub struct ProfileState {
     pub groups: Vec<GroupState>,
     /// Runtime toggles of this profile, with their expiry.
     pub toggles: Vec<Toggle>,
+    /// Its runtime log-only switches, with their expiry.
+    pub log_only_toggles: Vec<Toggle>,
 }
 
 impl ProfileState {
@@ -161,6 +163,13 @@ impl ProfileState {
                     .filter(|t| t.profile == p.name)
                     .cloned()
                     .collect(),
+                log_only_toggles: policy
+                    .toggles
+                    .observe
+                    .iter()
+                    .filter(|t| t.profile == p.name)
+                    .cloned()
+                    .collect(),
             })
             .collect()
     }
@@ -189,6 +198,8 @@ pub struct Status {
     /// Per group: the profiles on, and those in log-only mode.
     pub groups: Vec<GroupProfiles>,
     pub toggles: Vec<Toggle>,
+    /// Runtime log-only switches, with their expiry.
+    pub log_only: Vec<Toggle>,
     /// `telesink allow` / `telesink block` rules in force.
     pub rules: Vec<crate::policy::runtime::NameRule>,
     pub state_file: String,
@@ -272,6 +283,7 @@ impl Status {
                 })
                 .collect(),
             toggles: policy.toggles.profiles.clone(),
+            log_only: policy.toggles.observe.clone(),
             rules: policy.toggles.rules.clone(),
             state_file: a.state.path.display().to_string(),
             state_unsaved: a.unsaved(),

@@ -25,7 +25,7 @@ pub use clients::ClientTable;
 pub use explain::{ExplainError, Explanation, WouldBlock, explain};
 pub use index::{NameIndex, Rule};
 pub use qname::QName;
-pub use toggles::{Toggle, ToggleError, Toggles};
+pub use toggles::{Toggle, ToggleError, Toggles, check as check_toggle};
 
 use crate::lists::Reach;
 

@@ -54,6 +54,8 @@ impl Toggle {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ToggleError {
+    #[error("{0}")]
+    NoToggle(String),
     #[error(
         "runtime rules are limited to {max} ([control] max_runtime_rules): remove some with `telesink allow|block NAME --remove`, or put the names in a list file (docs/LISTS.md)"
     )]
@@ -106,6 +108,42 @@ impl Toggles {
             |a, b| a.name == b.name && a.group == b.group,
             |x| x.until.is_some(),
         );
+    }
+
+    /// Removes every toggle and log-only switch of `profile` for `group` (None: the
+    /// entries for every group), standing and timed: the config's setting is back.
+    pub fn reset(&mut self, profile: &str, group: Option<&str>) -> Result<(), ToggleError> {
+        self.normalize();
+        let before = self.profiles.len() + self.observe.len();
+        let keep = |t: &Toggle| !(t.profile == profile && t.group.as_deref() == group);
+        self.profiles.retain(keep);
+        self.observe.retain(keep);
+        if self.profiles.len() + self.observe.len() == before {
+            let scope = group.map_or("every group".to_owned(), |g| format!("group {g}"));
+            let standing: Vec<String> = self
+                .profiles
+                .iter()
+                .chain(&self.observe)
+                .map(|t| {
+                    format!(
+                        "{} ({})",
+                        t.profile,
+                        t.group
+                            .as_deref()
+                            .map_or("every group".to_owned(), |g| format!("group {g}"))
+                    )
+                })
+                .collect();
+            let listed = if standing.is_empty() {
+                "there are none".to_owned()
+            } else {
+                format!("toggles in force: {}", standing.join(", "))
+            };
+            return Err(ToggleError::NoToggle(format!(
+                "{profile} has no runtime toggle for {scope}: it is as the config says; {listed}"
+            )));
+        }
+        Ok(())
     }
 
     /// Refuses more runtime rules than `max` (`[control] max_runtime_rules`).
@@ -279,6 +317,37 @@ pub fn check_group(policy: &Policy, group: &str) -> Result<(), ToggleError> {
 }
 
 impl Policy {
+    /// `toggles` without its last standing profile or log-only entry when that entry
+    /// changes nothing the config does not already say (`profile enable X` for a profile
+    /// the config has on, or to undo a `disable`): such an entry would only override a
+    /// later edit of the config, unseen.
+    pub fn without_redundant(&self, toggles: Toggles, log_only: bool) -> Toggles {
+        let mut without = toggles.clone();
+        let list = if log_only {
+            &mut without.observe
+        } else {
+            &mut without.profiles
+        };
+        match list.last() {
+            Some(t) if t.until.is_none() => {
+                list.pop();
+            }
+            _ => return toggles,
+        }
+        let states = |t: &Toggles| {
+            self.with_toggles(t.clone(), self.generation).ok().map(|p| {
+                p.groups
+                    .iter()
+                    .map(|g| (g.active, g.logged))
+                    .collect::<Vec<_>>()
+            })
+        };
+        match (states(&toggles), states(&without)) {
+            (Some(a), Some(b)) if a == b => without,
+            _ => toggles,
+        }
+    }
+
     /// A new snapshot: this one's index, lists and clients, with `toggles` applied to the
     /// config's groups. Unknown names are an error, so a typo never half-applies.
     pub fn with_toggles(
