@@ -382,10 +382,10 @@ fn main() -> ExitCode {
         Command::Status { socket } => ctl::status(&socket),
         Command::Profiles { socket } => ctl::profiles(&socket),
         Command::Profile {
-            action,
+            action: OnOff::Reset,
             name,
             change,
-        } if matches!(action, OnOff::Reset) => {
+        } => {
             if change.duration.is_some() {
                 eprintln!("telesink: --for does not go with reset (it ends the toggles now)");
                 return ExitCode::FAILURE;
