@@ -17,6 +17,12 @@ pub enum InitError {
         "interface {0} has no IPv4 or global IPv6 address (ip addr show {0}); give the LAN interface"
     )]
     NoAddress(String),
+    #[error("interface {0} does not exist{1}")]
+    NoInterface(String, String),
+    #[error(
+        "--lan and --wan are both {0}: the LAN is where clients are, the WAN where traffic leaves; give two interfaces (or no --wan: traffic is filtered whichever way it leaves)"
+    )]
+    SameInterface(String),
     #[error("{0} exists; not overwriting it (--force replaces it)")]
     Exists(PathBuf),
     #[error("the example config changed shape: {0:?} not found (a telesink bug)")]
@@ -86,7 +92,38 @@ fn replace(text: &str, from: &'static str, to: &str) -> Result<String, InitError
     Ok(text.replacen(from, to, 1))
 }
 
+/// The interfaces this machine has, as `ip link` names them.
+fn interfaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn check_interface(name: &str) -> Result<(), InitError> {
+    let all = interfaces();
+    if all.iter().any(|n| n == name) {
+        return Ok(());
+    }
+    Err(InitError::NoInterface(
+        name.to_owned(),
+        crate::suggest::choices(name, "ip link shows", &all),
+    ))
+}
+
 pub fn config_for(lan: &str, wan: Option<&str>) -> Result<Chosen, InitError> {
+    if wan == Some(lan) {
+        return Err(InitError::SameInterface(lan.to_owned()));
+    }
+    check_interface(lan)?;
+    if let Some(w) = wan {
+        check_interface(w)?;
+    }
     let addrs = addresses(lan)?;
     if addrs.is_empty() {
         return Err(InitError::NoAddress(lan.to_owned()));
@@ -119,7 +156,12 @@ pub fn config_for(lan: &str, wan: Option<&str>) -> Result<Chosen, InitError> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut text = EXAMPLE.to_owned();
+    // The example's own header (lan0/wan0, "cp ...") is about the example: init's file
+    // starts with what init did.
+    let body_at = EXAMPLE
+        .find("[server]")
+        .ok_or(InitError::Template("[server]"))?;
+    let mut text = EXAMPLE[body_at..].to_owned();
     text = replace(
         &text,
         "listen = [\"192.168.1.1:53\", \"[fd00::1]:53\"]",
@@ -162,8 +204,16 @@ pub fn config_for(lan: &str, wan: Option<&str>) -> Result<Chosen, InitError> {
         })
         .collect();
     let text = format!(
-        "# Written by `telesink init --lan {lan}{}`; every key is explained in the shipped\n# telesink.toml.\n{head}{commented}",
-        wan.map(|w| format!(" --wan {w}")).unwrap_or_default()
+        "# telesink on this gateway, written by `telesink init --lan {lan}{}`.
+#
+# DNS is answered on {lan}'s addresses for its networks; the firewall filters what LAN
+# clients send out{}. Opt-in profiles are off (each one's warning says what it breaks).
+# Check it with `telesink check --config THIS_FILE`; every key is explained in the
+# shipped telesink.toml (/usr/share/doc/telesink, or config/ in a checkout).
+
+{head}{commented}",
+        wan.map(|w| format!(" --wan {w}")).unwrap_or_default(),
+        wan.map(|w| format!(" through {w}")).unwrap_or_default()
     );
     Ok(Chosen {
         listen,

@@ -1465,6 +1465,39 @@ fn init_writes_a_working_gateway_config_from_the_interfaces() {
         text.contains("lan = [\"lan0\"]") && text.contains("wan = [\"wan0\"]"),
         "{text}"
     );
+    // Its own header, not the example's; the opt-in profiles are there, off.
+    assert!(
+        text.starts_with(
+            "# telesink on this gateway, written by `telesink init --lan lan0 --wan wan0`"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("cp /usr/share/doc"), "{text}");
+    assert!(
+        text.contains("[profiles.ms-app-analytics]\ndescription = \"Application Insights, App Center and 1DS analytics SDK collectors in apps\"\nenabled = false"),
+        "{text}"
+    );
+    // The same interface twice, and one that is not there, are refused with the way out.
+    let scratch = dir.path().join("refused.toml");
+    let refused = |args: &str| {
+        t.sh(
+            &t.gateway,
+            &format!(
+                "{} init {args} --output {} 2>&1 || true",
+                bin(),
+                scratch.display()
+            ),
+        )
+    };
+    let out = refused("--lan lan0 --wan lan0");
+    assert!(out.contains("--lan and --wan are both lan0"), "{out}");
+    let out = refused("--lan lan9");
+    assert!(
+        out.contains(
+            "interface lan9 does not exist; did you mean lan0? ip link shows: lan0, lo, wan0"
+        ),
+        "{out}"
+    );
     // It refuses to overwrite what is there.
     let again = Command::new("ip")
         .args([
