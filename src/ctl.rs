@@ -467,21 +467,32 @@ pub fn report(
                 telesink::evidence::Store::open_read_only(&p).map_err(|e| e.to_string())
             });
             // The config's profiles are valid filters too (a profile that never
-            // blocked anything is no typo).
-            let profiles: Vec<String> = telesink::config::LoadedConfig::load(&args.config)
-                .map(|c| {
-                    c.config
-                        .profiles
-                        .0
-                        .iter()
-                        .map(|(n, _)| n.get_ref().clone())
-                        .collect()
+            // blocked anything is no typo), and the context is the policy a start would
+            // serve (config and saved toggles).
+            let booted = telesink::config::LoadedConfig::load(&args.config)
+                .ok()
+                .and_then(|c| telesink::apply::boot_policy(&c).ok().map(|(p, _)| p));
+            let profiles: Vec<String> = booted
+                .iter()
+                .flat_map(|p| p.profiles.iter().map(|x| x.name.clone()))
+                .collect();
+            let source = ledger_file(args)
+                .map(|p| {
+                    format!(
+                        "the ledger file {} (the daemon was not running)",
+                        p.display()
+                    )
                 })
                 .unwrap_or_default();
-            match opened
-                .and_then(|store| run_checked(&store, q, &profiles).map_err(|e| e.to_string()))
-            {
-                Ok(r) => r,
+            let checked = opened
+                .and_then(|store| run_checked(&store, q, &profiles).map_err(|e| e.to_string()));
+            match checked {
+                Ok(mut r) => {
+                    r.context = booted
+                        .as_ref()
+                        .map(|p| telesink::control::evidence_context(p, &source));
+                    r
+                }
                 Err(e) => {
                     eprintln!("telesink: {e}");
                     return ExitCode::FAILURE;
@@ -499,7 +510,7 @@ pub fn report(
     let text = match format {
         "csv" => report.csv(),
         "json" => report.json() + "\n",
-        "html" => report.html("telesink: telemetry attempts stopped at the gateway"),
+        "html" => report.html(),
         _ => report.table(),
     };
     write_out(&text, output)

@@ -206,6 +206,26 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         audit.clone(),
     ));
     tokio::spawn(control.clone().expire_forever());
+    {
+        // The history starts with what this start put in force.
+        let snap = control.current();
+        let toggles = crate::apply::describe_toggles(&snap.toggles);
+        control.record_change(
+            "telesink",
+            format!(
+                "started (version {}): config {}, generation {}, firewall {}; runtime toggles: {}",
+                env!("CARGO_PKG_VERSION"),
+                control.config_path().display(),
+                snap.generation,
+                applier.firewall_state(),
+                if toggles.is_empty() {
+                    "none".to_owned()
+                } else {
+                    toggles.join("; ")
+                }
+            ),
+        );
+    }
     let control_slots = listeners.add(crate::slots::Slots::new(
         "control",
         crate::control::api::MAX_CONNECTIONS,
@@ -292,7 +312,12 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
                 if let Some(n) = &notifier {
                     n.send("RELOADING=1");
                 }
-                let _ = control.reload().await;
+                if let Ok(report) = control.reload().await {
+                    control.record_change(
+                        "SIGHUP",
+                        format!("config and lists reloaded: generation {}", report.generation),
+                    );
+                }
                 if let Some(n) = &notifier {
                     n.send(&format!("READY=1\nSTATUS={}", status()));
                 }
@@ -302,6 +327,20 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         }
     }
     info!("stopping");
+    control.record_change(
+        "telesink",
+        format!(
+            "stopping; the firewall table is {} (on_exit)",
+            match (
+                applier.current.load().firewall_on(),
+                &applier.current.load().config.config.firewall.on_exit
+            ) {
+                (false, _) => "off",
+                (true, crate::config::OnExit::Keep) => "kept",
+                (true, crate::config::OnExit::Remove) => "removed",
+            }
+        ),
+    );
     if let Some(n) = &notifier {
         n.send("STOPPING=1");
     }

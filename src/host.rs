@@ -31,3 +31,12 @@ pub fn client_shard(ip: IpAddr, shards: usize) -> usize {
         IpAddr::V6(a) => a.octets()[15] as usize % shards,
     }
 }
+
+/// This machine's host name (the gateway's name in reports); "unknown" if unreadable.
+pub fn name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|n| n.trim().to_owned())
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

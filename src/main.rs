@@ -99,7 +99,8 @@ enum Command {
     },
     /// Switch a profile on or off at runtime (kept across restarts).
     Profile {
-        /// enable: the profile blocks; disable: it does not.
+        /// enable: the profile blocks; disable: it does not; reset: its runtime toggles and
+        /// log-only switches go (for --group, or those for every group), the config decides.
         #[arg(value_enum)]
         action: OnOff,
         /// The profile.
@@ -304,8 +305,6 @@ enum ReportFormat {
 enum OnOff {
     Enable,
     Disable,
-    /// Remove the runtime toggles and log-only switches of the profile (for --group, or
-    /// those for every group): the config's setting is back.
     Reset,
 }
 

@@ -153,7 +153,8 @@ fn blocked_and_observed_queries_of_two_clients_are_counted_exactly_and_survive_a
         .unwrap();
     let csv = String::from_utf8_lossy(&out.stdout);
     assert!(
-        csv.starts_with("day,client,profile,layer,name,count,first_seen,last_seen\n"),
+        csv.lines().find(|l| !l.starts_with("# "))
+            == Some("day,client,profile,layer,name,count,first_seen,last_seen"),
         "{csv}"
     );
     assert!(csv.contains(",127.0.0.2,,dns-blocked,,4,"), "{csv}");
@@ -388,19 +389,69 @@ fn the_html_report_renders_offline_in_chromium() {
     };
     let dom = chromium(&["--dump-dom"]);
     let text = String::from_utf8_lossy(&dom.stdout);
+    // What a DPO signs: blocked and observed apart, never one total called "stopped".
+    assert!(!text.contains("stopped at the gateway"), "{text}");
     assert!(
-        text.contains("5</b> attempts by <b>2</b> devices"),
+        text.contains("telemetry attempts blocked and observed at gateway"),
         "{text}"
     );
     assert!(
-        text.contains("Devices that still reach observed endpoints"),
+        text.contains("Blocked attempts (DNS sinkholed, firewall rejected, DNS bypass rejected)</th><td class=\"n\"><b>3</b>"),
         "{text}"
     );
+    assert!(
+        text.contains("Observed attempts (answered normally, NOT blocked: counted as a witness)</th><td class=\"n\"><b>2</b>"),
+        "{text}"
+    );
+    // The legend, the context (UTC said, version, generation time), the policy in force
+    // and its changes, what is not blocked, and how to verify.
+    for want in [
+        "What the layers mean",
+        "the query was answered normally: the profile is only observed",
+        "All times are UTC",
+        &format!("by telesink {}", env!("CARGO_PKG_VERSION")),
+        "from the running daemon",
+        "Profiles in force at",
+        "<td>tele</td><td></td><td>default</td>",
+        "Changes of the policy in the period",
+        "started (version",
+        "What telesink does not block",
+        "<b>strict</b> (only observed for default)",
+        "telesink report verify --ledger FILE",
+        "No erasure (purge) recorded",
+        "Endpoints with the most blocked attempts",
+        "Observed endpoints (answered normally, not blocked)",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    // Observed names are never among the blocked endpoints.
+    let blocked_part = text
+        .split("Endpoints with the most blocked attempts")
+        .nth(1)
+        .and_then(|t| t.split("Devices that still reach").next())
+        .unwrap();
+    assert!(!blocked_part.contains("www.test"), "{blocked_part}");
     assert!(text.contains("<svg"), "{text}");
+    // The same statement in the CSV's header and in JSON.
+    let csv = Command::new(bin())
+        .args(["report", "--format", "csv", "--since", "1d", "--socket"])
+        .arg(ts.dir.path().join("control.sock"))
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    for want in [
+        "# blocked attempts: 3 (layers dns-blocked, firewall-rejected, bypass)",
+        "# observed attempts: 2 (layer dns-observed: answered normally, NOT blocked)",
+        "# profile strict: blocks for [], observes for [default], off for []",
+        "# change at ",
+    ] {
+        assert!(csv.contains(want), "{want} missing:\n{csv}");
+    }
+    assert_eq!(rows(ts.dir.path(), &[]).len(), 2);
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("evidence-report.png");
     let out = chromium(&[
         &format!("--screenshot={}", shot.display()),
-        "--window-size=1000,1400",
+        "--window-size=1000,2400",
     ]);
     assert!(shot.exists(), "{}", output_text(&out));
 }

@@ -335,15 +335,14 @@ async fn respond(
                 Ok(b) => b,
                 Err(r) => return *r,
             };
-            let profiles: Vec<String> = c
-                .current()
-                .profiles
-                .iter()
-                .map(|p| p.name.clone())
-                .collect();
+            let snap = c.current();
+            let profiles: Vec<String> = snap.profiles.iter().map(|p| p.name.clone()).collect();
+            let context = super::evidence_context(&snap, "the running daemon");
             let report = c
                 .evidence(move |store| {
-                    Ok(crate::evidence::report::run_checked(store, &q, &profiles)?)
+                    let mut r = crate::evidence::report::run_checked(store, &q, &profiles)?;
+                    r.context = Some(context);
+                    Ok(r)
                 })
                 .await;
             if let (Ok(r), Some(audit)) = (&report, &c.audit)
@@ -389,7 +388,18 @@ async fn respond(
         (&Method::POST, ["v1", "reload"]) => {
             info!(uid, "reload requested over the control socket");
             match c.reload().await {
-                Ok(report) => json(StatusCode::OK, &report),
+                Ok(report) => {
+                    let by =
+                        uid.map_or_else(|| "an unknown uid".to_owned(), |u| format!("uid {u}"));
+                    c.record_change(
+                        &by,
+                        format!(
+                            "config and lists reloaded: generation {}",
+                            report.generation
+                        ),
+                    );
+                    json(StatusCode::OK, &report)
+                }
                 Err(e) => control_error(e),
             }
         }
@@ -442,12 +452,18 @@ fn until(for_secs: Option<u64>) -> Option<u64> {
 }
 
 async fn change(c: &Arc<Control>, edit: Edit, dry_run: bool, uid: Option<u32>) -> Reply {
+    let by = uid.map_or_else(|| "an unknown uid".to_owned(), |u| format!("uid {u}"));
+    let what = edit.to_string();
     if !dry_run {
-        let by = uid.map_or_else(|| "an unknown uid".to_owned(), |u| format!("uid {u}"));
-        info!("change requested over the control socket: {edit} by {by}");
+        info!("change requested over the control socket: {what} by {by}");
     }
     match c.edit(edit, dry_run).await {
-        Ok(report) => json(StatusCode::OK, &report),
+        Ok(report) => {
+            if !dry_run && report.generation > 0 {
+                c.record_change(&by, what);
+            }
+            json(StatusCode::OK, &report)
+        }
         Err(e) => control_error(e),
     }
 }

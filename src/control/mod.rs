@@ -17,7 +17,7 @@ pub use crate::apply::Edit;
 use crate::apply::{Applier, ApplyError};
 use crate::metrics::Shared;
 use crate::snapshot::Snapshot;
-pub use report::{Change, ProfileState, Report, Status};
+pub use report::{Change, ProfileState, Report, Status, evidence_context};
 
 pub type ControlError = ApplyError;
 
@@ -72,6 +72,14 @@ impl Control {
         })
         .await
         .map_err(|e| EvidenceError::Task(e.to_string()))?
+    }
+
+    /// Records a change of the policy in force in the evidence ledger's history (who,
+    /// when, what), for reports; nothing without a ledger.
+    pub fn record_change(&self, who: &str, what: String) {
+        if let Some(a) = &self.audit {
+            a.ledger.record_change(who, what);
+        }
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
@@ -136,10 +144,15 @@ impl Control {
                         continue;
                     };
                     for c in report.changes {
-                        info!(
+                        let what = format!(
                             "timed toggle lapsed: profile {} for group {}: {} -> {}",
                             c.profile, c.group, c.from, c.to
                         );
+                        info!("{what}");
+                        self.record_change("timer", what);
+                    }
+                    for r in report.rules {
+                        self.record_change("timer", format!("timed rule lapsed: {r}"));
                     }
                 }
                 Ok(None) => {}

@@ -291,3 +291,38 @@ impl Status {
         }
     }
 }
+
+/// What a report says of the policy it describes: the profiles as they stand now, with
+/// the groups each blocks for, observes for, or is off for, and what blocking breaks.
+pub fn evidence_context(policy: &Policy, source: &str) -> crate::evidence::report::Context {
+    let profiles = policy
+        .profiles
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| policy.listed(*i) || p.name != crate::policy::runtime::RUNTIME_PROFILE)
+        .map(|(i, p)| {
+            let mut state = crate::evidence::report::ProfileInForce {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                warning: p.warning.clone(),
+                ..Default::default()
+            };
+            for g in &policy.groups {
+                let list = match state_of(g, i) {
+                    "on" => &mut state.blocks_for,
+                    "log-only" => &mut state.observed_for,
+                    _ => &mut state.off_for,
+                };
+                list.push(g.name.clone());
+            }
+            state
+        })
+        .collect();
+    crate::evidence::report::Context {
+        gateway: crate::host::name(),
+        generated_at: crate::clock::unix_now(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        source: source.to_owned(),
+        profiles,
+    }
+}

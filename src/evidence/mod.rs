@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use tracing::{error, info, warn};
 
 pub use aggregate::{Aggregate, Layer, Row};
-pub use store::{Break, Store, StoreError, Stored, Verification};
+pub use store::{Break, PolicyChange, Store, StoreError, Stored, Verification};
 
 use crate::config::EvidenceConfig;
 
@@ -84,6 +84,9 @@ pub struct Ledger {
     failing: Mutex<Option<(u64, String)>>,
     /// The times this ledger was started anew over an unreadable file, and the last one.
     breaks: Mutex<(u64, Option<Break>)>,
+    /// Policy changes not written yet (written with the next flush; the control plane
+    /// never waits on the disk).
+    changes: Mutex<Vec<PolicyChange>>,
 }
 
 /// How long `/health` names a ledger started anew over an unreadable file.
@@ -111,6 +114,7 @@ impl Ledger {
             recovered_rows: AtomicU64::new(0),
             failing: Mutex::new(None),
             breaks: Mutex::new((breaks.len() as u64, breaks.last().cloned())),
+            changes: Mutex::new(Vec::new()),
         });
         if let Some(b) = breaks.last() {
             warn!("evidence ledger {}: {b}", path.display());
@@ -125,9 +129,10 @@ impl Ledger {
         let today = (crate::clock::unix_now() / 86_400) as u32;
         let rows = self.aggregate.drain(today);
         let retention = self.retention_days;
+        let changes = std::mem::take(&mut *self.changes.lock());
         let written = self.write(|store| {
             self.recover(store, today)?;
-            store.flush(&rows, label, today, retention)
+            store.flush_labelled(&store::labelled(&rows, label), &changes, today, retention)
         });
         match written {
             Ok(()) => {
@@ -138,9 +143,21 @@ impl Ledger {
             }
             Err(e) => {
                 self.aggregate.restore(rows);
+                let mut pending = self.changes.lock();
+                let newer = std::mem::replace(&mut *pending, changes);
+                pending.extend(newer);
                 Err(e)
             }
         }
+    }
+
+    /// Records a change of the policy in force (written with the next flush).
+    pub fn record_change(&self, who: &str, what: String) {
+        self.changes.lock().push(PolicyChange {
+            at: crate::clock::unix_now(),
+            who: who.to_owned(),
+            what,
+        });
     }
 
     /// Runs `f` on the file, opening it anew first if the last write failed; a failure
@@ -318,7 +335,7 @@ impl Ledger {
                     continue;
                 }
             };
-            store.flush_labelled(&rows, today, self.retention_days)?;
+            store.flush_labelled(&rows, &[], today, self.retention_days)?;
             let attempts: u64 = rows.iter().map(|r| r.count).sum();
             self.recovered_rows
                 .fetch_add(rows.len() as u64, Ordering::Relaxed);

@@ -38,10 +38,14 @@ pub struct Report {
     /// Over every row of the period, whatever `by` is: attempts per day, the clients and
     /// names with the most attempts (20 each), and the clients seen by an observed
     /// (log-only) profile, whose Office or Windows policy is evidently not applied.
+    /// Blocked attempts per day, and the devices and endpoints with the most blocked
+    /// attempts; observed ones (answered normally) apart, never mixed in.
     pub per_day: BTreeMap<String, u64>,
     pub top_clients: Vec<(String, u64)>,
     pub top_names: Vec<(String, u64)>,
     pub observed_clients: Vec<(String, u64)>,
+    #[serde(default)]
+    pub top_observed_names: Vec<(String, u64)>,
     /// The last closed day in the period and its digest (`telesink report verify`).
     pub last_digest: Option<(String, String)>,
     /// Purges recorded: (Unix time, client, rows).
@@ -54,6 +58,59 @@ pub struct Report {
     /// count them): narrow the period or the client, or sum with `--by`.
     #[serde(default)]
     pub lines_left_out: u64,
+    /// Policy changes recorded in the period (toggles, rules, reloads, starts and
+    /// stops), oldest first.
+    #[serde(default)]
+    pub changes: Vec<crate::evidence::store::PolicyChange>,
+    /// Where and when the report was made and the policy it describes; filled by the
+    /// daemon or the CLI, which know the policy (this module does not).
+    #[serde(default)]
+    pub context: Option<Context>,
+}
+
+/// The layers that mean an attempt was stopped; `dns-observed` means it was answered.
+pub const BLOCKED_LAYERS: [&str; 3] = ["dns-blocked", "firewall-rejected", "bypass"];
+
+/// What a report says of itself besides the counts (docs/EVIDENCE.md, "Reports").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Context {
+    /// The gateway's host name.
+    pub gateway: String,
+    /// Unix seconds.
+    pub generated_at: u64,
+    pub version: String,
+    /// "the running daemon" or the ledger file read while it was down.
+    pub source: String,
+    /// The profiles as they stand at `generated_at`, with the groups each blocks for.
+    pub profiles: Vec<ProfileInForce>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProfileInForce {
+    pub name: String,
+    pub description: String,
+    pub blocks_for: Vec<String>,
+    pub observed_for: Vec<String>,
+    pub off_for: Vec<String>,
+    /// What blocking it breaks (the profile's own warning).
+    pub warning: Option<String>,
+}
+
+impl Report {
+    /// Attempts stopped (DNS, firewall, bypass) and attempts only observed, in the period.
+    pub fn blocked_and_observed(&self) -> (u64, u64) {
+        let mut out = (0, 0);
+        for layers in self.totals.values() {
+            for (layer, n) in layers {
+                if BLOCKED_LAYERS.contains(&layer.as_str()) {
+                    out.0 += n;
+                } else {
+                    out.1 += n;
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The lines one report holds at most. A year of every row of a large site is tens of
@@ -170,6 +227,7 @@ fn run_capped(store: &Store, q: &Query, max_lines: usize) -> Result<Report, Repo
     store.each_day(&q.since, &q.until, |day| sum.add(day))?;
     let mut report = sum.finish(store.last_digest(&q.until)?, store.purges()?);
     report.breaks = store.breaks()?;
+    report.changes = store.changes(&q.since, &q.until)?;
     Ok(report)
 }
 
@@ -248,6 +306,7 @@ struct Summing<'q> {
     per_client: Vec<u64>,
     per_name: Vec<u64>,
     observed: Vec<u64>,
+    observed_names: Vec<u64>,
     per_day: BTreeMap<String, u64>,
     lines: Vec<Stored>,
     max_lines: usize,
@@ -270,6 +329,7 @@ impl<'q> Summing<'q> {
             per_client: Vec::new(),
             per_name: Vec::new(),
             observed: Vec::new(),
+            observed_names: Vec::new(),
             per_day: BTreeMap::new(),
             lines: Vec::new(),
             max_lines,
@@ -314,6 +374,7 @@ impl<'q> Summing<'q> {
         let mut totals = vec![0u64; day.profiles.len() * layers];
         let mut per_client = vec![0u64; day.clients.len()];
         let mut per_name = vec![0u64; day.names.len()];
+        let mut observed_names = vec![0u64; day.names.len()];
         let mut seen_observed = vec![0u64; day.clients.len()];
         let mut groups = vec![
             Group {
@@ -332,14 +393,17 @@ impl<'q> Summing<'q> {
             any = true;
             let layer = p.layer as usize;
             totals[p.profile as usize * layers + layer] += p.count;
-            per_client[p.client as usize] += p.count;
-            if bypass != Some(layer) {
-                per_name[p.name as usize] += p.count;
-            }
+            // Blocked and observed are summed apart: an observed attempt was answered.
             if observed == Some(layer) {
                 seen_observed[p.client as usize] += p.count;
+                observed_names[p.name as usize] += p.count;
+            } else {
+                per_client[p.client as usize] += p.count;
+                day_total += p.count;
+                if bypass != Some(layer) {
+                    per_name[p.name as usize] += p.count;
+                }
             }
-            day_total += p.count;
             if self.q.summary {
                 continue;
             }
@@ -394,6 +458,9 @@ impl<'q> Summing<'q> {
                 bump(&mut self.per_name, name_ids[i], n);
             }
         }
+        for (i, &n) in observed_names.iter().enumerate().filter(|&(_, &n)| n > 0) {
+            bump(&mut self.observed_names, name_ids[i], n);
+        }
         for (i, g) in groups
             .iter()
             .enumerate()
@@ -411,7 +478,9 @@ impl<'q> Summing<'q> {
             sum.first = sum.first.min(g.first);
             sum.last = sum.last.max(g.last);
         }
-        *self.per_day.entry(day_text).or_default() += day_total;
+        if day_total > 0 {
+            *self.per_day.entry(day_text).or_default() += day_total;
+        }
     }
 
     fn finish(
@@ -477,15 +546,25 @@ impl<'q> Summing<'q> {
             by: self.q.by.clone(),
             rows,
             totals,
-            clients: self.per_client.iter().filter(|&&n| n > 0).count(),
+            // Devices with any attempt, blocked or observed.
+            clients: (0..self.per_client.len().max(self.observed.len()))
+                .filter(|&i| {
+                    self.per_client.get(i).copied().unwrap_or(0)
+                        + self.observed.get(i).copied().unwrap_or(0)
+                        > 0
+                })
+                .count(),
             per_day: self.per_day,
             top_clients: self.clients.top(&self.per_client),
             top_names: self.names.top(&self.per_name),
             observed_clients: self.clients.top(&self.observed),
+            top_observed_names: self.names.top(&self.observed_names),
             last_digest,
             purges,
             breaks: Vec::new(),
             lines_left_out: self.left_out,
+            changes: Vec::new(),
+            context: None,
         }
     }
 }
@@ -535,13 +614,13 @@ mod tests {
         assert_eq!(all.totals["office"]["dns-blocked"], 7);
         assert_eq!(all.totals["office"]["firewall-rejected"], 5);
         assert_eq!(all.clients, 2);
-        assert_eq!(all.per_day.values().copied().collect::<Vec<_>>(), [5, 10]);
+        // Blocked attempts per day: the observed ones (2 on the first day) apart.
+        assert_eq!(all.per_day.values().copied().collect::<Vec<_>>(), [3, 10]);
         assert_eq!(all.top_clients[0], ("192.0.2.1".to_owned(), 12));
-        // "-" (a firewall row) and "doh" (a bypass row's kind) are no endpoints.
-        assert_eq!(
-            all.top_names,
-            [("a.x".to_owned(), 7), ("b.x".to_owned(), 2)]
-        );
+        // "-" (a firewall row) and "doh" (a bypass row's kind) are no endpoints, and an
+        // observed name (answered normally) is no blocked endpoint: it has its own list.
+        assert_eq!(all.top_names, [("a.x".to_owned(), 7)]);
+        assert_eq!(all.top_observed_names, [("b.x".to_owned(), 2)]);
         assert_eq!(all.observed_clients, [("192.0.2.2".to_owned(), 2)]);
         let by = run(&store, &q(Some("name"), false)).unwrap();
         let a: Vec<_> = by.rows.iter().filter(|l| l.name == "a.x").collect();

@@ -12,6 +12,9 @@
 //! - `anchor`: the digest of the last day the retention removed, which the first kept
 //!   day was chained on; `purges`: every erasure (GDPR), which re-chains the days it
 //!   touched so the chain stays verifiable and says that a purge happened.
+//! - `changes`: the policy history (toggles, rules, reloads, starts, stops: who, when,
+//!   what), so a report says which policy was in force over its period. Not part of the
+//!   digest chain: it records the configuration, not attempts.
 //! - `breaks`: each time the file before this one was unreadable and set aside, so the
 //!   attempts before that moment are not in this file. Reports show it, `report verify`
 //!   names it, `/health` says it for a day and a metric counts it: a ledger started anew
@@ -103,6 +106,17 @@ pub struct Stored {
     pub last_seen: u64,
 }
 
+/// One change of the policy in force, as the daemon made it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyChange {
+    /// Unix seconds.
+    pub at: u64,
+    /// "uid 1000", "SIGHUP", "timer", "telesink".
+    pub who: String,
+    /// In words: "profile ads off for every group until 14:30 UTC (in 600 s)".
+    pub what: String,
+}
+
 /// A new ledger was started here because the file before was unreadable.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Break {
@@ -161,6 +175,8 @@ CREATE TABLE IF NOT EXISTS purges (
     at INTEGER NOT NULL, day TEXT NOT NULL, client TEXT NOT NULL, rows INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS breaks (
     at INTEGER NOT NULL, day TEXT NOT NULL, reason TEXT NOT NULL, aside TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS changes (
+    at INTEGER NOT NULL, day TEXT NOT NULL, who TEXT NOT NULL, what TEXT NOT NULL);
 ";
 
 /// The file format (`PRAGMA user_version`): 2 seals closed days into blocks. A file of
@@ -297,17 +313,39 @@ impl Store {
         retention_days: u32,
     ) -> Result<(), StoreError> {
         let labelled = labelled(rows, label);
-        self.flush_labelled(&labelled, today, retention_days)
+        self.flush_labelled(&labelled, &[], today, retention_days)
     }
 
-    /// The same for rows whose client is a label already (a recovery file's).
+    /// The same for rows whose client is a label already (a recovery file's), with the
+    /// policy changes recorded since the last flush, in the same transaction.
     pub fn flush_labelled(
         &mut self,
         rows: &[Stored],
+        changes: &[PolicyChange],
         today: u32,
         retention_days: u32,
     ) -> Result<(), StoreError> {
-        self.in_transaction(|tx| flush_in(tx, rows, today, retention_days))
+        self.in_transaction(|tx| {
+            add_changes_in(tx, changes)?;
+            flush_in(tx, rows, today, retention_days)
+        })
+    }
+
+    /// The policy changes of the days between two days (inclusive), oldest first.
+    pub fn changes(&self, since: &str, until: &str) -> Result<Vec<PolicyChange>, StoreError> {
+        self.read(|conn| {
+            let mut q = conn.prepare(
+                "SELECT at, who, what FROM changes WHERE day >= ?1 AND day <= ?2 ORDER BY at",
+            )?;
+            let r = q.query_map([since, until], |r| {
+                Ok(PolicyChange {
+                    at: r.get::<_, i64>(0)? as u64,
+                    who: r.get(1)?,
+                    what: r.get(2)?,
+                })
+            })?;
+            Ok(r.collect::<Result<_, _>>()?)
+        })
     }
 
     /// Every time the ledger was started anew, oldest first.
@@ -474,6 +512,20 @@ fn each_day_in(
     Ok(())
 }
 
+fn add_changes_in(conn: &Connection, changes: &[PolicyChange]) -> Result<(), Fail> {
+    let mut put =
+        conn.prepare_cached("INSERT INTO changes (at, day, who, what) VALUES (?1, ?2, ?3, ?4)")?;
+    for c in changes {
+        put.execute(params![
+            c.at as i64,
+            day_text((c.at / 86_400) as u32),
+            c.who,
+            c.what
+        ])?;
+    }
+    Ok(())
+}
+
 /// Rows with their client labelled, as they are written.
 pub fn labelled(rows: &[Row], label: &dyn Fn(std::net::IpAddr) -> String) -> Vec<Stored> {
     rows.iter()
@@ -538,6 +590,7 @@ fn flush_in(
     let cutoff = day_text(today.saturating_sub(retention_days));
     conn.execute("DELETE FROM evidence WHERE day < ?1", [&cutoff])?;
     conn.execute("DELETE FROM sealed WHERE day < ?1", [&cutoff])?;
+    conn.execute("DELETE FROM changes WHERE day < ?1", [&cutoff])?;
     // The chain goes on from the last day that leaves: its digest stays as the anchor
     // the first kept day was chained on.
     conn.execute(
