@@ -20,9 +20,20 @@ fn temporary(path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` durably; on failure the old file (if any) is untouched and
 /// no temporary file is left behind.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with_mode(path, bytes, 0o644)
+}
+
+/// The same with the file's permission bits (0o600 for a secret), set when the
+/// temporary file is created, so the content is never readable by others on the way.
+pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = temporary(path);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)

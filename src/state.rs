@@ -1,7 +1,8 @@
 //! The state file: runtime toggles kept across restarts.
 //!
 //! Written atomically (temporary file in the same folder, fsync, rename, fsync of the
-//! folder), so after a crash or power cut the file holds the old toggles or the new ones,
+//! folder, as src/durable.rs does, in two steps here: `prepare` writes and syncs,
+//! `Pending::commit` renames and syncs the folder), so after a crash or power cut the file holds the old toggles or the new ones,
 //! never a torn mix. A file that cannot be read back is moved aside and reported; the
 //! daemon then starts from the config alone rather than not at all.
 
@@ -164,12 +165,7 @@ impl Pending {
         std::fs::rename(&self.tmp, &self.path).map_err(err)?;
         self.committed = true;
         // The rename is durable only once the folder's entry is on disk.
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(err)?;
-        }
-        Ok(())
+        crate::durable::sync_folder(&self.path).map_err(err)
     }
 }
 

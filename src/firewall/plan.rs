@@ -80,7 +80,8 @@ pub enum Hook {
 pub enum Action {
     Accept,
     /// `update @set { ip saddr counter }`: counts, never decides. Kept in its own rule:
-    /// a full set would otherwise end the rule before its verdict (engineering notes).
+    /// a full set would otherwise end the rule before its verdict (a `dynset` that cannot
+    /// add ends its rule: reproduced, and tested in tests/firewall.rs).
     Account {
         set: String,
     },

@@ -6,9 +6,7 @@
 //! plain hash of an IPv4 address would fall to a four-billion-entry table in minutes).
 
 use std::hash::Hasher;
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::ClientLabels;
@@ -89,15 +87,6 @@ fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 16]> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&key)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    crate::durable::write_with_mode(path, &key, 0o600)?;
     Ok(key)
 }

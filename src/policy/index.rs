@@ -1,7 +1,8 @@
 //! The compiled name index: every rule of every list in one compact, read-only table.
 //!
 //! Why not `HashSet<Box<str>>`: a million names cost +92 MiB that way (measured on this
-//! machine kind, shared/reference/engineering-notes.md). Here:
+//! machine kind with a plain set and a suffix walk; docs/BENCHMARKS.md has the index's own
+//! figures). Here:
 //! - all names live back to back in one byte arena, each followed by its line number as a
 //!   LEB128 varint (two or three bytes), so "which line decided" costs no record space;
 //! - each name's first rule is an 8-byte record stored inline in an open-addressing table
