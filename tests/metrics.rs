@@ -334,3 +334,89 @@ fn health_and_scrape_answer_while_200_idle_connections_are_open() {
     assert!(body.contains("telesink_dns_queries_total"), "{body}");
     drop(idle);
 }
+
+/// A reload that inserts a profile and reorders the others moves no per-client count
+/// under another profile's label: each series only grows, and promtool's own PromQL
+/// engine, fed the scrapes before and after, finds no reset and no false rise.
+#[test]
+fn a_reload_that_reorders_profiles_moves_no_count() {
+    if !require("knotd") || !require("promtool") {
+        return;
+    }
+    let knot = Knot::start("");
+    let profile = |name: &str, on: &str| {
+        format!("[profiles.{name}]\nenabled = {on}\nlists = [\"{name}.list\"]\n")
+    };
+    let config = |profiles: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"{}\"]\n[policy]\nlists_dir = \".\"\n{profiles}",
+            knot.addr
+        )
+    };
+    let dir = TempDir::new("metrics-reorder");
+    for name in ["a", "b", "c"] {
+        dir.write(&format!("{name}.list"), &format!("{name}.blocked.test\n"));
+    }
+    let cfg = dir.write(
+        "telesink.toml",
+        &config(&(profile("a", "true") + &profile("b", "true"))),
+    );
+    let ts = Telesink::start_with(dir, &cfg, &["--metrics", "127.0.0.1:0"]);
+    let log = ts.log.lock().unwrap().clone();
+    let addr: SocketAddr = log
+        .lines()
+        .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
+        .unwrap();
+    let ask = |name: &str, n: usize| {
+        for _ in 0..n {
+            ts.q_from("127.0.0.2", name, RecordType::A);
+        }
+    };
+    ask("a.blocked.test", 3);
+    ask("b.blocked.test", 5);
+    let series =
+        |p: &str| format!("telesink_dns_blocked_total{{client=\"127.0.0.2\",profile=\"{p}\"}}");
+    let (_, before) = get(addr, "/metrics");
+    assert_eq!(value(&before, &series("a")), Some(3.0), "{before}");
+    assert_eq!(value(&before, &series("b")), Some(5.0), "{before}");
+    // c inserted first, b and a swapped.
+    std::fs::write(
+        &cfg,
+        config(&(profile("c", "true") + &profile("b", "true") + &profile("a", "true"))),
+    )
+    .unwrap();
+    let (ok, out, err) = ts.ctl(&["reload"]);
+    assert!(ok, "{out}{err}");
+    ask("c.blocked.test", 1);
+    let (_, after) = get(addr, "/metrics");
+    assert_eq!(value(&after, &series("a")), Some(3.0), "{after}");
+    assert_eq!(value(&after, &series("b")), Some(5.0), "{after}");
+    assert_eq!(value(&after, &series("c")), Some(1.0), "{after}");
+    // The two scrapes a minute apart, as Prometheus would store them: no resets, and
+    // a and b did not rise.
+    let point = |body: &str, p: &str| value(body, &series(p)).unwrap_or(0.0);
+    let mut input = String::from(
+        "rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+    );
+    for p in ["a", "b", "c"] {
+        input += &format!(
+            "      - series: 'telesink_dns_blocked_total{{client=\"127.0.0.2\",profile=\"{p}\"}}'\n        values: '{} {}'\n",
+            point(&before, p),
+            point(&after, p)
+        );
+    }
+    input += "    promql_expr_test:\n";
+    for p in ["a", "b"] {
+        input += &format!(
+            "      - expr: resets(telesink_dns_blocked_total{{profile=\"{p}\"}}[5m]) + increase(telesink_dns_blocked_total{{profile=\"{p}\"}}[5m])\n        eval_time: 1m\n        exp_samples:\n          - labels: '{{client=\"127.0.0.2\",profile=\"{p}\"}}'\n            value: 0\n"
+        );
+    }
+    let tests = ts.dir.path().join("reorder-test.yml");
+    std::fs::write(&tests, &input).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&tests)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{input}", output_text(&out));
+}

@@ -1,4 +1,5 @@
-//! Blocked queries per client and profile, with the number of client labels bounded by
+//! Blocked queries per client and profile (by the profile's number, stable across
+//! reloads: src/policy/ids.rs), with the number of client labels bounded by
 //! design: the first `max_clients` addresses get their own label, every later one counts
 //! as `client="other"`, and how often that happened is itself counted. Never a domain
 //! label. Sharded by address so two cores rarely meet on one lock; no allocation once a
@@ -12,12 +13,45 @@ use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
 
-/// Per client: blocked count per profile index (up to 64 profiles), then at 64 + index
-/// the would-be blocks of log-only profiles, then at `RATE_LIMITED` the queries over the
-/// client's rate limit.
-type Counts = Box<[u64; SLOTS]>;
-const SLOTS: usize = 129;
-pub const RATE_LIMITED: usize = 128;
+/// Per client: at `2 * id` the blocks of the profile numbered `id` (`policy::ids`: a
+/// number per profile name, stable across reloads), at `2 * id + 1` the would-be blocks
+/// of it in log-only mode; and the queries over the client's rate limit. Grown to the
+/// highest number seen (about 2 x 64 for a config); allocation only when it grows.
+#[derive(Default)]
+struct Counts {
+    profiles: Vec<u64>,
+    rate_limited: u64,
+}
+
+impl Counts {
+    fn bump(&mut self, slot: Slot) {
+        match slot {
+            Slot::RateLimited => self.rate_limited += 1,
+            Slot::Profile(i) => {
+                if self.profiles.len() <= i {
+                    self.profiles.resize(i + 1, 0);
+                }
+                self.profiles[i] += 1;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Profile(usize),
+    RateLimited,
+}
+
+/// What one counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Blocked by the profile with this number.
+    Blocked(u16),
+    /// Would have been blocked by the profile with this number, in log-only mode.
+    Logged(u16),
+    RateLimited,
+}
 
 pub struct ClientCounts {
     max_clients: usize,
@@ -33,51 +67,50 @@ impl ClientCounts {
             max_clients,
             known: AtomicUsize::new(0),
             shards: Default::default(),
-            other: Mutex::new(Box::new([0; SLOTS])),
+            other: Mutex::new(Counts::default()),
             overflow: AtomicU64::new(0),
         }
     }
 
+    /// A query sinkholed by the profile numbered `id` (`Profile::id`).
     #[inline]
-    pub fn blocked(&self, client: IpAddr, profile: u16) {
-        self.count(client, (profile as usize).min(63));
+    pub fn blocked(&self, client: IpAddr, id: u16) {
+        self.count(client, Slot::Profile(2 * id as usize));
     }
 
-    /// A name a log-only profile would have blocked for this client.
+    /// A name the profile numbered `id`, in log-only mode, would have blocked.
     #[inline]
-    pub fn logged(&self, client: IpAddr, profile: u16) {
-        self.count(client, 64 + (profile as usize).min(63));
+    pub fn logged(&self, client: IpAddr, id: u16) {
+        self.count(client, Slot::Profile(2 * id as usize + 1));
     }
 
     /// A query over the client's rate limit.
     #[inline]
     pub fn rate_limited(&self, client: IpAddr) {
-        self.count(client, RATE_LIMITED);
+        self.count(client, Slot::RateLimited);
     }
 
-    fn count(&self, client: IpAddr, p: usize) {
+    fn count(&self, client: IpAddr, slot: Slot) {
         let shard = &self.shards[crate::host::client_shard(client, SHARDS)];
         let mut map = shard.lock();
         if let Some(counts) = map.get_mut(&client) {
-            counts[p] += 1;
+            counts.bump(slot);
             return;
         }
         if self.known.load(Ordering::Relaxed) < self.max_clients {
             self.known.fetch_add(1, Ordering::Relaxed);
-            let mut counts: Counts = Box::new([0; SLOTS]);
-            counts[p] = 1;
+            let mut counts = Counts::default();
+            counts.bump(slot);
             map.insert(client, counts);
             return;
         }
         drop(map);
         self.overflow.fetch_add(1, Ordering::Relaxed);
-        self.other.lock()[p] += 1;
+        self.other.lock().bump(slot);
     }
 
-    /// (client, slot, count) for every non-zero count; client None is "other"; slot is
-    /// the profile index for blocks, 64 + the profile index for log-only would-be blocks,
-    /// `RATE_LIMITED` for queries over the rate limit.
-    pub fn snapshot(&self) -> Vec<(Option<IpAddr>, usize, u64)> {
+    /// (client, what, count) for every non-zero count; client None is "other".
+    pub fn snapshot(&self) -> Vec<(Option<IpAddr>, Counted, u64)> {
         let mut out = Vec::new();
         for shard in &self.shards {
             for (ip, counts) in shard.lock().iter() {
@@ -89,13 +122,18 @@ impl ClientCounts {
     }
 }
 
-fn push(
-    out: &mut Vec<(Option<IpAddr>, usize, u64)>,
-    client: Option<IpAddr>,
-    counts: &[u64; SLOTS],
-) {
-    for (p, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
-        out.push((client, p, n));
+fn push(out: &mut Vec<(Option<IpAddr>, Counted, u64)>, client: Option<IpAddr>, counts: &Counts) {
+    for (i, &n) in counts.profiles.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let id = (i / 2) as u16;
+        let what = if i % 2 == 0 {
+            Counted::Blocked(id)
+        } else {
+            Counted::Logged(id)
+        };
+        out.push((client, what, n));
+    }
+    if counts.rate_limited > 0 {
+        out.push((client, Counted::RateLimited, counts.rate_limited));
     }
 }
 
@@ -113,7 +151,7 @@ mod tests {
         let snap = c.snapshot();
         let get = |client: Option<[u8; 4]>| {
             snap.iter()
-                .find(|(c, p, _)| *c == client.map(IpAddr::from) && *p == 1)
+                .find(|(c, p, _)| *c == client.map(IpAddr::from) && *p == Counted::Blocked(1))
                 .map(|x| x.2)
         };
         assert_eq!(get(Some([192, 0, 2, 1])), Some(2));

@@ -85,10 +85,14 @@ pub struct QueryRecord {
     /// Policy generation and client group the answer was made under (0 before known).
     pub generation: u64,
     pub group: u16,
-    /// The profile that blocked the name (a sinkhole answer).
+    /// The profile that blocked the name (a sinkhole answer): its position in the
+    /// snapshot that answered, and its number for the per-client counters, which must
+    /// not move when a reload reorders the profiles (`policy::ids`).
     pub blocked: Option<u16>,
+    pub blocked_id: u16,
     /// A log-only profile that would have blocked it (observed, answered normally).
     pub logged: Option<u16>,
+    pub logged_id: u16,
     /// A blocked name of a shadow profile, to learn (and keep learning) its addresses.
     pub learn: Option<(u16, Name)>,
     /// Whether the UDP fast path may send these bytes again for the same request.
@@ -108,7 +112,9 @@ impl QueryRecord {
             generation: 0,
             group: 0,
             blocked: None,
+            blocked_id: 0,
             logged: None,
+            logged_id: 0,
             learn: None,
             replayable: false,
             until: None,
@@ -191,11 +197,11 @@ impl Pipeline {
     pub fn count(&self, client: std::net::IpAddr, r: &QueryRecord, path: Path, learn_now: bool) {
         self.outcomes.record(r.outcome);
         self.outcomes.saw(client);
-        if let Some(p) = r.blocked {
-            self.clients.blocked(client, p);
+        if r.blocked.is_some() {
+            self.clients.blocked(client, r.blocked_id);
         }
-        if let Some(p) = r.logged {
-            self.clients.logged(client, p);
+        if r.logged.is_some() {
+            self.clients.logged(client, r.logged_id);
         }
         if path == Path::Replay && r.outcome == Outcome::Cached {
             self.cache.count_hit();
@@ -213,11 +219,11 @@ impl Pipeline {
         {
             let policy = self.policy.load();
             let now = crate::clock::unix_now();
-            for (p, layer) in [
-                (r.blocked, Layer::DnsBlocked),
-                (r.logged, Layer::DnsObserved),
+            for (p, id, layer) in [
+                (r.blocked, r.blocked_id, Layer::DnsBlocked),
+                (r.logged, r.logged_id, Layer::DnsObserved),
             ] {
-                if let Some(profile) = p.and_then(|p| policy.profiles.get(p as usize)) {
+                if let Some(profile) = p.and_then(|p| profile_of(&policy, p, id)) {
                     evidence.record(
                         client,
                         &profile.key,
@@ -325,6 +331,9 @@ impl Pipeline {
         //     log-only profile and then answered normally.
         let observed = policy.would_block_by(group, &qname);
         let logged = observed.map(|(p, _)| p);
+        let logged_id = logged
+            .and_then(|p| policy.profiles.get(p as usize))
+            .map_or(0, |p| p.id);
         let seen = Some(sighting(&qname, observed.as_ref().map(|(_, by)| by)));
 
         // 5. Cache, then upstream. Only a miss takes a forwarding slot.
@@ -361,6 +370,7 @@ impl Pipeline {
                         info,
                         QueryRecord {
                             logged,
+                            logged_id,
                             sighting: seen,
                             ..record(Outcome::ServFail, false, None)
                         },
@@ -389,6 +399,7 @@ impl Pipeline {
                 .await;
             let base = QueryRecord {
                 logged,
+                logged_id,
                 sighting: seen,
                 ..record(outcome, replayable, fresh_until)
             };
@@ -419,6 +430,7 @@ impl Pipeline {
             info,
             QueryRecord {
                 logged,
+                logged_id,
                 sighting: seen,
                 ..record(outcome, replayable, fresh_until)
             },
@@ -536,14 +548,23 @@ fn sinkholed(base: QueryRecord, snap: &Snapshot, profile: u16, name: &Name) -> Q
             ..base
         };
     }
-    let shadowed = snap
-        .profiles
-        .get(profile as usize)
-        .is_some_and(|p| p.shadow);
+    let p = snap.profiles.get(profile as usize);
+    let shadowed = p.is_some_and(|p| p.shadow);
     QueryRecord {
         blocked: Some(profile),
+        blocked_id: p.map_or(0, |p| p.id),
         learn: (shadowed && snap.learner.is_some()).then(|| (profile, name.clone())),
         ..base
+    }
+}
+
+/// The profile a record names, in the snapshot in force now: at its position if that is
+/// still it (nearly always), else by its number (a reload reordered the profiles after
+/// the answer was made).
+fn profile_of(policy: &Policy, index: u16, id: u16) -> Option<&crate::policy::Profile> {
+    match policy.profiles.get(index as usize) {
+        Some(p) if p.id == id => Some(p),
+        _ => policy.profiles.iter().find(|p| p.id == id),
     }
 }
 
@@ -565,11 +586,12 @@ fn sighting(q: &QName, by: Option<&Decision>) -> Arc<Sighting> {
 
 /// One verdict for the live view (made only while someone watches).
 fn tail_event(policy: &Snapshot, client: std::net::IpAddr, r: &QueryRecord, s: &Sighting) -> Event {
-    let profile = r
-        .blocked
-        .or(r.logged)
-        .and_then(|p| policy.profiles.get(p as usize))
-        .map(|p| p.name.clone());
+    let profile = match (r.blocked, r.logged) {
+        (Some(p), _) => profile_of(policy, p, r.blocked_id),
+        (None, Some(p)) => profile_of(policy, p, r.logged_id),
+        (None, None) => None,
+    }
+    .map(|p| p.name.clone());
     let rule = s.at.map(|(list, line)| {
         let place = policy.rule_place(list, line);
         format!("{} at {place}", s.rule())

@@ -267,18 +267,22 @@ impl Collector for TelesinkCollector {
             "Queries over the client's rate limit (dropped or refused), by client.",
             MetricType::COUNTER,
         );
-        for (client, slot, n) in s.clients.snapshot() {
+        // Profiles by their number (stable across reloads), not by their position in
+        // the snapshot in force: a reload that reorders them moves no count.
+        let names = crate::policy::ids::all();
+        for (client, what, n) in s.clients.snapshot() {
+            use crate::dns::client_counts::Counted;
             let client =
                 client.map_or_else(|| "other".to_owned(), |ip| s.labels.label(&policy, ip));
-            if slot == crate::dns::client_counts::RATE_LIMITED {
-                rl.add(&[("client", &client)], n as f64);
-                continue;
-            }
-            let name = policy
-                .profiles
-                .get(slot % 64)
-                .map_or("unknown", |p| p.name.as_str());
-            let family = if slot < 64 { &mut b } else { &mut lo };
+            let (family, id) = match what {
+                Counted::RateLimited => {
+                    rl.add(&[("client", &client)], n as f64);
+                    continue;
+                }
+                Counted::Blocked(id) => (&mut b, id),
+                Counted::Logged(id) => (&mut lo, id),
+            };
+            let name = names.get(id as usize).map_or("other", |n| &**n);
             family.add(&[("client", &client), ("profile", name)], n as f64);
         }
         out.push(b.mf);

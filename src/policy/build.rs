@@ -224,6 +224,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     profiles.push(Profile {
         name: super::runtime::RUNTIME_PROFILE.to_owned(),
         key: super::runtime::RUNTIME_PROFILE.into(),
+        id: super::ids::id_of(super::runtime::RUNTIME_PROFILE),
         description: "names blocked with `telesink block`".to_owned(),
         mode: Mode::Null,
         enabled: true,
@@ -394,6 +395,7 @@ impl Builder<'_> {
             out.push(Profile {
                 name: name.get_ref().clone(),
                 key: name.get_ref().as_str().into(),
+                id: super::ids::id_of(name.get_ref()),
                 description: p.description.clone(),
                 mode,
                 enabled: p.enabled,

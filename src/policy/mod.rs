@@ -10,6 +10,7 @@
 mod build;
 mod clients;
 mod explain;
+pub mod ids;
 mod index;
 mod qname;
 pub mod rate;
@@ -138,6 +139,9 @@ pub struct Profile {
     pub name: String,
     /// The name, shared: the evidence ledger counts under it without allocating.
     pub key: Arc<str>,
+    /// The name's number for the life of the process (`policy::ids`): per-client
+    /// counters are kept under it, never under the profile's position.
+    pub id: u16,
     pub description: String,
     pub mode: Mode,
     /// The config's default: on for every group that does not switch it off.
