@@ -39,6 +39,7 @@ pub const EVIDENCE_FLUSHES: &str = "telesink_evidence_flushes_total";
 pub const EVIDENCE_CAPPED: &str = "telesink_evidence_names_capped_total";
 pub const EVIDENCE_DROPPED: &str = "telesink_evidence_dropped_total";
 pub const EVIDENCE_REPORT_LEFT_OUT: &str = "telesink_evidence_report_lines_left_out_total";
+pub const EVIDENCE_DAY_ROWS_FORGOTTEN: &str = "telesink_evidence_day_rows_forgotten_total";
 pub const EVIDENCE_WRITABLE: &str = "telesink_evidence_writable";
 pub const EVIDENCE_REOPENS: &str = "telesink_evidence_reopens_total";
 pub const EVIDENCE_RECOVERED: &str = "telesink_evidence_recovered_rows_total";

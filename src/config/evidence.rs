@@ -22,10 +22,19 @@ pub struct EvidenceConfig {
     /// (`*.events.data.microsoft.com`) is recorded instead of the name (counted).
     #[serde(default = "default_names")]
     pub names_per_client_day: usize,
-    /// Rows the in-memory aggregate holds at most between flushes; beyond it new rows
-    /// are dropped (counted, logged).
+    /// Rows waiting for a flush at most; beyond it new attempts are dropped until the
+    /// next flush (counted: telesink_evidence_dropped_total).
     #[serde(default = "default_rows")]
     pub max_pending_rows: usize,
+    /// The day's rows remembered between flushes (to hold names_per_client_day) at
+    /// most; beyond it they are forgotten at the flush, which only loosens the name cap
+    /// (counted: telesink_evidence_day_rows_forgotten_total). Memory, not evidence.
+    #[serde(default = "default_day_rows")]
+    pub max_day_rows: usize,
+}
+
+fn default_day_rows() -> usize {
+    1_000_000
 }
 
 impl Default for EvidenceConfig {
@@ -37,6 +46,7 @@ impl Default for EvidenceConfig {
             retention_days: default_retention(),
             names_per_client_day: default_names(),
             max_pending_rows: default_rows(),
+            max_day_rows: default_day_rows(),
         }
     }
 }

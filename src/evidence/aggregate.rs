@@ -3,9 +3,12 @@
 //! path never waits on the disk: it takes one shard lock and, for a name already here,
 //! allocates nothing; a task writes the counts to the ledger every `flush_secs`.
 //!
-//! Bounded twice: distinct names per (day, client, profile, layer) are capped (beyond it
-//! the rule that matched stands in for the name), and so are the rows held between
-//! flushes (beyond it new rows are dropped). Both are counted.
+//! Bounded three times, each bound its own setting and counter: distinct names per (day,
+//! client, profile, layer) (beyond it the rule that matched stands in for the name), rows
+//! waiting for a flush (`max_pending_rows`: beyond it new attempts are dropped until the
+//! next flush), and the day's rows remembered between flushes to hold the name cap
+//! (`max_day_rows`: beyond it they are forgotten at a flush, which only loosens the name
+//! cap; nothing counted is lost).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -91,24 +94,49 @@ struct Shard {
 pub struct Aggregate {
     shards: Vec<Mutex<Shard>>,
     names_cap: usize,
-    max_rows: usize,
+    /// Rows with a count waiting for a flush, at most.
+    max_pending: usize,
+    pending: AtomicUsize,
+    /// Rows held in memory (waiting, and the day's remembered ones), at most after a
+    /// flush.
+    max_day_rows: usize,
     rows: AtomicUsize,
     /// Names recorded as their rule because the client's day was at `names_cap`.
     pub capped: AtomicU64,
-    /// Attempts not recorded because `max_rows` rows were pending.
+    /// Attempts not recorded because `max_pending` rows were waiting for a flush.
     pub dropped: AtomicU64,
+    /// The day's rows forgotten at a flush because more than `max_day_rows` were held.
+    pub day_rows_forgotten: AtomicU64,
 }
 
 impl Aggregate {
-    pub fn new(names_cap: usize, max_rows: usize) -> Self {
+    pub fn new(names_cap: usize, max_pending: usize) -> Self {
+        Self::with_day_rows(names_cap, max_pending, usize::MAX)
+    }
+
+    pub fn with_day_rows(names_cap: usize, max_pending: usize, max_day_rows: usize) -> Self {
         Aggregate {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             names_cap: names_cap.max(1),
-            max_rows: max_rows.max(1),
+            max_pending: max_pending.max(1),
+            pending: AtomicUsize::new(0),
+            max_day_rows: max_day_rows.max(1),
             rows: AtomicUsize::new(0),
             capped: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            day_rows_forgotten: AtomicU64::new(0),
         }
+    }
+
+    /// One more row waits for the flush, if the bound allows; else the attempt is
+    /// dropped and counted.
+    fn take_pending(&self, n: u64) -> bool {
+        if self.pending.load(Ordering::Relaxed) >= self.max_pending {
+            self.dropped.fetch_add(n, Ordering::Relaxed);
+            return false;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Counts `n` attempts of `client` at `name` (`rule`: the rule that matched, recorded
@@ -134,7 +162,11 @@ impl Aggregate {
         let mut shard = shard.lock();
         let shard = &mut *shard;
         let names = shard.map.entry(key).or_default();
+        // A remembered row of the day (count 0 since the last flush) waits again.
         let bump = |c: &mut Counts| {
+            if c.count == 0 && !self.take_pending(n) {
+                return;
+            }
             c.count += n;
             c.last = c.last.max(now);
         };
@@ -150,8 +182,7 @@ impl Aggregate {
         } else {
             name
         };
-        if self.rows.load(Ordering::Relaxed) >= self.max_rows {
-            self.dropped.fetch_add(n, Ordering::Relaxed);
+        if !self.take_pending(n) {
             return;
         }
         self.rows.fetch_add(1, Ordering::Relaxed);
@@ -167,8 +198,37 @@ impl Aggregate {
     }
 
     /// The rows counted since the last drain. The names of `today` stay (with zero
-    /// counts), so the per-day name cap holds across flushes; older days are let go.
+    /// counts), so the per-day name cap holds across flushes, unless more than
+    /// `max_day_rows` are held: then they are forgotten (counted); older days are let go.
     pub fn drain(&self, today: u32) -> Vec<Row> {
+        let out = self.drain_rows(today);
+        // Each row drained was one waiting (rows counted meanwhile into a drained shard
+        // stay counted as waiting).
+        let _ = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(p.saturating_sub(out.len()))
+            });
+        if self.rows.load(Ordering::Relaxed) > self.max_day_rows {
+            let mut forgotten = 0;
+            for shard in &self.shards {
+                let mut shard = shard.lock();
+                forgotten += shard.rows;
+                shard.rows = 0;
+                shard.map.clear();
+            }
+            self.rows.fetch_sub(forgotten, Ordering::Relaxed);
+            self.day_rows_forgotten
+                .fetch_add(forgotten as u64, Ordering::Relaxed);
+            tracing::warn!(
+                "evidence: {forgotten} rows of the day forgotten after the flush ([evidence] max_day_rows = {}): the per-client name cap starts over for today; nothing counted is lost",
+                self.max_day_rows
+            );
+        }
+        out
+    }
+
+    fn drain_rows(&self, today: u32) -> Vec<Row> {
         let mut out = Vec::new();
         for shard in &self.shards {
             let mut shard = shard.lock();
@@ -210,8 +270,13 @@ impl Aggregate {
         }
     }
 
-    /// Rows held now (for the metrics).
+    /// Rows waiting for a flush now (for the metrics and /health).
     pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Rows held in memory now: waiting, and the day's remembered ones.
+    pub fn held(&self) -> usize {
         self.rows.load(Ordering::Relaxed)
     }
 }
@@ -244,7 +309,7 @@ mod tests {
         );
         // A new day lets the old one go.
         assert!(a.drain(20_001).is_empty());
-        assert_eq!(a.pending(), 0);
+        assert_eq!((a.pending(), a.held()), (0, 0));
     }
 
     #[test]
@@ -264,5 +329,46 @@ mod tests {
         }
         assert_eq!(a.pending(), 2);
         assert_eq!(a.dropped.load(Ordering::Relaxed), 3);
+        // The day's remembered rows are their own bound: past it they are forgotten at
+        // the flush, counted, and nothing waiting is lost.
+        let b = Aggregate::with_day_rows(100, 100, 3);
+        for i in 0..5u8 {
+            b.record(
+                IpAddr::from([192, 0, 2, i]),
+                &p,
+                Layer::DnsBlocked,
+                "n.x",
+                "n.x",
+                1,
+                0,
+            );
+        }
+        assert_eq!(b.drain(0).len(), 5);
+        assert_eq!(b.day_rows_forgotten.load(Ordering::Relaxed), 5);
+        assert_eq!(b.held(), 0);
+    }
+
+    /// `max_rows` bounds rows waiting for a flush, not the day's distinct rows: after a
+    /// flush, new names are taken again (they were dropped until midnight before).
+    #[test]
+    fn the_pending_bound_frees_at_each_flush() {
+        let a = Aggregate::new(100, 2);
+        let p: Arc<str> = "office".into();
+        let c = IpAddr::from([192, 0, 2, 1]);
+        let day = 20_000u64 * 86_400;
+        a.record(c, &p, Layer::DnsBlocked, "a.x", "a.x", 1, day);
+        a.record(c, &p, Layer::DnsBlocked, "b.x", "b.x", 1, day);
+        assert_eq!(a.drain(20_000).len(), 2);
+        a.record(c, &p, Layer::DnsBlocked, "c.x", "c.x", 1, day + 1);
+        a.record(c, &p, Layer::DnsBlocked, "d.x", "d.x", 1, day + 1);
+        let rows = a.drain(20_000);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(a.dropped.load(Ordering::Relaxed), 0);
+        // A third waiting row is over the bound: dropped and counted.
+        for name in ["e.x", "f.x", "g.x"] {
+            a.record(c, &p, Layer::DnsBlocked, name, name, 1, day + 2);
+        }
+        assert_eq!(a.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(a.drain(20_000).len(), 2);
     }
 }

@@ -98,9 +98,10 @@ impl Ledger {
         let size = store.size();
         let breaks = store.breaks()?;
         let ledger = Arc::new(Ledger {
-            aggregate: Arc::new(Aggregate::new(
+            aggregate: Arc::new(Aggregate::with_day_rows(
                 cfg.names_per_client_day,
                 cfg.max_pending_rows,
+                cfg.max_day_rows,
             )),
             path: path.to_owned(),
             store: Mutex::new(Some(store)),

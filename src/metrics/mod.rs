@@ -98,6 +98,12 @@ fn evidence_families(s: &Shared) -> Vec<MetricFamily> {
         l.aggregate.dropped.load(Ordering::Relaxed),
     );
     one(
+        EVIDENCE_DAY_ROWS_FORGOTTEN,
+        "The day's rows forgotten at a flush because more than max_day_rows were held (the per-client name cap starts over; no attempt is lost).",
+        MetricType::COUNTER,
+        l.aggregate.day_rows_forgotten.load(Ordering::Relaxed),
+    );
+    one(
         EVIDENCE_REPORT_LEFT_OUT,
         "Report lines not sent because a report holds at most 1,000,000 lines.",
         MetricType::COUNTER,
