@@ -415,6 +415,16 @@ impl Applier {
             Ok(a) => {
                 self.reloads.last_unix.store(unix_now(), Ordering::Relaxed);
                 info!(generation = a.new.generation, "reloaded");
+                let kept = crate::config::restart::restart_only_changes(
+                    &a.old.config.config,
+                    &a.new.config.config,
+                );
+                if !kept.is_empty() {
+                    warn!(
+                        "changed settings that only a restart applies, running with their old values until then: {}",
+                        kept.join(", ")
+                    );
+                }
                 for t in describe_toggles(&a.new.toggles) {
                     info!("runtime toggle kept across the reload: {t}");
                 }

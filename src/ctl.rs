@@ -338,6 +338,13 @@ fn profiles_text(v: &Value) -> String {
 
 fn report_text(v: &Value) -> String {
     let mut out = String::new();
+    if let Some(keys) = v.get("restart_needed").and_then(Value::as_array) {
+        let keys: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
+        out += &format!(
+            "needs a restart to take effect (running with the old values until then): {}\n",
+            keys.join(", ")
+        );
+    }
     let changes = v.get("changes").and_then(Value::as_array);
     for c in changes.into_iter().flatten() {
         out += &format!(

@@ -217,3 +217,30 @@ fn runtime_state_is_shown_and_returns_to_the_config() {
     ok(&ts, &["profile", "reset", "ads"]);
     assert!(ok(&ts, &["status"]).contains("no runtime toggles"));
 }
+
+/// A reload that changes settings only a restart applies says which, in `telesink
+/// reload`'s answer and in the log, instead of keeping the old values without a word;
+/// one that changes none says nothing of the kind.
+#[test]
+fn a_reload_names_the_settings_that_need_a_restart() {
+    let Some((knot, ts)) = start("", &[]) else {
+        return;
+    };
+    let cfg = ts.dir.path().join("telesink.toml");
+    let out = ok(&ts, &["reload"]);
+    assert!(!out.contains("needs a restart"), "{out}");
+    let changed = config(&knot, "[cache]\nsize = 77\n").replace(
+        &format!("servers = [\"{}\"]", knot.addr),
+        &format!("servers = [\"{}\", \"192.0.2.53:53\"]", knot.addr),
+    );
+    std::fs::write(&cfg, changed).unwrap();
+    let out = ok(&ts, &["reload"]);
+    assert!(
+        out.contains("needs a restart to take effect (running with the old values until then): upstream, cache"),
+        "{out}"
+    );
+    assert!(ts.wait_log(
+        "changed settings that only a restart applies, running with their old values until then: upstream, cache",
+        Duration::from_secs(2)
+    ));
+}

@@ -8,6 +8,7 @@
 pub mod evidence;
 pub mod limits;
 mod load;
+pub mod restart;
 pub mod values;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -176,9 +176,16 @@ impl Control {
 /// The report of a change, computed off the workers (it walks every profile, group and
 /// runtime rule of both snapshots).
 async fn report_of(applied: crate::apply::Applied, dry_run: bool) -> Result<Report, ApplyError> {
-    tokio::task::spawn_blocking(move || Report::between(&applied.old, &applied.new, dry_run))
-        .await
-        .map_err(|e| ApplyError::Task("report", e.to_string()))
+    tokio::task::spawn_blocking(move || {
+        let mut report = Report::between(&applied.old, &applied.new, dry_run);
+        report.restart_needed = crate::config::restart::restart_only_changes(
+            &applied.old.config.config,
+            &applied.new.config.config,
+        );
+        report
+    })
+    .await
+    .map_err(|e| ApplyError::Task("report", e.to_string()))
 }
 
 /// Runs a change in a task of its own, so it completes (or fails cleanly) even when the

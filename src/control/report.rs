@@ -18,6 +18,9 @@ pub struct Report {
     pub rules: Vec<String>,
     /// Time from request to the new snapshot serving (or to the dry run's answer).
     pub ms: f64,
+    /// Changed settings that only a restart applies (a reload keeps their old value).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<&'static str>,
 }
 
 /// One profile changing state for one group.
@@ -106,6 +109,7 @@ impl Report {
             changes,
             rules,
             ms: 0.0,
+            restart_needed: Vec::new(),
         }
     }
 }
