@@ -593,7 +593,15 @@ impl Applier {
         } else if old.is_some_and(|o| o.learner.is_some()) && new.learner.is_none() {
             info!("shadow resolution stopped: no shadow profile with the firewall on");
         }
-        self.seed_shadow(&new);
+        // Seeded when the lists change (or a runtime block rule does), not at every
+        // toggle: a toggle shares the lists, and re-queueing every exact name each time
+        // cost two upstream queries per listed name and toggle.
+        let lists_changed = old.is_none_or(|o| {
+            !Arc::ptr_eq(&o.index, &new.index) || o.toggles.rules != new.toggles.rules
+        });
+        if started_shadow || lists_changed {
+            self.seed_shadow(&new);
+        }
         self.changed.notify_one();
         Ok(new)
     }

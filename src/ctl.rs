@@ -235,6 +235,12 @@ fn status_text(v: &Value) -> String {
             n(sh, "shared_removed"),
             n(sh, "queue_full"),
         );
+        out += &format!(
+            "shadow resolution tracks {} names ({} not tracked at max_names, {} forgotten: no client asked again)\n",
+            n(sh, "names_tracked"),
+            n(sh, "names_dropped"),
+            n(sh, "names_forgotten"),
+        );
     }
     for g in v
         .get("groups")

@@ -645,6 +645,11 @@ fn changes_and_kept_toggles_are_logged_in_words() {
         ],
     );
     ok(&ts, &["reload"]);
+    // The log reaches the test through a pipe and a reading thread: wait for the line.
+    assert!(ts.wait_log(
+        "runtime toggle kept across the reload",
+        Duration::from_secs(5)
+    ));
     let log = ts.log.lock().unwrap().clone();
     let uid = own_uid();
     assert!(

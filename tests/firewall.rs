@@ -1214,6 +1214,78 @@ fn shadow_seeding_queues_every_name_of_a_big_list() {
     stop_and_clean(&t, daemon);
 }
 
+/// The lists' exact names are queued for shadow resolution when the lists change, not
+/// at every toggle (each toggle re-queued every listed name: two upstream queries per
+/// name and toggle); the names tracked are in status.
+#[test]
+fn shadow_seeds_when_the_lists_change_not_at_every_toggle() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let mut t = Topology::new();
+    let _knot = wan_knot(&mut t);
+    let dir = TempDir::new("shtoggle");
+    dir.write(
+        "tele.list",
+        "a.seed.shadow.test
+b.seed.shadow.test
+",
+    );
+    dir.write(
+        "ads.list",
+        "banner.ads.test
+",
+    );
+    let with_ads = |list: &str| {
+        shadow_config(list, true)
+            + "[profiles.ads]
+enabled = true
+lists = [\"ads.list\"]\n"
+    };
+    let cfg = dir.write("telesink.toml", &with_ads("tele.list"));
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    let seeded = |n: usize| {
+        for _ in 0..100 {
+            if daemon
+                .log()
+                .matches("shadow resolution: names queued")
+                .count()
+                >= n
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("not seeded {n} times:\n{}", daemon.log());
+    };
+    seeded(1);
+    for verb in ["disable", "enable", "disable", "enable"] {
+        let (ok, out) = ctl_in(&t, &dir, &format!("profile {verb} ads"));
+        assert!(ok, "{out}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("shadow resolution: names queued").count(),
+        1,
+        "{log}"
+    );
+    let (_, status) = ctl_in(&t, &dir, "status --json");
+    assert!(status.contains("\"names_tracked\": 2"), "{status}");
+    // A reload with another list seeds again.
+    dir.write(
+        "tele.list",
+        "a.seed.shadow.test
+b.seed.shadow.test
+c.seed.shadow.test
+",
+    );
+    let (ok, out) = ctl_in(&t, &dir, "reload");
+    assert!(ok, "{out}");
+    seeded(2);
+    stop_and_clean(&t, daemon);
+}
+
 /// A shadow-resolution gateway: namespaces with the wan listener, knotd for shadow.test,
 /// and a folder. Keep the returned knot folder while the test runs.
 fn shadow_gateway(tag: &str) -> (Topology, TempDir, TempDir) {

@@ -221,6 +221,21 @@ pub struct ShadowConfig {
     /// Addresses remembered as shared at most; beyond, the oldest are forgotten (counted).
     #[serde(default = "default_shared_entries")]
     pub max_shared_addresses: usize,
+    /// Names resolved again and again at most (the lists' exact names and those clients
+    /// asked for under suffix rules); beyond, a new name is not tracked (counted).
+    #[serde(default = "default_shadow_names")]
+    pub max_names: usize,
+    /// A name a client asked for is resolved again only while clients keep asking: this
+    /// long after the last time, it is forgotten (its addresses expire on their own).
+    #[serde(default = "default_forget_asked")]
+    pub forget_asked_after_secs: u64,
+}
+
+fn default_shadow_names() -> usize {
+    100_000
+}
+fn default_forget_asked() -> u64 {
+    86_400
 }
 
 impl Default for ShadowConfig {
@@ -233,6 +248,8 @@ impl Default for ShadowConfig {
             never_learn_zones: Vec::new(),
             shared_memory_secs: default_shared_memory(),
             max_shared_addresses: default_shared_entries(),
+            max_names: default_shadow_names(),
+            forget_asked_after_secs: default_forget_asked(),
         }
     }
 }

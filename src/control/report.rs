@@ -225,6 +225,11 @@ pub struct ShadowStatus {
     pub shared_skipped: u64,
     pub shared_removed: u64,
     pub never_learn_skipped: u64,
+    /// Names resolved again and again now, not tracked at max_names, and forgotten
+    /// because clients stopped asking.
+    pub names_tracked: u64,
+    pub names_dropped: u64,
+    pub names_forgotten: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -269,6 +274,9 @@ impl Status {
                     shared_skipped: n.shared_skipped.load(Relaxed),
                     shared_removed: n.shared_removed.load(Relaxed),
                     never_learn_skipped: n.never_learn_skipped.load(Relaxed),
+                    names_tracked: n.names_tracked.load(Relaxed),
+                    names_dropped: n.names_dropped.load(Relaxed),
+                    names_forgotten: n.names_forgotten.load(Relaxed),
                 }
             }),
             queries: s.outcomes.total(),

@@ -93,7 +93,8 @@ pub struct QueryRecord {
     /// A log-only profile that would have blocked it (observed, answered normally).
     pub logged: Option<u16>,
     pub logged_id: u16,
-    /// A blocked name of a shadow profile, to learn (and keep learning) its addresses.
+    /// A blocked name of a shadow profile (by the profile's number, `Profile::id`), to
+    /// learn (and keep learning) its addresses.
     pub learn: Option<(u16, Name)>,
     /// Whether the UDP fast path may send these bytes again for the same request.
     pub replayable: bool,
@@ -553,7 +554,7 @@ fn sinkholed(base: QueryRecord, snap: &Snapshot, profile: u16, name: &Name) -> Q
     QueryRecord {
         blocked: Some(profile),
         blocked_id: p.map_or(0, |p| p.id),
-        learn: (shadowed && snap.learner.is_some()).then(|| (profile, name.clone())),
+        learn: (shadowed && snap.learner.is_some()).then(|| (p.map_or(0, |p| p.id), name.clone())),
         ..base
     }
 }

@@ -427,12 +427,34 @@ impl Collector for TelesinkCollector {
                     "Shared addresses not remembered because max_shared_addresses were.",
                     &n.shared_not_remembered,
                 ),
+                (
+                    SHADOW_NAMES_DROPPED,
+                    "Blocked names not tracked by shadow resolution because max_names were.",
+                    &n.names_dropped,
+                ),
+                (
+                    SHADOW_NAMES_FORGOTTEN,
+                    "Client-asked names shadow resolution stopped resolving because nobody asked for them for forget_asked_after_secs.",
+                    &n.names_forgotten,
+                ),
             ]);
         }
         for (name, help, value) in plain {
             let mut c = Family_::new(name, help, MetricType::COUNTER);
             c.add(&[], value.load(Ordering::Relaxed) as f64);
             out.push(c.mf);
+        }
+        if policy.learner.is_some() {
+            let mut g = Family_::new(
+                SHADOW_NAMES_TRACKED,
+                "Names shadow resolution resolves again and again now (bounded by max_names).",
+                MetricType::GAUGE,
+            );
+            g.add(
+                &[],
+                a.shadow_counts.names_tracked.load(Ordering::Relaxed) as f64,
+            );
+            out.push(g.mf);
         }
 
         let mut r = Family_::new(RELOADS, "Policy reloads, by result.", MetricType::COUNTER);

@@ -31,10 +31,15 @@ use crate::lists::Reach;
 use crate::policy::{Policy, Scope};
 use crate::snapshot::{Learner, Snapshot};
 
-/// A name to learn: the profile that blocks it and the name.
+mod tracked;
+
+/// A name to learn: the profile that blocks it (its number, `Profile::id`: stable across
+/// reloads, unlike its position), the name, and whether a client asked for it (else the
+/// lists name it).
 pub struct Learn {
     pub profile: u16,
     pub name: Name,
+    pub asked: bool,
 }
 
 /// Counts that outlive one run of shadow resolution (a reload may stop and start it).
@@ -55,6 +60,11 @@ pub struct ShadowCounts {
     pub never_learn_skipped: AtomicU64,
     /// Shared addresses not remembered because `max_shared_addresses` were.
     pub shared_not_remembered: AtomicU64,
+    /// Names being resolved again and again now (a gauge), names not tracked because
+    /// `max_names` were, and client-asked names forgotten because nobody asked again.
+    pub names_tracked: AtomicU64,
+    pub names_dropped: AtomicU64,
+    pub names_forgotten: AtomicU64,
 }
 
 /// The handle the snapshot carries. Dropping the last one ends the resolving task: it
@@ -69,9 +79,25 @@ pub struct Shadow {
 
 /// Learned addresses, each with the learned sets it is in and when it expires there;
 /// keyed by address, so an allowed answer can ask "is this one learned?" at once. The
-/// firewall owner reads them for every full apply.
-#[derive(Default)]
-pub struct LearnedAddrs(Mutex<HashMap<IpAddr, Vec<Learnt>>>);
+/// firewall owner reads them for every full apply. Sharded by address, with the number
+/// of entries kept apart: the query path (an allowed answer) locks one shard, and no
+/// scan (expiry, a runtime allow, a full apply) holds more than one shard at a time.
+pub struct LearnedAddrs {
+    shards: Vec<Mutex<HashMap<IpAddr, Vec<Learnt>>>>,
+    /// (address, set) entries held.
+    total: std::sync::atomic::AtomicUsize,
+}
+
+const LEARNED_SHARDS: usize = 16;
+
+impl Default for LearnedAddrs {
+    fn default() -> Self {
+        LearnedAddrs {
+            shards: (0..LEARNED_SHARDS).map(|_| Mutex::default()).collect(),
+            total: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
 
 /// One learned address in one set: until when, and the name it was learned for (so a
 /// runtime allow of that name can take it out at once).
@@ -87,18 +113,69 @@ impl LearnedAddrs {
     /// that allowed the name, so DNS and the learned sets change together.
     pub fn forget(&self, allowed: impl Fn(&Name) -> bool) -> Vec<ElementDiff> {
         let mut by_set: HashMap<String, Vec<IpAddr>> = HashMap::new();
-        let mut addrs = self.0.lock();
-        for (ip, sets) in addrs.iter_mut() {
-            sets.retain(|l| {
-                let gone = allowed(&l.name);
-                if gone {
-                    by_set.entry(l.set.clone()).or_default().push(*ip);
-                }
-                !gone
-            });
-        }
-        addrs.retain(|_, sets| !sets.is_empty());
+        self.retain(|ip, l| {
+            let gone = allowed(&l.name);
+            if gone {
+                by_set.entry(l.set.clone()).or_default().push(ip);
+            }
+            !gone
+        });
         removals(by_set)
+    }
+
+    fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, Vec<Learnt>>> {
+        &self.shards[crate::host::client_shard(ip, LEARNED_SHARDS)]
+    }
+
+    /// Keeps the entries `keep` says, one shard at a time.
+    fn retain(&self, mut keep: impl FnMut(IpAddr, &Learnt) -> bool) {
+        for shard in &self.shards {
+            let mut gone = 0;
+            let mut addrs = shard.lock();
+            addrs.retain(|ip, sets| {
+                let before = sets.len();
+                sets.retain(|l| keep(*ip, l));
+                gone += before - sets.len();
+                !sets.is_empty()
+            });
+            self.total.fetch_sub(gone, Ordering::Relaxed);
+        }
+    }
+
+    /// Lets expired entries go (their kernel elements time out on their own).
+    fn sweep(&self, now: Instant) {
+        self.retain(|_, l| l.until > now);
+    }
+
+    /// Takes every set entry of an address out (an allowed answer revealed it).
+    fn take(&self, ip: IpAddr) -> Option<Vec<Learnt>> {
+        let sets = self.shard(ip).lock().remove(&ip)?;
+        self.total.fetch_sub(sets.len(), Ordering::Relaxed);
+        Some(sets)
+    }
+
+    /// Learns an address into a set until `until`, or renews it; false when it is new
+    /// and `max` entries are held.
+    fn learn(&self, ip: IpAddr, set: &str, until: Instant, name: &Name, max: usize) -> bool {
+        let mut addrs = self.shard(ip).lock();
+        let sets = addrs.entry(ip).or_default();
+        if let Some(l) = sets.iter_mut().find(|l| l.set == set) {
+            l.until = until;
+            return true;
+        }
+        if self.total.load(Ordering::Relaxed) >= max {
+            if sets.is_empty() {
+                addrs.remove(&ip);
+            }
+            return false;
+        }
+        sets.push(Learnt {
+            set: set.to_owned(),
+            until,
+            name: name.clone(),
+        });
+        self.total.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -123,12 +200,13 @@ impl Learned for LearnedAddrs {
     fn remaining(&self, set: &str) -> Vec<(u128, Duration)> {
         let now = Instant::now();
         let soon = now + Duration::from_secs(1);
-        let addrs = self.0.lock();
         let mut out = Vec::new();
-        for (ip, sets) in addrs.iter() {
-            for l in sets {
-                if l.set == set && l.until > soon {
-                    out.push((key(*ip), l.until - now));
+        for shard in &self.shards {
+            for (ip, sets) in shard.lock().iter() {
+                for l in sets {
+                    if l.set == set && l.until > soon {
+                        out.push((key(*ip), l.until - now));
+                    }
                 }
             }
         }
@@ -227,6 +305,7 @@ impl Learner for Shadow {
         let queued = self.tx.try_send(Learn {
             profile,
             name: name.clone(),
+            asked: true,
         });
         if queued.is_err() {
             self.counts.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -250,7 +329,7 @@ impl Learner for Shadow {
                     .shared_not_remembered
                     .fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(sets) = self.learned.0.lock().remove(&ip) {
+            if let Some(sets) = self.learned.take(ip) {
                 revealed.push((ip, sets));
             }
         }
@@ -294,13 +373,11 @@ impl Learner for Shadow {
                 else {
                     return None;
                 };
-                if rule.allow
-                    || rule.reach != Reach::Exact
-                    || !policy.profiles.get(p as usize).is_some_and(|pr| pr.shadow)
-                {
+                let profile = policy.profiles.get(p as usize)?;
+                if rule.allow || rule.reach != Reach::Exact || !profile.shadow {
                     return None;
                 }
-                Some((p, Name::from_ascii(format!("{name}.")).ok()?))
+                Some((profile.id, Name::from_ascii(format!("{name}.")).ok()?))
             })
             .chain(
                 policy
@@ -313,10 +390,8 @@ impl Learner for Shadow {
                             .is_some_and(|p| p.shadow)
                     })
                     .filter_map(|name| {
-                        Some((
-                            policy.runtime_profile,
-                            Name::from_ascii(format!("{name}.")).ok()?,
-                        ))
+                        let runtime = policy.profiles.get(policy.runtime_profile as usize)?;
+                        Some((runtime.id, Name::from_ascii(format!("{name}.")).ok()?))
                     }),
             )
             .collect();
@@ -325,7 +400,12 @@ impl Learner for Shadow {
             let total = names.len();
             let mut n = 0usize;
             for (profile, name) in names {
-                if tx.send(Learn { profile, name }).await.is_err() {
+                let learn = Learn {
+                    profile,
+                    name,
+                    asked: false,
+                };
+                if tx.send(learn).await.is_err() {
                     break;
                 }
                 n += 1;
@@ -366,12 +446,18 @@ fn key(ip: IpAddr) -> u128 {
 }
 
 async fn run(ctx: Context, learned: Arc<LearnedAddrs>, mut rx: mpsc::Receiver<Learn>) {
-    // (profile, name) -> when to resolve it again.
-    let mut due: HashMap<(u16, Name), Instant> = HashMap::new();
-    let mut last_generation = ctx.current.load().generation;
+    let forget_asked = Duration::from_secs(ctx.cfg.forget_asked_after_secs.max(1));
+    let mut tracked = tracked::Tracked::new(ctx.cfg.max_names, forget_asked);
+    // Expired learned entries are let go once a minute, a shard at a time, not at every
+    // resolution under one lock.
+    let mut swept = Instant::now();
+    // The lists the names came from: a reload with other lists re-seeds; a toggle, which
+    // shares the lists, changes nothing here.
+    // A weak handle: it keeps the old index's address from being reused (so a new one
+    // can never look like it), not its contents.
+    let mut lists = Arc::downgrade(&ctx.current.load().index);
     loop {
-        let next = due.values().min().copied();
-        let learn = match next {
+        let learn = match tracked.next_due() {
             Some(at) => tokio::select! {
                 l = rx.recv() => match l {
                     Some(l) => Some(l),
@@ -385,31 +471,35 @@ async fn run(ctx: Context, learned: Arc<LearnedAddrs>, mut rx: mpsc::Receiver<Le
                 None => return,
             },
         };
-        let generation = ctx.current.load().generation;
-        if generation != last_generation {
-            // A reload re-seeds from the new lists; names no longer blocked stop being
-            // refreshed and their addresses expire on their own.
-            due.clear();
-            last_generation = generation;
+        let index = ctx.current.load().index.clone();
+        if !std::sync::Weak::ptr_eq(&lists, &Arc::downgrade(&index)) {
+            // Names no longer listed stop being refreshed; their addresses expire.
+            tracked.clear();
+            lists = Arc::downgrade(&index);
         }
-        if let Some(l) = learn {
-            let key = (l.profile, l.name);
-            if due.get(&key).is_none_or(|at| *at <= Instant::now()) {
-                due.insert(key, Instant::now());
-            }
-        }
+        drop(index);
         let now = Instant::now();
-        let ready: Vec<(u16, Name)> = due
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (profile, name) in ready {
+        if now.duration_since(swept) >= Duration::from_secs(60) {
+            learned.sweep(now);
+            swept = now;
+        }
+        if let Some(l) = learn
+            && tracked.add((l.profile, l.name), l.asked, now) == tracked::Added::Dropped
+        {
+            ctx.counts.names_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        for (profile, name) in tracked.take_due(now) {
             let snapshot = ctx.current.load_full();
             let ttl = resolve_into(&ctx, &learned, &snapshot, profile, &name).await;
             // Resolve again before the addresses run out (at 80% of their lifetime).
-            due.insert((profile, name), Instant::now() + ttl.mul_f32(0.8));
+            let now = Instant::now();
+            if tracked.again((profile, name), now + ttl.mul_f32(0.8), now) {
+                ctx.counts.names_forgotten.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        ctx.counts
+            .names_tracked
+            .store(tracked.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -425,7 +515,8 @@ async fn resolve_into(
     let cap = Duration::from_secs(u64::from(
         ctx.cfg.max_ttl_secs.max(ctx.cfg.min_ttl_secs).max(1),
     ));
-    let Some(p) = policy.profiles.get(profile as usize) else {
+    // By number: a reload may have moved the profile since the name was queued.
+    let Some(p) = policy.profiles.iter().find(|p| p.id == profile) else {
         return cap;
     };
     // A name served from shared hosting (never_learn_zones): its addresses belong to
@@ -496,13 +587,7 @@ async fn resolve_into(
     let never = never_learn(ctx);
     let mut by_set: HashMap<String, Vec<(IpAddr, Duration)>> = HashMap::new();
     {
-        let mut addrs = learned.0.lock();
         let now = Instant::now();
-        addrs.retain(|_, sets| {
-            sets.retain(|l| l.until > now);
-            !sets.is_empty()
-        });
-        let mut total: usize = addrs.values().map(Vec::len).sum();
         for (ip, ttl) in found {
             if policy.allow_nets.contains(ip) {
                 ctx.counts.skipped_allow.fetch_add(1, Ordering::Relaxed);
@@ -523,26 +608,13 @@ async fn resolve_into(
             }
             let family = if ip.is_ipv4() { Family::V4 } else { Family::V6 };
             let set = learned_set(&p.name, family);
-            let sets = addrs.entry(ip).or_default();
-            match sets.iter_mut().find(|l| l.set == set) {
-                Some(l) => l.until = now + ttl,
-                None if total >= ctx.cfg.max_addresses => {
-                    ctx.counts.over_max.fetch_add(1, Ordering::Relaxed);
-                    warn!(%ip, "shadow: max_addresses reached; address not added");
-                    continue;
-                }
-                None => {
-                    sets.push(Learnt {
-                        set: set.clone(),
-                        until: now + ttl,
-                        name: name.clone(),
-                    });
-                    total += 1;
-                }
+            if !learned.learn(ip, &set, now + ttl, name, ctx.cfg.max_addresses) {
+                ctx.counts.over_max.fetch_add(1, Ordering::Relaxed);
+                warn!(%ip, "shadow: max_addresses reached; address not added");
+                continue;
             }
             by_set.entry(set).or_default().push((ip, ttl));
         }
-        addrs.retain(|_, sets| !sets.is_empty());
     }
     for (set, elements) in by_set {
         let family = if elements[0].0.is_ipv4() {
