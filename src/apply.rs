@@ -490,11 +490,14 @@ impl Applier {
         let _one = self.serial.lock().await;
         let (state, toggles) = (self.state.clone(), self.current.load().toggles.clone());
         let saved = blocking("state file", move || {
-            state.prepare(&toggles)?.commit()?;
-            Ok(())
+            Ok(state.prepare(&toggles)?.commit()?)
         })
         .await;
-        self.saved(saved.map_err(|e| e.to_string()));
+        self.saved(match saved {
+            Ok(None) => Ok(()),
+            Ok(Some(unsynced)) => Err(unsynced.to_string()),
+            Err(e) => Err(e.to_string()),
+        });
     }
 
     /// Records whether the toggles in force are in the state file.
@@ -558,8 +561,13 @@ impl Applier {
         let kept = old.and_then(|o| o.learner.clone());
         let mut new = blocking("change", move || Ok(Snapshot::new(policy, cfg, None))).await?;
         self.reconcile(old.map(|o| o.as_ref()), &new).await?;
-        if old.is_some_and(|o| o.toggles.rules != new.toggles.rules) {
-            self.forget_allowed(&new).await?;
+        if old.is_some_and(|o| o.toggles.rules != new.toggles.rules)
+            && let Err(e) = self.forget_allowed(&new).await
+        {
+            // Nothing of the learned map changed; the kernel has the new table: put the
+            // old one back, so DNS, firewall and state file still agree.
+            self.undo(old, &new).await;
+            return Err(e);
         }
         let started_shadow = wants_shadow && kept.is_none();
         new.learner = match (wants_shadow, kept) {
@@ -570,18 +578,17 @@ impl Applier {
         if let Some(pending) = pending {
             let committed = blocking("state file", move || Ok(pending.commit()?)).await;
             match committed {
-                Ok(()) => self.saved(Ok(())),
+                Ok(None) => self.saved(Ok(())),
+                // The new file is in place, only its folder entry is not synced: the
+                // change stands (a restart reads the new file), said and retried.
+                Ok(Some(unsynced)) => self.saved(Err(format!(
+                    "{unsynced} (the new file is in place, but a power cut may bring the old one back)"
+                ))),
                 Err(e) if save == Save::BestEffort => self.saved(Err(e.to_string())),
                 Err(e) => {
                     // The kernel already has the new table: put the old one back so the
                     // halves stay in step, then report.
-                    if let Some(o) = old
-                        && let Err(undo) = self.reconcile(Some(&new), o).await
-                    {
-                        error!(
-                            "could not restore the previous firewall table after a state file error: {undo}"
-                        );
-                    }
+                    self.undo(old, &new).await;
                     return Err(e);
                 }
             }
@@ -606,20 +613,42 @@ impl Applier {
         Ok(new)
     }
 
+    /// Puts the previous snapshot's table back after a later step of a change failed.
+    async fn undo(&self, old: Option<&Arc<Snapshot>>, new: &Snapshot) {
+        if let Some(o) = old
+            && let Err(e) = self.reconcile(Some(new), o).await
+        {
+            error!("could not restore the previous firewall table after a failed change: {e}");
+        }
+    }
+
     /// Takes the addresses learned for names a runtime rule now allows out of the learned
     /// sets, in the change that allowed them: `telesink allow` returns once both DNS and
     /// the firewall let the name through.
+    /// Two steps, so a kernel error edits nothing: the removals are computed first, sent,
+    /// and only then taken out of the learned map.
     async fn forget_allowed(&self, new: &Snapshot) -> Result<(), ApplyError> {
-        let runtime = &new.policy.runtime;
-        let diffs = self.learned.forget(|name| {
+        let runtime = new.policy.runtime.clone();
+        let allowed = move |name: &hickory_proto::rr::Name| {
             crate::policy::QName::parse(&name.to_ascii())
                 .is_some_and(|q| runtime.allows_anywhere(&q))
-        });
-        if diffs.is_empty() || !new.firewall_on() {
+        };
+        let diffs = self.learned.forgettable(&allowed);
+        if diffs.is_empty() {
             return Ok(());
         }
+        if new.firewall_on() {
+            if crate::failpoint::hit("forget-allowed") {
+                return Err(ApplyError::Firewall(KernelError::Netlink(
+                    crate::firewall::netlink::NetlinkError::Send(crate::failpoint::error(
+                        "forget-allowed",
+                    )),
+                )));
+            }
+            self.kernel.update_elements(diffs.clone()).await?;
+        }
+        self.learned.forget(&allowed);
         let n: usize = diffs.iter().map(|d| d.remove.len()).sum();
-        self.kernel.update_elements(diffs).await?;
         info!(
             n,
             "learned addresses of names a runtime rule allows removed from the learned sets"

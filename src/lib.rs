@@ -2,7 +2,7 @@
 //! The binary is `src/main.rs`; this library exists so tests and benchmarks reach the parts.
 //!
 //! Layers, each importing only those above it in this list (docs/ARCHITECTURE.md):
-//! clock, durable, suggest, host, slots, config, lists, policy -> firewall (plan, netlink, the kernel owner)
+//! clock, durable, failpoint, suggest, host, slots, config, lists, policy -> firewall (plan, netlink, the kernel owner)
 //! -> state, evidence, snapshot -> dns -> shadow -> apply -> metrics -> audit -> control
 //! -> budget -> daemon; m365 and init beside control (CLI commands).
 
@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod dns;
 pub mod durable;
 pub mod evidence;
+pub mod failpoint;
 pub mod firewall;
 pub mod host;
 pub mod init;

@@ -157,7 +157,11 @@ impl StateFile {
 }
 
 impl Pending {
-    pub fn commit(mut self) -> Result<(), StateError> {
+    /// Makes the written state the state file. Err: nothing changed on disk. Ok(Some):
+    /// the new file is in place (it is what a restart reads), but the folder's entry could
+    /// not be synced, so a power cut may still bring the old one back: the caller keeps
+    /// the change and says so, never rolls back to a state the file no longer has.
+    pub fn commit(mut self) -> Result<Option<StateError>, StateError> {
         let err = |source| StateError {
             path: self.path.clone(),
             source,
@@ -165,7 +169,11 @@ impl Pending {
         std::fs::rename(&self.tmp, &self.path).map_err(err)?;
         self.committed = true;
         // The rename is durable only once the folder's entry is on disk.
-        crate::durable::sync_folder(&self.path).map_err(err)
+        let synced = match crate::failpoint::hit("state-folder-sync") {
+            true => Err(crate::failpoint::error("state-folder-sync")),
+            false => crate::durable::sync_folder(&self.path),
+        };
+        Ok(synced.err().map(err))
     }
 }
 
@@ -224,7 +232,7 @@ mod tests {
             enabled: false,
             until: Some(4_000_000_000),
         });
-        file.prepare(&t).unwrap().commit().unwrap();
+        assert!(file.prepare(&t).unwrap().commit().unwrap().is_none());
         assert_eq!(file.load(), t);
         let mut other = t.clone();
         other.set_log_only(Toggle {

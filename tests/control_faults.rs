@@ -244,3 +244,34 @@ fn a_reload_names_the_settings_that_need_a_restart() {
         Duration::from_secs(2)
     ));
 }
+
+/// The state file is renamed into place but its folder cannot be synced (injected): the
+/// change stands, because a restart reads the new file; before, the old snapshot went on
+/// serving while the new toggles were on disk. Status and /health say it is not durably
+/// saved.
+#[test]
+fn a_state_file_whose_folder_cannot_be_synced_keeps_the_change_and_says_so() {
+    if !require("knotd") {
+        return;
+    }
+    let knot = Knot::start_zones(&[(".", ROOT_WILDCARD)]);
+    let dir = TempDir::new("control-fsync");
+    dir.write("tele.list", &format!("{TELE}\n"));
+    dir.write("ads.list", &format!("{ADS}\n"));
+    let cfg = dir.write("telesink.toml", &config(&knot, ""));
+    let ts = Telesink::start_env(
+        dir,
+        &cfg,
+        &[],
+        &[("TELESINK_FAILPOINTS", "state-folder-sync")],
+    );
+    ok(&ts, &["profile", "disable", "tele"]);
+    assert_eq!(rcode(&ts, "127.0.0.1", TELE), ResponseCode::NoError);
+    let state = std::fs::read_to_string(ts.dir.path().join("state.json")).unwrap();
+    assert!(state.contains("\"tele\""), "{state}");
+    let status = ok(&ts, &["status"]);
+    assert!(
+        status.contains("NOT SAVED") && status.contains("a power cut may bring the old one back"),
+        "{status}"
+    );
+}

@@ -1700,6 +1700,44 @@ fn runtime_rules_change_dns_and_the_learned_sets_together() {
     stop_and_clean(&t, daemon);
 }
 
+/// A runtime allow whose removal of learned addresses fails in the kernel (injected)
+/// changes nothing: DNS still blocks, the address is still in the learned set and
+/// refused, the state file has no rule. Before, the learned map was edited before the
+/// kernel call, and the new table stayed in the kernel while DNS kept the old policy.
+#[test]
+fn a_runtime_allow_that_the_kernel_refuses_changes_nothing() {
+    if !require_root() || !require("knotd") || !require("dig") {
+        return;
+    }
+    let (t, dir, _knot) = shadow_gateway("rtfail");
+    dir.write("tele.list", "solo.shadow.test\n");
+    let cfg = dir.write("telesink.toml", &shadow_config("tele.list", true));
+    let daemon = Daemon::start_env(&t, &dir, &cfg, &[("TELESINK_FAILPOINTS", "forget-allowed")]);
+    let refused_soon = (0..100).any(|_| {
+        let r = t.connect(&t.client, None, "203.0.113.101", 8080) == "refused";
+        if !r {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    });
+    assert!(refused_soon, "not learned\n{}", daemon.log());
+    let (ok, out) = ctl_in(&t, &dir, "allow solo.shadow.test");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("failure injected at forget-allowed") && out.contains("nothing changed"),
+        "{out}"
+    );
+    assert_eq!(dig_a(&t, "solo.shadow.test"), "0.0.0.0");
+    assert_eq!(t.connect(&t.client, None, "203.0.113.101", 8080), "refused");
+    let set = t.sh(&t.gateway, "nft list set inet telesink learned_tele_4");
+    assert!(set.contains("203.0.113.101"), "{set}");
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap_or_default();
+    assert!(!state.contains("solo.shadow.test"), "{state}");
+    let (_, status) = ctl_in(&t, &dir, "status --json");
+    assert!(status.contains("\"rules\": []"), "{status}");
+    stop_and_clean(&t, daemon);
+}
+
 /// The evidence ledger on a gateway: DNS blocks, observed queries, firewall rejects and
 /// bypass attempts of two clients, with exact counts in `telesink report --format json`,
 /// from the daemon and, after a restart, again (new attempts adding up).

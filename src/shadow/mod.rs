@@ -111,6 +111,20 @@ impl LearnedAddrs {
     /// Takes out every address learned for a name `allowed` says is now allowed; returns
     /// the removals for the kernel, per set. The apply path sends them with the change
     /// that allowed the name, so DNS and the learned sets change together.
+    /// What `forget` would take out, without taking it: the apply path sends these to
+    /// the kernel first, so a kernel error leaves the map as it was.
+    pub fn forgettable(&self, allowed: &impl Fn(&Name) -> bool) -> Vec<ElementDiff> {
+        let mut by_set: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for shard in &self.shards {
+            for (ip, sets) in shard.lock().iter() {
+                for l in sets.iter().filter(|l| allowed(&l.name)) {
+                    by_set.entry(l.set.clone()).or_default().push(*ip);
+                }
+            }
+        }
+        removals(by_set)
+    }
+
     pub fn forget(&self, allowed: impl Fn(&Name) -> bool) -> Vec<ElementDiff> {
         let mut by_set: HashMap<String, Vec<IpAddr>> = HashMap::new();
         self.retain(|ip, l| {
