@@ -423,6 +423,7 @@ fn bench_plan(v4: Vec<plan::Range>, v6: Vec<plan::Range>, clients: usize) -> Pla
             family: fam,
             kind: SetKind::Accounting {
                 size: clients as u32 * 2,
+                idle_secs: 0,
             },
         });
         let base = RuleSpec {

@@ -411,6 +411,17 @@ fn health(
             crate::clock::utc_time(at)
         ));
     }
+    let full = applier.kernel.stats.full_accounting.lock().clone();
+    if applier.firewall_state() != "off" && !full.is_empty() {
+        let sets: Vec<String> = full
+            .iter()
+            .map(|(n, size)| format!("{n} ({size})"))
+            .collect();
+        why.push(format!(
+            "firewall accounting sets full: {}: new client addresses are blocked but not counted per client until addresses go idle (raise firewall.accounting_clients, or lower accounting_idle_secs)",
+            sets.join(", ")
+        ));
+    }
     if applier.firewall_state() == "degraded" {
         why.push(format!(
             "firewall table inet {} is missing or incomplete and being restored",

@@ -19,6 +19,7 @@ pub const SHADOW_NAMES_FORGOTTEN: &str = "telesink_shadow_names_forgotten_total"
 pub const FIREWALL_RESTORES: &str = "telesink_firewall_restores_total";
 pub const FIREWALL_EVENT_OVERFLOWS: &str = "telesink_firewall_event_overflows_total";
 pub const FIREWALL_COUNTER_READ_ERRORS: &str = "telesink_firewall_counter_read_errors_total";
+pub const FIREWALL_ACCOUNTING_FULL: &str = "telesink_firewall_accounting_sets_full";
 pub const FIREWALL_UNHEARD: &str = "telesink_firewall_unheard_commits_total";
 pub const RELOADS: &str = "telesink_reloads_total";
 pub const POLICY_GENERATION: &str = "telesink_policy_generation";

@@ -1841,3 +1841,70 @@ fn the_ledger_records_every_layer_per_client_exactly_across_a_restart() {
     assert_eq!(report(&dir), want, "{}", daemon.log());
     stop_and_clean(&t, daemon);
 }
+
+/// Per-client accounting survives address churn: an address not seen for
+/// `accounting_idle_secs` leaves the set and frees its place (here 1 place, 2 s: time
+/// compressed), and a full set is said in /health and a metric, never silently. Before,
+/// the first `accounting_clients` addresses held the set for good.
+#[test]
+fn accounting_frees_idle_addresses_and_says_when_it_is_full() {
+    if !require_root() || !require("curl") {
+        return;
+    }
+    let (t, dir, cfg) = gateway(
+        "fwacct",
+        "accounting_clients = 1\naccounting_idle_secs = 2\n",
+        "[metrics]\nlisten = \"127.0.0.1:9153\"\n",
+    );
+    let daemon = Daemon::start(&t, &dir, &cfg);
+    let counted = || {
+        let out = t.sh(
+            &t.gateway,
+            &format!(
+                "{} firewall counters --json --config {}",
+                bin(),
+                cfg.display()
+            ),
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["set"].as_str().unwrap().starts_with("acct_"))
+            .map(|c| c["client"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let curl = |path: &str| t.sh(&t.gateway, &format!("curl -s http://127.0.0.1:9153{path}"));
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP), "203.0.113.5", 8080),
+        "refused"
+    );
+    assert_eq!(counted(), [CLIENT_IP]);
+    // The second address is blocked all the same, not counted: the set is full, and
+    // that is said.
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP2), "203.0.113.5", 8080),
+        "refused"
+    );
+    assert_eq!(counted(), [CLIENT_IP]);
+    let metrics = curl("/metrics");
+    assert!(
+        metrics.contains("telesink_firewall_accounting_sets_full 1"),
+        "{metrics}"
+    );
+    let health = curl("/health");
+    assert!(
+        health.contains("firewall accounting sets full: acct_legacy_ip_telemetry_4 (1)"),
+        "{health}"
+    );
+    // The first address goes idle and leaves; the second is counted now.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert!(counted().is_empty(), "{:?}", counted());
+    assert_eq!(
+        t.connect(&t.client, Some(CLIENT_IP2), "203.0.113.5", 8080),
+        "refused"
+    );
+    assert_eq!(counted(), [CLIENT_IP2]);
+    stop_and_clean(&t, daemon);
+}

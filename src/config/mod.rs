@@ -186,6 +186,10 @@ pub struct FirewallConfig {
     /// are still enforced and counted in the rule's own counter.
     #[serde(default = "default_accounting_clients")]
     pub accounting_clients: u32,
+    /// A client address not seen by an accounting set for this long leaves it, freeing
+    /// its place (0: never; addresses then fill the set by arrival for good).
+    #[serde(default = "default_accounting_idle")]
+    pub accounting_idle_secs: u32,
     #[serde(default)]
     pub bypass: BypassConfig,
     #[serde(default)]
@@ -324,6 +328,7 @@ impl Default for FirewallConfig {
             allow_cidrs: Vec::new(),
             allow_broad: false,
             accounting_clients: default_accounting_clients(),
+            accounting_idle_secs: default_accounting_idle(),
             bypass: BypassConfig::default(),
             shadow: ShadowConfig::default(),
         }
@@ -332,6 +337,10 @@ impl Default for FirewallConfig {
 
 fn default_accounting_clients() -> u32 {
     1000
+}
+
+fn default_accounting_idle() -> u32 {
+    86_400
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -47,6 +47,9 @@ pub struct KernelStats {
     /// firewall rows), and the last failure: Unix time and why.
     pub counter_read_errors: AtomicU64,
     pub last_counter_error: parking_lot::Mutex<Option<(u64, String)>>,
+    /// Accounting sets found full at the last reading (with their size): new client
+    /// addresses are still blocked, but not counted per client until room frees.
+    pub full_accounting: parking_lot::Mutex<Vec<(String, u32)>>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, NetlinkError>>;
@@ -363,6 +366,7 @@ impl Owner {
                         .iter()
                         .map(|(s, f)| netlink::read_accounting(s, *f))
                         .collect();
+                    self.note_full(&sets, &counts);
                     if let Some(e) = counts.iter().find_map(|c| c.as_ref().err()) {
                         self.stats
                             .counter_read_errors
@@ -403,6 +407,49 @@ impl Owner {
                             .map(|_| Instant::now() + RETRY);
                     }
                 }
+            }
+        }
+    }
+
+    /// Records which of the accounting sets just read are full, by their size in the
+    /// installed plan; logged when a set becomes full.
+    fn note_full(
+        &self,
+        sets: &[(String, Family)],
+        counts: &[Result<Vec<ClientCount>, NetlinkError>],
+    ) {
+        let Some((plan, _)) = &self.installed else {
+            return;
+        };
+        let mut full = self.stats.full_accounting.lock();
+        for ((name, _), read) in sets.iter().zip(counts) {
+            let Ok(read) = read else {
+                continue;
+            };
+            let size = plan
+                .sets
+                .iter()
+                .find_map(|s| match (&s.name == name, &s.kind) {
+                    (true, super::plan::SetKind::Accounting { size, .. }) => Some(*size),
+                    _ => None,
+                });
+            let Some(size) = size else {
+                continue;
+            };
+            let was = full.iter().position(|(n, _)| n == name);
+            match (read.len() >= size as usize, was) {
+                (true, None) => {
+                    warn!(
+                        set = name,
+                        size,
+                        "firewall accounting set is full: new client addresses are blocked but not counted per client (raise firewall.accounting_clients, or lower accounting_idle_secs)"
+                    );
+                    full.push((name.clone(), size));
+                }
+                (false, Some(i)) => {
+                    full.swap_remove(i);
+                }
+                _ => {}
             }
         }
     }

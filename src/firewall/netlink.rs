@@ -536,15 +536,24 @@ impl<'t> NamedSet<'t> {
                     unsafe { add_timed_elem(ptr, &key_bytes(addr, width), ttl) };
                 }
             }
-            SetKind::Accounting { size } => {
-                // SAFETY: as above; NFT_SET_EVAL marks a set filled from the packet path.
+            SetKind::Accounting { size, idle_secs } => {
+                // NFT_SET_EVAL marks a set filled from the packet path; with a default
+                // timeout, each `update` from a packet renews its element's.
+                let flags = match idle_secs {
+                    0 => libc::NFT_SET_EVAL,
+                    _ => libc::NFT_SET_EVAL | libc::NFT_SET_TIMEOUT,
+                };
+                // SAFETY: as above; u32 and u64 attributes are copied.
                 unsafe {
-                    sys::nftnl_set_set_u32(
-                        ptr,
-                        sys::NFTNL_SET_FLAGS as u16,
-                        libc::NFT_SET_EVAL as u32,
-                    );
+                    sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_FLAGS as u16, flags as u32);
                     sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_DESC_SIZE as u16, *size);
+                    if *idle_secs > 0 {
+                        sys::nftnl_set_set_u64(
+                            ptr,
+                            sys::NFTNL_SET_TIMEOUT as u16,
+                            u64::from(*idle_secs) * 1000,
+                        );
+                    }
                 }
             }
         }

@@ -57,8 +57,11 @@ pub enum SetKind {
     /// Addresses learned by shadow resolution, each with its remaining lifetime; the
     /// kernel drops them when it runs out unless a refresh extends it.
     Timed(Vec<(u128, Duration)>),
-    /// Client addresses with a counter each, filled by the accounting rules.
-    Accounting { size: u32 },
+    /// Client addresses with a counter each, filled by the accounting rules. An address
+    /// not seen for `idle_secs` (0: never) leaves the set, so the addresses a device
+    /// stops using (a daily IPv6 temporary address, a DHCP lease that moved) free their
+    /// place instead of filling the set for good.
+    Accounting { size: u32, idle_secs: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +276,7 @@ pub fn plan(policy: &Policy, cfg: &FirewallConfig) -> Plan {
                 family: fam,
                 kind: SetKind::Accounting {
                     size: cfg.accounting_clients.max(1),
+                    idle_secs: cfg.accounting_idle_secs,
                 },
             });
             let sources: Vec<Option<(String, bool)>> = match &scope {
@@ -366,6 +370,7 @@ fn bypass(p: &mut Plan, policy: &Policy, cfg: &FirewallConfig, ifaces: &[Ifaces]
                 family: fam,
                 kind: SetKind::Accounting {
                     size: cfg.accounting_clients.max(1),
+                    idle_secs: cfg.accounting_idle_secs,
                 },
             });
             for via in ifaces {
@@ -537,7 +542,10 @@ impl SetSpec {
         let kind = match &self.kind {
             SetKind::Interval(_) => SetKind::Interval(Vec::new()),
             SetKind::Timed(_) => SetKind::Timed(Vec::new()),
-            SetKind::Accounting { size } => SetKind::Accounting { size: *size },
+            SetKind::Accounting { size, idle_secs } => SetKind::Accounting {
+                size: *size,
+                idle_secs: *idle_secs,
+            },
         };
         SetSpec {
             name: self.name.clone(),
@@ -555,7 +563,16 @@ fn same_kind(n: &SetSpec, o: &SetSpec) -> bool {
         && match (&n.kind, &o.kind) {
             (SetKind::Interval(_), SetKind::Interval(_))
             | (SetKind::Timed(_), SetKind::Timed(_)) => true,
-            (SetKind::Accounting { size: a }, SetKind::Accounting { size: b }) => a == b,
+            (
+                SetKind::Accounting {
+                    size: a,
+                    idle_secs: x,
+                },
+                SetKind::Accounting {
+                    size: b,
+                    idle_secs: y,
+                },
+            ) => a == b && x == y,
             _ => false,
         }
 }
@@ -697,7 +714,13 @@ impl fmt::Display for Plan {
                         writeln!(f, "\t\telements = {{ {els} }}")?;
                     }
                 }
-                SetKind::Accounting { size } => writeln!(f, "\t\tsize {size}\n\t\tflags dynamic")?,
+                SetKind::Accounting { size, idle_secs: 0 } => {
+                    writeln!(f, "\t\tsize {size}\n\t\tflags dynamic")?
+                }
+                SetKind::Accounting { size, idle_secs } => writeln!(
+                    f,
+                    "\t\tsize {size}\n\t\tflags dynamic,timeout\n\t\ttimeout {idle_secs}s"
+                )?,
                 SetKind::Timed(elements) => {
                     writeln!(f, "\t\tflags timeout")?;
                     if !elements.is_empty() {

@@ -444,6 +444,15 @@ impl Collector for TelesinkCollector {
             c.add(&[], value.load(Ordering::Relaxed) as f64);
             out.push(c.mf);
         }
+        if policy.firewall_on() {
+            let mut g = Family_::new(
+                FIREWALL_ACCOUNTING_FULL,
+                "Per-client accounting sets found full at the last reading (new addresses are blocked but not counted per client; /health names them).",
+                MetricType::GAUGE,
+            );
+            g.add(&[], a.kernel.stats.full_accounting.lock().len() as f64);
+            out.push(g.mf);
+        }
         if policy.learner.is_some() {
             let mut g = Family_::new(
                 SHADOW_NAMES_TRACKED,
