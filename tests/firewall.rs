@@ -512,7 +512,15 @@ fn ready_is_sent_to_systemd_only_once_the_table_exists() {
         &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
     );
     let mut buf = [0u8; 2048];
-    let n = sock.recv(&mut buf).expect("a notification");
+    // A signal to this test process (another test's child exiting) may interrupt the
+    // read: it is tried again, as any careful reader does.
+    let recv = |buf: &mut [u8]| loop {
+        match sock.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    };
+    let n = recv(&mut buf).expect("a notification");
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(
         msg.starts_with("READY=1") && msg.contains("firewall on"),
@@ -536,9 +544,7 @@ fn ready_is_sent_to_systemd_only_once_the_table_exists() {
         .unwrap();
     let mut after = String::new();
     for _ in 0..3 {
-        let n = sock
-            .recv(&mut buf)
-            .expect("a notification after the reload");
+        let n = recv(&mut buf).expect("a notification after the reload");
         after = String::from_utf8_lossy(&buf[..n]).into_owned();
         if after.starts_with("READY=1") {
             break;
