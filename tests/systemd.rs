@@ -14,7 +14,13 @@ use hickory_proto::rr::RecordType;
 fn next_message(sock: &UnixDatagram, timeout: Duration) -> Option<String> {
     sock.set_read_timeout(Some(timeout)).unwrap();
     let mut buf = [0u8; 4096];
-    let n = sock.recv(&mut buf).ok()?;
+    // A signal to the test process may interrupt the read: read again.
+    let n = loop {
+        match sock.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other.ok()?,
+        }
+    };
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
