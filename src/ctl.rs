@@ -168,27 +168,24 @@ fn scope_text(v: &Value, lapse: &str, forever: &str) -> String {
     format!("for {group}, {until}")
 }
 
+/// A profile toggle in words: "tele off for group finance, reverts in 2h".
 fn toggle_text(t: &Value) -> String {
-    let on = if t.get("enabled").and_then(Value::as_bool) == Some(true) {
-        "on"
-    } else {
-        "off"
-    };
-    format!(
-        "{} {on} {}",
-        s(t, "profile"),
-        scope_text(t, "reverts", "until changed")
-    )
+    switch_text(t, "on", "off")
 }
 
+/// A log-only switch in words.
 fn log_only_text(t: &Value) -> String {
-    let on = if t.get("enabled").and_then(Value::as_bool) == Some(true) {
-        "observed (log-only)"
+    switch_text(t, "observed (log-only)", "not observed")
+}
+
+fn switch_text(t: &Value, on: &str, off: &str) -> String {
+    let state = if t.get("enabled").and_then(Value::as_bool) == Some(true) {
+        on
     } else {
-        "not observed"
+        off
     };
     format!(
-        "{} {on} {}",
+        "{} {state} {}",
         s(t, "profile"),
         scope_text(t, "reverts", "until changed")
     )
