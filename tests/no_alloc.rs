@@ -73,9 +73,12 @@ fn the_per_query_policy_and_metrics_path_does_not_allocate() {
     let counts = ClientCounts::new(10);
     let outcomes = Outcomes::default();
     let client: IpAddr = "192.0.2.7".parse().unwrap();
-    // The first sight of a client may allocate its counters; later queries must not.
-    counts.blocked(client, 0);
-    counts.logged(client, 1);
+    // Counters are kept under each profile's number (stable across reloads), as the
+    // pipeline does. The first sight of a client may allocate its counters; later
+    // queries must not.
+    let id = |p: u16| policy.profiles[p as usize].id;
+    counts.blocked(client, id(0));
+    counts.logged(client, id(1));
     outcomes.saw(client);
 
     let mut blocked = 0;
@@ -86,12 +89,12 @@ fn the_per_query_policy_and_metrics_path_does_not_allocate() {
                 let group = policy.group_of(client);
                 match policy.verdict(group, name) {
                     Verdict::Block { profile, .. } => {
-                        counts.blocked(client, profile);
+                        counts.blocked(client, id(profile));
                         blocked += 1;
                     }
                     Verdict::Pass { .. } => {
                         if let Some(p) = policy.would_block(group, name) {
-                            counts.logged(client, p);
+                            counts.logged(client, id(p));
                             logged += 1;
                         }
                     }
