@@ -85,14 +85,13 @@ pub struct QueryRecord {
     /// Policy generation and client group the answer was made under (0 before known).
     pub generation: u64,
     pub group: u16,
-    /// The profile that blocked the name (a sinkhole answer): its position in the
-    /// snapshot that answered, and its number for the per-client counters, which must
-    /// not move when a reload reorders the profiles (`policy::ids`).
+    /// The profile that blocked the name (a sinkhole answer), by its number
+    /// (`Profile::id`), not its position: a reload that reorders the profiles between
+    /// the answer and its counting (or a replay) must not move the count.
     pub blocked: Option<u16>,
-    pub blocked_id: u16,
-    /// A log-only profile that would have blocked it (observed, answered normally).
+    /// A log-only profile that would have blocked it (observed, answered normally), by
+    /// its number.
     pub logged: Option<u16>,
-    pub logged_id: u16,
     /// A blocked name of a shadow profile (by the profile's number, `Profile::id`), to
     /// learn (and keep learning) its addresses.
     pub learn: Option<(u16, Name)>,
@@ -113,9 +112,7 @@ impl QueryRecord {
             generation: 0,
             group: 0,
             blocked: None,
-            blocked_id: 0,
             logged: None,
-            logged_id: 0,
             learn: None,
             replayable: false,
             until: None,
@@ -198,11 +195,11 @@ impl Pipeline {
     pub fn count(&self, client: std::net::IpAddr, r: &QueryRecord, path: Path, learn_now: bool) {
         self.outcomes.record(r.outcome);
         self.outcomes.saw(client);
-        if r.blocked.is_some() {
-            self.clients.blocked(client, r.blocked_id);
+        if let Some(id) = r.blocked {
+            self.clients.blocked(client, id);
         }
-        if r.logged.is_some() {
-            self.clients.logged(client, r.logged_id);
+        if let Some(id) = r.logged {
+            self.clients.logged(client, id);
         }
         if path == Path::Replay && r.outcome == Outcome::Cached {
             self.cache.count_hit();
@@ -220,11 +217,11 @@ impl Pipeline {
         {
             let policy = self.policy.load();
             let now = crate::clock::unix_now();
-            for (p, id, layer) in [
-                (r.blocked, r.blocked_id, Layer::DnsBlocked),
-                (r.logged, r.logged_id, Layer::DnsObserved),
+            for (id, layer) in [
+                (r.blocked, Layer::DnsBlocked),
+                (r.logged, Layer::DnsObserved),
             ] {
-                if let Some(profile) = p.and_then(|p| profile_of(&policy, p, id)) {
+                if let Some(profile) = id.and_then(|id| policy.profile_by_id(id)) {
                     evidence.record(
                         client,
                         &profile.key,
@@ -331,10 +328,9 @@ impl Pipeline {
         //     blocks was answered above; what passes is counted as a would-be block of a
         //     log-only profile and then answered normally.
         let observed = policy.would_block_by(group, &qname);
-        let logged = observed.map(|(p, _)| p);
-        let logged_id = logged
-            .and_then(|p| policy.profiles.get(p as usize))
-            .map_or(0, |p| p.id);
+        let logged = observed
+            .and_then(|(p, _)| policy.profiles.get(p as usize))
+            .map(|p| p.id);
         let seen = Some(sighting(&qname, observed.as_ref().map(|(_, by)| by)));
 
         // 5. Cache, then upstream. Only a miss takes a forwarding slot.
@@ -371,7 +367,6 @@ impl Pipeline {
                         info,
                         QueryRecord {
                             logged,
-                            logged_id,
                             sighting: seen,
                             ..record(Outcome::ServFail, false, None)
                         },
@@ -400,7 +395,6 @@ impl Pipeline {
                 .await;
             let base = QueryRecord {
                 logged,
-                logged_id,
                 sighting: seen,
                 ..record(outcome, replayable, fresh_until)
             };
@@ -431,7 +425,6 @@ impl Pipeline {
             info,
             QueryRecord {
                 logged,
-                logged_id,
                 sighting: seen,
                 ..record(outcome, replayable, fresh_until)
             },
@@ -549,23 +542,13 @@ fn sinkholed(base: QueryRecord, snap: &Snapshot, profile: u16, name: &Name) -> Q
             ..base
         };
     }
-    let p = snap.profiles.get(profile as usize);
-    let shadowed = p.is_some_and(|p| p.shadow);
+    let Some(p) = snap.profiles.get(profile as usize) else {
+        return base;
+    };
     QueryRecord {
-        blocked: Some(profile),
-        blocked_id: p.map_or(0, |p| p.id),
-        learn: (shadowed && snap.learner.is_some()).then(|| (p.map_or(0, |p| p.id), name.clone())),
+        blocked: Some(p.id),
+        learn: (p.shadow && snap.learner.is_some()).then(|| (p.id, name.clone())),
         ..base
-    }
-}
-
-/// The profile a record names, in the snapshot in force now: at its position if that is
-/// still it (nearly always), else by its number (a reload reordered the profiles after
-/// the answer was made).
-fn profile_of(policy: &Policy, index: u16, id: u16) -> Option<&crate::policy::Profile> {
-    match policy.profiles.get(index as usize) {
-        Some(p) if p.id == id => Some(p),
-        _ => policy.profiles.iter().find(|p| p.id == id),
     }
 }
 
@@ -587,12 +570,11 @@ fn sighting(q: &QName, by: Option<&Decision>) -> Arc<Sighting> {
 
 /// One verdict for the live view (made only while someone watches).
 fn tail_event(policy: &Snapshot, client: std::net::IpAddr, r: &QueryRecord, s: &Sighting) -> Event {
-    let profile = match (r.blocked, r.logged) {
-        (Some(p), _) => profile_of(policy, p, r.blocked_id),
-        (None, Some(p)) => profile_of(policy, p, r.logged_id),
-        (None, None) => None,
-    }
-    .map(|p| p.name.clone());
+    let profile = r
+        .blocked
+        .or(r.logged)
+        .and_then(|id| policy.profile_by_id(id))
+        .map(|p| p.name.clone());
     let rule = s.at.map(|(list, line)| {
         let place = policy.rule_place(list, line);
         format!("{} at {place}", s.rule())

@@ -402,6 +402,12 @@ impl Policy {
         (*undecided == 0).then_some(Verdict::Pass { allow: *allow_seen })
     }
 
+    /// The profile with this number (`Profile::id`): a reload may have moved it since
+    /// the number was taken, never renumbered it. A scan of at most 65 profiles.
+    pub fn profile_by_id(&self, id: u16) -> Option<&Profile> {
+        self.profiles.iter().find(|p| p.id == id)
+    }
+
     /// Whether profile `i` is worth naming among the profiles on: all but telesink's own
     /// `runtime` profile while no `telesink block` rule exists.
     pub fn listed(&self, i: usize) -> bool {
