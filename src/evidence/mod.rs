@@ -87,6 +87,9 @@ pub struct Ledger {
     /// Policy changes not written yet (written with the next flush; the control plane
     /// never waits on the disk).
     changes: Mutex<Vec<PolicyChange>>,
+    /// Whether the recovery files a stop left were looked for and written in (once per
+    /// process, at the first flush that can write).
+    recovered: std::sync::atomic::AtomicBool,
 }
 
 /// How long `/health` names a ledger started anew over an unreadable file.
@@ -116,6 +119,7 @@ impl Ledger {
             failing: Mutex::new(None),
             breaks: Mutex::new((breaks.len() as u64, breaks.last().cloned())),
             changes: Mutex::new(Vec::new()),
+            recovered: std::sync::atomic::AtomicBool::new(false),
         });
         if let Some(b) = breaks.last() {
             warn!("evidence ledger {}: {b}", path.display());
@@ -265,6 +269,13 @@ impl Ledger {
         };
         let rows = self.aggregate.drain(u32::MAX);
         let attempts: u64 = rows.iter().map(|r| r.count).sum();
+        // The policy history is not evidence of attempts: said, not saved.
+        let changes = std::mem::take(&mut *self.changes.lock()).len();
+        if changes > 0 {
+            warn!(
+                "evidence: {changes} policy change records (the report's history) could not be written and are lost; the journal has them"
+            );
+        }
         let stored = store::labelled(&rows, label);
         let file = self.recovery_file(crate::clock::unix_now());
         let written = serde_json::to_vec(&stored)
@@ -322,6 +333,10 @@ impl Ledger {
     /// Writes recovery files into the ledger (in the caller's write) and removes them.
     /// A file that does not parse is left where it is and said, never deleted.
     fn recover(&self, store: &mut Store, today: u32) -> Result<(), StoreError> {
+        // Only a stop writes them, so one look per process is enough.
+        if self.recovered.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         for file in self.recovery_files() {
             let rows: Vec<Stored> = match std::fs::read(&file)
                 .map_err(|e| e.to_string())
@@ -353,6 +368,7 @@ impl Ledger {
                 file.display()
             );
         }
+        self.recovered.store(true, Ordering::Relaxed);
         Ok(())
     }
 }
