@@ -19,16 +19,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
 
 use crate::clock::unix_now;
 use crate::config::{ConfigError, LoadedConfig};
-use crate::dns::upstream::Upstream;
 use crate::firewall::kernel::{Kernel, KernelError, Learned};
 use crate::policy::runtime::NameRule;
 use crate::policy::{Policy, Toggle, ToggleError};
-use crate::shadow::{Context, LearnedAddrs, Shadow, ShadowCounts, SharedAddrs};
+use crate::services::Services;
+use crate::shadow::{Context, LearnedAddrs, Shadow, SharedAddrs};
 use crate::snapshot::{self, Learner, Snapshot};
 use crate::state::{StateError, StateFile};
 
@@ -47,6 +46,8 @@ pub enum ApplyError {
     /// The task doing the work ended abnormally (a panic): nothing was swapped.
     #[error("the {0} task failed: {1}; nothing changed")]
     Task(&'static str, String),
+    #[error(transparent)]
+    Services(#[from] crate::services::ServicesError),
 }
 
 /// What a caller asks to change.
@@ -164,14 +165,6 @@ impl Overrides {
     }
 }
 
-/// Reload outcomes, for status and metrics.
-#[derive(Default)]
-pub struct Reloads {
-    pub ok: AtomicU64,
-    pub failed: AtomicU64,
-    pub last_unix: AtomicU64,
-}
-
 /// Loads a config with the command line's replacements.
 pub fn load_config(path: &Path, overrides: &Overrides) -> Result<LoadedConfig, ConfigError> {
     let mut cfg = LoadedConfig::load(path)?;
@@ -233,12 +226,10 @@ pub fn apply_offline(cfg: LoadedConfig) -> Result<String, ApplyError> {
 }
 
 pub struct Applier {
-    pub current: Arc<ArcSwap<Snapshot>>,
-    pub kernel: Kernel,
+    /// The running services, the snapshot in force among them: built at start, handed
+    /// each new snapshot in `commit`.
+    pub services: Arc<Services>,
     pub state: StateFile,
-    pub upstream: Arc<Upstream>,
-    pub shadow_counts: Arc<ShadowCounts>,
-    pub reloads: Reloads,
     config_path: PathBuf,
     overrides: Overrides,
     /// Learned addresses outlive a shadow restart; they expire on their own.
@@ -297,21 +288,6 @@ impl Applier {
         state_file(&cfg).clean_stale_temporaries();
         let (policy, rules_dropped) = boot_policy(&cfg)?;
         let c = &cfg.config;
-        let upstreams = if c.upstream.servers.is_empty() {
-            crate::dns::upstream::from_resolv_conf(&c.upstream.resolv_conf, &c.server.listen)
-        } else {
-            c.upstream.servers.clone()
-        };
-        if upstreams.is_empty() {
-            warn!(
-                "no upstream resolver: blocked names are answered, everything else gets SERVFAIL"
-            );
-        }
-        info!(upstreams = ?upstreams, "forwarding");
-        let upstream = Arc::new(Upstream::new(
-            upstreams,
-            std::time::Duration::from_millis(c.upstream.timeout_ms),
-        ));
         let state = state_file(&cfg);
         let shared = Arc::new(SharedAddrs::new(
             std::time::Duration::from_secs(u64::from(c.firewall.shadow.shared_memory_secs)),
@@ -319,13 +295,10 @@ impl Applier {
         ));
         let cfg = Arc::new(cfg);
         let first = Arc::new(Snapshot::new(policy.clone(), cfg.clone(), None));
+        let services = Services::build(&cfg, first)?;
         let applier = Arc::new(Applier {
-            current: Arc::new(ArcSwap::new(first.clone())),
-            kernel: Kernel::spawn(),
+            services: Arc::new(services),
             state,
-            upstream,
-            shadow_counts: Arc::default(),
-            reloads: Reloads::default(),
             config_path,
             overrides,
             learned: Arc::default(),
@@ -336,6 +309,7 @@ impl Applier {
             unsaved: parking_lot::Mutex::new(None),
         });
         applier
+            .services
             .reloads
             .last_unix
             .store(unix_now(), Ordering::Relaxed);
@@ -350,7 +324,7 @@ impl Applier {
     /// Applies a toggle, or only builds what it would change (`dry_run`).
     pub async fn edit(&self, edit: Edit, dry_run: bool) -> Result<Applied, ApplyError> {
         let _one = self.serial.lock().await;
-        let old = self.current.load_full();
+        let old = self.services.current.load_full();
         let (base, said) = (old.clone(), edit.to_string());
         let built = blocking("change", move || {
             let mut toggles = base.toggles.clone();
@@ -406,14 +380,17 @@ impl Applier {
         let _one = self.serial.lock().await;
         let result = self.reload_locked().await;
         let counter = if result.is_ok() {
-            &self.reloads.ok
+            &self.services.reloads.ok
         } else {
-            &self.reloads.failed
+            &self.services.reloads.failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
         match &result {
             Ok(a) => {
-                self.reloads.last_unix.store(unix_now(), Ordering::Relaxed);
+                self.services
+                    .reloads
+                    .last_unix
+                    .store(unix_now(), Ordering::Relaxed);
                 info!(generation = a.new.generation, "reloaded");
                 let kept = crate::config::restart::restart_only_changes(
                     &a.old.config.config,
@@ -435,7 +412,7 @@ impl Applier {
     }
 
     async fn reload_locked(&self) -> Result<Applied, ApplyError> {
-        let old = self.current.load_full();
+        let old = self.services.current.load_full();
         let generation = old.generation + 1;
         let (path, overrides) = (self.config_path.clone(), self.overrides.clone());
         let mut toggles = old.toggles.clone();
@@ -463,7 +440,7 @@ impl Applier {
     /// written (`Save::BestEffort`).
     pub async fn expire_due(&self) -> Result<Option<Applied>, ApplyError> {
         let _one = self.serial.lock().await;
-        let old = self.current.load_full();
+        let old = self.services.current.load_full();
         let mut toggles = old.toggles.clone();
         if !toggles.expire(unix_now()) {
             return Ok(None);
@@ -488,7 +465,10 @@ impl Applier {
     /// expiry task calls it every 10 s while `unsaved` says so).
     pub async fn save_again(&self) {
         let _one = self.serial.lock().await;
-        let (state, toggles) = (self.state.clone(), self.current.load().toggles.clone());
+        let (state, toggles) = (
+            self.state.clone(),
+            self.services.current.load().toggles.clone(),
+        );
         let saved = blocking("state file", move || {
             Ok(state.prepare(&toggles)?.commit()?)
         })
@@ -524,9 +504,10 @@ impl Applier {
     /// while running); nothing with the firewall off.
     pub async fn reapply(&self) -> Result<Arc<Snapshot>, ApplyError> {
         let _one = self.serial.lock().await;
-        let snap = self.current.load_full();
+        let snap = self.services.current.load_full();
         if let Some(plan) = &snap.plan {
-            self.kernel
+            self.services
+                .kernel
                 .reinstall(plan.clone(), self.learned_for(&snap))
                 .await?;
         }
@@ -594,7 +575,10 @@ impl Applier {
             }
         }
         let new = Arc::new(new);
-        self.current.store(new.clone());
+        // The services take what they can of the new snapshot (device identity's
+        // settings and lease files) in the same change; nothing here can fail.
+        self.services.take(&new);
+        self.services.current.store(new.clone());
         if started_shadow {
             info!("shadow resolution started");
         } else if old.is_some_and(|o| o.learner.is_some()) && new.learner.is_none() {
@@ -645,7 +629,7 @@ impl Applier {
                     )),
                 )));
             }
-            self.kernel.update_elements(diffs.clone()).await?;
+            self.services.kernel.update_elements(diffs.clone()).await?;
         }
         self.learned.forget(&allowed);
         let n: usize = diffs.iter().map(|d| d.remove.len()).sum();
@@ -667,7 +651,7 @@ impl Applier {
         match (&new.plan, old) {
             (Some(plan), _) => {
                 let started = std::time::Instant::now();
-                self.kernel.apply(plan.clone(), learned).await?;
+                self.services.kernel.apply(plan.clone(), learned).await?;
                 info!(
                     sets = plan.sets.len(),
                     rules = plan.rules.len(),
@@ -677,7 +661,7 @@ impl Applier {
                 );
             }
             (None, Some(o)) if o.firewall_on() => {
-                self.kernel.remove().await?;
+                self.services.kernel.remove().await?;
                 info!(
                     "firewall turned off: table inet {} removed",
                     crate::firewall::plan::TABLE
@@ -690,7 +674,7 @@ impl Applier {
                 // an earlier run (on_exit = "keep") or by early boot would go on blocking
                 // while status says off, so it is said, loudly, with the fix. Without
                 // CAP_NET_ADMIN (a DNS-only trial run) nothing can be read, and that is fine.
-                if let Ok(true) = self.kernel.exists().await {
+                if let Ok(true) = self.services.kernel.exists().await {
                     warn!(
                         "firewall.enabled is false, but table inet {} is in the kernel (left by an earlier run with on_exit = \"keep\", by telesink-early, or another telesink's): it keeps blocking; remove it with `telesink firewall remove` if it is not in use",
                         crate::firewall::plan::TABLE
@@ -705,10 +689,10 @@ impl Applier {
         Shadow::start(
             Context {
                 cfg: snap.config.config.firewall.shadow.clone(),
-                upstream: self.upstream.clone(),
-                current: self.current.clone(),
-                kernel: self.kernel.clone(),
-                counts: self.shadow_counts.clone(),
+                upstream: self.services.upstream.clone(),
+                current: self.services.current.clone(),
+                kernel: self.services.kernel.clone(),
+                counts: self.services.shadow_counts.clone(),
                 shared: self.shared.clone(),
             },
             self.learned.clone(),
@@ -722,20 +706,14 @@ impl Applier {
         }
     }
 
-    /// The firewall as status, `/health` and the systemd status line report it: "off",
-    /// "on", or "degraded" while the table is missing or incomplete and being restored.
+    /// The firewall as status, `/health` and the systemd status line report it.
     pub fn firewall_state(&self) -> &'static str {
-        let degraded = self.kernel.stats.degraded.load(Ordering::Relaxed);
-        match (self.current.load().firewall_on(), degraded) {
-            (false, _) => "off",
-            (true, false) => "on",
-            (true, true) => "degraded",
-        }
+        self.services.firewall_state()
     }
 
     /// The `on_exit` of the config in force, applied at stop.
     pub async fn stop(&self) {
-        let snap = self.current.load_full();
+        let snap = self.services.current.load_full();
         if !snap.firewall_on() {
             return;
         }
@@ -743,7 +721,7 @@ impl Applier {
             crate::config::OnExit::Keep => {
                 info!("firewall table kept: blocking stays in force while telesink is down")
             }
-            crate::config::OnExit::Remove => match self.kernel.remove().await {
+            crate::config::OnExit::Remove => match self.services.kernel.remove().await {
                 Ok(()) => info!("firewall table removed"),
                 Err(e) => error!("could not remove the firewall table: {e}"),
             },

@@ -13,44 +13,44 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::apply::Applier;
 use crate::evidence::{Layer, Ledger};
 use crate::firewall::netlink::ClientCount;
-use crate::metrics::{AcctSet, Labeler};
+use crate::firewall::plan::AcctSet;
+use crate::services::Services;
 
 /// What the ledger needs from the daemon.
 pub struct Audit {
     pub ledger: Arc<Ledger>,
-    pub applier: Arc<Applier>,
-    pub labels: Labeler,
+    pub services: Arc<Services>,
     /// The last reading of each (set, client) counter.
     seen: parking_lot::Mutex<HashMap<(String, IpAddr), u64>>,
 }
 
 impl Audit {
-    pub fn new(ledger: Arc<Ledger>, applier: Arc<Applier>, labels: Labeler) -> Arc<Audit> {
+    pub fn new(ledger: Arc<Ledger>, services: Arc<Services>) -> Arc<Audit> {
         Arc::new(Audit {
             ledger,
-            applier,
-            labels,
+            services,
             seen: Default::default(),
         })
     }
 
-    /// The client label as the metrics make it (inventory name, pseudonym or address).
+    /// The client label as the metrics make it: the device the address is now (its
+    /// configured or lease name, its MAC or pseudonym), else the address (its name, or
+    /// pseudonym).
     pub fn label(&self, ip: IpAddr) -> String {
-        self.labels.label(&self.applier.current.load(), ip)
+        self.services.label_of(ip).0
     }
 
     /// The accounting sets of the table in force with their counters now. Blocking.
     fn counters(&self) -> Vec<(AcctSet, Vec<ClientCount>)> {
-        let snap = self.applier.current.load_full();
+        let snap = self.services.current.load_full();
         let Some(plan) = &snap.plan else {
             return Vec::new();
         };
-        let sets = crate::metrics::accounting_sets(plan, &snap);
+        let sets = crate::firewall::plan::accounting_sets(plan, &snap.policy);
         let Ok(read) = self
-            .applier
+            .services
             .kernel
             .accounting_blocking(sets.iter().map(|s| (s.set.clone(), s.family)).collect())
         else {
@@ -69,9 +69,9 @@ impl Audit {
         for (set, counts) in self.counters() {
             let (layer, profile, name): (Layer, Arc<str>, &str) =
                 if set.metric == crate::metric_names::FIREWALL_REJECTS {
-                    (Layer::FirewallRejected, set.value.as_str().into(), "-")
+                    (Layer::FirewallRejected, set.value.clone(), "-")
                 } else {
-                    (Layer::Bypass, "bypass".into(), set.value.as_str())
+                    (Layer::Bypass, "bypass".into(), &*set.value)
                 };
             for c in counts {
                 let last = seen.insert((set.set.clone(), c.client), c.packets);

@@ -2,9 +2,62 @@
 //! way, so they survive a restart.
 
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
+    let real = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_secs());
+    real + test_clock::offset()
+}
+
+/// A clock that tests can move forward, so a month of day rollovers and device expiry
+/// runs in minutes: `TELESINK_TEST_CLOCK=<file>` names a file holding the seconds to add
+/// to the real time, read every 50 ms. Debug builds only (like src/failpoint.rs): a
+/// release build has no such variable and its `offset` is the constant 0.
+#[cfg(debug_assertions)]
+pub mod test_clock {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static OFFSET: AtomicU64 = AtomicU64::new(0);
+
+    pub fn offset() -> u64 {
+        OFFSET.load(Ordering::Relaxed)
+    }
+
+    /// Starts following the file the environment names, if it names one; the daemon
+    /// calls this once at start, before anything reads the time.
+    pub fn follow_env() {
+        let Some(path) = std::env::var_os("TELESINK_TEST_CLOCK") else {
+            return;
+        };
+        let read = move || {
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+        };
+        if let Some(n) = read() {
+            OFFSET.store(n, Ordering::Relaxed);
+        }
+        tracing::warn!("test clock: time moved {} s ahead", offset());
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                if let Some(n) = read()
+                    && n != OFFSET.swap(n, Ordering::Relaxed)
+                {
+                    tracing::warn!("test clock: time moved {n} s ahead");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(not(debug_assertions))]
+pub mod test_clock {
+    #[inline(always)]
+    pub fn offset() -> u64 {
+        0
+    }
+
+    pub fn follow_env() {}
 }
 
 /// The UTC date of a Unix time, as YYYY-MM-DD (civil-from-days, proleptic Gregorian).

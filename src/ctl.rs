@@ -204,6 +204,63 @@ fn rule_text(r: &Value) -> String {
     )
 }
 
+/// The status lines of client identity: what the tables hold, their bounds, and what
+/// went to client="other".
+fn devices_text(d: &Value) -> String {
+    let mut out = if d.get("devices_on").and_then(Value::as_bool) == Some(true) {
+        format!(
+            "clients: {} devices on {} addresses (neighbour table), {} leased addresses, {} configured; ",
+            n(d, "devices"),
+            n(d, "addresses"),
+            n(d, "leased_addresses"),
+            n(d, "configured"),
+        )
+    } else {
+        "clients: by address ([identity] devices = false); ".to_owned()
+    };
+    out += &format!(
+        "{} of {} labels held, each kept {} after it was last seen
+",
+        n(d, "labels"),
+        n(d, "max_labels"),
+        span(n(d, "forget_after_secs")),
+    );
+    if n(d, "other_counts") > 0 {
+        out += &format!(
+            "  {} counts went to client=\"other\" (more clients active than [metrics] max_clients), last at {}\n",
+            n(d, "other_counts"),
+            telesink::clock::utc_time(n(d, "last_other_unix")),
+        );
+    }
+    if n(d, "addresses_dropped") > 0 {
+        out += &format!(
+            "  {} addresses not taken as a device's: [identity] max_addresses were known\n",
+            n(d, "addresses_dropped")
+        );
+    }
+    if let Some(e) = d.get("neighbour_error").and_then(Value::as_str) {
+        out += &format!("  the neighbour table cannot be read: {e}\n");
+    }
+    for f in d
+        .get("lease_files")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out += &match f.get("error").and_then(Value::as_str) {
+            Some(e) => format!("  lease file {}: {e}\n", s(f, "path")),
+            None => format!(
+                "  lease file {} ({}): {} leases, {} lines skipped\n",
+                s(f, "path"),
+                s(f, "format"),
+                n(f, "leases"),
+                n(f, "skipped_lines")
+            ),
+        };
+    }
+    out
+}
+
 fn status_text(v: &Value) -> String {
     let mut out = format!(
         "telesink {}, up {}, config {}\npolicy generation {}: {} names in {} lists; firewall {} (restored {} times)\nqueries {} ({} blocked) from {} clients; reloads {} ok, {} failed\n",
@@ -221,6 +278,9 @@ fn status_text(v: &Value) -> String {
         n(v, "reloads_ok"),
         n(v, "reloads_failed"),
     );
+    if let Some(d) = v.get("devices") {
+        out += &devices_text(d);
+    }
     if let Some(sh) = v.get("shadow").filter(|x| !x.is_null()) {
         out += &format!(
             "shadow resolution: {} addresses learned; not learned: {} in the allow set, {} shared with allowed names, {} never learned (upstreams, own, never_learn_cidrs), {} over max_addresses; {} removed as shared; {} names dropped (queue full)\n",
@@ -642,13 +702,19 @@ pub fn tail(
                 println!("{}", serde_json::to_string(&e).unwrap_or_default());
             } else {
                 let secs = (e.at_ms / 1000) % 86_400;
+                // The device first (what the metrics and the ledger call it), then the
+                // address it used this time.
+                let who = match &e.device {
+                    Some(d) if *d != e.client.to_string() => format!("{d} ({})", e.client),
+                    _ => e.client.to_string(),
+                };
                 println!(
                     "{:02}:{:02}:{:02}.{:03}  {:<15}  {:<9}  {}{}{}",
                     secs / 3600,
                     secs % 3600 / 60,
                     secs % 60,
                     e.at_ms % 1000,
-                    e.client,
+                    who,
                     if e.observed && e.verdict != "blocked" {
                         "observed"
                     } else {

@@ -10,13 +10,11 @@ use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Semaphore;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use crate::apply::Overrides;
 use crate::apply::{Applier, ApplyError};
 use crate::config::{ConfigError, LoadedConfig};
-use crate::dns::cache::{Cache, Limits};
 use crate::dns::{Outcomes, Pipeline};
 use crate::snapshot::Snapshot;
 
@@ -34,8 +32,6 @@ pub enum DaemonError {
     },
     #[error("cannot set up signal handling: {0}")]
     Signal(std::io::Error),
-    #[error(transparent)]
-    Labels(#[from] crate::metrics::KeyError),
     #[error("{0} (set control.socket to a folder telesink may write)")]
     Socket(#[from] crate::control::api::SocketError),
     #[error(transparent)]
@@ -71,87 +67,37 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     // The first snapshot (config + saved toggles) through the one apply path: the
     // firewall goes in before any listener answers, so a gateway that says it is up
     // already blocks what its policy says.
+    crate::clock::test_clock::follow_env();
     let applier = Applier::start(config_path.clone(), overrides.clone(), cfg.clone()).await?;
-    let policy = applier.current.clone();
+    // The services the apply path built and owns: the pipeline, the scrape, /health, the
+    // control API and the evidence feed read them.
+    let services = applier.services.clone();
+    services.spawn_tasks();
+    let policy = services.current.clone();
     // The watchdog's last answered self-query (Unix seconds), for /health.
     let watchdog_seen = Arc::new(WatchdogSeen::default());
 
     let c = &cfg.config;
-    let cache = Arc::new(Cache::new(
-        c.cache.size,
-        Limits {
-            min_ttl: c.cache.min_ttl_secs,
-            max_ttl: c.cache.max_ttl_secs,
-            negative_max_ttl: c.cache.negative_max_ttl_secs,
-        },
-    ));
-    let clients = Arc::new(crate::dns::ClientCounts::new(c.metrics.max_clients));
-    let forward_slots = Arc::new(Semaphore::new(c.server.max_in_flight.max(1)));
+    let ledger = services.ledger.clone();
     let pipeline = Pipeline {
         policy: policy.clone(),
-        cache: cache.clone(),
-        clients: clients.clone(),
-        upstream: applier.upstream.clone(),
-        forward_slots: forward_slots.clone(),
+        cache: services.cache.clone(),
+        clients: services.clients.clone(),
+        upstream: services.upstream.clone(),
+        forward_slots: services.forward_slots.clone(),
         udp_payload_max: c.server.udp_payload_max,
-        outcomes: Arc::new(Outcomes::default()),
-        limiter: Arc::new(crate::dns::ratelimit::Limiter::new(
-            c.server.rate_limit.max_clients,
-        )),
-        evidence: None,
-        tail: Arc::new(crate::evidence::tail::Tail::default()),
+        outcomes: services.outcomes.clone(),
+        limiter: services.limiter.clone(),
+        evidence: ledger.as_ref().map(|l| l.aggregate.clone()),
+        tail: services.tail.clone(),
     };
-    // The evidence ledger. A file that is not a ledger is set aside inside `open`; one
-    // that cannot be opened at all (a folder telesink may not write) leaves DNS and the
-    // firewall running, says so in the log and in /health.
-    let ledger = if c.evidence.enabled {
-        let path = crate::evidence::path_of(&c.evidence, &state_path);
-        match crate::evidence::Ledger::open(&c.evidence, &path) {
-            Ok(l) => {
-                info!("evidence ledger {}", path.display());
-                Some(l)
-            }
-            Err(e) => {
-                error!(
-                    "evidence ledger unavailable, nothing is recorded: {e} (set [evidence] path to a folder telesink may write)"
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let mut pipeline = pipeline;
-    pipeline.evidence = ledger.as_ref().map(|l| l.aggregate.clone());
-    let listeners = crate::slots::Listeners::default();
+    let listeners = services.listeners.clone();
     let tcp_slots = listeners.add(crate::slots::Slots::new(
         "dns-tcp",
         budget.tcp_max,
         budget.tcp_per_client,
     ));
     let outcomes = pipeline.outcomes.clone();
-    let max_in_flight = c.server.max_in_flight.max(1);
-    let key_file = c.metrics.pseudonym_key_file.clone().unwrap_or_else(|| {
-        state_path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("client-label.key")
-    });
-    let labels = crate::metrics::Labeler::new(c.metrics.client_labels, &key_file)?;
-    let shared = Arc::new(crate::metrics::Shared {
-        outcomes: outcomes.clone(),
-        clients,
-        applier: applier.clone(),
-        cache,
-        labels,
-        in_flight: Arc::new(move || {
-            max_in_flight.saturating_sub(forward_slots.available_permits())
-        }),
-        listeners: listeners.clone(),
-        limiter: pipeline.limiter.clone(),
-        ledger: ledger.clone(),
-        tail: pipeline.tail.clone(),
-    });
     if let Some(addr) = overrides.metrics.or(c.metrics.listen) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -166,15 +112,13 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         );
         let registry = prometheus::Registry::new();
         if let Err(e) = registry.register(Box::new(crate::metrics::TelesinkCollector::new(
-            shared.clone(),
+            services.clone(),
         ))) {
             warn!("metrics: {e}");
         }
         let (health_of, watched) = (applier.clone(), watchdog_seen.clone());
-        let ledger_missing = c.evidence.enabled && ledger.is_none();
-        let ledger_of = ledger.clone();
         let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> =
-            Arc::new(move || health(&health_of, &watched, ledger_missing, ledger_of.as_deref()));
+            Arc::new(move || health(&health_of, &watched));
         let slots = listeners.add(crate::slots::Slots::new(
             "metrics",
             crate::metrics::MAX_CONNECTIONS,
@@ -185,7 +129,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
 
     let audit = ledger
         .as_ref()
-        .map(|l| crate::audit::Audit::new(l.clone(), applier.clone(), shared.labels.clone()));
+        .map(|l| crate::audit::Audit::new(l.clone(), services.clone()));
     if let Some(a) = &audit {
         let every = Duration::from_secs(c.evidence.flush_secs.max(1));
         tokio::spawn(a.clone().run(every));
@@ -200,11 +144,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
             }
         });
     }
-    let control = Arc::new(crate::control::Control::new(
-        applier.clone(),
-        shared.clone(),
-        audit.clone(),
-    ));
+    let control = Arc::new(crate::control::Control::new(applier.clone(), audit.clone()));
     tokio::spawn(control.clone().expire_forever());
     {
         // The history starts with what this start put in force.
@@ -332,8 +272,8 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
         format!(
             "stopping; the firewall table is {} (on_exit)",
             match (
-                applier.current.load().firewall_on(),
-                &applier.current.load().config.config.firewall.on_exit
+                services.current.load().firewall_on(),
+                &services.current.load().config.config.firewall.on_exit
             ) {
                 (false, _) => "off",
                 (true, crate::config::OnExit::Keep) => "kept",
@@ -370,26 +310,23 @@ struct WatchdogSeen {
 }
 
 /// `/health`: 200 only when what the daemon claims is true; otherwise every reason.
-fn health(
-    applier: &Applier,
-    watchdog: &WatchdogSeen,
-    ledger_missing: bool,
-    ledger: Option<&crate::evidence::Ledger>,
-) -> Result<(), String> {
+fn health(applier: &Applier, watchdog: &WatchdogSeen) -> Result<(), String> {
     use std::sync::atomic::Ordering::Relaxed;
+    let s = &applier.services;
     let mut why = Vec::new();
-    if ledger_missing {
+    if s.ledger_missing {
         why.push("the evidence ledger could not be opened; nothing is recorded".to_owned());
     }
-    why.extend(ledger.map(|l| l.health()).unwrap_or_default());
+    why.extend(s.ledger.as_ref().map(|l| l.health()).unwrap_or_default());
+    why.extend(s.devices.health(crate::clock::unix_now()));
     if let Some(e) = applier.unsaved() {
         why.push(format!(
             "the toggles in force are not saved ({e}); retrying every 10 s"
         ));
     }
-    if applier.upstream.servers().is_empty() {
+    if s.upstream.servers().is_empty() {
         why.push("no upstream resolver".to_owned());
-    } else if let Some(problem) = applier.upstream.reach.problem() {
+    } else if let Some(problem) = s.upstream.reach.problem() {
         why.push(problem);
     }
     let every = watchdog.every_secs.load(Relaxed);
@@ -403,7 +340,7 @@ fn health(
         }
     }
     if applier.firewall_state() != "off"
-        && let Some((at, e)) = applier.kernel.stats.last_counter_error.lock().clone()
+        && let Some((at, e)) = s.kernel.stats.last_counter_error.lock().clone()
         && crate::clock::unix_now().saturating_sub(at) < 300
     {
         why.push(format!(
@@ -411,7 +348,7 @@ fn health(
             crate::clock::utc_time(at)
         ));
     }
-    let full = applier.kernel.stats.full_accounting.lock().clone();
+    let full = s.kernel.stats.full_accounting.lock().clone();
     if applier.firewall_state() != "off" && !full.is_empty() {
         let sets: Vec<String> = full
             .iter()

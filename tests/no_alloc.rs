@@ -7,8 +7,8 @@ use std::cell::Cell;
 use std::net::IpAddr;
 
 use telesink::config::LoadedConfig;
+use telesink::dns::ClientCounts;
 use telesink::dns::{Outcome, Outcomes};
-use telesink::metrics::ClientCounts;
 use telesink::policy::{self, QName, Toggles, Verdict};
 
 struct Counting;

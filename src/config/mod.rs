@@ -6,6 +6,7 @@
 //! a list file) are `Spanned`, so the semantic checks in `policy::build` can name the line.
 
 pub mod evidence;
+pub mod identity;
 pub mod limits;
 mod load;
 pub mod restart;
@@ -33,6 +34,7 @@ pub fn gid_of(group: &str) -> Option<u32> {
 }
 
 pub use evidence::EvidenceConfig;
+pub use identity::{DeviceConfig, IdentityConfig};
 pub use limits::{RateAction, RateLimitConfig};
 pub use load::{ConfigError, LoadedConfig, Location, line_of, normalized};
 
@@ -59,6 +61,10 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub evidence: EvidenceConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
 }
 
 /// The local control API (`telesink status`, `profile enable`, ...): a Unix socket only,

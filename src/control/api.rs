@@ -229,9 +229,10 @@ fn control_error(e: ControlError) -> Reply {
         | ControlError::Toggle(ToggleError::TooManyRules { .. }) => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        ControlError::Firewall(_) | ControlError::State(_) | ControlError::Task(..) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        ControlError::Firewall(_)
+        | ControlError::State(_)
+        | ControlError::Task(..)
+        | ControlError::Services(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
 }
@@ -383,7 +384,15 @@ async fn respond(
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
                 .and_then(|v| v.parse().ok());
-            json(StatusCode::OK, &c.shared.tail.poll(after))
+            // Each event names the device its address is now, as the metrics and the
+            // ledger do (looked up here, never on the query path).
+            let mut batch = c.services.tail.poll(after);
+            for e in &mut batch.events {
+                let (label, kind) = c.services.label_of(e.client);
+                e.device = Some(label);
+                e.client_kind = Some(kind.name().to_owned());
+            }
+            json(StatusCode::OK, &batch)
         }
         (&Method::POST, ["v1", "reload"]) => {
             info!(uid, "reload requested over the control socket");
@@ -423,7 +432,11 @@ async fn respond(
             };
             let client = b.client.unwrap_or(IpAddr::from([127, 0, 0, 1]));
             match crate::policy::explain(&c.current(), &b.name, client) {
-                Ok(e) => json(StatusCode::OK, &e),
+                Ok(mut e) => {
+                    let (label, kind) = c.services.label_of(client);
+                    e.device = Some(format!("{label} ({})", kind.name()));
+                    json(StatusCode::OK, &e)
+                }
                 Err(e) => error(StatusCode::BAD_REQUEST, e),
             }
         }

@@ -15,7 +15,7 @@ use tracing::{error, info};
 
 pub use crate::apply::Edit;
 use crate::apply::{Applier, ApplyError};
-use crate::metrics::Shared;
+use crate::services::Services;
 use crate::snapshot::Snapshot;
 pub use report::{Change, ProfileState, Report, Status, evidence_context};
 
@@ -23,7 +23,8 @@ pub type ControlError = ApplyError;
 
 pub struct Control {
     pub applier: Arc<Applier>,
-    pub shared: Arc<Shared>,
+    /// What the status and the live view read (the same services the applier owns).
+    pub services: Arc<Services>,
     pub started_unix: u64,
     /// The evidence ledger (None with `[evidence] enabled = false`).
     pub audit: Option<Arc<crate::audit::Audit>>,
@@ -45,14 +46,10 @@ pub enum EvidenceError {
 }
 
 impl Control {
-    pub fn new(
-        applier: Arc<Applier>,
-        shared: Arc<Shared>,
-        audit: Option<Arc<crate::audit::Audit>>,
-    ) -> Self {
+    pub fn new(applier: Arc<Applier>, audit: Option<Arc<crate::audit::Audit>>) -> Self {
         Self {
+            services: applier.services.clone(),
             applier,
-            shared,
             started_unix: crate::clock::unix_now(),
             audit,
         }
@@ -83,7 +80,7 @@ impl Control {
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
-        self.applier.current.load_full()
+        self.services.current.load_full()
     }
 
     pub fn config_path(&self) -> &Path {

@@ -199,6 +199,9 @@ pub struct Status {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload_unix: u64,
+    /// Client identity: devices and addresses known, labels held and their bound, and
+    /// what went to client="other".
+    pub devices: crate::devices::DeviceStatus,
     /// Per group: the profiles on, and those in log-only mode.
     pub groups: Vec<GroupProfiles>,
     pub toggles: Vec<Toggle>,
@@ -243,9 +246,9 @@ impl Status {
     pub fn of(c: &Control) -> Self {
         use std::sync::atomic::Ordering::Relaxed;
         let policy = c.current();
-        let s = &c.shared;
+        let s = &c.services;
         let a = &c.applier;
-        let kernel = &a.kernel.stats;
+        let kernel = &s.kernel.stats;
         let named = |mask: u64| -> Vec<String> {
             policy
                 .profiles
@@ -262,10 +265,10 @@ impl Status {
             uptime_secs: crate::clock::unix_now().saturating_sub(c.started_unix),
             names: policy.total_names(),
             lists: policy.lists.len(),
-            firewall: a.firewall_state(),
+            firewall: s.firewall_state(),
             firewall_restores: kernel.restores.load(Relaxed),
             shadow: policy.learner.is_some().then(|| {
-                let n = &a.shadow_counts;
+                let n = &s.shadow_counts;
                 ShadowStatus {
                     added: n.added.load(Relaxed),
                     skipped_allow: n.skipped_allow.load(Relaxed),
@@ -282,9 +285,10 @@ impl Status {
             queries: s.outcomes.total(),
             blocked: s.outcomes.get(crate::dns::Outcome::Blocked),
             clients_seen: s.outcomes.clients_seen(),
-            reloads_ok: a.reloads.ok.load(Relaxed),
-            reloads_failed: a.reloads.failed.load(Relaxed),
-            last_reload_unix: a.reloads.last_unix.load(Relaxed),
+            reloads_ok: s.reloads.ok.load(Relaxed),
+            reloads_failed: s.reloads.failed.load(Relaxed),
+            last_reload_unix: s.reloads.last_unix.load(Relaxed),
+            devices: s.devices.status(&policy),
             groups: policy
                 .groups
                 .iter()

@@ -1,9 +1,10 @@
-//! Blocked queries per client and profile (by the profile's number, stable across
-//! reloads: src/policy/ids.rs), with the number of client labels bounded by
-//! design: the first `max_clients` addresses get their own label, every later one counts
-//! as `client="other"`, and how often that happened is itself counted. Never a domain
-//! label. Sharded by address so two cores rarely meet on one lock; no allocation once a
-//! client is known.
+//! Blocked queries per client address and profile (by the profile's number, stable
+//! across reloads: src/policy/ids.rs), as the query path counts them: one shard lock, no
+//! lookup of which device the address is. `drain` hands the counts on (to
+//! src/devices/tally.rs, which keeps them by device) and forgets addresses that counted
+//! nothing since the drain before, so this table holds only the addresses active between
+//! two sweeps, at most `max_clients` (beyond that `client="other"`, counted). Sharded by
+//! address so two cores rarely meet on one lock; no allocation once a client is known.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,10 +22,13 @@ const SHARDS: usize = 16;
 struct Counts {
     profiles: Vec<u64>,
     rate_limited: u64,
+    /// Counted since the last drain.
+    touched: bool,
 }
 
 impl Counts {
     fn bump(&mut self, slot: Slot) {
+        self.touched = true;
         match slot {
             Slot::RateLimited => self.rate_limited += 1,
             Slot::Profile(i) => {
@@ -44,7 +48,7 @@ enum Slot {
 }
 
 /// What one counter counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Counted {
     /// Blocked by the profile with this number.
     Blocked(u16),
@@ -109,31 +113,55 @@ impl ClientCounts {
         self.other.lock().bump(slot);
     }
 
-    /// (client, what, count) for every non-zero count; client None is "other".
-    pub fn snapshot(&self) -> Vec<(Option<IpAddr>, Counted, u64)> {
-        let mut out = Vec::new();
+    /// Hands every count since the last drain to `f` (client None is "other") and sets
+    /// it to zero; an address that counted nothing since the drain before leaves the
+    /// table. The counts' memory is kept, so a client that goes on asking allocates
+    /// nothing.
+    pub fn drain(&self, f: &mut dyn FnMut(Option<IpAddr>, Counted, u64)) {
         for shard in &self.shards {
-            for (ip, counts) in shard.lock().iter() {
-                push(&mut out, Some(*ip), counts);
-            }
+            let mut map = shard.lock();
+            let before = map.len();
+            map.retain(|ip, counts| {
+                if !counts.touched {
+                    return false;
+                }
+                emit(f, Some(*ip), counts);
+                true
+            });
+            self.known.fetch_sub(before - map.len(), Ordering::Relaxed);
         }
-        push(&mut out, None, &self.other.lock());
-        out
+        emit(f, None, &mut self.other.lock());
     }
 }
 
-fn push(out: &mut Vec<(Option<IpAddr>, Counted, u64)>, client: Option<IpAddr>, counts: &Counts) {
-    for (i, &n) in counts.profiles.iter().enumerate().filter(|(_, n)| **n > 0) {
+/// Hands the non-zero counts on and zeroes them.
+fn emit(
+    f: &mut dyn FnMut(Option<IpAddr>, Counted, u64),
+    client: Option<IpAddr>,
+    counts: &mut Counts,
+) {
+    counts.touched = false;
+    for (i, n) in counts
+        .profiles
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+    {
+        let n = std::mem::take(n);
         let id = (i / 2) as u16;
         let what = if i % 2 == 0 {
             Counted::Blocked(id)
         } else {
             Counted::Logged(id)
         };
-        out.push((client, what, n));
+        f(client, what, n);
     }
     if counts.rate_limited > 0 {
-        out.push((client, Counted::RateLimited, counts.rate_limited));
+        f(
+            client,
+            Counted::RateLimited,
+            std::mem::take(&mut counts.rate_limited),
+        );
     }
 }
 
@@ -148,15 +176,30 @@ mod tests {
             c.blocked(IpAddr::from([192, 0, 2, last]), 1);
         }
         c.blocked(IpAddr::from([192, 0, 2, 1]), 1);
-        let snap = c.snapshot();
-        let get = |client: Option<[u8; 4]>| {
+        let mut snap = Vec::new();
+        c.drain(&mut |ip, what, n| snap.push((ip, what, n)));
+        let get = |snap: &[(Option<IpAddr>, Counted, u64)], client: Option<[u8; 4]>| {
             snap.iter()
                 .find(|(c, p, _)| *c == client.map(IpAddr::from) && *p == Counted::Blocked(1))
                 .map(|x| x.2)
         };
-        assert_eq!(get(Some([192, 0, 2, 1])), Some(2));
-        assert_eq!(get(Some([192, 0, 2, 2])), Some(1));
-        assert_eq!(get(None), Some(2));
+        assert_eq!(get(&snap, Some([192, 0, 2, 1])), Some(2));
+        assert_eq!(get(&snap, Some([192, 0, 2, 2])), Some(1));
+        assert_eq!(get(&snap, None), Some(2));
         assert_eq!(c.overflow.load(Ordering::Relaxed), 2);
+        // Drained: zero, and the addresses idle since then leave, making room.
+        c.blocked(IpAddr::from([192, 0, 2, 1]), 1);
+        let mut again = Vec::new();
+        c.drain(&mut |ip, what, n| again.push((ip, what, n)));
+        assert_eq!(
+            again,
+            vec![(Some(IpAddr::from([192, 0, 2, 1])), Counted::Blocked(1), 1)]
+        );
+        c.drain(&mut |_, _, _| {});
+        c.blocked(IpAddr::from([192, 0, 2, 3]), 1);
+        c.blocked(IpAddr::from([192, 0, 2, 4]), 1);
+        let mut third = Vec::new();
+        c.drain(&mut |ip, what, n| third.push((ip, what, n)));
+        assert!(third.iter().all(|r| r.0.is_some()), "{third:?}");
     }
 }

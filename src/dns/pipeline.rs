@@ -585,6 +585,8 @@ fn tail_event(policy: &Snapshot, client: std::net::IpAddr, r: &QueryRecord, s: &
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
         client,
+        device: None,
+        client_kind: None,
         name: s.name.to_string(),
         verdict: r.outcome.name().to_owned(),
         profile,

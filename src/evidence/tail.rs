@@ -25,6 +25,12 @@ pub struct Event {
     /// Unix time in milliseconds.
     pub at_ms: u64,
     pub client: IpAddr,
+    /// The client's label (its device, or the address as itself) and its kind, filled in
+    /// when the view is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_kind: Option<String>,
     pub name: String,
     /// The outcome: blocked, forwarded, cached, refused, ...
     pub verdict: String,
@@ -120,6 +126,8 @@ mod tests {
             seq: 0,
             at_ms: 0,
             client: IpAddr::from([192, 0, 2, 1]),
+            device: None,
+            client_kind: None,
             name: name.into(),
             verdict: "blocked".into(),
             profile: None,

@@ -870,3 +870,46 @@ mod tests {
         );
     }
 }
+
+/// One accounting set of a plan and the per-client counter it feeds.
+#[derive(Debug, Clone)]
+pub struct AcctSet {
+    pub set: String,
+    pub family: Family,
+    /// (metric name, label name, label value): a profile's rejects or a bypass kind.
+    pub metric: &'static str,
+    pub label: &'static str,
+    pub value: std::sync::Arc<str>,
+}
+
+/// The accounting sets of a plan, with the counter each one feeds (the metrics and the
+/// evidence ledger read the same sets).
+pub fn accounting_sets(plan: &Plan, policy: &Policy) -> Vec<AcctSet> {
+    use crate::metric_names::{BYPASS_ATTEMPTS, FIREWALL_REJECTS};
+    let mut out = Vec::new();
+    for set in plan
+        .sets
+        .iter()
+        .filter(|s| matches!(s.kind, SetKind::Accounting { .. }))
+    {
+        let profile = policy
+            .profiles
+            .iter()
+            .find(|p| set_name("acct_", &p.name, set.family) == set.name)
+            .map(|p| (FIREWALL_REJECTS, "profile", p.name.as_str()));
+        let bypass = ["dns", "dot", "doh"]
+            .into_iter()
+            .find(|k| set_name("bypass_", k, set.family) == set.name)
+            .map(|k| (BYPASS_ATTEMPTS, "kind", k));
+        if let Some((metric, label, value)) = profile.or(bypass) {
+            out.push(AcctSet {
+                set: set.name.clone(),
+                family: set.family,
+                metric,
+                label,
+                value: value.into(),
+            });
+        }
+    }
+    out
+}

@@ -1,13 +1,14 @@
 //! Prometheus metrics, gathered at scrape time.
 //!
 //! Nothing on the query path formats labels or allocates for metrics: outcomes are the
-//! pipeline's atomic counters, blocked queries go through `ClientCounts` (bounded client
-//! labels), and the firewall's per-client reject counters are read from the kernel over
-//! netlink when Prometheus scrapes. Names are the constants in `names`; docs/METRICS.md
-//! lists them.
+//! pipeline's atomic counters, blocked queries go through `ClientCounts` by address, and
+//! the firewall's per-client reject counters are read from the kernel over netlink when
+//! Prometheus scrapes; both are kept by device in the services' tally
+//! (src/devices/tally.rs), which the scrape sweeps first. The scrape only observes the
+//! services (src/services.rs); it holds no part of the apply path. Names are the
+//! constants in `names`; docs/METRICS.md lists them.
 
 mod http;
-mod labels;
 pub use crate::metric_names as names;
 
 use std::sync::Arc;
@@ -16,47 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
-pub use crate::dns::ClientCounts;
 pub use http::{MAX_CONNECTIONS, MAX_PER_CLIENT, serve};
-pub use labels::{KeyError, Labeler};
 
-use crate::apply::Applier;
 pub use crate::clock::unix_now;
-use crate::dns::cache::Cache;
-use crate::dns::{Outcome, Outcomes};
-use crate::firewall::plan::Family;
-use crate::policy::Policy;
-
-/// One accounting set of the current firewall table and what its label says.
-#[derive(Debug, Clone)]
-pub struct AcctSet {
-    pub set: String,
-    pub family: Family,
-    /// (metric name, label name, label value): a profile's rejects or a bypass kind.
-    pub metric: &'static str,
-    pub label: &'static str,
-    pub value: String,
-}
-
-/// Everything the scrape reads, shared with the daemon. The policy, the firewall plan and
-/// the reload and shadow counts come from the apply path's snapshot and counters.
-pub struct Shared {
-    pub outcomes: Arc<Outcomes>,
-    pub clients: Arc<ClientCounts>,
-    pub applier: Arc<Applier>,
-    pub cache: Arc<Cache>,
-    pub labels: Labeler,
-    pub in_flight: Arc<dyn Fn() -> usize + Send + Sync>,
-    /// The connection slots of every listener that holds connections.
-    pub listeners: crate::slots::Listeners,
-    pub limiter: Arc<crate::dns::ratelimit::Limiter>,
-    /// The evidence ledger (None when off), and the live view.
-    pub ledger: Option<Arc<crate::evidence::Ledger>>,
-    pub tail: Arc<crate::evidence::tail::Tail>,
-}
+use crate::dns::Outcome;
+use crate::services::Services;
 
 /// The evidence ledger's size and health, and the live view's drops.
-fn evidence_families(s: &Shared) -> Vec<MetricFamily> {
+fn evidence_families(s: &Services) -> Vec<MetricFamily> {
     use names::*;
     let mut out = Vec::new();
     let mut one = |name: &str, help: &str, kind: MetricType, value: u64| {
@@ -150,6 +118,63 @@ fn evidence_families(s: &Shared) -> Vec<MetricFamily> {
     out
 }
 
+/// Device identity: what the tables hold and what they forgot or could not take.
+fn device_families(d: &crate::devices::Devices) -> Vec<MetricFamily> {
+    use names::*;
+    let mut out = Vec::new();
+    let (addresses, macs, leased) = d.registry.sizes();
+    let gauges = [
+        (
+            DEVICE_ADDRESSES,
+            "Client addresses known as a device's (neighbour table, within forget_after_secs).",
+            addresses as f64,
+        ),
+        (
+            DEVICES_KNOWN,
+            "Distinct devices (MACs) among them.",
+            macs as f64,
+        ),
+        (
+            DEVICE_LEASED,
+            "Addresses the DHCP lease files hand out now.",
+            leased as f64,
+        ),
+        (
+            CLIENT_LABELS,
+            "Client identities with counts of their own (bounded by [metrics] max_clients).",
+            d.tally.len() as f64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let mut f = Family_::new(name, help, MetricType::GAUGE);
+        f.add(&[], v);
+        out.push(f.mf);
+    }
+    let counters = [
+        (
+            CLIENT_LABELS_FORGOTTEN,
+            "Client identities forgotten (series ended) because they were idle for [identity] forget_after_secs.",
+            d.tally.forgotten.load(Ordering::Relaxed),
+        ),
+        (
+            DEVICE_ADDRESSES_DROPPED,
+            "New addresses not taken as a device's because [identity] max_addresses active ones were known.",
+            d.registry.addresses_dropped.load(Ordering::Relaxed),
+        ),
+        (
+            DEVICE_NEIGHBOUR_OVERFLOWS,
+            "Times neighbour-table notifications were lost and the table was read again.",
+            d.neighbours.overflows.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, v) in counters {
+        let mut f = Family_::new(name, help, MetricType::COUNTER);
+        f.add(&[], v as f64);
+        out.push(f.mf);
+    }
+    out
+}
+
 /// Open connections, their bound and the closes that were not the client's doing, per
 /// listener (DNS over TCP, metrics, control).
 fn connection_families(listeners: &crate::slots::Listeners) -> Vec<MetricFamily> {
@@ -182,18 +207,46 @@ fn connection_families(listeners: &crate::slots::Listeners) -> Vec<MetricFamily>
     vec![open.mf, max.mf, closed.mf]
 }
 
-/// The custom collector: builds every family from the shared state at scrape time.
+/// The custom collector: builds every family from the services at scrape time.
 pub struct TelesinkCollector {
-    pub shared: Arc<Shared>,
+    pub services: Arc<Services>,
     descs: Vec<Desc>,
 }
 
 impl TelesinkCollector {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(services: Arc<Services>) -> Self {
         Self {
-            shared,
+            services,
             descs: Vec::new(),
         }
+    }
+}
+
+/// A family's samples summed by their labels: two MACs of one configured device, or an
+/// address and the device it turned out to be, are one series.
+struct Summed {
+    family: Family_,
+    rows: std::collections::BTreeMap<Vec<(&'static str, String)>, f64>,
+}
+
+impl Summed {
+    fn new(name: &str, help: &str) -> Self {
+        Self {
+            family: Family_::new(name, help, MetricType::COUNTER),
+            rows: Default::default(),
+        }
+    }
+
+    fn add(&mut self, labels: Vec<(&'static str, String)>, v: f64) {
+        *self.rows.entry(labels).or_default() += v;
+    }
+
+    fn done(mut self) -> MetricFamily {
+        for (labels, v) in std::mem::take(&mut self.rows) {
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            self.family.add(&labels, v);
+        }
+        self.family.mf
     }
 }
 
@@ -243,9 +296,8 @@ impl Collector for TelesinkCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         use names::*;
-        let s = &self.shared;
-        let a = &s.applier;
-        let policy = a.current.load_full();
+        let s = &self.services;
+        let policy = s.current.load_full();
         let mut out = Vec::new();
 
         let mut q = Family_::new(
@@ -258,42 +310,48 @@ impl Collector for TelesinkCollector {
         }
         out.push(q.mf);
 
-        let mut b = Family_::new(
+        let mut b = Summed::new(
             DNS_BLOCKED,
             "DNS queries answered with a sinkhole, by client and profile.",
-            MetricType::COUNTER,
         );
-        let mut lo = Family_::new(
+        let mut lo = Summed::new(
             DNS_LOGGED,
             "Queries a log-only profile would have blocked (answered normally), by client and profile.",
-            MetricType::COUNTER,
         );
-        let mut rl = Family_::new(
+        let mut rl = Summed::new(
             DNS_RATE_LIMITED,
             "Queries over the client's rate limit (dropped or refused), by client.",
-            MetricType::COUNTER,
         );
+        // What the query path counted since the last sweep joins the per-device tally
+        // first, so a scrape sees every query answered before it.
+        s.sweep();
+        let devices = &s.devices;
         // Profiles by their number (stable across reloads), not by their position in
         // the snapshot in force: a reload that reorders them moves no count.
         let names = crate::policy::ids::all();
-        for (client, what, n) in s.clients.snapshot() {
+        // What each client label stands for, for `telesink_client_info`.
+        let mut kinds: std::collections::BTreeMap<String, &'static str> = Default::default();
+        for (id, what, n) in devices.tally.dns_rows() {
             use crate::dns::client_counts::Counted;
-            let client =
-                client.map_or_else(|| "other".to_owned(), |ip| s.labels.label(&policy, ip));
-            let (family, id) = match what {
+            let (client, kind) = devices.label(&policy, id.as_ref());
+            kinds.insert(client.clone(), kind.name());
+            let who = vec![("client", client)];
+            let (family, pid) = match what {
                 Counted::RateLimited => {
-                    rl.add(&[("client", &client)], n as f64);
+                    rl.add(who, n as f64);
                     continue;
                 }
-                Counted::Blocked(id) => (&mut b, id),
-                Counted::Logged(id) => (&mut lo, id),
+                Counted::Blocked(pid) => (&mut b, pid),
+                Counted::Logged(pid) => (&mut lo, pid),
             };
-            let name = names.get(id as usize).map_or("other", |n| &**n);
-            family.add(&[("client", &client), ("profile", name)], n as f64);
+            let name = names.get(pid as usize).map_or("other", |n| &**n);
+            let mut labels = who;
+            labels.push(("profile", name.to_owned()));
+            family.add(labels, n as f64);
         }
-        out.push(b.mf);
-        out.push(lo.mf);
-        out.push(rl.mf);
+        out.push(b.done());
+        out.push(lo.done());
+        out.push(rl.done());
         let mut forgotten = Family_::new(
             RATE_LIMIT_FORGOTTEN,
             "Clients the rate limit forgot because its table (server.rate_limit.max_clients) was full.",
@@ -306,30 +364,33 @@ impl Collector for TelesinkCollector {
 
         let mut ov = Family_::new(
             CLIENT_OVERFLOW,
-            "Blocked queries counted as client=\"other\" because the client label limit was reached.",
+            "Counts that went to client=\"other\" because more clients than [metrics] max_clients were active within [identity] forget_after_secs (or between two sweeps).",
             MetricType::COUNTER,
         );
-        ov.add(&[], s.clients.overflow.load(Ordering::Relaxed) as f64);
+        ov.add(
+            &[],
+            (s.clients.overflow.load(Ordering::Relaxed)
+                + devices.tally.overflow.load(Ordering::Relaxed)) as f64,
+        );
         out.push(ov.mf);
+        out.extend(device_families(devices));
 
         // Kernel counters, read now (by the firewall owner thread; the scrape runs on a
         // blocking thread): they only grow, so they are exported as counters.
-        let mut fw = Family_::new(
+        let mut fw = Summed::new(
             FIREWALL_REJECTS,
             "Packets the firewall rejected, by client and profile.",
-            MetricType::COUNTER,
         );
-        let mut by = Family_::new(
+        let mut by = Summed::new(
             BYPASS_ATTEMPTS,
             "DNS bypass attempts stopped by the firewall, by client and kind.",
-            MetricType::COUNTER,
         );
         let accounting = policy
             .plan
             .as_ref()
-            .map(|plan| accounting_sets(plan, &policy))
+            .map(|plan| crate::firewall::plan::accounting_sets(plan, &policy))
             .unwrap_or_default();
-        let read = a
+        let read = s
             .kernel
             .accounting_blocking(
                 accounting
@@ -338,31 +399,59 @@ impl Collector for TelesinkCollector {
                     .collect(),
             )
             .unwrap_or_default();
-        for (a, counts) in accounting.iter().zip(read) {
-            let Ok(counts) = counts else {
-                continue;
-            };
-            let target = if a.metric == FIREWALL_REJECTS {
+        let readings = accounting
+            .iter()
+            .zip(read)
+            .filter_map(|(a, counts)| {
+                Some(crate::devices::Reading {
+                    set: a.set.as_str().into(),
+                    key: crate::devices::AcctKey {
+                        metric: a.metric,
+                        label: a.label,
+                        value: a.value.clone(),
+                    },
+                    counts: counts
+                        .ok()?
+                        .into_iter()
+                        .map(|c| (c.client, c.packets))
+                        .collect(),
+                })
+            })
+            .collect();
+        let now = crate::clock::unix_now();
+        devices
+            .tally
+            .fold_firewall(readings, &mut |ip| devices.identify(&policy, ip, now), now);
+        for (id, key, n) in devices.tally.firewall_rows() {
+            let (client, kind) = devices.label(&policy, id.as_ref());
+            kinds.insert(client.clone(), kind.name());
+            let target = if key.metric == FIREWALL_REJECTS {
                 &mut fw
             } else {
                 &mut by
             };
-            for c in counts {
-                let client = s.labels.label(&policy, c.client);
-                target.add(
-                    &[("client", &client), (a.label, &a.value)],
-                    c.packets as f64,
-                );
-            }
+            target.add(
+                vec![("client", client), (key.label, key.value.to_string())],
+                n as f64,
+            );
         }
-        out.push(fw.mf);
-        out.push(by.mf);
+        out.push(fw.done());
+        out.push(by.done());
+        let mut info = Family_::new(
+            CLIENT_INFO,
+            "What each client label stands for: kind=\"device\" (all addresses of one on-link device, by its MAC), \"address\" (one address: behind a router, the gateway itself, or named as an address) or \"other\".",
+            MetricType::GAUGE,
+        );
+        for (client, kind) in &kinds {
+            info.add(&[("client", client), ("kind", kind)], 1.0);
+        }
+        out.push(info.mf);
 
         // Plain counters of the firewall owner and shadow resolution, present only while
         // the snapshot in force has what they count.
         let mut plain: Vec<(&str, &str, &AtomicU64)> = Vec::new();
         if policy.firewall_on() {
-            let k = &a.kernel.stats;
+            let k = &s.kernel.stats;
             plain.push((
                 FIREWALL_RESTORES,
                 "Times the firewall table was put back after another process removed or flushed it.",
@@ -385,7 +474,7 @@ impl Collector for TelesinkCollector {
             ));
         }
         if policy.learner.is_some() {
-            let n = &a.shadow_counts;
+            let n = &s.shadow_counts;
             plain.extend([
                 (
                     SHADOW_ADDED,
@@ -450,7 +539,7 @@ impl Collector for TelesinkCollector {
                 "Per-client accounting sets found full at the last reading (new addresses are blocked but not counted per client; /health names them).",
                 MetricType::GAUGE,
             );
-            g.add(&[], a.kernel.stats.full_accounting.lock().len() as f64);
+            g.add(&[], s.kernel.stats.full_accounting.lock().len() as f64);
             out.push(g.mf);
         }
         if policy.learner.is_some() {
@@ -461,7 +550,7 @@ impl Collector for TelesinkCollector {
             );
             g.add(
                 &[],
-                a.shadow_counts.names_tracked.load(Ordering::Relaxed) as f64,
+                s.shadow_counts.names_tracked.load(Ordering::Relaxed) as f64,
             );
             out.push(g.mf);
         }
@@ -469,11 +558,11 @@ impl Collector for TelesinkCollector {
         let mut r = Family_::new(RELOADS, "Policy reloads, by result.", MetricType::COUNTER);
         r.add(
             &[("result", "success")],
-            a.reloads.ok.load(Ordering::Relaxed) as f64,
+            s.reloads.ok.load(Ordering::Relaxed) as f64,
         );
         r.add(
             &[("result", "failure")],
-            a.reloads.failed.load(Ordering::Relaxed) as f64,
+            s.reloads.failed.load(Ordering::Relaxed) as f64,
         );
         out.push(r.mf);
 
@@ -490,7 +579,7 @@ impl Collector for TelesinkCollector {
         out.push(gauge(
             LAST_RELOAD,
             "Unix time of the last successful policy load.",
-            a.reloads.last_unix.load(Ordering::Relaxed) as f64,
+            s.reloads.last_unix.load(Ordering::Relaxed) as f64,
         ));
         let (hits, misses) = s.cache.lookups();
         let mut cl = Family_::new(
@@ -501,7 +590,7 @@ impl Collector for TelesinkCollector {
         cl.add(&[("result", "hit")], hits as f64);
         cl.add(&[("result", "miss")], misses as f64);
         out.push(cl.mf);
-        if let Some(h) = a.upstream.latency() {
+        if let Some(h) = s.upstream.latency() {
             out.extend(h.collect());
         }
         out.push(gauge(
@@ -512,7 +601,7 @@ impl Collector for TelesinkCollector {
         out.push(gauge(
             IN_FLIGHT,
             "Queries waiting on an upstream.",
-            (s.in_flight)() as f64,
+            s.in_flight() as f64,
         ));
         out.push(gauge(
             CLIENTS_SEEN,
@@ -551,35 +640,4 @@ impl Collector for TelesinkCollector {
         out.push(bi.mf);
         out
     }
-}
-
-/// The accounting sets of a plan, with the label each one's counters get.
-pub fn accounting_sets(plan: &crate::firewall::Plan, policy: &Policy) -> Vec<AcctSet> {
-    use crate::firewall::plan::{SetKind, set_name};
-    let mut out = Vec::new();
-    for set in plan
-        .sets
-        .iter()
-        .filter(|s| matches!(s.kind, SetKind::Accounting { .. }))
-    {
-        let profile = policy
-            .profiles
-            .iter()
-            .find(|p| set_name("acct_", &p.name, set.family) == set.name)
-            .map(|p| (names::FIREWALL_REJECTS, "profile", p.name.clone()));
-        let bypass = ["dns", "dot", "doh"]
-            .into_iter()
-            .find(|k| set_name("bypass_", k, set.family) == set.name)
-            .map(|k| (names::BYPASS_ATTEMPTS, "kind", k.to_owned()));
-        if let Some((metric, label, value)) = profile.or(bypass) {
-            out.push(AcctSet {
-                set: set.name.clone(),
-                family: set.family,
-                metric,
-                label,
-                value,
-            });
-        }
-    }
-    out
 }

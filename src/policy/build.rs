@@ -240,6 +240,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     let never_learn_zones = b.load_zones(&cfg.config.firewall.shadow.never_learn_zones);
     let (groups, nets, host_names) = b.groups(&profiles);
     let rate = b.rate_rules(&host_names);
+    let devices = b.devices();
     let mut warnings: Vec<String> = profiles
         .iter()
         .enumerate()
@@ -272,7 +273,8 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         groups,
         toggles: super::Toggles::default(),
         clients: ClientTable::new(nets, cfg.config.policy.allowed_clients.clone())
-            .with_names(host_names),
+            .with_names(host_names)
+            .with_devices(devices),
         allow_nets,
         bypass_nets,
         never_learn_nets,
@@ -313,6 +315,77 @@ impl Builder<'_> {
             );
         }
         super::rate::RateRules::new(c, exempt)
+    }
+
+    /// `[[devices]]`: each MAC must parse, and a MAC or network may name one device only.
+    /// The lease files are checked here too, so `check`, start and reload agree.
+    fn devices(&mut self) -> super::devices::DeviceBook {
+        use super::devices::Mac;
+        let mut by_mac: std::collections::HashMap<Mac, Arc<str>> = Default::default();
+        let mut by_addr: Vec<(ipnet::IpNet, Arc<str>)> = Vec::new();
+        let entries = self.cfg.config.devices.clone();
+        for d in &entries {
+            let name: Arc<str> = d.name.get_ref().trim().into();
+            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+                self.fatal(
+                    d.name.span().start,
+                    format!(
+                        "device name {:?}: give 1 to 64 printable characters (it becomes the client label)",
+                        d.name.get_ref()
+                    ),
+                );
+                continue;
+            }
+            if d.macs.is_empty() && d.addresses.is_empty() {
+                self.fatal(
+                    d.name.span().start,
+                    format!("device {name}: give macs = [\"aa:bb:cc:dd:ee:ff\"] or addresses = [\"198.51.100.7\"]"),
+                );
+            }
+            for m in &d.macs {
+                match Mac::parse(m.get_ref()) {
+                    Some(mac) => {
+                        if let Some(other) = by_mac.insert(mac, name.clone())
+                            && other != name
+                        {
+                            self.fatal(
+                                m.span().start,
+                                format!("MAC {mac} names two devices: {other} and {name}; give it to one"),
+                            );
+                        }
+                    }
+                    None => self.fatal(
+                        m.span().start,
+                        format!(
+                            "device {name}: {:?} is not a MAC address; write it as aa:bb:cc:dd:ee:ff",
+                            m.get_ref()
+                        ),
+                    ),
+                }
+            }
+            for net in &d.addresses {
+                if let Some((_, other)) = by_addr.iter().find(|(n, _)| n.trunc() == net.trunc()) {
+                    let message = format!(
+                        "address {net} names two devices: {other} and {name}; give it to one"
+                    );
+                    self.fatal(d.name.span().start, message);
+                }
+                by_addr.push((net.trunc(), name.clone()));
+            }
+        }
+        let lease_files = self.cfg.config.identity.lease_files.clone();
+        for path in &lease_files {
+            if !path.get_ref().is_absolute() {
+                self.fatal(
+                    path.span().start,
+                    format!(
+                        "lease file {}: give an absolute path (the daemon's folder is not the config's)",
+                        path.get_ref().display()
+                    ),
+                );
+            }
+        }
+        super::devices::DeviceBook::new(by_mac, by_addr)
     }
 
     fn fatal(&mut self, offset: usize, message: impl Into<String>) {

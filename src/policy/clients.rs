@@ -12,6 +12,8 @@ pub struct ClientTable {
     allowed: Vec<IpNet>,
     /// Host names from the groups' `hosts`, for metric labels; shared between snapshots.
     names: std::sync::Arc<std::collections::HashMap<IpAddr, String>>,
+    /// The devices `[[devices]]` names; shared between snapshots.
+    pub devices: std::sync::Arc<super::devices::DeviceBook>,
 }
 
 impl ClientTable {
@@ -21,6 +23,7 @@ impl ClientTable {
             nets,
             allowed,
             names: Default::default(),
+            devices: Default::default(),
         }
     }
 
@@ -31,6 +34,11 @@ impl ClientTable {
                 .map(|(ip, n)| (canonical(ip), n))
                 .collect(),
         );
+        self
+    }
+
+    pub fn with_devices(mut self, devices: super::devices::DeviceBook) -> Self {
+        self.devices = std::sync::Arc::new(devices);
         self
     }
 
@@ -68,7 +76,7 @@ impl ClientTable {
 }
 
 /// A v4 client on a dual-stack socket arrives as ::ffff:a.b.c.d; match it as IPv4.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -11,6 +11,10 @@ use super::{Decision, Policy, QName, Verdict};
 pub struct Explanation {
     pub name: String,
     pub client: IpAddr,
+    /// Who the client is counted as (its device, or the address itself), with the kind;
+    /// filled in by the daemon, which knows the neighbour table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     pub group: String,
     pub verdict: String,
     pub profile: Option<String>,
@@ -124,6 +128,7 @@ pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Result<Explanatio
     let base = |verdict: &str| Explanation {
         name: q.as_str().to_owned(),
         client,
+        device: None,
         group: group.clone(),
         verdict: verdict.to_owned(),
         profile: None,
@@ -195,6 +200,9 @@ impl std::fmt::Display for Explanation {
             "{} for client {} (group {}): {}",
             self.name, self.client, self.group, self.verdict
         )?;
+        if let Some(d) = &self.device {
+            writeln!(f, "  counted as: {d}")?;
+        }
         if let (Some(p), Some(m)) = (&self.profile, &self.mode) {
             writeln!(f, "  profile: {p} (answer mode {m})")?;
         }

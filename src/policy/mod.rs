@@ -9,6 +9,7 @@
 
 mod build;
 mod clients;
+pub mod devices;
 mod explain;
 pub mod ids;
 mod index;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use build::{BuildOutcome, BuildProblem, Severity, build, list_search_path};
-pub use clients::ClientTable;
+pub use clients::{ClientTable, canonical as canonical_ip};
 pub use explain::{ExplainError, Explanation, WouldBlock, explain};
 pub use index::{NameIndex, Rule};
 pub use qname::QName;
