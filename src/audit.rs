@@ -24,6 +24,8 @@ pub struct Audit {
     pub services: Arc<Services>,
     /// The last reading of each (set, client) counter.
     seen: parking_lot::Mutex<HashMap<(String, IpAddr), u64>>,
+    /// Addresses whose rows were held for one flush because no device was known for them.
+    held_once: parking_lot::Mutex<std::collections::HashSet<IpAddr>>,
 }
 
 impl Audit {
@@ -32,6 +34,7 @@ impl Audit {
             ledger,
             services,
             seen: Default::default(),
+            held_once: Default::default(),
         })
     }
 
@@ -40,6 +43,25 @@ impl Audit {
     /// pseudonym).
     pub fn label(&self, ip: IpAddr) -> String {
         self.services.label_of(ip).0
+    }
+
+    /// Whether an address's rows wait for the next flush: once, while it is known as no
+    /// device's. The gateway answers a new address only after resolving its neighbour
+    /// entry, and the notification may reach the registry just after this flush; written
+    /// now, the first queries of a new IPv6 temporary address would name the address.
+    fn hold(&self, ip: IpAddr) -> bool {
+        let mut held = self.held_once.lock();
+        if !matches!(
+            self.services.identify(ip),
+            crate::devices::Identity::Address(_)
+        ) {
+            held.remove(&ip);
+            return false;
+        }
+        if held.len() > 65_536 {
+            held.clear();
+        }
+        held.insert(ip)
     }
 
     /// The accounting sets of the table in force with their counters now. Blocking.
@@ -92,7 +114,7 @@ impl Audit {
     /// One round: firewall counters in, aggregate out to the file. Blocking.
     pub fn flush(&self) {
         self.read_firewall();
-        if let Err(e) = self.ledger.flush(&|ip| self.label(ip)) {
+        if let Err(e) = self.ledger.flush(&|ip| self.label(ip), &|ip| self.hold(ip)) {
             warn!("evidence: {e}; the counts are kept for the next flush");
         }
     }

@@ -133,7 +133,11 @@ impl Services {
             )),
             limiter: Arc::new(Limiter::new(c.server.rate_limit.max_clients)),
             outcomes: Arc::default(),
-            clients: Arc::new(ClientCounts::new(c.metrics.max_clients)),
+            // Addresses counted between two sweeps (10 s): every address of max_clients
+            // devices, several each (IPv4, temporary IPv6), with room to spare.
+            clients: Arc::new(ClientCounts::new(
+                c.metrics.max_clients.saturating_mul(16).max(16_384),
+            )),
             devices: Arc::new(Devices::new(c, labels)),
             ledger_missing: c.evidence.enabled && ledger.is_none(),
             ledger,
@@ -173,6 +177,7 @@ impl Services {
         devices.tally.sweep(
             &self.clients,
             &mut |ip| devices.identify(&policy, ip, now),
+            devices.enabled(),
             now,
         );
     }

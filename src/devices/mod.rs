@@ -127,6 +127,11 @@ impl Devices {
         }
     }
 
+    /// Whether device identity is on (`[identity] devices`).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
     /// Who `ip` is now: a `[[devices]]` or `hosts` address stays itself (the admin named
     /// it); else its device, if the neighbour table or a lease says; else itself.
     pub fn identify(&self, policy: &Policy, ip: IpAddr, now: u64) -> Identity {

@@ -48,6 +48,10 @@ struct Inner {
     other_firewall: HashMap<AcctKey, u64>,
     /// The last kernel reading of each (set, address).
     kernel: HashMap<(Arc<str>, IpAddr), u64>,
+    /// Counts of addresses not known as a device's at their first sweep, held for the
+    /// next one (`sweep` says why), and the addresses held once already.
+    held: Vec<(IpAddr, Counted, u64)>,
+    held_once: std::collections::HashSet<IpAddr>,
 }
 
 pub struct Tally {
@@ -92,17 +96,51 @@ impl Tally {
     }
 
     /// Moves the query path's counts in, under each address's identity.
-    pub fn sweep(&self, counts: &ClientCounts, who: &mut dyn FnMut(IpAddr) -> Identity, now: u64) {
+    ///
+    /// An address new to the tally and not (yet) known as a device's is held for one
+    /// sweep: the gateway answers a new address only after resolving its neighbour entry,
+    /// and the notification of that entry may reach the registry just after this sweep;
+    /// counted now, the first queries of a new IPv6 temporary address would stay under
+    /// the address. Held counts show one sweep (10 s, or the next scrape) later.
+    /// Only with `hold_new` (device identity on), and never for loopback addresses,
+    /// which have no neighbour entry.
+    pub fn sweep(
+        &self,
+        counts: &ClientCounts,
+        who: &mut dyn FnMut(IpAddr) -> Identity,
+        hold_new: bool,
+        now: u64,
+    ) {
         let mut moved: Vec<(Option<IpAddr>, Counted, u64)> = Vec::new();
         counts.drain(&mut |ip, what, n| moved.push((ip, what, n)));
+        let held = std::mem::take(&mut self.inner.lock().held);
+        moved.extend(held.into_iter().map(|(ip, what, n)| (Some(ip), what, n)));
         // Who each address is, before the lock: `who` takes the device registry's.
-        let ids: Vec<(Option<Identity>, Counted, u64)> = moved
+        let ids: Vec<(Option<IpAddr>, Option<Identity>, Counted, u64)> = moved
             .into_iter()
-            .map(|(ip, what, n)| (ip.map(&mut *who), what, n))
+            .map(|(ip, what, n)| (ip, ip.map(&mut *who), what, n))
             .collect();
         let mut inner = self.inner.lock();
         self.expire(&mut inner, now);
-        for (id, what, n) in ids {
+        let mut ready = Vec::with_capacity(ids.len());
+        for (ip, id, what, n) in ids {
+            if let (true, Some(ip), Some(id @ Identity::Address(_))) = (hold_new, ip, id)
+                && !ip.is_loopback()
+                && !inner.seen.contains_key(&id)
+            {
+                if inner.held_once.insert(ip) {
+                    inner.held.push((ip, what, n));
+                    continue;
+                }
+            } else if let Some(ip) = ip {
+                inner.held_once.remove(&ip);
+            }
+            ready.push((id, what, n));
+        }
+        if inner.held_once.len() > 4 * self.max.max(16_384) {
+            inner.held_once.clear();
+        }
+        for (id, what, n) in ready {
             match id.filter(|id| self.admit(&mut inner, *id, now)) {
                 Some(id) => *inner.dns.entry((id, what)).or_default() += n,
                 None => {
@@ -252,11 +290,19 @@ mod tests {
         };
         // One device on two addresses, a day apart; one address-only client.
         counts.blocked(ip(1), 1);
-        tally.sweep(&counts, &mut who, 1000);
+        tally.sweep(&counts, &mut who, true, 1000);
         counts.blocked(ip(2), 1);
         counts.blocked(ip(2), 1);
         counts.blocked(ip(3), 1);
-        tally.sweep(&counts, &mut who, 1010);
+        tally.sweep(&counts, &mut who, true, 1010);
+        // ip(3) is new and not a device's: held for one sweep.
+        assert!(
+            tally
+                .dns_rows()
+                .iter()
+                .all(|r| r.0 != Some(Identity::Address(ip(3))))
+        );
+        tally.sweep(&counts, &mut who, true, 1010);
         let rows = tally.dns_rows();
         let of = |id: Option<Identity>| {
             rows.iter()
@@ -269,14 +315,16 @@ mod tests {
         // Both places taken by active clients: a newcomer is "other", counted.
         counts.blocked(ip(4), 1);
         let mut who4 = |a: IpAddr| Identity::Address(a);
-        tally.sweep(&counts, &mut who4, 1050);
+        tally.sweep(&counts, &mut who4, true, 1050);
+        tally.sweep(&counts, &mut who4, true, 1050);
         assert_eq!(tally.overflow.load(Ordering::Relaxed), 1);
         // Past forget_after for the device (last seen 1010): it makes room.
         counts.blocked(ip(4), 1);
         counts.blocked(ip(3), 1);
-        tally.sweep(&counts, &mut who4, 1105);
+        tally.sweep(&counts, &mut who4, true, 1105);
         counts.blocked(ip(5), 1);
-        tally.sweep(&counts, &mut who4, 1111);
+        tally.sweep(&counts, &mut who4, true, 1111);
+        tally.sweep(&counts, &mut who4, true, 1111);
         let rows = tally.dns_rows();
         assert!(rows.iter().all(|r| r.0 != Some(dev)), "{rows:?}");
         assert!(rows.iter().any(|r| r.0 == Some(Identity::Address(ip(5)))));

@@ -130,9 +130,22 @@ impl Ledger {
     /// Writes what was counted since the last flush, and any recovery file a stop left,
     /// in one transaction each; on failure the rows go back into the aggregate for the
     /// next flush, which opens the file anew. Blocking: call it off the runtime's workers.
-    pub fn flush(&self, label: &dyn Fn(IpAddr) -> String) -> Result<usize, StoreError> {
+    /// Rows of a client `hold` names stay for the next flush (an address whose device is
+    /// not known yet: src/audit.rs).
+    pub fn flush(
+        &self,
+        label: &dyn Fn(IpAddr) -> String,
+        hold: &dyn Fn(IpAddr) -> bool,
+    ) -> Result<usize, StoreError> {
         let today = (crate::clock::unix_now() / 86_400) as u32;
-        let rows = self.aggregate.drain(today);
+        let (held, rows): (Vec<Row>, Vec<Row>) = self
+            .aggregate
+            .drain(today)
+            .into_iter()
+            .partition(|r| hold(r.client));
+        if !held.is_empty() {
+            self.aggregate.restore(held);
+        }
         let retention = self.retention_days;
         let changes = std::mem::take(&mut *self.changes.lock());
         let written = self.write(|store| {
@@ -218,7 +231,7 @@ impl Ledger {
         label: &dyn Fn(IpAddr) -> String,
         f: impl FnOnce(&mut Store) -> Result<T, E>,
     ) -> Result<T, E> {
-        self.flush(label)?;
+        self.flush(label, &|_| false)?;
         let mut slot = self.store.lock();
         // The flush just succeeded, so the connection is there.
         let store = match slot.as_mut() {
@@ -263,7 +276,7 @@ impl Ledger {
     /// At stop: the last flush; what it could not write goes to a recovery file beside
     /// the ledger (written into it at the next start). Returns what to tell the admin.
     pub fn stop(&self, label: &dyn Fn(IpAddr) -> String) -> Result<String, String> {
-        let error = match self.flush(label) {
+        let error = match self.flush(label, &|_| false) {
             Ok(n) => return Ok(format!("evidence: {n} rows written at stop")),
             Err(e) => e,
         };
