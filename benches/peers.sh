@@ -169,6 +169,13 @@ done
 for v in evoff evon; do
   sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
 done
+# Device identity's cost: off, and on (the default): the query path counts by address
+# either way; identity is looked up when counts are read.
+for v in dvoff dvon; do
+  sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
+done
+printf '[identity]\ndevices = false\n' >> "$work/telesink-dvoff.toml"
+printf '[identity]\ndevices = true\n' >> "$work/telesink-dvon.toml"
 printf '[evidence]\nenabled = false\n' >> "$work/telesink-evoff.toml"
 printf '[evidence]\nenabled = true\npath = "%s/evidence-evon.sqlite"\n' "$work" >> "$work/telesink-evon.toml"
 printf '[server.rate_limit]\nenabled = false\n' >> "$work/telesink-rloff.toml"
@@ -265,7 +272,7 @@ fi
 # Rate limiter on and off, and the evidence ledger off and on, alternating, blocked names
 # (their worst case: nothing else costs).
 for run in $(seq "$RUNS"); do
-  for v in rloff rlon evoff evon; do
+  for v in rloff rlon evoff evon dvoff dvon; do
     start telesink $v h1.bench.test 192.0.2.2
     measure "telesink-$v" "$PID" 55302 "$work/blocked.q" blocked "$run"
     kill "$PID"; wait "$PID" 2>/dev/null || true
@@ -405,6 +412,7 @@ def on_off(title, what, tag):
     print(f"\nQPS ratio on/off: {on[0] / off[0]:.3f}")
 on_off("Rate limiter cost (blocked names, every query through a bucket)", "limit", "rl")
 on_off("Evidence ledger cost (blocked names, every query counted into the aggregate)", "ledger", "ev")
+on_off("Device identity cost (blocked names; identity looked up at scrape and flush, not per query)", "devices", "dv")
 print("\n## Live changes under a steady stream (telesink)\n")
 for r in rows:
     if r[0] == "live":

@@ -541,3 +541,29 @@ fn a_missing_socket_group_fails_check() {
         "{out}"
     );
 }
+
+#[test]
+fn devices_are_checked_with_file_and_line_and_the_fix() {
+    let config = format!(
+        "{GOOD}\n[identity]\nlease_files = [\"relative.leases\"]\n\n[[devices]]\nname = \"laptop\"\nmacs = [\"02:00:5e:10:00:01\", \"not-a-mac\"]\n\n[[devices]]\nname = \"other\"\nmacs = [\"02-00-5E-10-00-01\"]\n\n[[devices]]\nname = \"empty\"\n"
+    );
+    let (_d, cfg) = dir_with(&config, "a.example\n");
+    let (ok, out) = check(&cfg);
+    assert!(!ok, "{out}");
+    // The bad MAC at its line, with the spelling that works.
+    assert!(
+        out.contains("telesink.toml:14: device laptop: \"not-a-mac\" is not a MAC address; write it as aa:bb:cc:dd:ee:ff"),
+        "{out}"
+    );
+    // One MAC for two devices (any spelling), a device with neither MACs nor addresses,
+    // a relative lease file.
+    assert!(
+        out.contains("MAC 02:00:5e:10:00:01 names two devices: laptop and other"),
+        "{out}"
+    );
+    assert!(out.contains("device empty: give macs"), "{out}");
+    assert!(
+        out.contains("lease file relative.leases: give an absolute path"),
+        "{out}"
+    );
+}

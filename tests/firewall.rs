@@ -774,16 +774,24 @@ fn firewall_rejects_per_client_reach_the_metrics() {
         &t.gateway,
         "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9153/metrics').read().decode())\"",
     );
+    // The client is on-link: it is counted as its device, by the MAC the gateway's
+    // neighbour table has for it (docs/METRICS.md, "What a client label is").
+    let mac = t
+        .sh(&t.client, "cat /sys/class/net/c0/address")
+        .trim()
+        .to_owned();
     let want = format!(
-        "telesink_firewall_rejects_total{{client=\"{CLIENT_IP}\",profile=\"legacy-ip-telemetry\"}} 3"
+        "telesink_firewall_rejects_total{{client=\"{mac}\",profile=\"legacy-ip-telemetry\"}} 3"
     );
     assert!(
         body.contains(&want),
         "missing {want}:\n{body}\n{}",
         daemon.log()
     );
-    let bypass = format!("telesink_bypass_attempts_total{{client=\"{CLIENT_IP}\",kind=\"dns\"}} 1");
+    let bypass = format!("telesink_bypass_attempts_total{{client=\"{mac}\",kind=\"dns\"}} 1");
     assert!(body.contains(&bypass), "missing {bypass}:\n{body}");
+    let kind = format!("telesink_client_info{{client=\"{mac}\",kind=\"device\"}} 1");
+    assert!(body.contains(&kind), "missing {kind}:\n{body}");
 }
 
 /// A runtime toggle reaches the firewall in the same change as DNS: disabling the profile
@@ -1760,7 +1768,9 @@ fn the_ledger_records_every_layer_per_client_exactly_across_a_restart() {
         "telesink.toml",
         &shadow_config("tele.list", false).replace(
             "lists = [\"tele.list\"]\n",
-            "lists = [\"tele.list\"]\ncidrs = [\"tele.cidrs\"]\n[profiles.strict]\nobserved = true\nlists = [\"strict.list\"]\n[firewall.bypass]\nenabled = true\ndns = true\n[evidence]\nflush_secs = 1\n",
+            // Both client addresses are on one interface, so one device: this test
+            // counts per address (device identity off); tests/month.rs counts devices.
+            "lists = [\"tele.list\"]\ncidrs = [\"tele.cidrs\"]\n[profiles.strict]\nobserved = true\nlists = [\"strict.list\"]\n[firewall.bypass]\nenabled = true\ndns = true\n[evidence]\nflush_secs = 1\n[identity]\ndevices = false\n",
         ),
     );
     let daemon = Daemon::start(&t, &dir, &cfg);
