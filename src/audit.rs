@@ -24,8 +24,9 @@ pub struct Audit {
     pub services: Arc<Services>,
     /// The last reading of each (set, client) counter.
     seen: parking_lot::Mutex<HashMap<(String, IpAddr), u64>>,
-    /// Addresses whose rows were held for one flush because no device was known for them.
-    held_once: parking_lot::Mutex<std::collections::HashSet<IpAddr>>,
+    /// Rows of an address not known as a device's wait one flush, once
+    /// (src/devices/hold.rs).
+    hold: crate::devices::HoldOnce,
 }
 
 impl Audit {
@@ -34,7 +35,7 @@ impl Audit {
             ledger,
             services,
             seen: Default::default(),
-            held_once: Default::default(),
+            hold: Default::default(),
         })
     }
 
@@ -45,23 +46,10 @@ impl Audit {
         self.services.label_of(ip).0
     }
 
-    /// Whether an address's rows wait for the next flush: once, while it is known as no
-    /// device's. The gateway answers a new address only after resolving its neighbour
-    /// entry, and the notification may reach the registry just after this flush; written
-    /// now, the first queries of a new IPv6 temporary address would name the address.
+    /// Whether an address's rows wait for the next flush (src/devices/hold.rs).
     fn hold(&self, ip: IpAddr) -> bool {
-        let mut held = self.held_once.lock();
-        if !matches!(
-            self.services.identify(ip),
-            crate::devices::Identity::Address(_)
-        ) {
-            held.remove(&ip);
-            return false;
-        }
-        if held.len() > 65_536 {
-            held.clear();
-        }
-        held.insert(ip)
+        let on = self.services.devices.enabled();
+        self.hold.hold(ip, &self.services.identify(ip), on)
     }
 
     /// The accounting sets of the table in force with their counters now. Blocking.
@@ -114,6 +102,7 @@ impl Audit {
     /// One round: firewall counters in, aggregate out to the file. Blocking.
     pub fn flush(&self) {
         self.read_firewall();
+        self.hold.next_round();
         if let Err(e) = self.ledger.flush(&|ip| self.label(ip), &|ip| self.hold(ip)) {
             warn!("evidence: {e}; the counts are kept for the next flush");
         }

@@ -156,10 +156,6 @@ impl Services {
         self.devices.take(&new.config.config);
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.load_full()
-    }
-
     /// Queries waiting on an upstream.
     pub fn in_flight(&self) -> usize {
         self.max_in_flight

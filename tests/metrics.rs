@@ -87,20 +87,9 @@ fn per_client_blocked_counts_match_what_was_sent() {
     assert_eq!((status, health.trim()), (200, "ready"));
     assert_eq!(get(addr, "/nope").0, 404);
     if require("promtool") {
-        let mut child = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut promtool = std::process::Command::new("promtool");
+        promtool.args(["check", "metrics"]);
+        let out = with_stdin(promtool, body.as_bytes());
         assert!(
             out.status.success(),
             "promtool: {}{}",

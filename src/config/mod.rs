@@ -105,11 +105,13 @@ impl Default for ControlConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientLabels {
-    /// The host's name from a group's `hosts`, else its address.
+    /// A configured name (`[[devices]]`, a group's `hosts`), else a lease's host name,
+    /// else the device's MAC or the address (docs/METRICS.md, "What a client label is").
     #[default]
     Address,
-    /// The host's name from a group's `hosts`, else a keyed hash of the address that is
-    /// stable across restarts (for sites that must not expose addresses).
+    /// A configured name, else a keyed hash of the MAC (`m-`) or the address (`h-`),
+    /// stable across restarts (for sites that must not expose who is who); lease host
+    /// names are not used.
     Pseudonym,
 }
 
@@ -119,7 +121,8 @@ pub enum ClientLabels {
 pub struct MetricsConfig {
     /// Where /metrics and /health are served; absent: no endpoint.
     pub listen: Option<SocketAddr>,
-    /// Distinct client labels at most; later clients are counted as client="other".
+    /// Client labels at most, kept by recency: one not seen for `[identity]
+    /// forget_after_secs` makes room; client="other" only while more are active.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
     #[serde(default)]

@@ -11,6 +11,7 @@
 //! poll). docs/METRICS.md, "What a client label is", says what a label is and how long
 //! it lives.
 
+pub mod hold;
 pub mod labels;
 pub mod leases;
 pub mod neigh;
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+pub use hold::HoldOnce;
 pub use labels::{Identity, KeyError, Kind, Labeler};
 use neigh::NeighbourStats;
 use registry::Registry;

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use super::hold::HoldOnce;
 use super::labels::Identity;
 use crate::dns::client_counts::{ClientCounts, Counted};
 
@@ -48,14 +49,14 @@ struct Inner {
     other_firewall: HashMap<AcctKey, u64>,
     /// The last kernel reading of each (set, address).
     kernel: HashMap<(Arc<str>, IpAddr), u64>,
-    /// Counts of addresses not known as a device's at their first sweep, held for the
-    /// next one (`sweep` says why), and the addresses held once already.
+    /// Counts of addresses not known as a device's at their first sweep, waiting for
+    /// the next one (src/devices/hold.rs).
     held: Vec<(IpAddr, Counted, u64)>,
-    held_once: std::collections::HashSet<IpAddr>,
 }
 
 pub struct Tally {
     inner: Mutex<Inner>,
+    hold: HoldOnce,
     max: usize,
     forget_after: AtomicU64,
     /// Counts that went to client="other" because `max` identities were active.
@@ -70,6 +71,7 @@ impl Tally {
     pub fn new(max: usize, forget_after_secs: u64) -> Self {
         Self {
             inner: Mutex::default(),
+            hold: HoldOnce::default(),
             max: max.max(1),
             forget_after: AtomicU64::new(forget_after_secs),
             overflow: AtomicU64::new(0),
@@ -95,20 +97,14 @@ impl Tally {
         self.len() == 0
     }
 
-    /// Moves the query path's counts in, under each address's identity.
-    ///
-    /// An address new to the tally and not (yet) known as a device's is held for one
-    /// sweep: the gateway answers a new address only after resolving its neighbour entry,
-    /// and the notification of that entry may reach the registry just after this sweep;
-    /// counted now, the first queries of a new IPv6 temporary address would stay under
-    /// the address. Held counts show one sweep (10 s, or the next scrape) later.
-    /// Only with `hold_new` (device identity on), and never for loopback addresses,
-    /// which have no neighbour entry.
+    /// Moves the query path's counts in, under each address's identity. An address not
+    /// known as a device's the first time waits one sweep (src/devices/hold.rs; only
+    /// with `identity_on`).
     pub fn sweep(
         &self,
         counts: &ClientCounts,
         who: &mut dyn FnMut(IpAddr) -> Identity,
-        hold_new: bool,
+        identity_on: bool,
         now: u64,
     ) {
         let mut moved: Vec<(Option<IpAddr>, Counted, u64)> = Vec::new();
@@ -123,22 +119,15 @@ impl Tally {
         let mut inner = self.inner.lock();
         self.expire(&mut inner, now);
         let mut ready = Vec::with_capacity(ids.len());
+        self.hold.next_round();
         for (ip, id, what, n) in ids {
-            if let (true, Some(ip), Some(id @ Identity::Address(_))) = (hold_new, ip, id)
-                && !ip.is_loopback()
-                && !inner.seen.contains_key(&id)
+            if let (Some(ip), Some(id)) = (ip, &id)
+                && self.hold.hold(ip, id, identity_on)
             {
-                if inner.held_once.insert(ip) {
-                    inner.held.push((ip, what, n));
-                    continue;
-                }
-            } else if let Some(ip) = ip {
-                inner.held_once.remove(&ip);
+                inner.held.push((ip, what, n));
+                continue;
             }
             ready.push((id, what, n));
-        }
-        if inner.held_once.len() > 4 * self.max.max(16_384) {
-            inner.held_once.clear();
         }
         for (id, what, n) in ready {
             match id.filter(|id| self.admit(&mut inner, *id, now)) {

@@ -3,7 +3,8 @@
 //! lookup of which device the address is. `drain` hands the counts on (to
 //! src/devices/tally.rs, which keeps them by device) and forgets addresses that counted
 //! nothing since the drain before, so this table holds only the addresses active between
-//! two sweeps, at most `max_clients` (beyond that `client="other"`, counted). Sharded by
+//! two sweeps, at most the bound it is built with (src/services.rs: 16 x `max_clients`;
+//! beyond it `client="other"`, counted). Sharded by
 //! address so two cores rarely meet on one lock; no allocation once a client is known.
 
 use std::collections::HashMap;

@@ -32,12 +32,6 @@ impl Mac {
         let bytes: [u8; 6] = b.try_into().ok()?;
         (bytes != [0; 6]).then_some(Mac(bytes))
     }
-
-    /// A locally administered address: what phones and laptops use for a randomised,
-    /// per-network Wi-Fi MAC (docs/METRICS.md).
-    pub fn is_local(&self) -> bool {
-        self.0[0] & 0x02 != 0
-    }
 }
 
 impl fmt::Display for Mac {
@@ -94,7 +88,6 @@ mod tests {
         let m = Mac::parse("02:00:5E:10:00:01").unwrap();
         assert_eq!(m.to_string(), "02:00:5e:10:00:01");
         assert_eq!(Mac::parse("02-00-5e-10-00-01"), Some(m));
-        assert!(m.is_local());
         for bad in [
             "02:00:5e:10:00",
             "02:00:5e:10:00:01:02",

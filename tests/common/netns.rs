@@ -32,6 +32,20 @@ fn run(args: &[&str]) {
     );
 }
 
+/// Runs a shell command (`sh -c`) in a namespace; panics on failure.
+pub fn sh(ns: &str, script: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", script])
+        .output()
+        .expect("ip netns exec");
+    assert!(
+        out.status.success(),
+        "in {ns}: {script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub struct Topology {
     pub client: String,
     pub gateway: String,
@@ -79,16 +93,7 @@ impl Topology {
 
     /// Runs a shell command in a namespace; panics on failure.
     pub fn sh(&self, ns: &str, script: &str) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "sh", "-c", script])
-            .output()
-            .expect("ip netns exec");
-        assert!(
-            out.status.success(),
-            "in {ns}: {script}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        sh(ns, script)
     }
 
     /// Starts a long-running process in a namespace; it is killed on drop.
