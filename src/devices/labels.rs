@@ -98,8 +98,18 @@ impl Labeler {
     /// The label of a device: the `[[devices]]` name of its MAC, else the host name of its
     /// lease (not with pseudonyms), else the MAC or its pseudonym.
     pub fn device(&self, policy: &Policy, mac: &Mac, lease_name: Option<&str>) -> String {
-        if let Some(name) = policy.clients.devices.name_of_mac(mac) {
-            return name.to_string();
+        let configured = policy.clients.devices.name_of_mac(mac);
+        self.device_label(configured.map(|n| &**n), mac, lease_name)
+    }
+
+    fn device_label(
+        &self,
+        configured: Option<&str>,
+        mac: &Mac,
+        lease_name: Option<&str>,
+    ) -> String {
+        if let Some(name) = configured {
+            return name.to_owned();
         }
         if let Some(hashed) = self.hashed("m", &mac.0) {
             return hashed;
@@ -150,4 +160,35 @@ fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 16]> {
     }
     crate::durable::write_with_mode(path, &key, 0o600)?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_is_its_configured_name_else_lease_else_mac_and_pseudonyms_hide_both() {
+        let mac = Mac([2, 0, 0x5e, 0x10, 0, 1]);
+        let plain = Labeler { key: None };
+        assert_eq!(
+            plain.device_label(Some("desk"), &mac, Some("laptop")),
+            "desk"
+        );
+        assert_eq!(plain.device_label(None, &mac, Some("laptop")), "laptop");
+        assert_eq!(plain.device_label(None, &mac, None), "02:00:5e:10:00:01");
+        let hidden = Labeler { key: Some([7; 16]) };
+        assert_eq!(
+            hidden.device_label(Some("desk"), &mac, Some("laptop")),
+            "desk"
+        );
+        let label = hidden.device_label(None, &mac, Some("laptop"));
+        assert!(label.starts_with("m-") && label.len() == 18, "{label}");
+        assert_eq!(label, hidden.device_label(None, &mac, None));
+        assert_ne!(
+            label,
+            hidden.device_label(None, &Mac([2, 0, 0x5e, 0x10, 0, 2]), None)
+        );
+        let other_key = Labeler { key: Some([8; 16]) };
+        assert_ne!(label, other_key.device_label(None, &mac, None));
+    }
 }
