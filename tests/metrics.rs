@@ -131,6 +131,19 @@ fn clients_beyond_max_clients_are_counted_as_other() {
         "{body}"
     );
     assert!(!body.contains("127.0.0.3"), "{body}");
+    // Said, not only counted: /health and status name it.
+    let (code, health) = get(addr, "/health");
+    assert_eq!(code, 503, "{health}");
+    assert!(
+        health.contains("than [metrics] max_clients (1): some were counted as client=\"other\""),
+        "{health}"
+    );
+    let (ok, status, err) = ts.ctl(&["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        status.contains("2 counts went to client=\"other\""),
+        "{status}"
+    );
 }
 
 #[test]
