@@ -29,77 +29,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}; SECS=${SECS:-5}; BIG=${BIG:-1000000}; RATE=${RATE:-20000}
 want=(dnsperf unbound dnsmasq-base knot dnsutils python3)
-missing=()
-for p in "${want[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
-if ((${#missing[@]})); then
-  sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-cargo build --release --locked -q
-bin=$PWD/target/release/telesink
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+source benches/setup.sh
 
-python3 - "$work" "$BIG" <<'PY'
-import random, sys
-work, big = sys.argv[1], int(sys.argv[2])
-r = random.Random(20261126)
-words = ["ads","track","metrics","telemetry","stats","pixel","cdn","api","events","collect","beacon","log",
-         "sync","edge","data","report","watson","vortex","nexus","self","browser","pipe","mobile","settings"]
-tlds = ["com","net","org","io","de","nl","co.uk","info","fr","xyz"]
-def names(n, seen):
-    out = []
-    while len(out) < n:
-        labels = [f"{r.choice(words)}{r.randrange(1000)}" for _ in range(1 + r.randrange(3))]
-        name = ".".join(labels + [f"{r.choice(words)}-{r.randrange(100000)}", r.choice(tlds)])
-        if name not in seen:
-            seen.add(name); out.append(name)
-    return out
-seen = set()
-small = names(1000, seen)
-large = names(big, seen) if big else []
-def write_lists(tag, ns):
-    suffix = set(range(0, len(ns), 20))
-    with open(f"{work}/{tag}.list", "w") as f:
-        for i, n in enumerate(ns):
-            f.write(("*." if i in suffix else "") + n + "\n")
-    with open(f"{work}/unbound-{tag}.conf", "w") as f:
-        f.write("server:\n")
-        for n in ns:
-            f.write(f'  local-zone: "{n}." always_null\n')
-    with open(f"{work}/dnsmasq-{tag}.conf", "w") as f:
-        for n in ns:
-            f.write(f"address=/{n}/0.0.0.0\naddress=/{n}/::\n")
-    qs = [("sub." if i in suffix else "") + n for i, n in enumerate(ns)]
-    return qs
-blocked = write_lists("small", small)
-with open(f"{work}/blocked.q", "w") as f:
-    f.writelines(f"{q} A\n" for q in blocked)
-if big:
-    bq = write_lists("big", large)
-    sample = r.sample(bq, min(100000, len(bq)))
-    with open(f"{work}/big-blocked.q", "w") as f:
-        f.writelines(f"{q} A\n" for q in sample)
-    with open(f"{work}/probe-big", "w") as f:
-        f.write(bq[1] + "\n")
-cached = [f"h{i}.bench.test" for i in range(1000)]
-with open(f"{work}/cached.q", "w") as f:
-    f.writelines(f"{q} A\n" for q in cached)
-with open(f"{work}/miss.q", "w") as f:
-    f.writelines(f"m{i}.miss.bench.test A\n" for i in range(300000))
-with open(f"{work}/mix.q", "w") as f:
-    for i in range(100000):
-        x = r.random()
-        q = r.choice(blocked) if x < 0.30 else (r.choice(cached) if x < 0.95 else f"x{i}.miss.bench.test")
-        f.write(f"{q} A\n")
-with open(f"{work}/zone", "w") as f:
-    f.write("$ORIGIN bench.test.\n$TTL 3600\n@ SOA ns h 1 3600 600 86400 3600\n@ NS ns\nns A 127.0.0.1\n")
-    f.write("stale A 192.0.2.250\n*.miss 0 A 192.0.2.251\n")
-    for i in range(1000):
-        f.write(f"h{i} A 192.0.2.{i % 250 + 1}\n")
-PY
+python3 benches/workload.py "$work" "$BIG"
 
 kport=55301
 cat > "$work/knot.conf" <<K
@@ -174,6 +106,15 @@ done
 for v in dvoff dvon; do
   sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
 done
+# The budget: the default configuration with every default-on feature doing its
+# per-query work (the ledger, device identity, and the rate limiter with dnsperf's
+# 127.0.0.1 not exempt, so every query goes through a bucket), against the bare one with
+# all of them off. It may cost at most 3% (issue 27).
+for v in bare default; do
+  sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
+done
+printf '[identity]\ndevices = false\n[evidence]\nenabled = false\n[server.rate_limit]\nenabled = false\n' >> "$work/telesink-bare.toml"
+printf '[evidence]\npath = "%s/evidence-default.sqlite"\n[server.rate_limit]\nexempt_gateway = false\nqueries_per_sec = 100000000\nburst = 100000000\n' "$work" >> "$work/telesink-default.toml"
 printf '[identity]\ndevices = false\n' >> "$work/telesink-dvoff.toml"
 printf '[identity]\ndevices = true\n' >> "$work/telesink-dvon.toml"
 printf '[evidence]\nenabled = false\n' >> "$work/telesink-evoff.toml"
@@ -272,7 +213,7 @@ fi
 # Rate limiter on and off, and the evidence ledger off and on, alternating, blocked names
 # (their worst case: nothing else costs).
 for run in $(seq "$RUNS"); do
-  for v in rloff rlon evoff evon dvoff dvon; do
+  for v in rloff rlon evoff evon dvoff dvon bare default; do
     start telesink $v h1.bench.test 192.0.2.2
     measure "telesink-$v" "$PID" 55302 "$work/blocked.q" blocked "$run"
     kill "$PID"; wait "$PID" 2>/dev/null || true
@@ -413,6 +354,19 @@ def on_off(title, what, tag):
 on_off("Rate limiter cost (blocked names, every query through a bucket)", "limit", "rl")
 on_off("Evidence ledger cost (blocked names, every query counted into the aggregate)", "ledger", "ev")
 on_off("Device identity cost (blocked names; identity looked up at scrape and flush, not per query)", "devices", "dv")
+bare, default = med("telesink-bare", "blocked", "qps"), med("telesink-default", "blocked", "qps")
+if bare and default:
+    print("\n## Budget: default configuration against the bare one (blocked names)\n")
+    print("| telesink | QPS median [min-max] | CPU us/query |\n|---|---|---|")
+    for v in ["bare", "default"]:
+        q, c = med(f"telesink-{v}", "blocked", "qps"), med(f"telesink-{v}", "blocked", "cpu")
+        print(f"| {v} | {q[0]:.0f} [{q[1]:.0f}-{q[2]:.0f}] | {c[0]:.2f} |")
+    ratio = default[0] / bare[0]
+    cost = (1 - ratio) * 100
+    if ratio >= 0.97:
+        print(f"\nBUDGET OK: default/bare QPS {ratio:.3f} (the default costs {cost:.1f}%, at most 3% allowed)")
+    else:
+        print(f"\n!!! BUDGET EXCEEDED !!! default/bare QPS {ratio:.3f}: the default configuration costs {cost:.1f}%, more than the 3% allowed (issue 27)")
 print("\n## Live changes under a steady stream (telesink)\n")
 for r in rows:
     if r[0] == "live":

@@ -36,4 +36,5 @@ pub mod shadow;
 pub mod slots;
 pub mod snapshot;
 pub mod state;
+pub mod stripe;
 pub mod suggest;

@@ -1,6 +1,7 @@
 //! Metric names, one place: the code, the tests and docs/METRICS.md use these.
 
 pub const DNS_QUERIES: &str = "telesink_dns_queries_total";
+pub const DNS_ANSWER_PATHS: &str = "telesink_dns_answer_path_total";
 pub const DNS_BLOCKED: &str = "telesink_dns_blocked_total";
 pub const FIREWALL_REJECTS: &str = "telesink_firewall_rejects_total";
 pub const BYPASS_ATTEMPTS: &str = "telesink_bypass_attempts_total";

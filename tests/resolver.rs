@@ -985,3 +985,130 @@ fn cname_cloaking_respects_the_allow_rule_of_the_queried_name() {
     // No allow rule for cloak.test: cloaking still blocks it.
     assert_eq!(addrs(&ts.q("cloak.test", RecordType::A)), ["0.0.0.0"]);
 }
+
+/// The first answer to a blocked name is made from the request's bytes (src/dns/direct.rs),
+/// not through hickory-server's message types; it must be the answer the full path sends,
+/// byte for byte. Every request below is new to the fast daemon (its first answer) and is
+/// sent once to a daemon with `udp_fast_path = false`; the fast daemon's metrics must show
+/// the direct path answered the plain ones, so the comparison is of that path.
+#[test]
+fn first_answers_to_blocked_names_match_the_hickory_path_byte_for_byte() {
+    if !require("knotd") {
+        return;
+    }
+    let knot = Knot::start("");
+    let cfg = config(knot.addr, "");
+    let slow_cfg = cfg.replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\nudp_fast_path = false",
+        1,
+    );
+    let dir = TempDir::new("direct");
+    for (name, text) in FILES {
+        dir.write(name, text);
+    }
+    let fast_cfg = dir.write("telesink.toml", &cfg);
+    let fast = Telesink::start_with(dir, &fast_cfg, &["--metrics", "127.0.0.1:0"]);
+    let slow = Telesink::start(&slow_cfg, FILES);
+    let metrics: SocketAddr = fast
+        .log
+        .lock()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
+        .expect("metrics address in the log");
+
+    // EDNS variants: none, 1232, 512 with DO, 65000 (over our limit), 100 (under 512),
+    // a cookie option (taken), client subnet (left to the full path).
+    let opt = |payload: u16, flags: u16, options: &[u8]| {
+        let mut o = vec![0, 0, 41];
+        o.extend_from_slice(&payload.to_be_bytes());
+        o.extend_from_slice(&[0, 0]);
+        o.extend_from_slice(&flags.to_be_bytes());
+        o.extend_from_slice(&(options.len() as u16).to_be_bytes());
+        o.extend_from_slice(options);
+        o
+    };
+    let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    let subnet = [0, 8, 0, 7, 0, 1, 24, 0, 192, 0, 2];
+    let edns: Vec<Option<Vec<u8>>> = vec![
+        None,
+        Some(opt(1232, 0, &[])),
+        Some(opt(512, 0x8000, &[])),
+        Some(opt(65000, 0, &[])),
+        Some(opt(100, 0, &[])),
+        Some(opt(1232, 0, &cookie)),
+        Some(opt(1232, 0, &subnet)),
+    ];
+    let request = |name: &str, qtype: u16, flags: [u8; 2], edns: &Option<Vec<u8>>| {
+        let mut p = vec![0x51, 0x7e, flags[0], flags[1], 0, 1, 0, 0, 0, 0, 0];
+        p.push(u8::from(edns.is_some()));
+        for l in name.split('.') {
+            p.push(l.len() as u8);
+            p.extend_from_slice(l.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        if let Some(o) = edns {
+            p.extend_from_slice(o);
+        }
+        p
+    };
+    // Names of every mode, exact and suffix rules, mixed case, a long name whose SOA
+    // owner is a suffix of it, groups (127.0.0.2 has `strict`).
+    let long = format!(
+        "{}.x.blocked.test",
+        ["a".repeat(63), "b".repeat(63)].join(".")
+    );
+    let names: Vec<(&str, String)> = vec![
+        ("127.0.0.1", "nexus.officeapps.live.com".into()),
+        ("127.0.0.1", "NeXuS.OfficeApps.LIVE.com".into()),
+        ("127.0.0.1", "a.b.blocked.test".into()),
+        ("127.0.0.1", "Deep.Er.Blocked.Test".into()),
+        ("127.0.0.1", "blocked.test".into()),
+        ("127.0.0.1", "x.ads.test".into()),
+        ("127.0.0.1", "nx.modes.test".into()),
+        ("127.0.0.1", "nodata.modes.test".into()),
+        ("127.0.0.1", "refused.modes.test".into()),
+        ("127.0.0.1", "ip.modes.test".into()),
+        ("127.0.0.2", "shared.test".into()),
+        ("127.0.0.1", long),
+    ];
+    // A, AAAA, MX, TXT, HTTPS, ANY.
+    let types = [1u16, 28, 15, 16, 65, 255];
+    // RD on, RD off, RD and CD.
+    let flags = [[0x01, 0x00], [0x00, 0x00], [0x01, 0x10]];
+    let mut compared = 0;
+    for (from, name) in &names {
+        for qtype in types {
+            for (e, edns) in edns.iter().enumerate() {
+                // Every EDNS variant with A; the rest with the plain 1232 one.
+                if qtype != 1 && e != 1 {
+                    continue;
+                }
+                for f in &flags {
+                    let packet = request(name, qtype, *f, edns);
+                    let from = from.parse().unwrap();
+                    let want = udp_raw(slow.udp, from, &packet).expect("full path answer");
+                    let got = udp_raw(fast.udp, from, &packet).expect("first answer");
+                    assert_eq!(
+                        got, want,
+                        "{name} type {qtype} flags {f:?} edns {edns:?}: first answer differs from the full path's"
+                    );
+                    compared += 1;
+                }
+            }
+        }
+    }
+    let (_, body) = get(metrics, "/metrics");
+    let direct = value(&body, "telesink_dns_answer_path_total{path=\"direct\"}").unwrap_or(0.0);
+    let replay = value(&body, "telesink_dns_answer_path_total{path=\"replay\"}").unwrap_or(0.0);
+    // The subnet requests (3 flags x 12 names) and the names over 512 bytes go the full
+    // path; every other one was the direct path's.
+    assert!(
+        direct as usize >= compared - 3 * names.len() - 2 * flags.len() * 2,
+        "only {direct} of {compared} first answers were made by the direct path:\n{body}"
+    );
+    assert_eq!(replay, 0.0, "every request was new: nothing to replay");
+}

@@ -26,7 +26,7 @@ pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
 /// RFC 8914 section 3: EDE option code.
 const EDNS_OPTION_EDE: u16 = 15;
 /// Long EDE texts eat the room the answer needs in a UDP response (Blocky caps at 200).
-const EDE_TEXT_MAX: usize = 200;
+pub(super) const EDE_TEXT_MAX: usize = 200;
 
 /// A synthesized answer, ready for the response builder.
 pub struct Synth {
@@ -109,7 +109,7 @@ pub fn response_edns(query: Option<&Edns>, udp_max: u16, ede: Option<(u16, &str)
     Some(edns)
 }
 
-fn truncate_utf8(s: &str, max: usize) -> &str {
+pub(super) fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -1,11 +1,11 @@
 //! Blocked queries per client address and profile (by the profile's number, stable
-//! across reloads: src/policy/ids.rs), as the query path counts them: one shard lock, no
-//! lookup of which device the address is. `drain` hands the counts on (to
+//! across reloads: src/policy/ids.rs), as the query path counts them: one lock of the
+//! counting thread's own stripe (src/stripe.rs), no lookup of which device the address is. `drain` hands the counts on (to
 //! src/devices/tally.rs, which keeps them by device) and forgets addresses that counted
 //! nothing since the drain before, so this table holds only the addresses active between
 //! two sweeps, at most the bound it is built with (src/services.rs: 16 x `max_clients`;
-//! beyond it `client="other"`, counted). Sharded by
-//! address so two cores rarely meet on one lock; no allocation once a client is known.
+//! beyond it `client="other"`, counted; an address
+//! counted by two threads takes two places). No allocation once a client is known.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-const SHARDS: usize = 16;
+use crate::stripe::Striped;
+
+type Table = HashMap<IpAddr, Counts, foldhash::fast::RandomState>;
 
 /// Per client: at `2 * id` the blocks of the profile numbered `id` (`policy::ids`: a
 /// number per profile name, stable across reloads), at `2 * id + 1` the would-be blocks
@@ -25,6 +27,10 @@ struct Counts {
     rate_limited: u64,
     /// Counted since the last drain.
     touched: bool,
+    /// When the address came (an arrival number): a drain hands the addresses on in the
+    /// order they came, whichever thread's stripe counted them, so the labels' bound
+    /// (src/devices/tally.rs) goes to the first comers.
+    arrived: u64,
 }
 
 impl Counts {
@@ -61,7 +67,10 @@ pub enum Counted {
 pub struct ClientCounts {
     max_clients: usize,
     known: AtomicUsize,
-    shards: [Mutex<HashMap<IpAddr, Counts>>; SHARDS],
+    arrivals: AtomicU64,
+    /// Per counting thread (src/stripe.rs): a client served by two threads has an
+    /// entry in each, added up by the reader.
+    shards: Striped<Table>,
     other: Mutex<Counts>,
     pub overflow: AtomicU64,
 }
@@ -71,6 +80,7 @@ impl ClientCounts {
         Self {
             max_clients,
             known: AtomicUsize::new(0),
+            arrivals: AtomicU64::new(0),
             shards: Default::default(),
             other: Mutex::new(Counts::default()),
             overflow: AtomicU64::new(0),
@@ -96,15 +106,17 @@ impl ClientCounts {
     }
 
     fn count(&self, client: IpAddr, slot: Slot) {
-        let shard = &self.shards[crate::host::client_shard(client, SHARDS)];
-        let mut map = shard.lock();
+        let mut map = self.shards.mine();
         if let Some(counts) = map.get_mut(&client) {
             counts.bump(slot);
             return;
         }
         if self.known.load(Ordering::Relaxed) < self.max_clients {
             self.known.fetch_add(1, Ordering::Relaxed);
-            let mut counts = Counts::default();
+            let mut counts = Counts {
+                arrived: self.arrivals.fetch_add(1, Ordering::Relaxed),
+                ..Counts::default()
+            };
             counts.bump(slot);
             map.insert(client, counts);
             return;
@@ -119,17 +131,26 @@ impl ClientCounts {
     /// table. The counts' memory is kept, so a client that goes on asking allocates
     /// nothing.
     pub fn drain(&self, f: &mut dyn FnMut(Option<IpAddr>, Counted, u64)) {
-        for shard in &self.shards {
-            let mut map = shard.lock();
+        let mut moved: Vec<(u64, IpAddr, Counted, u64)> = Vec::new();
+        self.shards.each(|map| {
             let before = map.len();
             map.retain(|ip, counts| {
                 if !counts.touched {
                     return false;
                 }
-                emit(f, Some(*ip), counts);
+                let arrived = counts.arrived;
+                emit(
+                    &mut |_, what, n| moved.push((arrived, *ip, what, n)),
+                    None,
+                    counts,
+                );
                 true
             });
             self.known.fetch_sub(before - map.len(), Ordering::Relaxed);
+        });
+        moved.sort_by_key(|m| m.0);
+        for (_, ip, what, n) in moved {
+            f(Some(ip), what, n);
         }
         emit(f, None, &mut self.other.lock());
     }

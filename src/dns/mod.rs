@@ -3,6 +3,7 @@
 pub mod answer;
 pub mod cache;
 pub mod client_counts;
+pub mod direct;
 pub mod exchange;
 pub mod outcome;
 pub mod pipeline;

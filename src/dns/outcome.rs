@@ -1,15 +1,16 @@
-//! What happened to each query, counted without locks. The metrics endpoint (and the
-//! shutdown summary) read these; labels stay bounded because the outcome is an enum.
+//! What happened to each query, counted per thread (src/stripe.rs). The metrics endpoint
+//! (and the shutdown summary) add the stripes up; labels stay bounded because the outcome
+//! is an enum.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use super::pipeline::Path;
+use crate::stripe::Striped;
 
-/// Distinct client addresses remembered for STATUS; beyond this, "at least" is reported.
+/// Distinct client addresses remembered for STATUS, per counting thread; beyond this,
+/// "at least" is reported.
 const CLIENTS_MAX: usize = 65_536;
-const CLIENT_SHARDS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -54,38 +55,73 @@ impl Outcome {
     }
 }
 
+/// Per thread (src/stripe.rs): what its queries came to, and the client it counted last
+/// with the addresses it has seen.
+#[derive(Default)]
+struct Local {
+    counts: [u64; 9],
+    /// Answered queries by the path that answered them (`Path as usize`).
+    paths: [u64; 3],
+    last: Option<IpAddr>,
+    clients: HashSet<IpAddr, foldhash::fast::RandomState>,
+}
+
 #[derive(Default)]
 pub struct Outcomes {
-    counts: [AtomicU64; 9],
-    clients: [Mutex<HashSet<IpAddr>>; CLIENT_SHARDS],
+    stripes: Striped<Local>,
 }
 
 impl Outcomes {
     #[inline]
     pub fn record(&self, outcome: Outcome) {
-        self.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.stripes.mine().counts[outcome as usize] += 1;
+    }
+
+    /// One query of `client` that came to `outcome`; the client is remembered (bounded)
+    /// for "clients seen" in STATUS. One stripe lock for both.
+    #[inline]
+    pub fn answered(&self, outcome: Outcome, client: IpAddr, path: Path) {
+        let mut local = self.stripes.mine();
+        local.counts[outcome as usize] += 1;
+        local.paths[path as usize] += 1;
+        if local.last != Some(client) {
+            local.last = Some(client);
+            if local.clients.len() < CLIENTS_MAX {
+                local.clients.insert(client);
+            }
+        }
     }
 
     /// Remembers a client address (bounded), for "clients seen" in STATUS.
     #[inline]
     pub fn saw(&self, client: IpAddr) {
-        let shard = crate::host::client_shard(client, CLIENT_SHARDS);
-        let mut set = self.clients[shard].lock();
-        if set.len() < CLIENTS_MAX / CLIENT_SHARDS {
-            set.insert(client);
+        let mut local = self.stripes.mine();
+        if local.last != Some(client) {
+            local.last = Some(client);
+            if local.clients.len() < CLIENTS_MAX {
+                local.clients.insert(client);
+            }
         }
     }
 
+    /// Distinct addresses, at most CLIENTS_MAX ("at least" beyond).
     pub fn clients_seen(&self) -> usize {
-        self.clients.iter().map(|s| s.lock().len()).sum()
+        let mut all: HashSet<IpAddr, foldhash::fast::RandomState> = HashSet::default();
+        self.stripes.each(|l| all.extend(l.clients.iter().copied()));
+        all.len().min(CLIENTS_MAX)
     }
 
     pub fn total(&self) -> u64 {
         Outcome::ALL.iter().map(|o| self.get(*o)).sum()
     }
 
+    /// Answered queries that took `path`.
+    pub fn by_path(&self, path: Path) -> u64 {
+        self.stripes.sum(|l| l.paths[path as usize])
+    }
+
     pub fn get(&self, outcome: Outcome) -> u64 {
-        self.counts[outcome as usize].load(Ordering::Relaxed)
+        self.stripes.sum(|l| l.counts[outcome as usize])
     }
 
     pub fn summary(&self) -> String {

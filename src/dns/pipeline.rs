@@ -124,8 +124,24 @@ impl QueryRecord {
 /// Which path answered: a replay did not look into the cache, so its hit is counted here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
+    /// hickory-server's message types and every stage.
     Full,
+    /// A blocked name's first answer made from the request's bytes (src/dns/direct.rs).
+    Direct,
+    /// A kept answer sent again (src/dns/udp.rs).
     Replay,
+}
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Full, Path::Direct, Path::Replay];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Full => "full",
+            Path::Direct => "direct",
+            Path::Replay => "replay",
+        }
+    }
 }
 
 type Answered = (ResponseInfo, QueryRecord);
@@ -193,8 +209,7 @@ impl Pipeline {
     /// Applies one record to every count. `learn_now`: hand the name to shadow
     /// resolution (a replay does so once a second at most).
     pub fn count(&self, client: std::net::IpAddr, r: &QueryRecord, path: Path, learn_now: bool) {
-        self.outcomes.record(r.outcome);
-        self.outcomes.saw(client);
+        self.outcomes.answered(r.outcome, client, path);
         if let Some(id) = r.blocked {
             self.clients.blocked(client, id);
         }
@@ -238,6 +253,66 @@ impl Pipeline {
             self.tail
                 .push(tail_event(&self.policy.load(), client, r, sighting));
         }
+    }
+
+    /// The first answer to a blocked name, without hickory's message objects
+    /// (src/dns/direct.rs): the same stages as `answer` in the same order, for the one
+    /// shape of query they all pass and a verdict that blocks. None: the full path
+    /// answers (any other shape, a client not allowed, a special-use name, a name that
+    /// passes, an answer too big for the client). Not counted yet: the caller counts the
+    /// record, as `serve` does.
+    pub fn answer_direct(
+        &self,
+        policy: &Snapshot,
+        packet: &[u8],
+        client: std::net::IpAddr,
+    ) -> Option<(Vec<u8>, QueryRecord)> {
+        // 1. Protocol checks: only the shape that passes them all.
+        let query = super::direct::Query::read(packet)?;
+        // 2. Client identity.
+        if !policy.is_allowed_client(client) {
+            return None;
+        }
+        let group = policy.group_of(client);
+        let qname = query.qname()?;
+        // 3. Special-use names.
+        if answer::special_use(&qname).is_some() {
+            return None;
+        }
+        // 4. The policy verdict; only a block is answered here.
+        let Verdict::Block { profile, by } = policy.verdict(group, &qname) else {
+            return None;
+        };
+        let p = policy.profiles.get(profile as usize)?;
+        let zone_labels = qname
+            .suffix_at(by.at)
+            .iter()
+            .filter(|&&b| b == b'.')
+            .count()
+            + 1;
+        let sink = super::direct::Sinkhole {
+            mode: p.mode,
+            zone_labels,
+            ttl: policy.block_ttl,
+            serial: serial(policy),
+            ede_text: &p.ede_text,
+            udp_max: self.udp_payload_max,
+        };
+        let bytes = super::direct::answer(&query, &sink)?;
+        let base = QueryRecord {
+            generation: policy.generation,
+            group,
+            replayable: true,
+            sighting: Some(sighting(&qname, Some(&by))),
+            ..QueryRecord::new(Outcome::Blocked)
+        };
+        let learn = p.shadow && policy.learner.is_some();
+        let name = if learn {
+            Name::from_labels(query.labels()).ok()?
+        } else {
+            Name::root()
+        };
+        Some((bytes, sinkholed(base, policy, profile, &name)))
     }
 
     async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> Answered {

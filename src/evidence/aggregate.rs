@@ -1,7 +1,9 @@
 //! The in-memory aggregate the query path counts into: per UTC day, client address,
 //! profile and layer, each name with its count and first and last sighting. The query
-//! path never waits on the disk: it takes one shard lock and, for a name already here,
-//! allocates nothing; a task writes the counts to the ledger every `flush_secs`.
+//! path never waits on the disk: it counts into its thread's own buffer and, for a name
+//! already there, allocates nothing; the buffers are folded into the shards before every
+//! flush and every reading of the counters; a task writes the counts to the ledger every
+//! `flush_secs`.
 //!
 //! Bounded three times, each bound its own setting and counter: distinct names per (day,
 //! client, profile, layer) (beyond it the rule that matched stands in for the name), rows
@@ -11,11 +13,15 @@
 //! cap; nothing counted is lost).
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
+
+use crate::stripe::Striped;
 
 const SHARDS: usize = 16;
 
@@ -91,7 +97,37 @@ struct Shard {
     rows: usize,
 }
 
+/// A row as a counting thread buffers it, until `fold`.
+struct LocalRow {
+    /// Arrival order in its thread's buffer: rows are folded in the order they came, so
+    /// the names cap keeps the day's first names, as if counted straight into the shards.
+    seq: u64,
+    day: u32,
+    client: IpAddr,
+    profile: Arc<str>,
+    layer: Layer,
+    name: Box<str>,
+    rule: Box<str>,
+    count: u64,
+    first: u64,
+    last: u64,
+}
+
+#[derive(Default)]
+struct Local {
+    rows: HashTable<LocalRow>,
+    next: u64,
+}
+
+/// Rows a counting thread buffers at most between folds.
+const LOCAL_ROWS: usize = 1024;
+
 pub struct Aggregate {
+    /// Per counting thread: what its queries counted since the last fold. The query path
+    /// writes only its own stripe (no shared cache line, no reference count touched on a
+    /// known row); the bounds below apply when the rows are folded into the shards.
+    local: Striped<Local>,
+    local_hasher: foldhash::fast::RandomState,
     shards: Vec<Mutex<Shard>>,
     names_cap: usize,
     /// Rows with a count waiting for a flush, at most.
@@ -101,10 +137,8 @@ pub struct Aggregate {
     /// flush.
     max_day_rows: usize,
     rows: AtomicUsize,
-    /// Names recorded as their rule because the client's day was at `names_cap`.
-    pub capped: AtomicU64,
-    /// Attempts not recorded because `max_pending` rows were waiting for a flush.
-    pub dropped: AtomicU64,
+    capped: AtomicU64,
+    dropped: AtomicU64,
     /// The day's rows forgotten at a flush because more than `max_day_rows` were held.
     pub day_rows_forgotten: AtomicU64,
 }
@@ -116,6 +150,8 @@ impl Aggregate {
 
     pub fn with_day_rows(names_cap: usize, max_pending: usize, max_day_rows: usize) -> Self {
         Aggregate {
+            local: Striped::default(),
+            local_hasher: foldhash::fast::RandomState::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             names_cap: names_cap.max(1),
             max_pending: max_pending.max(1),
@@ -141,7 +177,12 @@ impl Aggregate {
 
     /// Counts `n` attempts of `client` at `name` (`rule`: the rule that matched, recorded
     /// instead of the name once the day holds `names_cap` names) at Unix time `now`.
+    ///
+    /// Into the calling thread's buffer (src/stripe.rs), which `fold` moves into the
+    /// shards: before every drain and every reading of the counters. A buffer holds at
+    /// most `LOCAL_ROWS` rows; a new row beyond that folds it at once.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn record(
         &self,
         client: IpAddr,
@@ -150,6 +191,86 @@ impl Aggregate {
         name: &str,
         rule: &str,
         n: u64,
+        now: u64,
+    ) {
+        let day = (now / 86_400) as u32;
+        let hash = self.local_hasher.hash_one((
+            day,
+            client,
+            Arc::as_ptr(profile) as *const u8,
+            layer,
+            name,
+        ));
+        let mut local = self.local.mine();
+        let found = local.rows.find_mut(hash, |r| {
+            r.day == day
+                && r.client == client
+                && Arc::ptr_eq(&r.profile, profile)
+                && r.layer == layer
+                && *r.name == *name
+        });
+        if let Some(r) = found {
+            r.count += n;
+            r.last = r.last.max(now);
+            return;
+        }
+        if local.rows.len() >= LOCAL_ROWS {
+            let rows: Vec<LocalRow> = local.rows.drain().collect();
+            drop(local);
+            self.fold_rows(rows);
+            local = self.local.mine();
+        }
+        local.next += 1;
+        let row = LocalRow {
+            seq: local.next,
+            day,
+            client,
+            profile: profile.clone(),
+            layer,
+            name: name.into(),
+            rule: rule.into(),
+            count: n,
+            first: now,
+            last: now,
+        };
+        local.rows.insert_unique(hash, row, |r| {
+            self.local_hasher.hash_one((
+                r.day,
+                r.client,
+                Arc::as_ptr(&r.profile) as *const u8,
+                r.layer,
+                &*r.name,
+            ))
+        });
+    }
+
+    /// Moves every thread's buffered counts into the shards, where the bounds apply.
+    pub fn fold(&self) {
+        let mut rows = Vec::new();
+        self.local.each(|l| rows.extend(l.rows.drain()));
+        self.fold_rows(rows);
+    }
+
+    fn fold_rows(&self, mut rows: Vec<LocalRow>) {
+        rows.sort_unstable_by_key(|r| (r.first, r.seq));
+        for r in rows {
+            self.record_in_shards(
+                r.client, &r.profile, r.layer, &r.name, &r.rule, r.count, r.first, r.last,
+            );
+        }
+    }
+
+    /// Counts `n` attempts seen from `first` to `now` into the shards, under the bounds.
+    #[allow(clippy::too_many_arguments)]
+    fn record_in_shards(
+        &self,
+        client: IpAddr,
+        profile: &Arc<str>,
+        layer: Layer,
+        name: &str,
+        rule: &str,
+        n: u64,
+        first: u64,
         now: u64,
     ) {
         let key = Key {
@@ -168,6 +289,7 @@ impl Aggregate {
                 return;
             }
             c.count += n;
+            c.first = c.first.min(first);
             c.last = c.last.max(now);
         };
         if let Some(c) = names.get_mut(name) {
@@ -191,7 +313,7 @@ impl Aggregate {
             stored.into(),
             Counts {
                 count: n,
-                first: now,
+                first,
                 last: now,
             },
         );
@@ -201,6 +323,7 @@ impl Aggregate {
     /// counts), so the per-day name cap holds across flushes, unless more than
     /// `max_day_rows` are held: then they are forgotten (counted); older days are let go.
     pub fn drain(&self, today: u32) -> Vec<Row> {
+        self.fold();
         let out = self.drain_rows(today);
         // Each row drained was one waiting (rows counted meanwhile into a drained shard
         // stay counted as waiting).
@@ -264,20 +387,34 @@ impl Aggregate {
     pub fn restore(&self, rows: Vec<Row>) {
         for r in rows {
             let profile: Arc<str> = r.profile.into();
-            self.record(
-                r.client, &profile, r.layer, &r.name, &r.name, r.count, r.last,
+            self.record_in_shards(
+                r.client, &profile, r.layer, &r.name, &r.name, r.count, r.first, r.last,
             );
         }
     }
 
-    /// Rows waiting for a flush now (for the metrics and /health).
+    /// Rows waiting for a flush now (for the metrics and /health; folds first).
     pub fn pending(&self) -> usize {
+        self.fold();
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Rows held in memory now: waiting, and the day's remembered ones.
+    /// Rows held in memory now: waiting, and the day's remembered ones (folds first).
     pub fn held(&self) -> usize {
+        self.fold();
         self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Names recorded as their rule because the client's day was at `names_cap`.
+    pub fn capped(&self) -> u64 {
+        self.fold();
+        self.capped.load(Ordering::Relaxed)
+    }
+
+    /// Attempts not recorded because `max_pending` rows were waiting for a flush.
+    pub fn dropped(&self) -> u64 {
+        self.fold();
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -298,7 +435,7 @@ mod tests {
         rows.sort_by(|x, y| x.name.cmp(&y.name));
         let got: Vec<(&str, u64)> = rows.iter().map(|r| (r.name.as_str(), r.count)).collect();
         assert_eq!(got, [("*.x.com", 2), ("a.x.com", 2), ("b.x.com", 1)]);
-        assert_eq!(a.capped.load(Ordering::Relaxed), 2);
+        assert_eq!(a.capped(), 2);
         // The next drain has only what came since.
         a.record(c, &p, Layer::DnsBlocked, "b.x.com", "*.x.com", 3, day + 9);
         let rows = a.drain(20_000);
@@ -328,7 +465,7 @@ mod tests {
             );
         }
         assert_eq!(a.pending(), 2);
-        assert_eq!(a.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(a.dropped(), 3);
         // The day's remembered rows are their own bound: past it they are forgotten at
         // the flush, counted, and nothing waiting is lost.
         let b = Aggregate::with_day_rows(100, 100, 3);
@@ -363,12 +500,12 @@ mod tests {
         a.record(c, &p, Layer::DnsBlocked, "d.x", "d.x", 1, day + 1);
         let rows = a.drain(20_000);
         assert_eq!(rows.len(), 2, "{rows:?}");
-        assert_eq!(a.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(a.dropped(), 0);
         // A third waiting row is over the bound: dropped and counted.
         for name in ["e.x", "f.x", "g.x"] {
             a.record(c, &p, Layer::DnsBlocked, name, name, 1, day + 2);
         }
-        assert_eq!(a.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(a.dropped(), 1);
         assert_eq!(a.drain(20_000).len(), 2);
     }
 }

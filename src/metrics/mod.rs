@@ -57,13 +57,13 @@ fn evidence_families(s: &Services) -> Vec<MetricFamily> {
         EVIDENCE_CAPPED,
         "Attempts recorded as their rule because the client's day held names_per_client_day names.",
         MetricType::COUNTER,
-        l.aggregate.capped.load(Ordering::Relaxed),
+        l.aggregate.capped(),
     );
     one(
         EVIDENCE_DROPPED,
         "Attempts not recorded because max_pending_rows rows were waiting for a flush.",
         MetricType::COUNTER,
-        l.aggregate.dropped.load(Ordering::Relaxed),
+        l.aggregate.dropped(),
     );
     one(
         EVIDENCE_DAY_ROWS_FORGOTTEN,
@@ -309,6 +309,16 @@ impl Collector for TelesinkCollector {
             q.add(&[("outcome", o.name())], s.outcomes.get(o) as f64);
         }
         out.push(q.mf);
+
+        let mut paths = Family_::new(
+            DNS_ANSWER_PATHS,
+            "Answered queries by the path that answered them: replay (a kept answer sent again), direct (a blocked name's first answer made from the request's bytes), full (hickory-server's message types).",
+            MetricType::COUNTER,
+        );
+        for p in crate::dns::pipeline::Path::ALL {
+            paths.add(&[("path", p.name())], s.outcomes.by_path(p) as f64);
+        }
+        out.push(paths.mf);
 
         let mut b = Summed::new(
             DNS_BLOCKED,
