@@ -4,11 +4,16 @@
 #   bash benches/peers.sh                      # RUNS=3 SECS=5 BIG=1000000 RATE=20000
 #   RUNS=5 SECS=10 bash benches/peers.sh       # longer
 #   BIG=0 bash benches/peers.sh                # skip the 1M-name phase
+#   BASELINE="132145f" bash benches/peers.sh   # also earlier telesink builds, same run
 #
 # Installs dnsperf, unbound, dnsmasq and knot if missing; builds telesink; generates the
 # workload from a fixed seed; runs the servers pinned to core 0 with dnsperf on core 1,
 # each run of each workload going to each server in turn; prints a Markdown report
 # (docs/BENCHMARKS.md keeps the last one).
+#
+# Budget: the default configuration (every default-on feature doing its per-query work)
+# against the bare one (ledger, limiter and device identity off), alternating; the report
+# ends with BUDGET OK or, loudly, BUDGET EXCEEDED when the default costs more than 3%.
 #
 # Workload: a 1,000-name and a BIG-name blocklist (5% suffix rules), each in the servers'
 # native form (unbound local-zone always_null, dnsmasq address=/name/0.0.0.0 and ::,
@@ -30,6 +35,21 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}; SECS=${SECS:-5}; BIG=${BIG:-1000000}; RATE=${RATE:-20000}
 want=(dnsperf unbound dnsmasq-base knot dnsutils python3)
 source benches/setup.sh
+# BASELINE="REV ...": earlier telesink builds, each measured as a server of its own in the
+# same run (a ratio against it in every table). Built once into target/baseline/REV from
+# `git archive` (no work tree is touched).
+bases=()
+declare -A baseport
+for rev in ${BASELINE:-}; do
+  dir=$PWD/target/baseline/$rev
+  if [[ ! -x $dir/telesink ]]; then
+    rm -rf "$dir/src"; mkdir -p "$dir/src"
+    git archive "$rev" | tar -x -C "$dir/src"
+    (cd "$dir/src" && CARGO_TARGET_DIR="$dir/target" cargo build --release --locked -q)
+    cp "$dir/target/release/telesink" "$dir/telesink"
+  fi
+  bases+=("base-$rev"); baseport[base-$rev]=$((55305 + ${#bases[@]}))
+done
 
 python3 benches/workload.py "$work" "$BIG"
 
@@ -121,14 +141,22 @@ printf '[evidence]\nenabled = false\n' >> "$work/telesink-evoff.toml"
 printf '[evidence]\nenabled = true\npath = "%s/evidence-evon.sqlite"\n' "$work" >> "$work/telesink-evon.toml"
 printf '[server.rate_limit]\nenabled = false\n' >> "$work/telesink-rloff.toml"
 printf '[server.rate_limit]\nexempt_gateway = false\nqueries_per_sec = 100000000\nburst = 100000000\n' >> "$work/telesink-rlon.toml"
+for b in "${bases[@]}"; do
+  for tag in small big; do
+    [[ -f $work/telesink-$tag.toml ]] || continue
+    sed "s|127.0.0.1:55302|127.0.0.1:${baseport[$b]}|; s|control-$tag|control-$b-$tag|; s|state-$tag|state-$b-$tag|" \
+      "$work/telesink-$tag.toml" > "$work/$b-$tag.toml"
+  done
+done
 cmd_for() { # server tag -> command line
   case $1 in
+    base-*) echo "$PWD/target/baseline/${1#base-}/telesink run --config $work/$1-$2.toml" ;;
     telesink) echo "$bin run --config $work/telesink-$2.toml" ;;
     unbound) echo "unbound -d -c $work/unbound-$2-main.conf" ;;
     dnsmasq) echo "dnsmasq -k --port=55304 --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts --server=127.0.0.1#$kport --cache-size=10000 --conf-file=$work/dnsmasq-$2.conf --user=root" ;;
   esac
 }
-port_for() { case $1 in telesink) echo 55302 ;; unbound) echo 55303 ;; dnsmasq) echo 55304 ;; esac; }
+port_for() { case $1 in telesink) echo 55302 ;; unbound) echo 55303 ;; dnsmasq) echo 55304 ;; base-*) echo "${baseport[$1]}" ;; esac; }
 
 # Starts a server on core 0; waits until NAME is answered with ANSWER (0.0.0.0 for a
 # blocked name); sets PID and MS (milliseconds from exec until then).
@@ -174,7 +202,7 @@ if lat:
 # every run of every workload goes to each in turn: a slow minute of this VM then hits all
 # of them instead of one. p99 suffers most from such minutes (the VM stalls both telesink
 # and unbound for 100 ms and more now and then).
-servers=(telesink unbound dnsmasq)
+servers=(telesink unbound dnsmasq "${bases[@]}")
 declare -A running
 stop_all() {
   for server in "${servers[@]}"; do
@@ -294,10 +322,11 @@ with open(results, "a") as f:
 PY
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
-python3 - "$results" "$RUNS" "$SECS" "$BIG" "$RATE" <<'PY'
+python3 - "$results" "$RUNS" "$SECS" "$BIG" "$RATE" "${bases[@]}" <<'PY'
 import sys, statistics, subprocess, platform
 rows = [l.split() for l in open(sys.argv[1])]
 runs, secs, big, rate = sys.argv[2:6]
+bases = sys.argv[6:]
 def vals(server, label, metric):
     return [float(r[-1]) for r in rows if r[0] == server and r[1] == label and r[2] == metric]
 def med(server, label, metric):
@@ -308,7 +337,7 @@ def ver(cmd):
         return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0].strip()
     except Exception:
         return "?"
-peers = ["unbound", "dnsmasq"]
+peers = ["unbound", "dnsmasq"] + bases
 print(f"# telesink side by side: {runs} runs x {secs} s, servers on core 0, dnsperf on core 1\n")
 cpu = open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()
 print(f"machine: {platform.machine()}, {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPUs, kernel {platform.release()}")
