@@ -23,7 +23,8 @@
 # (30% blocked, 65% cached, 5% miss). Every server forwards to the same knotd.
 #
 # Figures: open-loop QPS (dnsperf -c 8 -q 200) and server CPU time per answered query
-# (from /proc, valid even when dnsperf's core is the limit); p50/p99 latency at a fixed
+# (from /proc, valid even when dnsperf's core is the limit); "core busy" is QPS x CPU per
+# query: well under 100%, the server had room and dnsperf's core set the rate; p50/p99 latency at a fixed
 # RATE (dnsperf -Q -v); the median of RUNS runs with min and max; the ratio telesink/peer.
 # 1M phase: time from exec until a blocked name of the big list is answered as blocked,
 # RSS then, blocked QPS, CPU and latency. Live phase (telesink only; its peers have no
@@ -344,8 +345,8 @@ print(f"machine: {platform.machine()}, {cpu}, {subprocess.run(['nproc'], capture
 print(f"versions: {ver(['target/release/telesink','--version'])}; {ver(['unbound','-V'])}; {ver(['dnsmasq','--version'])}; dnsperf 2.10\n")
 def table(labels, title):
     print(f"## {title}\n")
-    print("| workload | server | QPS median [min-max] | CPU us/query | p50 us | p99 us | QPS ratio | CPU ratio | p99 ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| workload | server | QPS median [min-max] | CPU us/query | core busy | p50 us | p99 us | QPS ratio | CPU ratio | p99 ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for w in labels:
         t = {m: med("telesink", w, m) for m in ["qps", "cpu", "p50", "p99"]}
         for s in ["telesink"] + peers:
@@ -354,7 +355,8 @@ def table(labels, title):
                 continue
             ratio = lambda k: "-" if s == "telesink" or not m[k] or not t[k] or m[k][0] == 0 else f"{t[k][0] / m[k][0]:.2f}"
             p = lambda k: f"{m[k][0]:.0f}" if m[k] else "?"
-            print(f"| {w} | {s} | {m['qps'][0]:.0f} [{m['qps'][1]:.0f}-{m['qps'][2]:.0f}] | {m['cpu'][0]:.2f} | {p('p50')} | {p('p99')} | {ratio('qps')} | {ratio('cpu')} | {ratio('p99')} |")
+            busy = m['qps'][0] * m['cpu'][0] / 1e4
+            print(f"| {w} | {s} | {m['qps'][0]:.0f} [{m['qps'][1]:.0f}-{m['qps'][2]:.0f}] | {m['cpu'][0]:.2f} | {busy:.0f}% | {p('p50')} | {p('p99')} | {ratio('qps')} | {ratio('cpu')} | {ratio('p99')} |")
     print()
 table(["blocked", "cached", "miss", "mix"], f"1,000-name list (latency at {rate} qps)")
 if big != "0":

@@ -2,7 +2,7 @@
 //! The binary is `src/main.rs`; this library exists so tests and benchmarks reach the parts.
 //!
 //! Layers, each importing only those above it in this list (docs/ARCHITECTURE.md):
-//! clock, durable, failpoint, suggest, host, slots, config, lists, policy -> firewall (plan, netlink, the kernel owner)
+//! clock, durable, failpoint, suggest, host, slots, stripe, config, lists, policy -> firewall (plan, netlink, the kernel owner)
 //! -> state, evidence, snapshot -> dns -> shadow -> apply -> metrics -> audit -> control
 //! -> budget -> daemon; m365 and init beside control (CLI commands).
 

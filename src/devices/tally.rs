@@ -1,7 +1,7 @@
 //! The per-client counts as /metrics shows them: by device, kept by recency.
 //!
-//! The query path counts by address into `dns::ClientCounts` (one shard lock, no
-//! lookup of who the address is); every sweep (each scrape, and every 10 s) moves those
+//! The query path counts by address into `dns::ClientCounts` (its thread's own stripe,
+//! no lookup of who the address is); every sweep (each scrape, and every 10 s) moves those
 //! counts here under the address's identity, so every address of one device adds to one
 //! count however often it changes. The firewall's per-address kernel counters are folded
 //! in the same way at each reading, by their growth, so an element that times out of

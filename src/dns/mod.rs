@@ -5,6 +5,7 @@ pub mod cache;
 pub mod client_counts;
 pub mod direct;
 pub mod exchange;
+pub mod kept;
 pub mod outcome;
 pub mod pipeline;
 pub mod protocol;

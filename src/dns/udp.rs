@@ -17,15 +17,20 @@
 //!   swap (reload, toggle, timed revert) bumps it, so nothing stale is replayed;
 //! - time: a cache hit is kept only until its TTLs would read one second less.
 //!
-//! Everything else (first sight of a request, cache misses, errors, refused clients)
-//! goes through hickory-server's message types and the full pipeline: polled first on the
-//! receive thread, moved to the tokio runtime only when it waits on an upstream. The
-//! receive loops are plain threads with blocking sockets, one per core, each with its own
-//! SO_REUSEPORT socket so the kernel spreads clients over them.
+//! Each receive thread keeps its own answers (`Replayer`): a client's socket stays on one
+//! thread, and a replay then writes nothing another core reads.
+//!
+//! A blocked name asked for the first time is answered from the request's bytes
+//! (src/dns/direct.rs), byte for byte what the full path would send. Everything else
+//! (other first sights, cache misses, errors, refused clients) goes through
+//! hickory-server's message types and the full pipeline: polled first on the receive
+//! thread; when it waits (on an upstream) it is parked, and the wake that ends its wait
+//! runs it on the tokio runtime. The receive loops are plain threads with blocking
+//! sockets, one per core, each with its own SO_REUSEPORT socket so the kernel spreads
+//! clients over them.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +41,6 @@ use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
-use lru::LruCache;
 use nix::errno::Errno;
 use nix::sys::socket::{
     ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
@@ -45,6 +49,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, Socket, Type};
 use tracing::{error, warn};
 
+use super::kept::KeptTable;
 use super::pipeline::{Path, Pipeline, QueryRecord};
 use super::ratelimit::Admit;
 use crate::snapshot::Snapshot;
@@ -71,7 +76,7 @@ struct Kept {
 /// addresses and ports), so its repeats find the answers its first query left here, and
 /// a replay writes no cache line another core reads (no lock, no reference count).
 pub struct Replayer {
-    kept: LruCache<Box<[u8]>, Kept, foldhash::fast::RandomState>,
+    kept: KeptTable<Kept>,
     key: Box<[u8; MAX_REQUEST + 2]>,
 }
 
@@ -80,10 +85,7 @@ impl Replayer {
     pub fn new(threads: usize) -> Self {
         let per = (KEPT / threads.max(1)).max(KEPT_PER_THREAD_MIN);
         Replayer {
-            kept: LruCache::with_hasher(
-                NonZeroUsize::new(per).unwrap_or(NonZeroUsize::MIN),
-                foldhash::fast::RandomState::default(),
-            ),
+            kept: KeptTable::new(per),
             key: Box::new([0; MAX_REQUEST + 2]),
         }
     }
@@ -128,7 +130,7 @@ impl Replayer {
             learned: crate::clock::unix_now(),
             reuse,
         };
-        self.kept.put(self.key[..n].into(), answer);
+        self.kept.put(&self.key[..n], answer);
     }
 }
 

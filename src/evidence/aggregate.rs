@@ -93,9 +93,11 @@ pub struct Row {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Key, HashMap<Box<str>, Counts>>,
+    map: HashMap<Key, HashMap<Box<str>, Counts, Fast>, Fast>,
     rows: usize,
 }
+
+type Fast = foldhash::fast::RandomState;
 
 /// A row as a counting thread buffers it, until `fold`.
 struct LocalRow {
@@ -255,7 +257,7 @@ impl Aggregate {
         rows.sort_unstable_by_key(|r| (r.first, r.seq));
         for r in rows {
             self.record_in_shards(
-                r.client, &r.profile, r.layer, &r.name, &r.rule, r.count, r.first, r.last,
+                r.client, &r.profile, r.layer, r.name, &r.rule, r.count, r.first, r.last,
             );
         }
     }
@@ -267,7 +269,7 @@ impl Aggregate {
         client: IpAddr,
         profile: &Arc<str>,
         layer: Layer,
-        name: &str,
+        name: Box<str>,
         rule: &str,
         n: u64,
         first: u64,
@@ -292,7 +294,7 @@ impl Aggregate {
             c.first = c.first.min(first);
             c.last = c.last.max(now);
         };
-        if let Some(c) = names.get_mut(name) {
+        if let Some(c) = names.get_mut(&*name) {
             return bump(c);
         }
         let stored = if names.len() >= self.names_cap {
@@ -300,7 +302,7 @@ impl Aggregate {
             if let Some(c) = names.get_mut(rule) {
                 return bump(c);
             }
-            rule
+            rule.into()
         } else {
             name
         };
@@ -310,7 +312,7 @@ impl Aggregate {
         self.rows.fetch_add(1, Ordering::Relaxed);
         shard.rows += 1;
         names.insert(
-            stored.into(),
+            stored,
             Counts {
                 count: n,
                 first,
@@ -387,8 +389,16 @@ impl Aggregate {
     pub fn restore(&self, rows: Vec<Row>) {
         for r in rows {
             let profile: Arc<str> = r.profile.into();
+            let name = r.name.into_boxed_str();
             self.record_in_shards(
-                r.client, &profile, r.layer, &r.name, &r.name, r.count, r.first, r.last,
+                r.client,
+                &profile,
+                r.layer,
+                name.clone(),
+                &name,
+                r.count,
+                r.first,
+                r.last,
             );
         }
     }
