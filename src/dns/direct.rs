@@ -36,7 +36,8 @@ pub struct Query<'a> {
     /// End of the question (name, type, class) in `packet`.
     question_end: usize,
     /// Where each label of the name starts (its length byte), most specific first.
-    labels: Vec<usize>,
+    labels: [u16; 128],
+    label_count: usize,
     pub qtype: u16,
     /// The client's OPT: its UDP payload size and DO bit.
     edns: Option<(u16, bool)>,
@@ -62,7 +63,8 @@ impl<'a> Query<'a> {
             return None;
         }
         let mut at = 12;
-        let mut labels = Vec::with_capacity(8);
+        let mut labels = [0u16; 128];
+        let mut label_count = 0;
         loop {
             let len = *packet.get(at)? as usize;
             if len == 0 {
@@ -73,7 +75,8 @@ impl<'a> Query<'a> {
             if len > 63 {
                 return None;
             }
-            labels.push(at);
+            *labels.get_mut(label_count)? = at as u16;
+            label_count += 1;
             at += 1 + len;
             if at - 12 > 254 {
                 return None;
@@ -120,6 +123,7 @@ impl<'a> Query<'a> {
             packet,
             question_end,
             labels,
+            label_count,
             qtype,
             edns,
         })
@@ -127,13 +131,13 @@ impl<'a> Query<'a> {
 
     /// The name's labels as the client wrote them.
     fn label(&self, i: usize) -> &'a [u8] {
-        let at = self.labels[i];
+        let at = self.labels[i] as usize;
         let len = self.packet[at] as usize;
         &self.packet[at + 1..at + 1 + len]
     }
 
     pub fn labels(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
-        (0..self.labels.len()).map(|i| self.label(i))
+        (0..self.label_count).map(|i| self.label(i))
     }
 
     pub fn qname(&self) -> Option<QName> {
@@ -154,14 +158,19 @@ pub struct Sinkhole<'a> {
 }
 
 /// hickory's encoder, as far as these answers need it: earlier names (their remaining
-/// labels, uncompressed) that a later name may point to.
+/// labels, uncompressed) that a later name may point to. The uncompressed labels are
+/// kept in `plain` (a name's candidates are suffixes of it), all on the stack.
 struct Writer {
     buf: Vec<u8>,
-    names: Vec<(usize, Vec<u8>)>,
+    plain: [u8; 1024],
+    plain_len: usize,
+    /// (offset in the message, start and end in `plain`)
+    names: [(usize, usize, usize); CANDIDATES_MAX],
+    name_count: usize,
 }
 
-/// hickory-proto's limit of stored compression candidates.
-const CANDIDATES_MAX: usize = 1024;
+/// hickory-proto's limit of stored compression candidates (COMPRESSION_CANDIDATE_LIMIT).
+const CANDIDATES_MAX: usize = 64;
 
 impl Writer {
     fn u16(&mut self, v: u16) {
@@ -171,43 +180,78 @@ impl Writer {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
+    /// Stores `bytes` at message offset `at` as a candidate, as hickory does: while the
+    /// message is below 0x3FFF bytes and fewer than CANDIDATES_MAX are stored.
+    fn candidate(&mut self, at: usize, plain: (usize, usize)) {
+        if self.buf.len() < 0x3FFF && self.name_count < CANDIDATES_MAX {
+            self.names[self.name_count] = (at, plain.0, plain.1);
+            self.name_count += 1;
+        }
+    }
+
+    /// Copies `bytes` into `plain`; None if it is full (the caller takes the full path).
+    fn keep_plain(&mut self, bytes: &[u8]) -> Option<(usize, usize)> {
+        let start = self.plain_len;
+        let end = start + bytes.len();
+        self.plain.get_mut(start..end)?.copy_from_slice(bytes);
+        self.plain_len = end;
+        Some((start, end))
+    }
+
     /// A name, compressed as hickory-proto does: its labels are written, then for each
     /// label from the first, the rest of the name is looked up among the stored ones;
     /// the first match replaces that rest by a pointer, else the rest is stored.
-    fn name<'n>(&mut self, labels: impl Iterator<Item = &'n [u8]>) {
-        let mut starts = Vec::with_capacity(8);
+    fn name<'n>(&mut self, labels: impl Iterator<Item = &'n [u8]>) -> Option<()> {
+        let mut starts = [0usize; 128];
+        let mut count = 0;
+        let first = self.buf.len();
         for label in labels {
-            starts.push(self.buf.len());
+            *starts.get_mut(count)? = self.buf.len();
+            count += 1;
             self.buf.push(label.len() as u8);
             self.buf.extend_from_slice(label);
         }
         let end = self.buf.len();
-        for start in starts {
-            let rest = &self.buf[start..end];
-            if let Some(&(at, _)) = self.names.iter().find(|(_, n)| n.as_slice() == rest)
+        let plain_start = self.plain_len;
+        self.plain
+            .get_mut(plain_start..plain_start + end - first)?
+            .copy_from_slice(&self.buf[first..end]);
+        self.plain_len += end - first;
+        for &start in &starts[..count] {
+            let rest = (plain_start + start - first, plain_start + end - first);
+            let found = self.names[..self.name_count]
+                .iter()
+                .find(|(_, a, b)| self.plain[*a..*b] == self.plain[rest.0..rest.1])
+                .map(|(at, _, _)| *at);
+            if let Some(at) = found
                 && at < 0x4000
             {
                 self.buf.truncate(start);
                 self.u16(0xC000 | at as u16);
-                return;
+                return Some(());
             }
-            if end < 0x3FFF && self.names.len() < CANDIDATES_MAX {
-                self.names.push((start, rest.to_vec()));
-            }
+            self.candidate(start, rest);
         }
         self.buf.push(0);
+        Some(())
     }
 
     /// Type, class IN, TTL; then RDATA written by `data` behind its length.
-    fn record(&mut self, rtype: u16, ttl: u32, data: impl FnOnce(&mut Self)) {
+    fn record(
+        &mut self,
+        rtype: u16,
+        ttl: u32,
+        data: impl FnOnce(&mut Self) -> Option<()>,
+    ) -> Option<()> {
         self.u16(rtype);
         self.u16(CLASS_IN);
         self.u32(ttl);
         let len_at = self.buf.len();
         self.u16(0);
-        data(self);
+        data(self)?;
         let len = (self.buf.len() - len_at - 2) as u16;
         self.buf[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
+        Some(())
     }
 }
 
@@ -236,7 +280,10 @@ pub fn answer(q: &Query<'_>, s: &Sinkhole<'_>) -> Option<Vec<u8>> {
     };
     let mut w = Writer {
         buf: Vec::with_capacity(160 + q.question_end),
-        names: Vec::with_capacity(8),
+        plain: [0; 1024],
+        plain_len: 0,
+        names: [(0, 0, 0); CANDIDATES_MAX],
+        name_count: 0,
     };
     // Header: ID, QR, opcode QUERY, RD and CD as asked, RA; counts.
     w.buf.extend_from_slice(&p[..2]);
@@ -248,31 +295,36 @@ pub fn answer(q: &Query<'_>, s: &Sinkhole<'_>) -> Option<Vec<u8>> {
     w.u16(u16::from(q.edns.is_some()));
     // The question as the client sent it; hickory stores it as a candidate too (it never
     // matches a name: it ends in the root label, type and class).
-    w.buf.extend_from_slice(&p[12..q.question_end]);
-    w.names.push((12, p[12..q.question_end].to_vec()));
+    let question = &p[12..q.question_end];
+    w.buf.extend_from_slice(question);
+    let plain = w.keep_plain(question)?;
+    w.candidate(12, plain);
     if let Some(address) = &address {
-        w.name(q.labels());
+        w.name(q.labels())?;
         match address {
-            either::Address::V4(ip) => {
-                w.record(TYPE_A, s.ttl, |w| w.buf.extend_from_slice(&ip.octets()))
-            }
-            either::Address::V6(ip) => {
-                w.record(TYPE_AAAA, s.ttl, |w| w.buf.extend_from_slice(&ip.octets()))
-            }
+            either::Address::V4(ip) => w.record(TYPE_A, s.ttl, |w| {
+                w.buf.extend_from_slice(&ip.octets());
+                Some(())
+            })?,
+            either::Address::V6(ip) => w.record(TYPE_AAAA, s.ttl, |w| {
+                w.buf.extend_from_slice(&ip.octets());
+                Some(())
+            })?,
         }
     }
     if soa {
-        let skip = q.labels.len().saturating_sub(s.zone_labels);
-        w.name(q.labels().skip(skip));
+        let skip = q.label_count.saturating_sub(s.zone_labels);
+        w.name(q.labels().skip(skip))?;
         w.record(TYPE_SOA, s.ttl, |w| {
-            w.name(MNAME.into_iter());
-            w.name(RNAME.into_iter());
+            w.name(MNAME.into_iter())?;
+            w.name(RNAME.into_iter())?;
             w.u32(s.serial);
             w.u32(3600);
             w.u32(600);
             w.u32(86400);
             w.u32(s.ttl);
-        });
+            Some(())
+        })?;
     }
     let mut max = 512usize;
     if let Some((payload, dnssec_ok)) = q.edns {

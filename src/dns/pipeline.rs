@@ -237,15 +237,7 @@ impl Pipeline {
                 (r.logged, Layer::DnsObserved),
             ] {
                 if let Some(profile) = id.and_then(|id| policy.profile_by_id(id)) {
-                    evidence.record(
-                        client,
-                        &profile.key,
-                        layer,
-                        &sighting.name,
-                        sighting.rule(),
-                        1,
-                        now,
-                    );
+                    evidence.record_seen(client, &profile.key, layer, sighting, 1, now);
                 }
             }
         }

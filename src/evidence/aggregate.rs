@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
+use super::Sighting;
 use crate::stripe::Striped;
 
 const SHARDS: usize = 16;
@@ -108,8 +109,8 @@ struct LocalRow {
     client: IpAddr,
     profile: Arc<str>,
     layer: Layer,
-    name: Box<str>,
-    rule: Box<str>,
+    /// The name and rule, shared with the query's record: a new row copies nothing.
+    seen: Arc<Sighting>,
     count: u64,
     first: u64,
     last: u64,
@@ -195,6 +196,43 @@ impl Aggregate {
         n: u64,
         now: u64,
     ) {
+        let seen = || {
+            Arc::new(Sighting {
+                name: name.into(),
+                rule: (rule != name).then(|| rule.into()),
+                at: None,
+            })
+        };
+        self.count(client, profile, layer, name, seen, n, now);
+    }
+
+    /// `record` for a query's sighting (the name and rule it was decided by): a new row
+    /// shares it instead of copying the name.
+    #[inline]
+    pub fn record_seen(
+        &self,
+        client: IpAddr,
+        profile: &Arc<str>,
+        layer: Layer,
+        seen: &Arc<Sighting>,
+        n: u64,
+        now: u64,
+    ) {
+        self.count(client, profile, layer, &seen.name, || seen.clone(), n, now);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn count(
+        &self,
+        client: IpAddr,
+        profile: &Arc<str>,
+        layer: Layer,
+        name: &str,
+        seen: impl FnOnce() -> Arc<Sighting>,
+        n: u64,
+        now: u64,
+    ) {
         let day = (now / 86_400) as u32;
         let hash = self.local_hasher.hash_one((
             day,
@@ -209,7 +247,7 @@ impl Aggregate {
                 && r.client == client
                 && Arc::ptr_eq(&r.profile, profile)
                 && r.layer == layer
-                && *r.name == *name
+                && *r.seen.name == *name
         });
         if let Some(r) = found {
             r.count += n;
@@ -229,8 +267,7 @@ impl Aggregate {
             client,
             profile: profile.clone(),
             layer,
-            name: name.into(),
-            rule: rule.into(),
+            seen: seen(),
             count: n,
             first: now,
             last: now,
@@ -241,7 +278,7 @@ impl Aggregate {
                 r.client,
                 Arc::as_ptr(&r.profile) as *const u8,
                 r.layer,
-                &*r.name,
+                &*r.seen.name,
             ))
         });
     }
@@ -257,7 +294,14 @@ impl Aggregate {
         rows.sort_unstable_by_key(|r| (r.first, r.seq));
         for r in rows {
             self.record_in_shards(
-                r.client, &r.profile, r.layer, r.name, &r.rule, r.count, r.first, r.last,
+                r.client,
+                &r.profile,
+                r.layer,
+                r.seen.name.clone(),
+                r.seen.rule(),
+                r.count,
+                r.first,
+                r.last,
             );
         }
     }
