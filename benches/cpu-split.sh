@@ -33,26 +33,7 @@ lists = ["small.list"]
 socket = "$work/control.sock"
 state_file = "$work/state.json"
 T
-cat > "$work/unbound.conf" <<U
-server:
-  interface: 127.0.0.1
-  port: 55323
-  num-threads: 1
-  do-daemonize: no
-  use-syslog: no
-  logfile: ""
-  username: ""
-  chroot: ""
-  directory: "$work"
-  pidfile: ""
-  access-control: 127.0.0.0/8 allow
-  do-not-query-localhost: no
-  local-zone: "test." nodefault
-  include: "$work/unbound-small.conf"
-forward-zone:
-  name: "."
-  forward-addr: 127.0.0.1@55321
-U
+unbound_main_conf "$work/unbound.conf" 55323 55321 "$work/unbound-small.conf"
 taskset -c 0 "$bin" run --config "$work/telesink.toml" >"$work/telesink.log" 2>&1 & tpid=$!; pids+=("$tpid")
 taskset -c 0 unbound -d -c "$work/unbound.conf" >"$work/unbound.log" 2>&1 & upid=$!; pids+=("$upid")
 sleep 2

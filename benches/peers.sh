@@ -86,27 +86,7 @@ state_file = "$work/state-$1.json"
 T
 }
 unbound_conf() { # tag port
-  cat > "$work/unbound-$1-main.conf" <<U
-server:
-  interface: 127.0.0.1
-  port: $2
-  num-threads: 1
-  do-daemonize: no
-  use-syslog: no
-  logfile: ""
-  username: ""
-  chroot: ""
-  directory: "$work"
-  pidfile: ""
-  access-control: 127.0.0.0/8 allow
-  do-not-query-localhost: no
-  # unbound answers the special-use zone test. itself (NXDOMAIN) unless told not to.
-  local-zone: "test." nodefault
-  include: "$work/unbound-$1.conf"
-forward-zone:
-  name: "."
-  forward-addr: 127.0.0.1@$kport
-U
+  unbound_main_conf "$work/unbound-$1-main.conf" "$2" "$kport" "$work/unbound-$1.conf"
 }
 for tag in small big; do
   [[ $tag == big && $BIG == 0 ]] && continue

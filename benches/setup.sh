@@ -13,3 +13,28 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
+
+# unbound's main config: FILE PORT UPSTREAM-PORT INCLUDE (the blocklist's local-zones).
+unbound_main_conf() {
+  cat > "$1" <<U
+server:
+  interface: 127.0.0.1
+  port: $2
+  num-threads: 1
+  do-daemonize: no
+  use-syslog: no
+  logfile: ""
+  username: ""
+  chroot: ""
+  directory: "$work"
+  pidfile: ""
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  # unbound answers the special-use zone test. itself (NXDOMAIN) unless told not to.
+  local-zone: "test." nodefault
+  include: "$4"
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@$3
+U
+}
