@@ -195,7 +195,7 @@ for server in "${servers[@]}"; do
   taskset -c 1 dnsperf -s 127.0.0.1 -p "$(port_for $server)" -d "$work/cached.q" -l 2 >/dev/null 2>&1 || true  # warm the cache
 done
 # Who goes first in a round matters on this VM (the first is measured slower, seen with
-# two builds of telesink swapped: about 5%), so each run starts the round at another
+# two builds of telesink swapped: 3-4% more CPU per query), so each run starts the round at another
 # server.
 rotated() { # run -> the servers, starting at a different one each run
   local n=${#servers[@]} i
