@@ -183,7 +183,7 @@ impl Aggregate {
     ///
     /// Into the calling thread's buffer (src/stripe.rs), which `fold` moves into the
     /// shards: before every drain and every reading of the counters. A buffer holds at
-    /// most `LOCAL_ROWS` rows; a new row beyond that folds it at once.
+    /// most `LOCAL_ROWS` rows; a new row beyond that goes to the shards directly.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn record(
@@ -255,10 +255,23 @@ impl Aggregate {
             return;
         }
         if local.rows.len() >= LOCAL_ROWS {
-            let rows: Vec<LocalRow> = local.rows.drain().collect();
+            // A full buffer is not folded here: folding a thousand rows on the query
+            // path stalled the queries behind it (p99 at 20,000 qps with a million-name
+            // list went from about 1 ms to 5 ms). This row goes to the shards as it
+            // would without buffers; the buffer waits for the next reading or flush.
             drop(local);
-            self.fold_rows(rows);
-            local = self.local.mine();
+            let s = seen();
+            self.record_in_shards(
+                client,
+                profile,
+                layer,
+                s.name.clone(),
+                s.rule(),
+                n,
+                now,
+                now,
+            );
+            return;
         }
         local.next += 1;
         let row = LocalRow {
