@@ -14,10 +14,7 @@ WL=${WL:-blocked cached mix}; RUNS=${RUNS:-3}; SECS=${SECS:-4}
 want=(dnsperf unbound knot dnsutils python3)
 source benches/setup.sh
 python3 benches/workload.py "$work" 0
-printf 'server:\n    listen: 127.0.0.1@55321\n    rundir: %s\ndatabase:\n    storage: %s/kdb\nzone:\n  - domain: bench.test\n    file: %s/zone\n' \
-  "$work" "$work" "$work" > "$work/knot.conf"
-knotd -c "$work/knot.conf" >/dev/null 2>&1 & pids+=($!)
-sleep 0.5
+start_knot 55321
 cat > "$work/telesink.toml" <<T
 [server]
 listen = ["127.0.0.1:55322"]

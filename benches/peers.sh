@@ -55,18 +55,7 @@ done
 python3 benches/workload.py "$work" "$BIG"
 
 kport=55301
-cat > "$work/knot.conf" <<K
-server:
-    listen: 127.0.0.1@$kport
-    rundir: $work
-database:
-    storage: $work/kdb
-zone:
-  - domain: bench.test
-    file: $work/zone
-K
-knotd -c "$work/knot.conf" >/dev/null 2>&1 & pids+=($!)
-sleep 0.5
+start_knot "$kport"
 
 telesink_conf() { # tag port
   cat > "$work/telesink-$1.toml" <<T

@@ -20,10 +20,7 @@ python3 benches/workload.py "$work" "$BIG"
 tag=small; [[ $WORKLOAD == big-blocked ]] && tag=big
 
 kport=55311
-printf 'server:\n    listen: 127.0.0.1@%s\n    rundir: %s\ndatabase:\n    storage: %s/kdb\nzone:\n  - domain: bench.test\n    file: %s/zone\n' \
-  "$kport" "$work" "$work" "$work" > "$work/knot.conf"
-knotd -c "$work/knot.conf" >/dev/null 2>&1 & pids+=($!)
-sleep 0.5
+start_knot "$kport"
 cat > "$work/telesink.toml" <<T
 [server]
 listen = ["127.0.0.1:55312"]

@@ -38,3 +38,19 @@ forward-zone:
   forward-addr: 127.0.0.1@$3
 U
 }
+
+# knotd serving the workload's zone (bench.test) on 127.0.0.1:PORT, ended at exit.
+start_knot() {
+  cat > "$work/knot.conf" <<K
+server:
+    listen: 127.0.0.1@$1
+    rundir: $work
+database:
+    storage: $work/kdb
+zone:
+  - domain: bench.test
+    file: $work/zone
+K
+  knotd -c "$work/knot.conf" >/dev/null 2>&1 & pids+=($!)
+  sleep 0.5
+}

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use telesink::config::LoadedConfig;
 use telesink::dns::ClientCounts;
+use telesink::dns::pipeline::Path;
 use telesink::dns::{Outcome, Outcomes};
 use telesink::policy::{self, QName, Toggles, Verdict};
 
@@ -79,7 +80,7 @@ fn the_per_query_policy_and_metrics_path_does_not_allocate() {
     let id = |p: u16| policy.profiles[p as usize].id;
     counts.blocked(client, id(0));
     counts.logged(client, id(1));
-    outcomes.saw(client);
+    outcomes.answered(Outcome::Blocked, client, Path::Full);
 
     let mut blocked = 0;
     let mut logged = 0;
@@ -99,8 +100,7 @@ fn the_per_query_policy_and_metrics_path_does_not_allocate() {
                         }
                     }
                 }
-                outcomes.record(Outcome::Blocked);
-                outcomes.saw(client);
+                outcomes.answered(Outcome::Blocked, client, Path::Full);
             }
         }
     });

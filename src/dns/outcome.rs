@@ -84,18 +84,7 @@ impl Outcomes {
         let mut local = self.stripes.mine();
         local.counts[outcome as usize] += 1;
         local.paths[path as usize] += 1;
-        if local.last != Some(client) {
-            local.last = Some(client);
-            if local.clients.len() < CLIENTS_MAX {
-                local.clients.insert(client);
-            }
-        }
-    }
-
-    /// Remembers a client address (bounded), for "clients seen" in STATUS.
-    #[inline]
-    pub fn saw(&self, client: IpAddr) {
-        let mut local = self.stripes.mine();
+        // A thread mostly serves the client it served last: no set lookup then.
         if local.last != Some(client) {
             local.last = Some(client);
             if local.clients.len() < CLIENTS_MAX {

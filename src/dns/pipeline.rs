@@ -276,15 +276,9 @@ impl Pipeline {
             return None;
         };
         let p = policy.profiles.get(profile as usize)?;
-        let zone_labels = qname
-            .suffix_at(by.at)
-            .iter()
-            .filter(|&&b| b == b'.')
-            .count()
-            + 1;
         let sink = super::direct::Sinkhole {
             mode: p.mode,
-            zone_labels,
+            zone_labels: zone_labels(&qname, &by),
             ttl: policy.block_ttl,
             serial: serial(policy),
             ede_text: &p.ede_text,
@@ -372,13 +366,7 @@ impl Pipeline {
             Verdict::Pass { allow } => allow.is_some(),
             Verdict::Block { profile, by } => {
                 let seen = sighting(&qname, Some(&by));
-                let labels = qname
-                    .suffix_at(by.at)
-                    .iter()
-                    .filter(|&&b| b == b'.')
-                    .count()
-                    + 1;
-                let zone = query.original().name().trim_to(labels);
+                let zone = query.original().name().trim_to(zone_labels(&qname, &by));
                 let (outcome, info) = self
                     .sinkhole(request, handle, &policy, profile, query, &zone, None)
                     .await;
@@ -617,6 +605,12 @@ fn sinkholed(base: QueryRecord, snap: &Snapshot, profile: u16, name: &Name) -> Q
         learn: (p.shadow && snap.learner.is_some()).then(|| (p.id, name.clone())),
         ..base
     }
+}
+
+/// How many of the name's last labels the deciding rule was written for: the owner of a
+/// sinkhole's SOA.
+fn zone_labels(q: &QName, by: &Decision) -> usize {
+    q.suffix_at(by.at).iter().filter(|&&b| b == b'.').count() + 1
 }
 
 /// What the ledger and the live view keep of a query: its name, and the rule that decided
