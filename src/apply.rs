@@ -150,7 +150,7 @@ pub fn describe_rules(t: &crate::policy::Toggles) -> Vec<String> {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Vec<std::net::SocketAddr>,
-    pub upstream: Vec<std::net::SocketAddr>,
+    pub upstream: Vec<crate::config::upstream::ServerSpec>,
     pub metrics: Option<std::net::SocketAddr>,
 }
 

@@ -324,7 +324,7 @@ fn health(applier: &Applier, watchdog: &WatchdogSeen) -> Result<(), String> {
             "the toggles in force are not saved ({e}); retrying every 10 s"
         ));
     }
-    if s.upstream.servers().is_empty() {
+    if !s.upstream.has_servers() {
         why.push("no upstream resolver".to_owned());
     } else if let Some(problem) = s.upstream.reach.problem() {
         why.push(problem);

@@ -34,12 +34,21 @@ pub enum InitError {
     },
 }
 
+/// An Active Directory site: its AD DNS domains and the domain controllers' addresses.
+#[derive(Debug, Clone, Default)]
+pub struct ActiveDirectory {
+    pub domains: Vec<String>,
+    pub dcs: Vec<IpAddr>,
+}
+
 /// What `init` chose, for the admin to read.
 pub struct Chosen {
     pub listen: Vec<String>,
     pub networks: Vec<String>,
     pub metrics: String,
     pub lists_dir: PathBuf,
+    /// The zones forwarded to the domain controllers.
+    pub forwarded: Vec<String>,
     pub text: String,
 }
 
@@ -116,7 +125,7 @@ fn check_interface(name: &str) -> Result<(), InitError> {
     ))
 }
 
-pub fn config_for(lan: &str, wan: Option<&str>) -> Result<Chosen, InitError> {
+pub fn config_for(lan: &str, wan: Option<&str>, ad: &ActiveDirectory) -> Result<Chosen, InitError> {
     if wan == Some(lan) {
         return Err(InitError::SameInterface(lan.to_owned()));
     }
@@ -178,6 +187,25 @@ pub fn config_for(lan: &str, wan: Option<&str>) -> Result<Chosen, InitError> {
         &format!("allowed_clients = [{}]", quoted(&networks)),
     )?;
     text = replace(&text, "lan = [\"lan0\"]", &format!("lan = [{lan:?}]"))?;
+    let lan_nets: Vec<ipnet::IpNet> = addrs
+        .iter()
+        .filter_map(|(ip, len)| ipnet::IpNet::new(*ip, *len).ok())
+        .map(|n| n.trunc())
+        .collect();
+    let (forwarded, ad_text) = ad_section(ad, &lan_nets);
+    if !ad.dcs.is_empty() {
+        // The DCs may forward their own lookups to telesink (the other topology, or
+        // their forwarders setting): a busy DC must not hit a per-client limit meant
+        // for one device.
+        text = replace(
+            &text,
+            "action = \"drop\"",
+            &format!(
+                "action = \"drop\"\n# The domain controllers ask for many clients at once.\nexempt = [{}]",
+                quoted(&ad.dcs.iter().map(IpAddr::to_string).collect::<Vec<_>>())
+            ),
+        )?;
+    }
     let wan_line = match wan {
         Some(w) => format!("wan = [{w:?}]"),
         None => "wan = []".to_owned(),
@@ -203,6 +231,15 @@ pub fn config_for(lan: &str, wan: Option<&str>) -> Result<Chosen, InitError> {
             }
         })
         .collect();
+    let mut args_shown = wan.map(|w| format!(" --wan {w}")).unwrap_or_default();
+    if !ad.domains.is_empty() {
+        let dcs: Vec<String> = ad.dcs.iter().map(IpAddr::to_string).collect();
+        args_shown.push_str(&format!(
+            " --ad-domain {} --dc {}",
+            ad.domains.join(","),
+            dcs.join(",")
+        ));
+    }
     let text = format!(
         "# telesink on this gateway, written by `telesink init --lan {lan}{}`.
 #
@@ -211,8 +248,8 @@ pub fn config_for(lan: &str, wan: Option<&str>) -> Result<Chosen, InitError> {
 # Check it with `telesink check --config THIS_FILE`; every key is explained in the
 # shipped telesink.toml (/usr/share/doc/telesink, or config/ in a checkout).
 
-{head}{commented}",
-        wan.map(|w| format!(" --wan {w}")).unwrap_or_default(),
+{head}{ad_text}{commented}",
+        args_shown,
         wan.map(|w| format!(" through {w}")).unwrap_or_default()
     );
     Ok(Chosen {
@@ -220,8 +257,79 @@ pub fn config_for(lan: &str, wan: Option<&str>) -> Result<Chosen, InitError> {
         networks,
         metrics,
         lists_dir,
+        forwarded,
         text,
     })
+}
+
+/// The `[[forward]]` entries of an AD site: each AD domain (its `_msdcs` zone and SRV
+/// records are below it) and the reverse zones of the LAN's networks, to the DCs.
+fn ad_section(ad: &ActiveDirectory, lan: &[ipnet::IpNet]) -> (Vec<String>, String) {
+    if ad.domains.is_empty() || ad.dcs.is_empty() {
+        return (Vec::new(), String::new());
+    }
+    let servers = ad
+        .dcs
+        .iter()
+        .map(|ip| format!("{:?}", std::net::SocketAddr::new(*ip, 53).to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut zones: Vec<String> = ad
+        .domains
+        .iter()
+        .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    for net in lan {
+        if let Some(z) = reverse_zone(net)
+            && !zones.contains(&z)
+        {
+            zones.push(z);
+        }
+    }
+    let mut text = String::from(
+        "# Active Directory: clients ask telesink (each device stays visible in the metrics and\n# the evidence), the AD zones and the LAN's reverse zones go to the domain controllers.\n# Names in them are blocked by exact rules only (docs/UPSTREAMS.md).\n",
+    );
+    for z in &zones {
+        text.push_str(&format!(
+            "[[forward]]\nzone = {z:?}\nservers = [{servers}]\n\n"
+        ));
+    }
+    (zones, text)
+}
+
+/// The reverse zone that holds a network's addresses (whole octets for IPv4, whole
+/// nibbles for IPv6; a /20 gets the /16's zone).
+pub fn reverse_zone(net: &ipnet::IpNet) -> Option<String> {
+    match net {
+        ipnet::IpNet::V4(n) if !n.addr().is_loopback() => {
+            let whole = usize::from(n.prefix_len() / 8);
+            if whole == 0 {
+                return None;
+            }
+            let mut labels: Vec<String> = n.network().octets()[..whole]
+                .iter()
+                .map(u8::to_string)
+                .collect();
+            labels.reverse();
+            Some(format!("{}.in-addr.arpa", labels.join(".")))
+        }
+        ipnet::IpNet::V6(n) if !n.addr().is_loopback() => {
+            let whole = usize::from(n.prefix_len() / 4);
+            if whole == 0 {
+                return None;
+            }
+            let hex: String = n
+                .network()
+                .octets()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let mut labels: Vec<String> = hex[..whole].chars().map(String::from).collect();
+            labels.reverse();
+            Some(format!("{}.ip6.arpa", labels.join(".")))
+        }
+        _ => None,
+    }
 }
 
 pub fn write(path: &Path, text: &str, force: bool) -> Result<(), InitError> {
@@ -236,4 +344,37 @@ pub fn write(path: &Path, text: &str, force: bool) -> Result<(), InitError> {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     std::fs::write(path, text).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_zones_are_those_of_whole_octets_and_nibbles() {
+        let z = |s: &str| reverse_zone(&s.parse().unwrap());
+        assert_eq!(z("10.0.0.0/8").as_deref(), Some("10.in-addr.arpa"));
+        assert_eq!(
+            z("192.168.1.0/24").as_deref(),
+            Some("1.168.192.in-addr.arpa")
+        );
+        assert_eq!(z("172.16.0.0/20").as_deref(), Some("16.172.in-addr.arpa"));
+        assert_eq!(
+            z("2001:db8:1::/64").as_deref(),
+            Some("0.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa")
+        );
+        assert_eq!(z("127.0.0.0/8"), None);
+        assert_eq!(z("0.0.0.0/0"), None);
+    }
+
+    #[test]
+    fn an_ad_site_forwards_its_domains_and_reverse_zones_to_the_dcs() {
+        let ad = ActiveDirectory {
+            domains: vec!["Corp.Example".into()],
+            dcs: vec!["10.0.0.10".parse().unwrap(), "10.0.0.11".parse().unwrap()],
+        };
+        let (zones, text) = ad_section(&ad, &["10.0.0.0/24".parse().unwrap()]);
+        assert_eq!(zones, ["corp.example", "0.0.10.in-addr.arpa"]);
+        assert!(text.contains("[[forward]]\nzone = \"corp.example\"\nservers = [\"10.0.0.10:53\", \"10.0.0.11:53\"]\n"), "{text}");
+    }
 }

@@ -23,12 +23,14 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::config::LoadedConfig;
+use crate::dns::upstream::lookup::Lookup;
 
 pub const ALLOW_FILE: &str = "allow-m365-core.cidrs";
 pub const REQUIRED_FILE: &str = "m365-required.domains";
@@ -165,19 +167,25 @@ impl Source {
 
 /// Reads the version and the endpoints document. `allow_broad` keeps ranges broader than
 /// the bound (and lists them in `Update::broad`) instead of refusing the document.
-pub fn fetch(source: &Source, allow_broad: bool) -> Result<Update, M365Error> {
+/// `lookup`: the daemon's upstreams for the service's name (None: the system resolver,
+/// for tests and tools without a config).
+pub fn fetch(
+    source: &Source,
+    allow_broad: bool,
+    lookup: Option<Arc<Lookup>>,
+) -> Result<Update, M365Error> {
     match source {
         Source::Service(base) => {
             let request_id = format!("{:032x}", rand::random::<u128>());
             let version_url = format!("{base}/version/worldwide?clientrequestid={request_id}");
             let endpoints_url = format!("{base}/endpoints/worldwide?clientrequestid={request_id}");
-            let version_text = get(&version_url)?;
+            let version_text = get(&version_url, lookup.clone())?;
             let version: VersionDoc =
                 serde_json::from_str(&version_text).map_err(|e| M365Error::Parse {
                     source_name: version_url.clone(),
                     why: e.to_string(),
                 })?;
-            let body = get(&endpoints_url)?;
+            let body = get(&endpoints_url, lookup)?;
             parse(&body, &version.latest, base, allow_broad)
         }
         Source::File { path, version } => {
@@ -217,7 +225,43 @@ fn read_capped(path: &Path) -> Result<String, M365Error> {
     Ok(body)
 }
 
-fn get(url: &str) -> Result<String, M365Error> {
+/// Resolves the service's name through telesink's upstreams.
+struct ViaUpstreams(Arc<Lookup>);
+
+impl std::fmt::Debug for ViaUpstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("telesink's upstreams")
+    }
+}
+
+impl ureq::unversioned::resolver::Resolver for ViaUpstreams {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let authority = uri.authority().ok_or(ureq::Error::HostNotFound)?;
+        let port = authority
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            });
+        let ips = self
+            .0
+            .addresses(authority.host())
+            .map_err(|why| ureq::Error::Other(why.into()))?;
+        let mut out = self.empty();
+        for ip in ips.into_iter().take(16) {
+            out.push(std::net::SocketAddr::new(ip, port));
+        }
+        Ok(out)
+    }
+}
+
+fn get(url: &str, lookup: Option<Arc<Lookup>>) -> Result<String, M365Error> {
     let fail = |why: String| M365Error::Fetch {
         url: url.to_owned(),
         why,
@@ -225,12 +269,19 @@ fn get(url: &str) -> Result<String, M365Error> {
     let tls = ureq::tls::TlsConfig::builder()
         .root_certs(ureq::tls::RootCerts::PlatformVerifier)
         .build();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(30)))
         .proxy(ureq::Proxy::try_from_env())
         .tls_config(tls)
-        .build()
-        .into();
+        .build();
+    let agent = match lookup {
+        Some(l) => ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            ViaUpstreams(l),
+        ),
+        None => config.into(),
+    };
     let mut response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
     response
         .body_mut()

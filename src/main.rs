@@ -36,9 +36,11 @@ enum Command {
         /// Listen on this address (UDP and TCP) instead of the config's; repeatable.
         #[arg(long)]
         listen: Vec<SocketAddr>,
-        /// Forward to this upstream instead of the config's; repeatable.
-        #[arg(long)]
-        upstream: Vec<SocketAddr>,
+        /// Forward to this upstream instead of the config's; repeatable. The forms of
+        /// [upstream] servers: 192.0.2.1:53, tls://192.0.2.1#dns.example,
+        /// https://dns.example/dns-query (a name needs [upstream.bootstrap]).
+        #[arg(long, value_parser = telesink::config::upstream::parse)]
+        upstream: Vec<telesink::config::upstream::ServerSpec>,
         /// Serve Prometheus metrics here instead of the config's metrics.listen.
         #[arg(long)]
         metrics: Option<SocketAddr>,
@@ -217,6 +219,13 @@ enum Command {
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
+        /// An Active Directory DNS domain (comma-separated for several): it and the LAN's
+        /// reverse zones are forwarded to the domain controllers (--dc).
+        #[arg(long, value_delimiter = ',', requires = "dc")]
+        ad_domain: Vec<String>,
+        /// The domain controllers' addresses, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "ad_domain")]
+        dc: Vec<std::net::IpAddr>,
     },
     /// Re-read config and lists in the running daemon (like SIGHUP, but reports errors).
     Reload {
@@ -486,7 +495,18 @@ fn main() -> ExitCode {
             wan,
             output,
             force,
-        } => init(&lan, wan.as_deref(), &output, force),
+            ad_domain,
+            dc,
+        } => init(
+            &lan,
+            wan.as_deref(),
+            &telesink::init::ActiveDirectory {
+                domains: ad_domain,
+                dcs: dc,
+            },
+            &output,
+            force,
+        ),
     }
 }
 
@@ -541,7 +561,21 @@ fn update_m365(
         }
     };
     let source = m365::Source::parse(from, version);
-    let installed = m365::fetch(&source, allow_broad).and_then(|update| {
+    // The service's name is looked up through the daemon's upstreams (encrypted ones
+    // included), never the system's resolver.
+    let lookup = match &source {
+        m365::Source::Service(_) => {
+            match telesink::dns::upstream::lookup::Lookup::of(&cfg.config) {
+                Ok(l) => Some(std::sync::Arc::new(l)),
+                Err(e) => {
+                    eprintln!("telesink: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        m365::Source::File { .. } => None,
+    };
+    let installed = m365::fetch(&source, allow_broad, lookup).and_then(|update| {
         // Said before the install, which may still refuse them (firewall.allow_broad).
         for net in &update.broad {
             eprintln!(
@@ -606,8 +640,14 @@ fn update_m365(
     }
 }
 
-fn init(lan: &str, wan: Option<&str>, output: &std::path::Path, force: bool) -> ExitCode {
-    let chosen = match telesink::init::config_for(lan, wan) {
+fn init(
+    lan: &str,
+    wan: Option<&str>,
+    ad: &telesink::init::ActiveDirectory,
+    output: &std::path::Path,
+    force: bool,
+) -> ExitCode {
+    let chosen = match telesink::init::config_for(lan, wan, ad) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("telesink: {e}");
@@ -627,6 +667,12 @@ fn init(lan: &str, wan: Option<&str>, output: &std::path::Path, force: bool) -> 
         wan.unwrap_or("(none)")
     );
     println!("  lists from         {}", chosen.lists_dir.display());
+    if !chosen.forwarded.is_empty() {
+        println!(
+            "  to the DCs         {} (DCs exempt from the rate limit)",
+            chosen.forwarded.join(", ")
+        );
+    }
     println!("checking it:");
     check(output, false)
 }

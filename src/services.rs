@@ -35,6 +35,8 @@ use crate::snapshot::Snapshot;
 pub enum ServicesError {
     #[error(transparent)]
     Labels(#[from] crate::devices::KeyError),
+    #[error(transparent)]
+    Upstream(#[from] crate::dns::upstream::SetupError),
 }
 
 /// Reload outcomes, for status and metrics.
@@ -78,6 +80,9 @@ impl Services {
         let state_path = crate::state::state_path(c.control.state_file.as_deref());
         let upstreams = if c.upstream.servers.is_empty() {
             crate::dns::upstream::from_resolv_conf(&c.upstream.resolv_conf, &c.server.listen)
+                .into_iter()
+                .map(crate::config::upstream::ServerSpec::udp)
+                .collect()
         } else {
             c.upstream.servers.clone()
         };
@@ -86,11 +91,10 @@ impl Services {
                 "no upstream resolver: blocked names are answered, everything else gets SERVFAIL"
             );
         }
-        info!(upstreams = ?upstreams, "forwarding");
-        let upstream = Arc::new(Upstream::new(
-            upstreams,
-            std::time::Duration::from_millis(c.upstream.timeout_ms),
-        ));
+        let shown: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+        info!(upstreams = ?shown, forward_zones = c.forward.len(), "forwarding");
+        let settings = crate::dns::upstream::Settings::of(c, upstreams)?;
+        let upstream = Arc::new(Upstream::new(&settings)?);
         // The evidence ledger. A file that is not a ledger is set aside inside `open`;
         // one that cannot be opened at all (a folder telesink may not write) leaves DNS
         // and the firewall running, says so in the log and in /health.

@@ -1563,6 +1563,28 @@ fn init_writes_a_working_gateway_config_from_the_interfaces() {
         text.contains("[profiles.ms-app-analytics]\ndescription = \"Application Insights, App Center and 1DS analytics SDK collectors in apps\"\nenabled = false"),
         "{text}"
     );
+    // An AD site: its domain and the LAN's reverse zones to the DCs, which are exempt
+    // from the rate limit; what is written passes check (init runs it).
+    let ad = dir.path().join("ad.toml");
+    let out = t.sh(
+        &t.gateway,
+        &format!(
+            "{} init --lan lan0 --ad-domain corp.example --dc 192.0.2.53,192.0.2.54 --output {}",
+            bin(),
+            ad.display()
+        ),
+    );
+    assert!(
+        out.contains("to the DCs         corp.example, 2.0.192.in-addr.arpa, 0.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&ad).unwrap();
+    assert!(
+        text.contains(
+            "[[forward]]\nzone = \"corp.example\"\nservers = [\"192.0.2.53:53\", \"192.0.2.54:53\"]"
+        ) && text.contains("exempt = [\"192.0.2.53\", \"192.0.2.54\"]"),
+        "{text}"
+    );
     // The same interface twice, and one that is not there, are refused with the way out.
     let scratch = dir.path().join("refused.toml");
     let refused = |args: &str| {

@@ -73,12 +73,14 @@ fn update_m365_installs_current_data_reloads_and_refuses_bad_documents() {
     if !require("knotd") {
         return;
     }
-    let knot = Knot::start("");
+    // The service is reached by a name only the configured upstream knows: update-m365
+    // looks names up through telesink's upstreams, not the system's resolver.
+    let knot = Knot::start("m365 A 127.0.0.1\n");
     let doc = Arc::new(Mutex::new((
         "2025013000".to_owned(),
         "endpoints-2025013000.json".to_owned(),
     )));
-    let service = fixture_server(doc.clone());
+    let service = fixture_server(doc.clone()).replace("127.0.0.1", "m365.test");
     let dir = TempDir::new("m365");
     // The shipped lists stand in for /usr/share/telesink/blocklists.
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/blocklists");

@@ -190,7 +190,7 @@ fn a_replayed_answer_allocates_nothing_with_every_default_feature_on() {
             },
         )),
         clients: Arc::new(ClientCounts::new(100)),
-        upstream: Arc::new(telesink::dns::upstream::Upstream::new(
+        upstream: Arc::new(telesink::dns::upstream::Upstream::plain(
             vec!["127.0.0.1:9".parse().unwrap()],
             Duration::from_secs(1),
         )),

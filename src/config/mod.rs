@@ -10,6 +10,7 @@ pub mod identity;
 pub mod limits;
 mod load;
 pub mod restart;
+pub mod upstream;
 pub mod values;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -45,6 +46,9 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// Zones forwarded to their own servers (Active Directory), most specific first.
+    #[serde(default)]
+    pub forward: Vec<ForwardConfig>,
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]
@@ -391,13 +395,64 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Empty: the name servers of `resolv_conf`, minus telesink's own addresses.
-    #[serde(default, deserialize_with = "values::socket_addrs")]
-    pub servers: Vec<SocketAddr>,
+    /// `ip:port` (clear text), `tls://HOST[:853][#NAME]`, `https://HOST[:443][/PATH][#NAME]`
+    /// (src/dns/upstream/spec.rs).
+    #[serde(default, deserialize_with = "upstream::servers")]
+    pub servers: Vec<upstream::ServerSpec>,
     #[serde(default = "default_resolv_conf")]
     pub resolv_conf: PathBuf,
     /// Total time a query may wait on upstreams before the client gets SERVFAIL.
     #[serde(default = "default_upstream_timeout")]
     pub timeout_ms: u64,
+    /// What happens when an encrypted upstream fails. Default: `strict` when any
+    /// encrypted server is configured (SERVFAIL, never clear text).
+    #[serde(default)]
+    pub encryption: Option<Encryption>,
+    /// An organisation's own CA (PEM), trusted beside the system's CA store.
+    pub ca_file: Option<PathBuf>,
+    /// The encrypted upstreams validate DNSSEC: their AD bit is passed to clients that
+    /// ask for it (DO or AD set). Otherwise telesink clears AD (RFC 4035 section 4.9.3).
+    #[serde(default)]
+    pub trust_ad: bool,
+    /// Addresses of encrypted upstreams written by name, so that reaching them needs no
+    /// clear-text lookup: `"dns.example" = ["192.0.2.1", "2001:db8::1"]`.
+    #[serde(default)]
+    pub bootstrap: std::collections::BTreeMap<String, Vec<IpAddr>>,
+    /// SPKI pins per certificate name (RFC 7858 section 4.2): base64 of the SHA-256 of
+    /// the server's SubjectPublicKeyInfo; a pinned server is trusted by its key alone.
+    #[serde(default)]
+    pub pins: std::collections::BTreeMap<String, Vec<String>>,
+    /// Long-lived connections per encrypted upstream.
+    #[serde(default = "default_upstream_connections")]
+    pub connections: usize,
+    /// An encrypted connection without queries for this long is closed (or sooner when
+    /// the server's edns-tcp-keepalive says so).
+    #[serde(default = "default_upstream_idle")]
+    pub idle_timeout_secs: u64,
+    /// `post` or `get` for DNS over HTTPS.
+    #[serde(default)]
+    pub doh_method: upstream::DohMethod,
+}
+
+/// When an encrypted upstream fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// SERVFAIL with EDE 22/23; never clear text.
+    Strict,
+    /// A failed encrypted server is asked in clear text at its address, port 53
+    /// (counted); a certificate that does not check out is never retried.
+    Opportunistic,
+}
+
+/// `[[forward]]`: a zone (and everything below it) to its own servers, such as Active
+/// Directory zones to the domain controllers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    pub zone: Spanned<String>,
+    #[serde(deserialize_with = "upstream::servers")]
+    pub servers: Vec<upstream::ServerSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -571,6 +626,14 @@ fn default_udp_payload() -> u16 {
 fn default_resolv_conf() -> PathBuf {
     PathBuf::from("/etc/resolv.conf")
 }
+fn default_upstream_connections() -> usize {
+    2
+}
+
+fn default_upstream_idle() -> u64 {
+    30
+}
+
 fn default_upstream_timeout() -> u64 {
     1800
 }
@@ -629,6 +692,14 @@ impl Default for UpstreamConfig {
             servers: Vec::new(),
             resolv_conf: default_resolv_conf(),
             timeout_ms: default_upstream_timeout(),
+            encryption: None,
+            ca_file: None,
+            trust_ad: false,
+            bootstrap: Default::default(),
+            pins: Default::default(),
+            connections: default_upstream_connections(),
+            idle_timeout_secs: default_upstream_idle(),
+            doh_method: Default::default(),
         }
     }
 }

@@ -23,6 +23,8 @@ pub const EDE_BLOCKED: u16 = 15;
 /// RFC 8914: the server is unable to respond due to a policy (the client is not allowed).
 pub const EDE_PROHIBITED: u16 = 18;
 pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
+/// RFC 8914: an encrypted upstream failed (handshake, certificate, connection).
+pub const EDE_NETWORK_ERROR: u16 = 23;
 /// RFC 8914 section 3: EDE option code.
 const EDNS_OPTION_EDE: u16 = 15;
 /// Long EDE texts eat the room the answer needs in a UDP response (Blocky caps at 200).

@@ -21,6 +21,9 @@ pub struct Key {
     pub name: LowerName,
     pub qtype: RecordType,
     pub class: DNSClass,
+    /// The DO and CD bits a forward zone passed on (default elsewhere): an answer with
+    /// RRSIGs is not one without.
+    pub dnssec: super::upstream::Dnssec,
 }
 
 pub struct Entry {
@@ -128,6 +131,7 @@ impl Cache {
         Some(Hit {
             fresh_until: entry.stored + Duration::from_secs(u64::from(age) + 1),
             answer: Upstreamed {
+                authentic: entry.answer.authentic,
                 rcode: entry.answer.rcode,
                 answers: age_records(&entry.answer.answers),
                 authorities: age_records(&entry.answer.authorities),

@@ -258,7 +258,7 @@ async fn receive(line: Arc<Line>, open: Arc<AtomicUsize>) {
 
 /// The question section's bytes (name, type, class) of a message with one question
 /// whose name is not compressed, as every query is and every answer repeats it.
-fn question(message: &[u8]) -> Option<&[u8]> {
+pub(crate) fn question(message: &[u8]) -> Option<&[u8]> {
     if message.get(4..6)? != [0, 1] {
         return None;
     }

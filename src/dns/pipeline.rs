@@ -20,13 +20,14 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::answer::{
-    self, EDE_BLOCKED, EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER, EDE_PROHIBITED, Synth,
+    self, EDE_BLOCKED, EDE_NETWORK_ERROR, EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER, EDE_PROHIBITED,
+    Synth,
 };
 use super::cache::{self, Cache};
 use super::outcome::{Outcome, Outcomes};
 use super::protocol;
 use super::ratelimit::Admit;
-use super::upstream::{Upstream, Upstreamed};
+use super::upstream::{Dnssec, Upstream, UpstreamError, Upstreamed};
 use crate::evidence::tail::{Event, Tail};
 use crate::evidence::{Aggregate, Layer, Sighting};
 use crate::policy::{Decision, Policy, QName, Verdict};
@@ -61,6 +62,8 @@ struct Reply<'a> {
     authorities: &'a [Record],
     additionals: &'a [Record],
     ede: Option<(u16, &'a str)>,
+    /// The answer's AD bit may be passed on (`trust_ad`, encrypted upstream, validated).
+    authentic: bool,
 }
 
 impl Reply<'_> {
@@ -71,6 +74,7 @@ impl Reply<'_> {
             authorities: &[],
             additionals: &[],
             ede: None,
+            authentic: false,
         }
     }
 }
@@ -388,16 +392,27 @@ impl Pipeline {
             .map(|p| p.id);
         let seen = Some(sighting(&qname, observed.as_ref().map(|(_, by)| by)));
 
-        // 5. Cache, then upstream. Only a miss takes a forwarding slot.
+        // 5. Cache, then upstream. Only a miss takes a forwarding slot. A name in a
+        //    `[[forward]]` zone goes to that zone's servers with the client's DO and CD
+        //    bits (DNSSEC-aware pass-through), so they are part of its cache key.
+        let dnssec = if self.upstream.zone_of(query.original().name()).is_some() {
+            Dnssec {
+                dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+                checking_disabled: request.metadata.checking_disabled,
+            }
+        } else {
+            Dnssec::default()
+        };
         let key = cache::Key {
             name: query.name().clone(),
             qtype: query.query_type(),
             class: query.query_class(),
+            dnssec,
         };
         let now = Instant::now();
         let (answer, outcome, fresh_until) = match self.cache.get(&key, now) {
             Some(hit) => (hit.answer, Outcome::Cached, Some(hit.fresh_until)),
-            None => match self.forward(query).await {
+            None => match self.forward(query, dnssec).await {
                 Ok(answer) => {
                     self.cache.insert(key, &answer, now);
                     (answer, Outcome::Forwarded, None)
@@ -408,6 +423,12 @@ impl Pipeline {
                         ForwardError::Overloaded => (
                             EDE_OTHER,
                             "overloaded: too many queries waiting on upstreams",
+                        ),
+                        // Encryption failed (handshake, certificate, reset) and the
+                        // policy forbids clear text: a network error, not silence.
+                        ForwardError::Upstream(UpstreamError::Encrypted(_)) => (
+                            EDE_NETWORK_ERROR,
+                            "encrypted upstream failed; not asked in clear text",
                         ),
                         ForwardError::Upstream(_) => {
                             (EDE_NO_REACHABLE_AUTHORITY, "upstream resolvers unavailable")
@@ -463,6 +484,7 @@ impl Pipeline {
             authorities: &answer.authorities,
             additionals: &answer.additionals,
             ede: None,
+            authentic: answer.authentic,
         };
         let info = self.send(request, handle, reply).await;
         // The addresses of an answer a client was allowed to get serve something the
@@ -486,14 +508,18 @@ impl Pipeline {
         )
     }
 
-    async fn forward(&self, query: &LowerQuery) -> Result<Upstreamed, ForwardError> {
+    async fn forward(
+        &self,
+        query: &LowerQuery,
+        dnssec: Dnssec,
+    ) -> Result<Upstreamed, ForwardError> {
         // Shed at once rather than queue: a queued query would only time out later, and
         // the queue itself is what a flood would grow.
         let Ok(_slot) = self.forward_slots.try_acquire() else {
             return Err(ForwardError::Overloaded);
         };
         self.upstream
-            .resolve(query.original().clone())
+            .resolve(query.original().clone(), dnssec)
             .await
             .map_err(ForwardError::Upstream)
     }
@@ -542,6 +568,7 @@ impl Pipeline {
             authorities: &authorities,
             additionals: &[],
             ede: Some((EDE_BLOCKED, ede)),
+            authentic: false,
         };
         (Outcome::Blocked, self.send(request, handle, reply).await)
     }
@@ -557,6 +584,11 @@ impl Pipeline {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;
         metadata.response_code = reply.rcode;
+        // AD only from a path telesink was told to trust, and only to a client that asked
+        // for it (RFC 6840 section 5.7); otherwise cleared (RFC 4035 section 4.9.3).
+        let asked_ad = request.metadata.authentic_data
+            || request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        metadata.authentic_data = reply.authentic && asked_ad;
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         let response = builder.build(
             metadata,

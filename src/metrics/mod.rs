@@ -603,6 +603,11 @@ impl Collector for TelesinkCollector {
         if let Some(h) = s.upstream.latency() {
             out.extend(h.collect());
         }
+        if let Some(m) = s.upstream.metrics() {
+            for c in m.collectors() {
+                out.extend(c.collect());
+            }
+        }
         out.push(gauge(
             CACHE_ENTRIES,
             "Answers in the cache.",

@@ -102,6 +102,7 @@ fn setting_warnings(cfg: &LoadedConfig) -> Vec<String> {
             }
         }
     }
+    out.extend(crate::config::upstream::warnings(c));
     if c.upstream.timeout_ms == 0 {
         out.push(
             "upstream.timeout_ms = 0: every forwarded query fails at once with SERVFAIL; the default is 1800".to_owned(),
@@ -238,6 +239,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
     let allow_nets = b.load_allow_cidrs(&profiles, &bypass_nets, &mut allow_warnings);
     let never_learn_nets = b.load_cidrs(&cfg.config.firewall.shadow.never_learn_cidrs);
     let never_learn_zones = b.load_zones(&cfg.config.firewall.shadow.never_learn_zones);
+    let forward_zones = b.forward_zones();
     let (groups, nets, host_names) = b.groups(&profiles);
     let rate = b.rate_rules(&host_names);
     let devices = b.devices();
@@ -279,6 +281,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         bypass_nets,
         never_learn_nets,
         never_learn_zones: Arc::new(never_learn_zones),
+        forward_zones: Arc::new(forward_zones),
         block_ttl: cfg.config.policy.block_ttl_secs,
         cname_cloaking: cfg.config.policy.cname_cloaking,
         rate: Arc::new(rate),
@@ -386,6 +389,24 @@ impl Builder<'_> {
             }
         }
         super::devices::DeviceBook::new(by_mac, by_addr)
+    }
+
+    /// The `[[forward]]` zones, and what is wrong with the upstream settings (refused
+    /// here, so `check`, a start and a reload agree).
+    fn forward_zones(&mut self) -> crate::lists::ZoneSet {
+        let c = &self.cfg.config;
+        for (key, message) in crate::config::upstream::problems(c) {
+            let at = self.cfg.text.find(key).unwrap_or(0);
+            self.fatal(at, message);
+        }
+        let mut zones = crate::lists::ZoneSet::default();
+        for f in &c.forward {
+            let zone = f.zone.get_ref().trim_end_matches('.').to_ascii_lowercase();
+            if !zone.is_empty() {
+                zones.add(&zone);
+            }
+        }
+        zones
     }
 
     fn fatal(&mut self, offset: usize, message: impl Into<String>) {

@@ -237,6 +237,9 @@ pub struct Policy {
     pub never_learn_nets: AddressSet,
     /// Zones whose names shadow resolution never learns (`never_learn_zones`).
     pub never_learn_zones: Arc<crate::lists::ZoneSet>,
+    /// `[[forward]]` zones (Active Directory): their names are blocked by exact rules
+    /// only, never by a list's suffix rule (`*.example` must not take down a domain).
+    pub forward_zones: Arc<crate::lists::ZoneSet>,
     pub block_ttl: u32,
     pub cname_cloaking: bool,
     /// The per-client query rate limit: its rate and who is exempt.
@@ -316,7 +319,12 @@ impl Policy {
         }
         let mut found = Found::default();
         let mut allow_seen = None;
+        let exact_only =
+            !self.forward_zones.is_empty() && self.forward_zones.covering(name.as_str()).is_some();
         for (depth, at) in name.suffix_starts().enumerate() {
+            if exact_only && depth > 0 {
+                break;
+            }
             // A parent level can only hold suffix rules: skip it when no suffix rule has
             // that many labels. Saves a hash probe (a cache miss on big lists) per level.
             let labels = name.label_count() - depth;
@@ -335,7 +343,9 @@ impl Policy {
                 continue;
             }
             // The full name has two tiers (exact, then suffix); parents only the suffix tier.
-            let tiers: &[Reach] = if depth == 0 {
+            let tiers: &[Reach] = if exact_only {
+                &[Reach::Exact]
+            } else if depth == 0 {
                 &[Reach::Exact, Reach::Suffix]
             } else {
                 &[Reach::Suffix]

@@ -434,7 +434,7 @@ impl Learner for Shadow {
 /// addresses. Learning one would cut the gateway off from DNS or from itself. Read at
 /// each resolution, so a changed WAN address or resolv.conf counts at once.
 fn never_learn(ctx: &Context) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = ctx.upstream.servers().iter().map(|s| s.ip()).collect();
+    let mut out: Vec<IpAddr> = ctx.upstream.addresses().to_vec();
     let resolv_conf = ctx
         .current
         .load()
@@ -560,7 +560,7 @@ async fn resolve_into(
     for qtype in [RecordType::A, RecordType::AAAA] {
         let answer = match ctx
             .upstream
-            .resolve(Query::query(name.clone(), qtype))
+            .resolve(Query::query(name.clone(), qtype), Default::default())
             .await
         {
             Ok(a) => a,

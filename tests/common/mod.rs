@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod netns;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -172,6 +173,12 @@ impl Knot {
 
     /// Serves each (origin, zone text); origin "." is the root.
     pub fn start_zones(zones: &[(&str, &str)]) -> Knot {
+        Self::start_zones_signed(zones, false)
+    }
+
+    /// As `start_zones`; with `signed`, knotd signs every zone (DNSSEC, its default
+    /// policy: RRSIGs, NSEC, DNSKEY) with keys it makes itself.
+    pub fn start_zones_signed(zones: &[(&str, &str)], signed: bool) -> Knot {
         let dir = TempDir::new("knot");
         let port = free_port();
         let mut conf = format!(
@@ -184,7 +191,13 @@ impl Knot {
                 "  - domain: \"{origin}\"\n    file: {}\n",
                 zone_path.display()
             ));
+            if signed {
+                conf.push_str("    dnssec-signing: on\n");
+            }
         }
+        // knotd keeps its timers and, for signed zones, its keys here; it does not make
+        // the folder itself.
+        let _ = std::fs::create_dir_all(dir.path().join("db"));
         let conf_path = dir.write("knot.conf", &conf);
         let child = Command::new("knotd")
             .arg("-c")
@@ -505,6 +518,15 @@ pub fn check(cfg: &Path) -> (bool, String) {
     let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stdout));
     (out.status.success(), text)
+}
+
+/// `check` refuses each config text and says the words given with it.
+pub fn check_refuses(dir: &TempDir, cases: &[(String, &str)]) {
+    for (text, says) in cases {
+        let cfg = dir.write("telesink.toml", text);
+        let (ok, out) = check(&cfg);
+        assert!(!ok && out.contains(says), "{text}\n{out}");
+    }
 }
 
 /// GET over HTTP/1.1: (status, body).
