@@ -33,8 +33,11 @@
 # wrong and stale answers and the time until the new policy answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}; SECS=${SECS:-5}; BIG=${BIG:-1000000}; RATE=${RATE:-20000}
-want=(dnsperf unbound dnsmasq-base knot dnsutils python3)
+RUNS=${RUNS:-3}; SECS=${SECS:-5}; BIG=${BIG:-1000000}; RATE=${RATE:-20000}; ENC_RATE=${ENC_RATE:-5000}
+# PHASES: which parts run (all by default); e.g. PHASES="main encrypted".
+PHASES=${PHASES:-main big pairs live encrypted}
+want_phase() { [[ " $PHASES " == *" $1 "* ]]; }
+want=(dnsperf unbound dnsmasq-base knot knot-resolver dnsutils python3 openssl)
 source benches/setup.sh
 # BASELINE="REV ...": earlier telesink builds, each measured as a server of its own in the
 # same run (a ratio against it in every table). Built once into target/baseline/REV from
@@ -122,11 +125,14 @@ cmd_for() { # server tag -> command line
   case $1 in
     base-*) echo "$PWD/target/baseline/${1#base-}/telesink run --config $work/$1-$2.toml" ;;
     telesink) echo "$bin run --config $work/telesink-$2.toml" ;;
+    telesink-dot | telesink-doh) echo "$bin run --config $work/$1-$2.toml" ;;
+    unbound-dot) echo "unbound -d -c $work/unbound-dot-$2-main.conf" ;;
+    kresd-dot) echo "kresd -n -c $work/enc/kresd.conf $work/enc/kresd" ;;
     unbound) echo "unbound -d -c $work/unbound-$2-main.conf" ;;
     dnsmasq) echo "dnsmasq -k --port=55304 --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts --server=127.0.0.1#$kport --cache-size=10000 --conf-file=$work/dnsmasq-$2.conf --user=root" ;;
   esac
 }
-port_for() { case $1 in telesink) echo 55302 ;; unbound) echo 55303 ;; dnsmasq) echo 55304 ;; base-*) echo "${baseport[$1]}" ;; esac; }
+port_for() { case $1 in telesink-dot) echo 55312 ;; telesink-doh) echo 55313 ;; unbound-dot) echo 55314 ;; kresd-dot) echo 55315 ;; telesink) echo 55302 ;; unbound) echo 55303 ;; dnsmasq) echo 55304 ;; base-*) echo "${baseport[$1]}" ;; esac; }
 
 # Starts a server on core 0; waits until NAME is answered with ANSWER (0.0.0.0 for a
 # blocked name); sets PID and MS (milliseconds from exec until then).
@@ -157,7 +163,9 @@ measure() { # server pid port workload-file label run
   local qps; qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
   local done_q; done_q=$(awk '/Queries completed:/ {print $3}' <<<"$out")
   local us; us=$(python3 -c "print(round(($t1-$t0)*1e6/$(getconf CLK_TCK)/max($done_q,1),2))")
+  local ok; ok=$(awk '/Response codes:/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") {gsub(/[(%)]/, "", $(i+2)); print $(i+2)}}' <<<"$out")
   echo "$name $label qps $run $qps" >> "$results"
+  echo "$name $label ok $run ${ok:-0}" >> "$results"
   echo "$name $label cpu $run $us" >> "$results"
   taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$q" -l "$SECS" -Q "$RATE" -v 2>&1 | python3 -c "
 import sys
@@ -179,10 +187,6 @@ stop_all() {
     kill "${running[$server]}" 2>/dev/null || true; wait "${running[$server]}" 2>/dev/null || true
   done
 }
-for server in "${servers[@]}"; do
-  start $server small h1.bench.test 192.0.2.2; running[$server]=$PID
-  taskset -c 1 dnsperf -s 127.0.0.1 -p "$(port_for $server)" -d "$work/cached.q" -l 2 >/dev/null 2>&1 || true  # warm the cache
-done
 # Who goes first in a round matters on this VM (the first is measured slower, seen with
 # two builds of telesink swapped: 3-4% more CPU per query), so each run starts the round at another
 # server.
@@ -190,6 +194,11 @@ rotated() { # run -> the servers, starting at a different one each run
   local n=${#servers[@]} i
   for ((i = 0; i < n; i++)); do echo "${servers[$(((i + $1) % n))]}"; done
 }
+if want_phase main; then
+for server in "${servers[@]}"; do
+  start $server small h1.bench.test 192.0.2.2; running[$server]=$PID
+  taskset -c 1 dnsperf -s 127.0.0.1 -p "$(port_for $server)" -d "$work/cached.q" -l 2 >/dev/null 2>&1 || true  # warm the cache
+done
 for w in blocked cached miss mix; do
   for run in $(seq "$RUNS"); do
     for server in $(rotated "$run"); do
@@ -201,7 +210,8 @@ for server in "${servers[@]}"; do
   echo "$server small rss 1 $(awk '/VmRSS/ {print $2}' "/proc/${running[$server]}/status")" >> "$results"
 done
 stop_all
-if [[ $BIG != 0 ]]; then
+fi
+if [[ $BIG != 0 ]] && want_phase big; then
   for server in "${servers[@]}"; do
     start $server big "$(cat "$work/probe-big")" 0.0.0.0; running[$server]=$PID
     echo "$server big startms 1 $MS" >> "$results"
@@ -217,7 +227,7 @@ fi
 
 # Rate limiter on and off, and the evidence ledger off and on, alternating, blocked names
 # (their worst case: nothing else costs).
-for run in $(seq "$RUNS"); do
+want_phase pairs && for run in $(seq "$RUNS"); do
   # Off first in odd runs, on first in even ones (the same order bias).
   pairs=(rloff rlon evoff evon dvoff dvon bare default)
   if ((run % 2 == 0)); then pairs=(rlon rloff evon evoff dvon dvoff default bare); fi
@@ -229,6 +239,7 @@ for run in $(seq "$RUNS"); do
 done
 
 # Live changes, telesink with the big list (or the small one with BIG=0).
+if want_phase live; then
 tag=big; [[ $BIG == 0 ]] && tag=small
 start telesink $tag h1.bench.test 192.0.2.2; pid=$PID
 python3 - "$work" "$tag" "$bin" "$RATE" "$results" "$pid" <<'PY'
@@ -301,12 +312,50 @@ with open(results, "a") as f:
         f.write(f"live probe_{k} 1 {v}\n")
 PY
 kill "$pid"; wait "$pid" 2>/dev/null || true
+fi
 
-python3 - "$results" "$RUNS" "$SECS" "$BIG" "$RATE" "${bases[@]}" <<'PY'
+# Encrypted miss path (issue 24): every query a cache miss, forwarded over TLS to one DoT
+# and DoH server (unbound with a CA made here, forwarding to the same knotd, run beside
+# the servers). telesink over DoT and over DoH against unbound (forward-tls-upstream) and
+# Knot Resolver (TLS_FORWARD) to that same DoT server; latency at ENC_RATE qps.
+if want_phase encrypted; then
+  start_tls_server 55853 55443 "$kport"; enc=$work/enc
+  for v in dot doh; do
+    up="tls://127.0.0.1:55853#dns.bench"; port=55312
+    [[ $v == doh ]] && up="https://127.0.0.1:55443/dns-query#dns.bench" && port=55313
+    sed "s|127.0.0.1:55302|127.0.0.1:$port|; s|servers = \[\"127.0.0.1:$kport\"\]|servers = [\"$up\"]\nca_file = \"$enc/ca.pem\"|; s|control-small|control-$v|; s|state-small|state-$v|" \
+      "$work/telesink-small.toml" > "$work/telesink-$v-small.toml"
+  done
+  unbound_main_conf "$work/unbound-dot-small-main.conf" 55314 55853 "$work/unbound-small.conf"
+  sed -i "s|  forward-addr: 127.0.0.1@55853|  forward-addr: 127.0.0.1@55853#dns.bench\n  forward-tls-upstream: yes|; s|^server:|server:\n  tls-cert-bundle: \"$enc/ca.pem\"|" "$work/unbound-dot-small-main.conf"
+  mkdir -p "$enc/kresd"
+  cat > "$enc/kresd.conf" <<K
+net.listen('127.0.0.1', 55315, { kind = 'dns' })
+trust_anchors.remove('.')
+cache.open(64 * MB, 'lmdb://$enc/kresd')
+policy.add(policy.all(policy.TLS_FORWARD({{'127.0.0.1@55853', hostname='dns.bench', ca_file='$enc/ca.pem'}})))
+K
+  enc_servers=(telesink-dot telesink-doh unbound-dot)
+  command -v kresd >/dev/null && enc_servers+=(kresd-dot)
+  saved_rate=$RATE; RATE=$ENC_RATE
+  servers=("${enc_servers[@]}")
+  for server in "${servers[@]}"; do
+    start $server small h1.bench.test 192.0.2.2; running[$server]=$PID
+  done
+  for run in $(seq "$RUNS"); do
+    for server in $(rotated "$run"); do
+      measure $server "${running[$server]}" "$(port_for $server)" "$work/miss.q" enc-miss "$run"
+    done
+  done
+  stop_all
+  RATE=$saved_rate
+fi
+
+python3 - "$results" "$RUNS" "$SECS" "$BIG" "$RATE" "$ENC_RATE" "${bases[@]}" <<'PY'
 import sys, statistics, subprocess, platform
 rows = [l.split() for l in open(sys.argv[1])]
-runs, secs, big, rate = sys.argv[2:6]
-bases = sys.argv[6:]
+runs, secs, big, rate, enc_rate = sys.argv[2:7]
+bases = sys.argv[7:]
 def vals(server, label, metric):
     return [float(r[-1]) for r in rows if r[0] == server and r[1] == label and r[2] == metric]
 def med(server, label, metric):
@@ -377,6 +426,25 @@ if bare and default:
         print(f"\nBUDGET OK: default/bare QPS {ratio:.3f} (the default costs {cost:.1f}%, at most 3% allowed)")
     else:
         print(f"\n!!! BUDGET EXCEEDED !!! default/bare QPS {ratio:.3f}: the default configuration costs {cost:.1f}%, more than the 3% allowed (issue 27)")
+if med("telesink-dot", "enc-miss", "qps"):
+    print(f"\n## Encrypted miss path: every query forwarded over TLS to one DoT/DoH server (latency at {enc_rate} qps)\n")
+    print("QPS counts NOERROR answers only (a resolver that fails fast would look fast otherwise).\n")
+    print("| server | NOERROR QPS median [min-max] | NOERROR share | CPU us/query | p50 us | p99 us | QPS / unbound | CPU / unbound | p99 / unbound |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    def good(s):
+        return [q * o / 100 for q, o in zip(vals(s, "enc-miss", "qps"), vals(s, "enc-miss", "ok"))]
+    def gmed(s):
+        v = good(s)
+        return (statistics.median(v), min(v), max(v)) if v else None
+    u = {"qps": gmed("unbound-dot"), "cpu": med("unbound-dot", "enc-miss", "cpu"), "p99": med("unbound-dot", "enc-miss", "p99")}
+    for s in ["telesink-dot", "telesink-doh", "unbound-dot", "kresd-dot"]:
+        m = {k: med(s, "enc-miss", k) for k in ["cpu", "p50", "p99", "ok"]}
+        m["qps"] = gmed(s)
+        if not m["qps"]:
+            continue
+        r = lambda k: f"{m[k][0] / u[k][0]:.2f}" if m[k] and u[k] and u[k][0] else "?"
+        p = lambda k: f"{m[k][0]:.0f}" if m[k] else "?"
+        print(f"| {s} | {m['qps'][0]:.0f} [{m['qps'][1]:.0f}-{m['qps'][2]:.0f}] | {m['ok'][0]:.1f}% | {m['cpu'][0]:.2f} | {p('p50')} | {p('p99')} | {r('qps')} | {r('cpu')} | {r('p99')} |")
 print("\n## Live changes under a steady stream (telesink)\n")
 for r in rows:
     if r[0] == "live":

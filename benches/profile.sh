@@ -6,6 +6,7 @@
 #   WORKLOAD=mix bash benches/profile.sh
 #   WORKLOAD=big-blocked BIG=1000000 bash benches/profile.sh
 #   CONFIG=bare bash benches/profile.sh     # ledger, limiter and device identity off
+#   WORKLOAD=miss UPSTREAM=dot bash benches/profile.sh   # forwarding over TLS (or doh)
 #
 # The server runs pinned to core 0, dnsperf on core 1 (as in peers.sh), the profile is
 # of the server's process only (software clock: this VM has no hardware counters). The
@@ -14,7 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKLOAD=${WORKLOAD:-blocked}; SECS=${SECS:-10}; BIG=${BIG:-0}; CONFIG=${CONFIG:-default}; TOP=${TOP:-30}
-want=(dnsperf knot dnsutils linux-perf python3)
+UPSTREAM=${UPSTREAM:-udp}
+want=(dnsperf knot unbound dnsutils linux-perf python3 openssl)
 source benches/setup.sh
 python3 benches/workload.py "$work" "$BIG"
 tag=small; [[ $WORKLOAD == big-blocked ]] && tag=big
@@ -36,6 +38,10 @@ lists = ["$tag.list"]
 socket = "$work/control.sock"
 state_file = "$work/state.json"
 T
+case $UPSTREAM in
+  dot) start_tls_server 55853 55443 "$kport"; sed -i "s|servers = .*|servers = [\"tls://127.0.0.1:55853#dns.bench\"]\nca_file = \"$work/enc/ca.pem\"|" "$work/telesink.toml" ;;
+  doh) start_tls_server 55853 55443 "$kport"; sed -i "s|servers = .*|servers = [\"https://127.0.0.1:55443/dns-query#dns.bench\"]\nca_file = \"$work/enc/ca.pem\"|" "$work/telesink.toml" ;;
+esac
 if [[ $CONFIG == bare ]]; then
   printf '[identity]\ndevices = false\n[evidence]\nenabled = false\n[server.rate_limit]\nenabled = false\n' >> "$work/telesink.toml"
 fi
@@ -45,7 +51,7 @@ for _ in $(seq 3000); do
   sleep 0.01
 done
 taskset -c 1 dnsperf -s 127.0.0.1 -p 55312 -d "$work/cached.q" -l 2 >/dev/null 2>&1 || true  # warm the cache
-data=$PWD/target/perf-$WORKLOAD-$CONFIG.data  # kept for perf report
+data=$PWD/target/perf-$WORKLOAD-$CONFIG-$UPSTREAM.data  # kept for perf report
 perf record -q -e cpu-clock -F 4999 -g -p "$pid" -o "$data" -- sleep "$SECS" >/dev/null 2>&1 &
 rec=$!
 taskset -c 1 dnsperf -s 127.0.0.1 -p 55312 -d "$work/$WORKLOAD.q" -l "$SECS" -c 8 -q 200 2>&1 | grep -E "Queries per second|Queries completed"

@@ -54,3 +54,42 @@ K
   knotd -c "$work/knot.conf" >/dev/null 2>&1 & pids+=($!)
   sleep 0.5
 }
+
+# unbound as a DNS-over-TLS (port $1) and DNS-over-HTTPS (port $2) server for the name
+# dns.bench, forwarding to knotd on $3, with a CA made here ($work/enc/ca.pem); ended at
+# exit.
+start_tls_server() {
+  local enc=$work/enc; mkdir -p "$enc"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$enc/ca.key" -out "$enc/ca.pem" -days 2 -subj /CN=bench-ca 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$enc/srv.key" -out "$enc/srv.csr" -subj /CN=dns.bench 2>/dev/null
+  printf 'subjectAltName=DNS:dns.bench\n' > "$enc/san"
+  openssl x509 -req -in "$enc/srv.csr" -CA "$enc/ca.pem" -CAkey "$enc/ca.key" -CAcreateserial -out "$enc/srv.pem" -days 2 -extfile "$enc/san" 2>/dev/null
+  cat > "$enc/server.conf" <<U
+server:
+  interface: 127.0.0.1@$1
+  interface: 127.0.0.1@$2
+  tls-port: $1
+  https-port: $2
+  tls-service-key: "$enc/srv.key"
+  tls-service-pem: "$enc/srv.pem"
+  http-endpoint: "/dns-query"
+  num-threads: 1
+  do-daemonize: no
+  use-syslog: no
+  logfile: ""
+  username: ""
+  chroot: ""
+  directory: "$enc"
+  pidfile: ""
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  local-zone: "test." nodefault
+  incoming-num-tcp: 1000
+  http-max-streams: 1000
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@$3
+U
+  unbound -d -c "$enc/server.conf" >"$enc/server.log" 2>&1 & pids+=($!)
+  sleep 0.5
+}

@@ -433,13 +433,16 @@ impl Upstream {
                     .ask_udp(server, udp, tcp, &mut bytes, query, dnssec, left)
                     .await;
             }
-            Wire::Tls(c) => c.exchange(&bytes, left).await.map(|(answer, conn)| {
-                if let Some(idle) = query::keepalive_of(&answer) {
+            Wire::Tls(c) => c.exchange(&bytes, left).await.map(|(mut answer, conn)| {
+                if let Some(idle) = query::strip_opt(&mut answer) {
                     conn.idle.server_says(idle);
                 }
                 answer
             }),
-            Wire::Https(c) => c.exchange(&bytes, left).await,
+            Wire::Https(c) => c.exchange(&bytes, left).await.map(|mut answer| {
+                query::strip_opt(&mut answer);
+                answer
+            }),
         };
         match answer {
             Ok(answer) => self.decode(server, &answer, ask_ad),
@@ -513,7 +516,7 @@ impl Upstream {
         left: Duration,
     ) -> Result<Upstreamed, UpstreamError> {
         let started = Instant::now();
-        let answer = udp.exchange(bytes, left).await.map_err(|e| {
+        let mut answer = udp.exchange(bytes, left).await.map_err(|e| {
             let kind = match e {
                 ExchangeError::Timeout(_) => FailKind::Timeout,
                 ExchangeError::Refused => FailKind::Connect,
@@ -526,6 +529,7 @@ impl Upstream {
                 other => UpstreamError::Failed(other.to_string()),
             }
         })?;
+        query::strip_opt(&mut answer);
         let message = Message::from_vec(&answer).map_err(|e| {
             server.stats.failed(FailKind::Malformed);
             UpstreamError::Failed(format!("malformed answer: {e}"))
