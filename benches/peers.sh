@@ -163,7 +163,7 @@ measure() { # server pid port workload-file label run
   local qps; qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
   local done_q; done_q=$(awk '/Queries completed:/ {print $3}' <<<"$out")
   local us; us=$(python3 -c "print(round(($t1-$t0)*1e6/$(getconf CLK_TCK)/max($done_q,1),2))")
-  local ok; ok=$(awk '/Response codes:/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") {gsub(/[(%)]/, "", $(i+2)); print $(i+2)}}' <<<"$out")
+  local ok; ok=$(awk '/Response codes:/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") {gsub(/[(%),]/, "", $(i+2)); print $(i+2)}}' <<<"$out")
   echo "$name $label qps $run $qps" >> "$results"
   echo "$name $label ok $run ${ok:-0}" >> "$results"
   echo "$name $label cpu $run $us" >> "$results"

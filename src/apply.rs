@@ -430,9 +430,17 @@ impl Applier {
         .await
         .map_err(|e| ApplyError::Task("reload", e.to_string()))??;
         let (cfg, policy) = built;
+        // `[[forward]]` zones reload with the policy that reads them (exact rules only
+        // in them): built first, so a reload that cannot build them changes nothing.
+        let zones = self
+            .services
+            .upstream
+            .prepare_zones(&cfg.config)
+            .map_err(|e| ApplyError::Services(e.into()))?;
         let new = self
             .commit(Some(&old), policy, Arc::new(cfg), Save::Required)
             .await?;
+        self.services.upstream.replace_zones(zones);
         Ok(Applied { old, new })
     }
 

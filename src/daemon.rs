@@ -50,11 +50,17 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let cfg = crate::apply::load_config(&config_path, &overrides)?;
     // Before anything holds a descriptor: a budget that cannot fit stops the start here.
+    // Every server holds its own sockets: the default upstreams and the forward zones'.
     let upstreams = if cfg.config.upstream.servers.is_empty() {
         crate::dns::upstream::from_resolv_conf(&cfg.config.upstream.resolv_conf, &[]).len()
     } else {
         cfg.config.upstream.servers.len()
-    };
+    } + cfg
+        .config
+        .forward
+        .iter()
+        .map(|f| f.servers.len())
+        .sum::<usize>();
     let budget = crate::budget::derive(&cfg.config, upstreams)?;
     info!("descriptor budget: {budget}");
     // One daemon per control socket and state file: a second one must not unlink the

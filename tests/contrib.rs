@@ -24,6 +24,7 @@ const EXPORTED: &[&str] = &[
     names::IN_FLIGHT,
     names::CLIENTS_SEEN,
     names::BUILD_INFO,
+    names::UPSTREAM_ERRORS,
 ];
 
 fn root() -> &'static Path {

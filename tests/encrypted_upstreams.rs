@@ -27,11 +27,7 @@ fn telesink(pki: &Pki, servers: &[String], extra: &str) -> (Telesink, SocketAddr
     let dir = TempDir::new("enc");
     let cfg = dir.write("telesink.toml", &config);
     let ts = Telesink::start_with(dir, &cfg, &["--metrics", "127.0.0.1:0"]);
-    let log = ts.log.lock().unwrap().clone();
-    let metrics = log
-        .lines()
-        .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
-        .expect("metrics address in the log");
+    let metrics = ts.metrics_addr();
     (ts, metrics)
 }
 
@@ -310,6 +306,32 @@ fn a_slow_server_times_out_within_the_budget() {
     let (_, body) = get(metrics, "/metrics");
     let shown = format!("tls://{}#{SERVER_NAME}", slow.addr);
     assert_eq!(errors(&body, &shown, "tls", "timeout"), 1.0, "{body}");
+}
+
+/// `--upstream` on the command line takes the forms of the config, and replaces its
+/// servers (here a clear-text one, which strict would refuse beside an encrypted one).
+#[test]
+fn the_command_line_takes_encrypted_upstreams_too() {
+    let pki = Pki::new();
+    let good = pki.issue("good", SERVER_NAME, false);
+    let server = Fixture::start(&good, Behaviour::Answer);
+    let dir = TempDir::new("enc-cli");
+    let cfg = dir.write(
+        "telesink.toml",
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"192.0.2.1:53\"]\nca_file = \"{}\"\n",
+            pki.ca_file.display()
+        ),
+    );
+    let ts = Telesink::start_with(dir, &cfg, &["--upstream", &server.upstream()]);
+    assert_eq!(addrs(&ts.q("q9.test", RecordType::A)), ["192.0.2.9"]);
+    assert_eq!(
+        server
+            .seen
+            .queries
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }
 
 /// AD passes only with `trust_ad` and only to a client that asked (DO or AD).

@@ -46,6 +46,20 @@ struct Site {
     metrics: std::net::SocketAddr,
 }
 
+/// telesink's config: the default upstream, the AD zones to the DC when `forward`, and
+/// a profile whose list blocks all of `corp.example` by a suffix rule.
+fn site_config(isp: &Knot, dc: &Knot, forward: bool) -> String {
+    let zones = format!(
+        "[[forward]]\nzone = \"corp.example\"\nservers = [\"{dc}\"]\n[[forward]]\nzone = \"2.0.192.in-addr.arpa\"\nservers = [\"{dc}\"]\n",
+        dc = dc.addr
+    );
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"{isp}\"]\n{zones}[policy]\nlists_dir = \".\"\n[profiles.p]\nenabled = true\nlists = [\"block.list\"]\n",
+        isp = isp.addr,
+        zones = if forward { zones.as_str() } else { "" },
+    )
+}
+
 /// The DC, the default upstream, and telesink with a profile whose list blocks all of
 /// `corp.example` by a suffix rule and `telemetry.corp.example` by an exact one.
 fn site() -> Option<Site> {
@@ -62,26 +76,7 @@ fn site() -> Option<Site> {
         true,
     );
     let isp = Knot::start_zones(&[(".", ROOT_WILDCARD), ("test", ZONE)]);
-    let config = format!(
-        r#"[server]
-listen = ["127.0.0.1:0"]
-[upstream]
-servers = ["{isp}"]
-[[forward]]
-zone = "corp.example"
-servers = ["{dc}"]
-[[forward]]
-zone = "2.0.192.in-addr.arpa"
-servers = ["{dc}"]
-[policy]
-lists_dir = "."
-[profiles.p]
-enabled = true
-lists = ["block.list"]
-"#,
-        isp = isp.addr,
-        dc = dc.addr
-    );
+    let config = site_config(&isp, &dc, true);
     let dir = TempDir::new("forward");
     dir.write(
         "block.list",
@@ -89,17 +84,39 @@ lists = ["block.list"]
     );
     let cfg = dir.write("telesink.toml", &config);
     let ts = Telesink::start_with(dir, &cfg, &["--metrics", "127.0.0.1:0"]);
-    let log = ts.log.lock().unwrap().clone();
-    let metrics = log
-        .lines()
-        .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
-        .expect("metrics address in the log");
+    let metrics = ts.metrics_addr();
     Some(Site {
         _dc: dc,
         _isp: isp,
         ts,
         metrics,
     })
+}
+
+/// A reload that adds the AD zones puts them in force with the policy that reads them
+/// (exact rules only), and one that takes them away sends the names back to the
+/// default upstream under the suffix rule.
+#[test]
+fn forward_zones_come_and_go_with_a_reload() {
+    let Some(site) = site() else { return };
+    let ts = &site.ts;
+    let cfg = ts.dir.path().join("telesink.toml");
+    assert_eq!(
+        addrs(&ts.q("dc1.corp.example", RecordType::A)),
+        ["192.0.2.10"]
+    );
+    std::fs::write(&cfg, site_config(&site._isp, &site._dc, false)).unwrap();
+    let (ok, out, err) = ts.ctl(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(addrs(&ts.q("dc2.corp.example", RecordType::A)), ["0.0.0.0"]);
+    std::fs::write(&cfg, site_config(&site._isp, &site._dc, true)).unwrap();
+    let (ok, out, err) = ts.ctl(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        addrs(&ts.q("ws17.corp.example", RecordType::A)),
+        ["192.0.2.117"]
+    );
+    assert!(!ts.log.lock().unwrap().contains("only a restart applies"));
 }
 
 fn srv_targets(m: &Message) -> Vec<String> {

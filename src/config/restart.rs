@@ -12,7 +12,7 @@ use super::Config;
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     // Compared by their Debug text: every field here is plain data (no spans), and
     // defaults are filled in, so an added key with its default value is no change.
-    let fields: [(&'static str, String, String); 17] = [
+    let fields: [(&'static str, String, String); 16] = [
         field("server.listen", &old.server.listen, &new.server.listen),
         field(
             "server.max_in_flight",
@@ -55,7 +55,6 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             &new.server.rate_limit.max_clients,
         ),
         field("upstream", &old.upstream, &new.upstream),
-        field("forward", &forwards(old), &forwards(new)),
         field("cache", &old.cache, &new.cache),
         field("metrics", &old.metrics, &new.metrics),
         field("evidence", &old.evidence, &new.evidence),
@@ -101,14 +100,6 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         .into_iter()
         .filter(|(_, a, b)| a != b)
         .map(|(name, _, _)| name)
-        .collect()
-}
-
-/// The `[[forward]]` zones without their places in the file.
-fn forwards(c: &Config) -> Vec<(&String, &Vec<super::upstream::ServerSpec>)> {
-    c.forward
-        .iter()
-        .map(|f| (f.zone.get_ref(), &f.servers))
         .collect()
 }
 

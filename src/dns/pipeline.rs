@@ -395,7 +395,7 @@ impl Pipeline {
         // 5. Cache, then upstream. Only a miss takes a forwarding slot. A name in a
         //    `[[forward]]` zone goes to that zone's servers with the client's DO and CD
         //    bits (DNSSEC-aware pass-through), so they are part of its cache key.
-        let dnssec = if self.upstream.zone_of(query.original().name()).is_some() {
+        let dnssec = if self.upstream.in_zone(query.original().name()) {
             Dnssec {
                 dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
                 checking_disabled: request.metadata.checking_disabled,

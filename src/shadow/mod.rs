@@ -434,7 +434,7 @@ impl Learner for Shadow {
 /// addresses. Learning one would cut the gateway off from DNS or from itself. Read at
 /// each resolution, so a changed WAN address or resolv.conf counts at once.
 fn never_learn(ctx: &Context) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = ctx.upstream.addresses().to_vec();
+    let mut out: Vec<IpAddr> = ctx.upstream.addresses();
     let resolv_conf = ctx
         .current
         .load()

@@ -371,6 +371,14 @@ impl Telesink {
         )
     }
 
+    /// Where the metrics endpoint listens (started with `--metrics 127.0.0.1:0`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let log = self.log.lock().unwrap().clone();
+        log.lines()
+            .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
+            .expect("metrics address in the log")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -123,14 +124,17 @@ struct Group {
 /// say which server answered, and admins need latency per upstream to find the slow
 /// one. Choosing by smoothed RTT is what the shared pool did too.
 pub struct Upstream {
-    default: Group,
-    /// `[[forward]]` zones, lowercase, most specific (most labels) first.
-    zones: Vec<(Name, Group)>,
+    default: Arc<Group>,
+    /// `[[forward]]` zones, lowercase, most specific (most labels) first. Replaced as a
+    /// whole by a reload (`replace_zones`); a query holds the group it started with.
+    zones: ArcSwap<Zones>,
     budget: Duration,
-    addrs: Vec<IpAddr>,
+    /// What new zones are built with (TLS settings, connections): the start's.
+    settings: Settings,
     trust_ad: bool,
     latency: Option<prometheus::HistogramVec>,
     metrics: Option<UpstreamMetrics>,
+    tcp_cx: Option<Arc<PoolContext>>,
     /// Questions being asked upstream right now: when a popular name expires and a whole
     /// LAN asks for it at once, one query goes out and every asker gets its answer.
     flights: Mutex<HashMap<FlightKey, Flight>>,
@@ -138,6 +142,13 @@ pub struct Upstream {
     pub reach: Reachability,
     /// Questions that joined a flight already asking the same thing (no query of their own).
     pub joined_flights: AtomicU64,
+}
+
+/// The forward zones and every address telesink sends queries to.
+pub struct Zones {
+    groups: Vec<(Name, Arc<Group>)>,
+    /// The default upstreams' and the zones' servers' addresses (bootstrap included).
+    addrs: Vec<IpAddr>,
 }
 
 /// Upstreams one query may try, fastest first.
@@ -228,52 +239,61 @@ impl Upstream {
         // Both fail only for an invalid metric name or buckets, constants here.
         let latency = latency.ok();
         let metrics = UpstreamMetrics::new().ok();
+        let tcp_cx = hickory_tcp_context(settings.budget);
         let build = Builder {
             settings,
             latency: latency.as_ref(),
             metrics: metrics.as_ref(),
-            tcp_cx: hickory_tcp_context(settings.budget),
+            tcp_cx: tcp_cx.as_ref(),
         };
-        let default = Group {
+        let default = Arc::new(Group {
             servers: settings
                 .servers
                 .iter()
                 .map(|s| build.server(s))
                 .collect::<Result<_, _>>()?,
-        };
-        let mut zones = Vec::new();
-        for (zone, servers) in &settings.zones {
-            let servers = servers
-                .iter()
-                .map(|s| build.server(s))
-                .collect::<Result<_, _>>()?;
-            zones.push((zone.clone(), Group { servers }));
-        }
-        zones.sort_by_key(|(z, _)| std::cmp::Reverse(z.num_labels()));
-        let addrs = default
-            .servers
-            .iter()
-            .chain(zones.iter().flat_map(|(_, g)| g.servers.iter()))
-            .flat_map(|s| s.addresses())
-            .collect();
+        });
+        let zones = build.zones(&settings.zones, &default)?;
         Ok(Self {
             default,
-            zones,
+            zones: ArcSwap::from_pointee(zones),
             budget: settings.budget,
-            addrs,
+            settings: settings.clone(),
             trust_ad: settings.trust_ad,
             latency,
             metrics,
+            tcp_cx,
             flights: Mutex::new(HashMap::new()),
             reach: Reachability::default(),
             joined_flights: AtomicU64::new(0),
         })
     }
 
+    /// The forward zones of a reloaded config, built but not in force yet: a reload
+    /// that cannot build them fails as a whole, the old policy and zones serving on.
+    pub fn prepare_zones(&self, c: &crate::config::Config) -> Result<Zones, SetupError> {
+        let settings = Settings {
+            zones: Settings::of(c, Vec::new())?.zones,
+            ..self.settings.clone()
+        };
+        let build = Builder {
+            settings: &settings,
+            latency: self.latency.as_ref(),
+            metrics: self.metrics.as_ref(),
+            tcp_cx: self.tcp_cx.as_ref(),
+        };
+        build.zones(&settings.zones, &self.default)
+    }
+
+    /// Puts prepared zones in force (the apply path, with the snapshot they belong to).
+    pub fn replace_zones(&self, zones: Zones) {
+        self.zones.store(Arc::new(zones));
+    }
+
     /// Every address telesink sends queries to (default upstreams, forward zones'
     /// servers, encrypted ones' bootstrap addresses): shadow resolution never blocks them.
-    pub fn addresses(&self) -> &[IpAddr] {
-        &self.addrs
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.zones.load().addrs.clone()
     }
 
     /// Whether any default upstream is configured.
@@ -291,16 +311,20 @@ impl Upstream {
         self.metrics.as_ref()
     }
 
-    /// The `[[forward]]` zone `name` is in, if any (most specific).
-    pub fn zone_of(&self, name: &Name) -> Option<&Name> {
-        self.route(name).map(|(z, _)| z)
+    /// Whether `name` is in a `[[forward]]` zone.
+    pub fn in_zone(&self, name: &Name) -> bool {
+        let zones = self.zones.load();
+        !zones.groups.is_empty() && zones.groups.iter().any(|(z, _)| z.zone_of(name))
     }
 
-    fn route(&self, name: &Name) -> Option<(&Name, &Group)> {
-        self.zones
+    /// The most specific forward zone's servers for `name`, if it is in one.
+    fn route(&self, name: &Name) -> Option<Arc<Group>> {
+        let zones = self.zones.load();
+        zones
+            .groups
             .iter()
             .find(|(zone, _)| zone.zone_of(name))
-            .map(|(z, g)| (z, g))
+            .map(|(_, g)| g.clone())
     }
 
     /// Joins the flight already asking this question, or starts one. The asker that
@@ -309,8 +333,8 @@ impl Upstream {
     /// on it ask for themselves. `dnssec` is passed on only for forward zones.
     pub async fn resolve(&self, query: Query, dnssec: Dnssec) -> Result<Upstreamed, UpstreamError> {
         let (group, dnssec) = match self.route(query.name()) {
-            Some((_, g)) => (g, dnssec),
-            None => (&self.default, Dnssec::default()),
+            Some(g) => (g, dnssec),
+            None => (self.default.clone(), Dnssec::default()),
         };
         let key = (
             query.name().to_lowercase(),
@@ -341,7 +365,7 @@ impl Upstream {
                     .and_then(|answer| answer.clone());
                 match landed {
                     Some(answer) => answer,
-                    None => self.ask_upstreams(group, query, dnssec).await,
+                    None => self.ask_upstreams(&group, query, dnssec).await,
                 }
             }
             Err(tx) => {
@@ -349,7 +373,7 @@ impl Upstream {
                     flights: &self.flights,
                     key,
                 };
-                let answer = self.ask_upstreams(group, query, dnssec).await;
+                let answer = self.ask_upstreams(&group, query, dnssec).await;
                 tx.send_replace(Some(answer.clone()));
                 answer
             }
@@ -614,10 +638,34 @@ struct Builder<'a> {
     settings: &'a Settings,
     latency: Option<&'a prometheus::HistogramVec>,
     metrics: Option<&'a UpstreamMetrics>,
-    tcp_cx: Option<Arc<PoolContext>>,
+    tcp_cx: Option<&'a Arc<PoolContext>>,
 }
 
 impl Builder<'_> {
+    /// The forward zones' groups, most specific first, and every address queries go to.
+    fn zones(
+        &self,
+        zones: &[(Name, Vec<ServerSpec>)],
+        default: &Group,
+    ) -> Result<Zones, SetupError> {
+        let mut groups = Vec::new();
+        for (zone, servers) in zones {
+            let servers = servers
+                .iter()
+                .map(|s| self.server(s))
+                .collect::<Result<_, _>>()?;
+            groups.push((zone.clone(), Arc::new(Group { servers })));
+        }
+        groups.sort_by_key(|(z, _)| std::cmp::Reverse(z.num_labels()));
+        let addrs = default
+            .servers
+            .iter()
+            .chain(groups.iter().flat_map(|(_, g)| g.servers.iter()))
+            .flat_map(Server::addresses)
+            .collect();
+        Ok(Zones { groups, addrs })
+    }
+
     fn server(&self, spec: &ServerSpec) -> Result<Server, SetupError> {
         let label = spec.to_string();
         let stats = Arc::new(match self.metrics {
@@ -636,7 +684,7 @@ impl Builder<'_> {
                 let config = NameServerConfig::new(addr.ip(), true, vec![tcp]);
                 let cx = self
                     .tcp_cx
-                    .clone()
+                    .cloned()
                     .ok_or_else(|| SetupError::Metrics("hickory TCP pool".into()))?;
                 Wire::Udp {
                     udp: UdpExchange::new(addr),
