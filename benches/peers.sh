@@ -194,6 +194,15 @@ rotated() { # run -> the servers, starting at a different one each run
   local n=${#servers[@]} i
   for ((i = 0; i < n; i++)); do echo "${servers[$(((i + $1) % n))]}"; done
 }
+# RUNS rounds of one workload over the running servers.
+rounds() { # workload-file label
+  local run server
+  for run in $(seq "$RUNS"); do
+    for server in $(rotated "$run"); do
+      measure $server "${running[$server]}" "$(port_for $server)" "$1" "$2" "$run"
+    done
+  done
+}
 if want_phase main; then
 for server in "${servers[@]}"; do
   start $server small h1.bench.test 192.0.2.2; running[$server]=$PID
@@ -217,11 +226,7 @@ if [[ $BIG != 0 ]] && want_phase big; then
     echo "$server big startms 1 $MS" >> "$results"
     echo "$server big rss 1 $(awk '/VmRSS/ {print $2}' "/proc/$PID/status")" >> "$results"
   done
-  for run in $(seq "$RUNS"); do
-    for server in $(rotated "$run"); do
-      measure $server "${running[$server]}" "$(port_for $server)" "$work/big-blocked.q" big-blocked "$run"
-    done
-  done
+  rounds "$work/big-blocked.q" big-blocked
   stop_all
 fi
 
@@ -342,11 +347,7 @@ K
   for server in "${servers[@]}"; do
     start $server small h1.bench.test 192.0.2.2; running[$server]=$PID
   done
-  for run in $(seq "$RUNS"); do
-    for server in $(rotated "$run"); do
-      measure $server "${running[$server]}" "$(port_for $server)" "$work/miss.q" enc-miss "$run"
-    done
-  done
+  rounds "$work/miss.q" enc-miss
   stop_all
   RATE=$saved_rate
 fi

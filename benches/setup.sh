@@ -14,6 +14,24 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
+# The server settings every unbound here shares: in the foreground, no privileges to
+# drop, files in folder $1, loopback clients, loopback upstreams.
+unbound_common() {
+  cat <<U
+  do-daemonize: no
+  use-syslog: no
+  logfile: ""
+  username: ""
+  chroot: ""
+  directory: "$1"
+  pidfile: ""
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  # unbound answers the special-use zone test. itself (NXDOMAIN) unless told not to.
+  local-zone: "test." nodefault
+U
+}
+
 # unbound's main config: FILE PORT UPSTREAM-PORT INCLUDE (the blocklist's local-zones).
 unbound_main_conf() {
   cat > "$1" <<U
@@ -21,17 +39,7 @@ server:
   interface: 127.0.0.1
   port: $2
   num-threads: 1
-  do-daemonize: no
-  use-syslog: no
-  logfile: ""
-  username: ""
-  chroot: ""
-  directory: "$work"
-  pidfile: ""
-  access-control: 127.0.0.0/8 allow
-  do-not-query-localhost: no
-  # unbound answers the special-use zone test. itself (NXDOMAIN) unless told not to.
-  local-zone: "test." nodefault
+$(unbound_common "$work")
   include: "$4"
 forward-zone:
   name: "."
@@ -74,16 +82,7 @@ server:
   tls-service-pem: "$enc/srv.pem"
   http-endpoint: "/dns-query"
   num-threads: 1
-  do-daemonize: no
-  use-syslog: no
-  logfile: ""
-  username: ""
-  chroot: ""
-  directory: "$enc"
-  pidfile: ""
-  access-control: 127.0.0.0/8 allow
-  do-not-query-localhost: no
-  local-zone: "test." nodefault
+$(unbound_common "$enc")
   incoming-num-tcp: 1000
   http-max-streams: 1000
 forward-zone:

@@ -6,13 +6,10 @@
 //! against reset against timeout), no padding and no pool per server; all four are what
 //! an admin reads off the metrics here. Framing DNS on a TLS stream is twenty lines.
 //!
-//! Per connection one reader task. A query appends its frame to the outbox and, if no
-//! other query is writing, writes everything queued in one go itself (no hop to a writer
-//! task: at low load that hop was a thread wake and a context switch per query); under
-//! load the query that is writing takes the others' frames along, so many queries share
-//! one TLS record and one syscall. A query dropped half-way through its write leaves a
-//! torn frame: the server then closes the connection and the queries on it are asked
-//! again on a new one (the retry below).
+//! Per connection one task owns the TLS stream, reading and writing: a query appends its
+//! frame to the outbox and wakes it; it writes everything queued in one go (under load
+//! many queries share one TLS record and one syscall) and hands each answer it reads to
+//! its query. The stream acknowledges what it reads at once (`tls::QuickAck` says why).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +22,7 @@ use parking_lot::Mutex;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::pool::{Connection, Idle, Pool};
 use super::stats::{Fail, FailKind, ServerStats};
@@ -43,11 +40,9 @@ pub struct DotClient {
     pub stats: Arc<ServerStats>,
 }
 
-type Writer = tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-
 pub struct DotConn {
     outbox: Mutex<Vec<u8>>,
-    writer: tokio::sync::Mutex<Writer>,
+    wake: Notify,
     pending: Mutex<HashMap<u16, Waiter>>,
     closed: AtomicBool,
     pub idle: Idle,
@@ -72,6 +67,7 @@ impl DotConn {
         }
         // Dropping the senders tells every waiting query at once.
         self.pending.lock().clear();
+        self.wake.notify_one();
     }
 }
 
@@ -113,10 +109,9 @@ impl DotClient {
 
     async fn connect(&self) -> Result<Arc<DotConn>, Fail> {
         let stream = super::tls::dial(&self.addrs, &self.name, &self.config, &self.stats).await?;
-        let (reader, writer) = tokio::io::split(stream);
         let conn = Arc::new(DotConn {
             outbox: Mutex::new(Vec::new()),
-            writer: tokio::sync::Mutex::new(writer),
+            wake: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             idle: Idle::new(self.idle),
@@ -124,7 +119,7 @@ impl DotClient {
         });
         conn.idle.touch();
         self.stats.open.inc();
-        tokio::spawn(read_loop(conn.clone(), reader));
+        tokio::spawn(serve(conn.clone(), stream));
         Ok(conn)
     }
 }
@@ -174,7 +169,7 @@ async fn ask(
         out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&query[2..]);
     }
-    write_out(conn).await?;
+    conn.wake.notify_one();
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(_)) => Err(Fail::new(
@@ -199,66 +194,56 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// Writes what the queries queued, unless another query is writing already: that one
-/// takes this frame along. The writer looks at the outbox again after letting go of the
-/// stream, so a frame queued while it wrote is never left behind.
-async fn write_out(conn: &DotConn) -> Result<(), Fail> {
-    loop {
-        let Ok(mut writer) = conn.writer.try_lock() else {
-            return Ok(());
-        };
-        loop {
-            let batch = std::mem::take(&mut *conn.outbox.lock());
-            if batch.is_empty() {
-                break;
-            }
-            if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
-                drop(writer);
-                conn.close();
-                return Err(Fail::new(
-                    FailKind::Reset,
-                    "the connection broke while writing",
-                ));
-            }
-        }
-        drop(writer);
-        if conn.outbox.lock().is_empty() {
-            return Ok(());
-        }
-    }
-}
-
-/// Hands each answer to the query it answers; closes the connection at EOF, on error or
-/// when idle. Reads into a buffer (cancel-safe), so the idle check may interrupt it.
-async fn read_loop<R: tokio::io::AsyncRead + Unpin>(conn: Arc<DotConn>, mut reader: R) {
+/// The connection's one task: writes what the queries queued, hands each answer to the
+/// query it answers, closes at EOF, on an error or when idle. Reads into a buffer
+/// (cancel-safe), so a wake or the idle check may interrupt a read without losing bytes.
+async fn serve(conn: Arc<DotConn>, mut stream: super::tls::QuickAck) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut batch = Vec::new();
     loop {
         let read = tokio::select! {
-            r = reader.read_buf(&mut buf) => r,
+            biased;
+            () = conn.wake.notified() => None,
+            r = stream.read_buf(&mut buf) => Some(r),
             () = tokio::time::sleep(conn.idle.check_every()) => {
-                if conn.idle.expired() || conn.closed() {
+                if conn.idle.expired() {
                     break;
                 }
                 continue;
             }
         };
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        if conn.closed() {
+            break;
         }
-        while buf.len() >= 2 {
-            let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
-            if buf.len() < 2 + len {
-                break;
+        match read {
+            None => {
+                std::mem::swap(&mut batch, &mut *conn.outbox.lock());
+                if batch.is_empty() {
+                    continue;
+                }
+                let written = stream.write_all(&batch).await;
+                batch.clear();
+                if written.is_err() || stream.flush().await.is_err() {
+                    break;
+                }
             }
-            buf.advance(2);
-            let frame = buf.split_to(len);
-            deliver(&conn, &frame);
+            Some(Ok(0) | Err(_)) => break,
+            Some(Ok(_)) => {
+                while buf.len() >= 2 {
+                    let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+                    if buf.len() < 2 + len {
+                        break;
+                    }
+                    buf.advance(2);
+                    let frame = buf.split_to(len);
+                    deliver(&conn, &frame);
+                }
+            }
         }
     }
     conn.close();
     // close_notify, so the server knows we left on purpose.
-    let _ = conn.writer.lock().await.shutdown().await;
+    let _ = stream.shutdown().await;
 }
 
 fn deliver(conn: &DotConn, answer: &[u8]) {

@@ -178,6 +178,54 @@ pub fn is_certificate_error(e: &io::Error) -> Option<String> {
     }
 }
 
+/// A TLS stream that acknowledges what it reads at once. A server that writes a DNS
+/// answer in two pieces (unbound: the length and the message as two TLS records; a DoH
+/// server: HEADERS and DATA) sends the second only when the first is acknowledged
+/// (Nagle), and a delayed ACK held every answer until our next query on that connection
+/// carried it: p50 at 2,000 forwarded queries a second was the gap between queries on a
+/// connection (1.1 ms with two connections, 4.2 ms with eight; 0.2 ms with this). Linux
+/// clears the flag after a while, so it is set after every read that got bytes.
+pub struct QuickAck(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let _ = socket2::SockRef::from(self.0.get_ref().0).set_tcp_quickack(true);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// TCP to the first of `addrs` that accepts, then the TLS handshake; times both into
 /// the handshake histogram and classifies a failure.
 pub async fn dial(
@@ -185,7 +233,7 @@ pub async fn dial(
     name: &ServerName<'static>,
     config: &Arc<ClientConfig>,
     stats: &super::stats::ServerStats,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, super::stats::Fail> {
+) -> Result<QuickAck, super::stats::Fail> {
     use super::stats::{Fail, FailKind};
     let started = std::time::Instant::now();
     let mut last = Fail::new(FailKind::Connect, "no address to connect to");
@@ -216,5 +264,5 @@ pub async fn dial(
             })?;
     stats.handshake.observe(started.elapsed().as_secs_f64());
     stats.opened.inc();
-    Ok(stream)
+    Ok(QuickAck(stream))
 }
