@@ -334,6 +334,89 @@ fn the_command_line_takes_encrypted_upstreams_too() {
     );
 }
 
+/// An SPKI pin (RFC 7858 section 4.2) trusts the server by its key alone: no CA needed;
+/// a pin that matches no key of the server is a certificate failure.
+#[test]
+fn a_pinned_server_is_trusted_by_its_key_alone() {
+    let pki = Pki::new();
+    let good = pki.issue("good", SERVER_NAME, false);
+    let other = pki.issue("other", SERVER_NAME, false);
+    let server = Fixture::start(&good, Behaviour::Answer);
+    let start = |pin: &str| {
+        let dir = TempDir::new("enc-pin");
+        let cfg = dir.write(
+            "telesink.toml",
+            &format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"{}\"]\n[upstream.pins]\n\"{SERVER_NAME}\" = [\"{pin}\"]\n",
+                server.upstream()
+            ),
+        );
+        Telesink::start_with(dir, &cfg, &[])
+    };
+    let pinned = start(&good.pin);
+    assert_eq!(addrs(&pinned.q("q5.test", RecordType::A)), ["192.0.2.5"]);
+    drop(pinned);
+    let wrong = start(&other.pin);
+    let m = wrong.q("q6.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(ede(&m).map(|e| e.0), Some(23));
+    assert!(wrong.log.lock().unwrap().contains("matches its pin"));
+}
+
+/// A server written by name is reached at its bootstrap addresses, no lookup of its own
+/// name; an idle connection closes after `idle_timeout_secs`; a server that refuses
+/// connections is tried again only after a backoff.
+#[test]
+fn bootstrap_idle_close_and_backoff() {
+    let pki = Pki::new();
+    let good = pki.issue("good", SERVER_NAME, false);
+    let server = Fixture::start(&good, Behaviour::Answer);
+    let by_name = format!("tls://{SERVER_NAME}:{}", server.addr.port());
+    let (ts, metrics) = telesink(
+        &pki,
+        std::slice::from_ref(&by_name),
+        "idle_timeout_secs = 1\n[upstream.bootstrap]\n\"dns.test\" = [\"127.0.0.1\"]",
+    );
+    assert_eq!(addrs(&ts.q("q7.test", RecordType::A)), ["192.0.2.7"]);
+    let shown = format!("tls://{SERVER_NAME}:{}", server.addr.port());
+    let open = |body: &str| {
+        value(
+            body,
+            &series("telesink_upstream_connections_open", &shown, "tls"),
+        )
+    };
+    let (_, body) = get(metrics, "/metrics");
+    assert_eq!(open(&body), Some(1.0), "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = get(metrics, "/metrics");
+        if open(&body) == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle connection stayed open: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(ts);
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let refused = format!("tls://127.0.0.1:{port}#{SERVER_NAME}");
+    let (ts, metrics) = telesink(&pki, std::slice::from_ref(&refused), "");
+    for _ in 0..3 {
+        assert_eq!(
+            ts.q("www.test", RecordType::A).metadata.response_code,
+            ResponseCode::ServFail
+        );
+    }
+    let (_, body) = get(metrics, "/metrics");
+    assert_eq!(errors(&body, &refused, "tls", "connect"), 1.0, "{body}");
+    assert_eq!(errors(&body, &refused, "tls", "backoff"), 2.0, "{body}");
+}
+
 /// AD passes only with `trust_ad` and only to a client that asked (DO or AD).
 #[test]
 fn the_ad_bit_passes_only_when_trusted_and_asked_for() {

@@ -29,6 +29,8 @@ pub struct Pki {
 }
 
 pub struct Issued {
+    /// base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo (its SPKI pin).
+    pub pin: String,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub cert_pem: String,
@@ -67,7 +69,14 @@ impl Pki {
             .signed_by(&key, &self.ca, &self.ca_key)
             .expect("sign");
         let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        let pin = {
+            use base64::Engine;
+            use sha2::Digest;
+            base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha256::digest(key.public_key_der()))
+        };
         Issued {
+            pin,
             cert: self.dir.write(&format!("{tag}.pem"), &cert_pem),
             key: self.dir.write(&format!("{tag}.key"), &key_pem),
             cert_pem,

@@ -457,13 +457,19 @@ impl Upstream {
                     .ask_udp(server, udp, tcp, &mut bytes, query, dnssec, left)
                     .await;
             }
-            Wire::Tls(c) => c.exchange(&bytes, left).await.map(|(mut answer, conn)| {
-                if let Some(idle) = query::strip_opt(&mut answer) {
-                    conn.idle.server_says(idle);
-                }
-                answer
-            }),
-            Wire::Https(c) => c.exchange(&bytes, left).await.map(|mut answer| {
+            // Boxed: the encrypted exchanges' state is several kilobytes, and every
+            // forwarded query's future (clear-text ones too) would carry it inline,
+            // moved and allocated with each spawned query (the miss path measured 8%
+            // slower with it inline: 4,120-byte against 1,728-byte futures).
+            Wire::Tls(c) => Box::pin(c.exchange(&bytes, left))
+                .await
+                .map(|(mut answer, conn)| {
+                    if let Some(idle) = query::strip_opt(&mut answer) {
+                        conn.idle.server_says(idle);
+                    }
+                    answer
+                }),
+            Wire::Https(c) => Box::pin(c.exchange(&bytes, left)).await.map(|mut answer| {
                 query::strip_opt(&mut answer);
                 answer
             }),
@@ -472,7 +478,7 @@ impl Upstream {
             Ok(answer) => self.decode(server, &answer, ask_ad),
             Err(fail) => {
                 server.stats.failed(fail.kind);
-                self.encryption_failed(server, fail, &mut bytes, left).await
+                Box::pin(self.encryption_failed(server, fail, &mut bytes, left)).await
             }
         }
     }
@@ -852,6 +858,22 @@ mod tests {
             ResponseCode::NoError
         );
         assert!(up.flights.lock().is_empty());
+    }
+
+    /// Every forwarded query's future is allocated and moved when the query is parked
+    /// and spawned; the encrypted exchanges are boxed so that their kilobytes of state
+    /// do not ride along with every clear-text query (inline, the miss path measured
+    /// 8% slower: a 4,120-byte future against 1,728 before encryption came).
+    #[test]
+    fn a_forwarded_querys_future_stays_small() {
+        let up = Upstream::plain(vec!["127.0.0.1:9".parse().unwrap()], Duration::from_secs(1));
+        let q = Query::query(Name::from_ascii("a.example.").unwrap(), RecordType::A);
+        let f = up.resolve(q, Dnssec::default());
+        assert!(
+            std::mem::size_of_val(&f) <= 2048,
+            "{} bytes",
+            std::mem::size_of_val(&f)
+        );
     }
 
     #[test]
