@@ -189,6 +189,18 @@ fn active_directory_zones_go_to_the_domain_controllers() {
             "each device is seen, not the DC: {body}"
         );
     }
+    // explain says why a name the suffix rule covers is not blocked, and check agrees.
+    let out = std::process::Command::new(bin())
+        .args(["explain", "ws17.corp.example", "--config"])
+        .arg(ts.dir.path().join("telesink.toml"))
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(
+        text.contains("ws17.corp.example for client 127.0.0.1 (group default): forwarded")
+            && text.contains("in [[forward]] zone corp.example: only exact rules block here"),
+        "{text}"
+    );
     // The DC's queries are counted as its own upstream.
     let dc = format!("{}", site._dc.addr);
     assert!(

@@ -26,6 +26,10 @@ pub struct Explanation {
     /// Every other profile with a rule that would block the name, and why it does not.
     #[serde(default)]
     pub would_block: Vec<WouldBlock>,
+    /// The `[[forward]]` zone the name is in: only exact rules block there, and it is
+    /// forwarded to that zone's servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_zone: Option<String>,
 }
 
 /// A profile that would block the name but does not for this client.
@@ -139,6 +143,7 @@ pub fn explain(policy: &Policy, name: &str, client: IpAddr) -> Result<Explanatio
             .and_then(|p| policy.profiles.get(p as usize))
             .map(|p| p.name.clone()),
         would_block: Vec::new(),
+        forward_zone: policy.forward_zones.covering(q.as_str()).map(str::to_owned),
     };
     // Every profile not enforcing for this group, alone: would it block the name?
     let enforcing = policy.groups.get(g as usize).map_or(0, |gr| gr.active);
@@ -214,12 +219,16 @@ impl std::fmt::Display for Explanation {
                 r.rule,
                 r.place()
             ),
-            None if self.verdict == "forwarded" => {
+            None if self.verdict == "forwarded" && self.forward_zone.is_none() => {
                 writeln!(
                     f,
                     "  no rule of a profile on for this group matches: forwarded upstream"
                 )
             }
+            None if self.verdict == "forwarded" => writeln!(
+                f,
+                "  no exact rule of a profile on for this group matches: forwarded to the zone's servers"
+            ),
             None => Ok(()),
         }?;
         for w in &self.would_block {
@@ -229,6 +238,12 @@ impl std::fmt::Display for Explanation {
                 w.profile,
                 format_args!("{} at {}", w.rule.rule, w.rule.place()),
                 w.why_not
+            )?;
+        }
+        if let Some(z) = &self.forward_zone {
+            writeln!(
+                f,
+                "  in [[forward]] zone {z}: only exact rules block here, list suffix rules do not"
             )?;
         }
         if let Some(p) = &self.log_only {
