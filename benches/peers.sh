@@ -96,6 +96,12 @@ for v in evoff evon; do
 done
 # Device identity's cost: off, and on (the default): the query path counts by address
 # either way; identity is looked up when counts are read.
+# Forward zones' cost (issue 24): none, and one zone that no query is in (every query's
+# name is then checked against it: the verdict and the cache key).
+for v in fzoff fzon; do
+  sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
+done
+printf '[[forward]]\nzone = "corp.example"\nservers = ["127.0.0.1:%s"]\n' "$kport" >> "$work/telesink-fzon.toml"
 for v in dvoff dvon; do
   sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
 done
@@ -234,8 +240,8 @@ fi
 # (their worst case: nothing else costs).
 want_phase pairs && for run in $(seq "$RUNS"); do
   # Off first in odd runs, on first in even ones (the same order bias).
-  pairs=(rloff rlon evoff evon dvoff dvon bare default)
-  if ((run % 2 == 0)); then pairs=(rlon rloff evon evoff dvon dvoff default bare); fi
+  pairs=(rloff rlon evoff evon dvoff dvon fzoff fzon bare default)
+  if ((run % 2 == 0)); then pairs=(rlon rloff evon evoff dvon dvoff fzon fzoff default bare); fi
   for v in "${pairs[@]}"; do
     start telesink $v h1.bench.test 192.0.2.2
     measure "telesink-$v" "$PID" 55302 "$work/blocked.q" blocked "$run"
@@ -413,6 +419,7 @@ def on_off(title, what, tag):
     print(f"\nQPS ratio on/off: {on[0] / off[0]:.3f}")
 on_off("Rate limiter cost (blocked names, every query through a bucket)", "limit", "rl")
 on_off("Evidence ledger cost (blocked names, every query counted into the aggregate)", "ledger", "ev")
+on_off("Forward zones cost (blocked names; one [[forward]] zone that no query is in)", "forward zones", "fz")
 on_off("Device identity cost (blocked names; identity looked up at scrape and flush, not per query)", "devices", "dv")
 bare, default = med("telesink-bare", "blocked", "qps"), med("telesink-default", "blocked", "qps")
 if bare and default:

@@ -394,8 +394,12 @@ impl Pipeline {
 
         // 5. Cache, then upstream. Only a miss takes a forwarding slot. A name in a
         //    `[[forward]]` zone goes to that zone's servers with the client's DO and CD
-        //    bits (DNSSEC-aware pass-through), so they are part of its cache key.
-        let dnssec = if self.upstream.in_zone(query.original().name()) {
+        //    bits (DNSSEC-aware pass-through), so they are part of its cache key. Whether
+        //    the name is in one comes from the snapshot already loaded (the zones the
+        //    verdict read), not from another load of the upstreams' table.
+        let in_zone = !policy.forward_zones.is_empty()
+            && policy.forward_zones.covering(qname.as_str()).is_some();
+        let dnssec = if in_zone {
             Dnssec {
                 dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
                 checking_disabled: request.metadata.checking_disabled,

@@ -34,7 +34,7 @@ impl Lookup {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| SetupError::Metrics(format!("runtime: {e}")))?;
+            .map_err(|e| SetupError::Internal(format!("cannot start the lookup runtime: {e}")))?;
         // Connections of encrypted upstreams spawn their tasks on this runtime.
         let upstream = {
             let _in = runtime.enter();

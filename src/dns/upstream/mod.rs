@@ -311,15 +311,12 @@ impl Upstream {
         self.metrics.as_ref()
     }
 
-    /// Whether `name` is in a `[[forward]]` zone.
-    pub fn in_zone(&self, name: &Name) -> bool {
-        let zones = self.zones.load();
-        !zones.groups.is_empty() && zones.groups.iter().any(|(z, _)| z.zone_of(name))
-    }
-
     /// The most specific forward zone's servers for `name`, if it is in one.
     fn route(&self, name: &Name) -> Option<Arc<Group>> {
         let zones = self.zones.load();
+        if zones.groups.is_empty() {
+            return None;
+        }
         zones
             .groups
             .iter()
@@ -332,9 +329,11 @@ impl Upstream {
     /// half-way (its client went away), the question leaves the table and those waiting
     /// on it ask for themselves. `dnssec` is passed on only for forward zones.
     pub async fn resolve(&self, query: Query, dnssec: Dnssec) -> Result<Upstreamed, UpstreamError> {
-        let (group, dnssec) = match self.route(query.name()) {
-            Some(g) => (g, dnssec),
-            None => (self.default.clone(), Dnssec::default()),
+        // The default group is borrowed: no reference count touched per query.
+        let zone = self.route(query.name());
+        let (group, dnssec) = match &zone {
+            Some(g) => (g.as_ref(), dnssec),
+            None => (self.default.as_ref(), Dnssec::default()),
         };
         let key = (
             query.name().to_lowercase(),
@@ -365,7 +364,7 @@ impl Upstream {
                     .and_then(|answer| answer.clone());
                 match landed {
                     Some(answer) => answer,
-                    None => self.ask_upstreams(&group, query, dnssec).await,
+                    None => self.ask_upstreams(group, query, dnssec).await,
                 }
             }
             Err(tx) => {
@@ -373,7 +372,7 @@ impl Upstream {
                     flights: &self.flights,
                     key,
                 };
-                let answer = self.ask_upstreams(&group, query, dnssec).await;
+                let answer = self.ask_upstreams(group, query, dnssec).await;
                 tx.send_replace(Some(answer.clone()));
                 answer
             }
@@ -677,7 +676,7 @@ impl Builder<'_> {
         let stats = Arc::new(match self.metrics {
             Some(m) => m.server(&label, spec.transport.label()),
             None => UpstreamMetrics::new()
-                .map_err(|e| SetupError::Metrics(e.to_string()))?
+                .map_err(|e| SetupError::Internal(format!("upstream metrics: {e}")))?
                 .server(&label, spec.transport.label()),
         });
         let s = self.settings;
@@ -688,10 +687,9 @@ impl Builder<'_> {
                 let mut tcp = ConnectionConfig::tcp();
                 tcp.port = addr.port();
                 let config = NameServerConfig::new(addr.ip(), true, vec![tcp]);
-                let cx = self
-                    .tcp_cx
-                    .cloned()
-                    .ok_or_else(|| SetupError::Metrics("hickory TCP pool".into()))?;
+                let cx = self.tcp_cx.cloned().ok_or_else(|| {
+                    SetupError::Internal("no TLS config for hickory's TCP pool".into())
+                })?;
                 Wire::Udp {
                     udp: UdpExchange::new(addr),
                     tcp: NameServerPool::from_config([config], cx, TokioRuntimeProvider::default()),

@@ -58,8 +58,9 @@ pub enum SetupError {
     NoBootstrap { server: String, host: String },
     #[error("upstream {server}: certificate name {why}")]
     Name { server: String, why: String },
-    #[error("upstream metrics: {0}")]
-    Metrics(String),
+    /// Something telesink itself needs could not be made (a runtime, a metric family).
+    #[error("upstream setup: {0}")]
+    Internal(String),
     #[error("[[forward]] zone {zone:?}: {why}")]
     Zone { zone: String, why: String },
 }

@@ -27,6 +27,8 @@ pub enum TlsSetupError {
         "no trusted CA: the system's CA store is empty and no upstream.ca_file is set (install ca-certificates)"
     )]
     NoRoots,
+    #[error("TLS setup: {0}")]
+    Protocol(String),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -63,7 +65,7 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|_| TlsSetupError::NoRoots)?;
+        .map_err(|e| TlsSetupError::Protocol(e.to_string()))?;
     let mut config = if pins.is_empty() {
         let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(system_roots().iter().cloned());
