@@ -48,6 +48,9 @@ pub enum ApplyError {
     Task(&'static str, String),
     #[error(transparent)]
     Services(#[from] crate::services::ServicesError),
+    /// A shared change the cluster store did not take (src/cluster/), with the fix.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// What a caller asks to change.
@@ -70,6 +73,19 @@ pub enum Edit {
         profile: String,
         group: Option<String>,
     },
+}
+
+impl Edit {
+    /// Records who asks and why on the toggle or rule the edit makes.
+    pub fn stamp(&mut self, by: String, why: Option<String>) {
+        let (b, w) = match self {
+            Edit::Profile(t) | Edit::LogOnly(t) => (&mut t.by, &mut t.why),
+            Edit::Rule(r) => (&mut r.by, &mut r.why),
+            Edit::Unrule { .. } | Edit::Reset { .. } => return,
+        };
+        *b = Some(by);
+        *w = why.filter(|w| !w.trim().is_empty());
+    }
 }
 
 impl std::fmt::Display for Edit {
@@ -186,7 +202,12 @@ pub fn state_file(cfg: &LoadedConfig) -> StateFile {
 pub fn boot_policy(cfg: &LoadedConfig) -> Result<(Policy, usize), ApplyError> {
     let base = snapshot::compile(cfg, 1).map_err(ApplyError::Policy)?;
     let max = cfg.config.control.max_runtime_rules;
-    Ok(snapshot::with_saved_toggles(base, &state_file(cfg), max))
+    Ok(snapshot::with_saved_toggles(
+        base,
+        &state_file(cfg),
+        max,
+        cfg.config.cluster.is_some(),
+    ))
 }
 
 /// `telesink firewall apply` with no daemon running (early boot): the same snapshot as a
@@ -245,6 +266,8 @@ pub struct Applier {
     /// Why the toggles in force are not in the state file (a timed revert applied while
     /// the file could not be written); None when they are. Retried by the expiry task.
     unsaved: parking_lot::Mutex<Option<String>>,
+    /// The store revision in force (cluster nodes): a CLI change waits on it.
+    revision: tokio::sync::watch::Sender<u64>,
 }
 
 /// Whether a change must be saved to take effect.
@@ -307,6 +330,7 @@ impl Applier {
             changed: tokio::sync::Notify::new(),
             rules_refused: AtomicU64::new(rules_dropped as u64),
             unsaved: parking_lot::Mutex::new(None),
+            revision: tokio::sync::watch::Sender::new(0),
         });
         applier
             .services
@@ -321,34 +345,44 @@ impl Applier {
         &self.config_path
     }
 
-    /// Applies a toggle, or only builds what it would change (`dry_run`).
-    pub async fn edit(&self, edit: Edit, dry_run: bool) -> Result<Applied, ApplyError> {
+    /// Applies a toggle, or only builds what it would change (`dry_run`). On a cluster
+    /// node, `local` makes it an override of this node's (kept until cleared, never
+    /// overwritten by the store); without it, it edits the shared layer, which only a
+    /// dry run does here: a real shared change goes to the store (src/cluster/) and
+    /// comes back through `adopt`.
+    pub async fn edit(
+        &self,
+        edit: Edit,
+        dry_run: bool,
+        local: bool,
+    ) -> Result<Applied, ApplyError> {
         let _one = self.serial.lock().await;
         let old = self.services.current.load_full();
         let (base, said) = (old.clone(), edit.to_string());
         let built = blocking("change", move || {
-            let mut toggles = base.toggles.clone();
-            toggles.expire(unix_now());
-            match edit {
-                Edit::Profile(t) => {
-                    toggles.set(t);
-                    toggles = base.without_redundant(toggles, false);
+            let now = unix_now();
+            let generation = base.generation + 1;
+            match base.layers.clone() {
+                None => {
+                    let mut toggles = base.toggles.clone();
+                    toggles.expire(now);
+                    let toggles = edit_toggles(&base, toggles, edit, true)?;
+                    Ok(rebuild(&base, toggles, None, generation)?)
                 }
-                Edit::LogOnly(t) => {
-                    toggles.set_log_only(t);
-                    toggles = base.without_redundant(toggles, true);
+                Some(mut layers) => {
+                    layers.expire(now);
+                    match local {
+                        true => layers.local = edit_toggles(&base, layers.local, edit, false)?,
+                        false => layers.shared = edit_toggles(&base, layers.shared, edit, true)?,
+                    }
+                    Ok(rebuild(
+                        &base,
+                        layers.effective(),
+                        Some(layers),
+                        generation,
+                    )?)
                 }
-                Edit::Reset { profile, group } => {
-                    crate::policy::check_toggle(&base, &profile, group.as_deref())?;
-                    toggles.reset(&profile, group.as_deref())?;
-                }
-                Edit::Rule(r) => {
-                    toggles.set_rule(r);
-                    toggles.check_rule_cap(base.config.config.control.max_runtime_rules)?;
-                }
-                Edit::Unrule { name, group } => toggles.remove_rule(&name, group.as_deref())?,
             }
-            Ok(base.with_toggles(toggles, base.generation + 1)?)
         })
         .await;
         let policy = match built {
@@ -370,8 +404,78 @@ impl Applier {
         let new = self
             .commit(Some(&old), policy, old.config.clone(), Save::Required)
             .await?;
-        info!(generation = new.generation, "applied: {said}");
+        let scope = if local && new.layers.is_some() {
+            " (an override of this node's)"
+        } else {
+            ""
+        };
+        info!(generation = new.generation, "applied: {said}{scope}");
         Ok(Applied { old, new })
+    }
+
+    /// Puts the site's shared toggles at a store revision in force (src/cluster/), over
+    /// this node's overrides. A value naming a profile or group this node does not have
+    /// is refused whole: nothing changes, the caller logs and counts it. None: nothing
+    /// to do (not a cluster node, or that revision is already in force).
+    pub async fn adopt(
+        &self,
+        shared: crate::policy::Toggles,
+        revision: u64,
+    ) -> Result<Option<Applied>, ApplyError> {
+        let _one = self.serial.lock().await;
+        let old = self.services.current.load_full();
+        let Some(mut layers) = old.layers.clone() else {
+            return Ok(None);
+        };
+        if revision < layers.revision || (revision == layers.revision && shared == layers.shared) {
+            return Ok(None);
+        }
+        layers.shared = shared;
+        layers.revision = revision;
+        let base = old.clone();
+        let policy = blocking("shared change", move || {
+            layers.expire(unix_now());
+            Ok(rebuild(
+                &base,
+                layers.effective(),
+                Some(layers),
+                base.generation + 1,
+            )?)
+        })
+        .await?;
+        // Not saved is not refused: the site decided it; the file catches up (retried).
+        let new = self
+            .commit(Some(&old), policy, old.config.clone(), Save::BestEffort)
+            .await?;
+        Ok(Some(Applied { old, new }))
+    }
+
+    /// Learned addresses another node shared: into this node's learned sets, with the
+    /// checks its own learning makes; nothing while the firewall or shadow is off.
+    /// Returns (taken in, refused).
+    pub async fn import_learned(
+        &self,
+        items: Vec<crate::cluster_status::SharedLearn>,
+    ) -> (u64, u64) {
+        let snap = self.services.current.load_full();
+        if !Snapshot::wants_shadow(&snap, &snap.config) {
+            return (0, items.len() as u64);
+        }
+        let max = snap.config.config.firewall.shadow.max_addresses;
+        crate::shadow::adopt_shared(
+            &self.learned,
+            &self.shared,
+            &self.services.kernel,
+            &snap,
+            max,
+            items,
+        )
+        .await
+    }
+
+    /// The store revision in force here, as it changes (0 for one box).
+    pub fn revisions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision.subscribe()
     }
 
     /// Re-reads config and lists; toggles are kept, those naming a profile or group that
@@ -416,15 +520,28 @@ impl Applier {
         let generation = old.generation + 1;
         let (path, overrides) = (self.config_path.clone(), self.overrides.clone());
         let mut toggles = old.toggles.clone();
+        let mut layers = old.layers.clone();
         toggles.expire(unix_now());
         // Compiling a big list takes a while: keep it off the threads that answer queries.
         let built = tokio::task::spawn_blocking(move || {
             let cfg = load_config(&path, &overrides)?;
             let base = snapshot::compile(&cfg, generation).map_err(ApplyError::Policy)?;
-            for w in toggles.retain_known(&base) {
-                warn!("{w}");
+            // A reload that adds or removes `[cluster]` takes effect at restart (the
+            // store connection is made at start): the layers stay as they were.
+            if let Some(l) = &mut layers {
+                l.expire(unix_now());
+                let mut said = l.shared.retain_known(&base);
+                said.extend(l.local.retain_known(&base));
+                for w in said {
+                    warn!("{w}");
+                }
+                toggles = l.effective();
+            } else {
+                for w in toggles.retain_known(&base) {
+                    warn!("{w}");
+                }
             }
-            let policy = base.with_toggles(toggles, generation)?;
+            let policy = rebuild(&base, toggles, layers, generation)?;
             Ok::<_, ApplyError>((cfg, policy))
         })
         .await
@@ -449,13 +566,23 @@ impl Applier {
     pub async fn expire_due(&self) -> Result<Option<Applied>, ApplyError> {
         let _one = self.serial.lock().await;
         let old = self.services.current.load_full();
+        let now = unix_now();
         let mut toggles = old.toggles.clone();
-        if !toggles.expire(unix_now()) {
+        let mut layers = old.layers.clone();
+        let lapsed = match &mut layers {
+            Some(l) => {
+                let lapsed = l.expire(now);
+                toggles = l.effective();
+                lapsed
+            }
+            None => toggles.expire(now),
+        };
+        if !lapsed {
             return Ok(None);
         }
         let base = old.clone();
         let policy = blocking("timed revert", move || {
-            Ok(base.with_toggles(toggles, base.generation + 1)?)
+            Ok(rebuild(&base, toggles, layers, base.generation + 1)?)
         })
         .await?;
         let new = self
@@ -473,12 +600,14 @@ impl Applier {
     /// expiry task calls it every 10 s while `unsaved` says so).
     pub async fn save_again(&self) {
         let _one = self.serial.lock().await;
-        let (state, toggles) = (
+        let snap = self.services.current.load_full();
+        let (state, toggles, layers) = (
             self.state.clone(),
-            self.services.current.load().toggles.clone(),
+            snap.toggles.clone(),
+            snap.layers.clone(),
         );
         let saved = blocking("state file", move || {
-            Ok(state.prepare(&toggles)?.commit()?)
+            Ok(state.prepare_with(&toggles, layers.as_ref())?.commit()?)
         })
         .await;
         self.saved(match saved {
@@ -533,9 +662,13 @@ impl Applier {
     ) -> Result<Arc<Snapshot>, ApplyError> {
         // A start (no old snapshot) has just read the toggles from the state file.
         let pending = match old {
-            Some(o) if o.toggles != policy.toggles => {
+            Some(o) if o.toggles != policy.toggles || o.layers != policy.layers => {
                 let (state, toggles) = (self.state.clone(), policy.toggles.clone());
-                match blocking("state file", move || Ok(state.prepare(&toggles)?)).await {
+                let layers = policy.layers.clone();
+                let prepared = blocking("state file", move || {
+                    Ok(state.prepare_with(&toggles, layers.as_ref())?)
+                });
+                match prepared.await {
                     Ok(p) => Some(p),
                     Err(e) if save == Save::BestEffort => {
                         self.saved(Err(e.to_string()));
@@ -587,6 +720,8 @@ impl Applier {
         // settings and lease files) in the same change; nothing here can fail.
         self.services.take(&new);
         self.services.current.store(new.clone());
+        self.revision
+            .send_replace(new.layers.as_ref().map_or(0, |l| l.revision));
         if started_shadow {
             info!("shadow resolution started");
         } else if old.is_some_and(|o| o.learner.is_some()) && new.learner.is_none() {
@@ -702,6 +837,13 @@ impl Applier {
                 kernel: self.services.kernel.clone(),
                 counts: self.services.shadow_counts.clone(),
                 shared: self.shared.clone(),
+                share: self.services.cluster.clone().filter(|_| {
+                    snap.config
+                        .config
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.share_learned)
+                }),
             },
             self.learned.clone(),
         ) as Arc<dyn Learner>
@@ -735,4 +877,59 @@ impl Applier {
             },
         }
     }
+}
+
+/// A change's new toggles: `edit` applied to `toggles` with the checks every change
+/// gets (the profile and group exist, the rule cap). `redundant`: drop a standing entry
+/// that only says what the config says (see `Policy::without_redundant`). The cluster's
+/// writer applies an edit to the shared toggles with this too, so a change is the same
+/// whichever node makes it.
+pub fn edit_toggles(
+    base: &Snapshot,
+    mut toggles: crate::policy::Toggles,
+    edit: Edit,
+    redundant: bool,
+) -> Result<crate::policy::Toggles, ApplyError> {
+    match edit {
+        Edit::Profile(t) => {
+            crate::policy::check_toggle(base, &t.profile, t.group.as_deref())?;
+            toggles.set(t);
+            if redundant {
+                toggles = base.without_redundant(toggles, false);
+            }
+        }
+        Edit::LogOnly(t) => {
+            crate::policy::check_toggle(base, &t.profile, t.group.as_deref())?;
+            toggles.set_log_only(t);
+            if redundant {
+                toggles = base.without_redundant(toggles, true);
+            }
+        }
+        Edit::Reset { profile, group } => {
+            crate::policy::check_toggle(base, &profile, group.as_deref())?;
+            toggles.reset(&profile, group.as_deref())?;
+        }
+        Edit::Rule(r) => {
+            if let Some(g) = &r.group {
+                crate::policy::check_group(base, g)?;
+            }
+            toggles.set_rule(r);
+            toggles.check_rule_cap(base.config.config.control.max_runtime_rules)?;
+        }
+        Edit::Unrule { name, group } => toggles.remove_rule(&name, group.as_deref())?,
+    }
+    Ok(toggles)
+}
+
+/// A snapshot's policy: `base`'s index and groups with `toggles` applied, and the
+/// layers they came from (cluster nodes).
+fn rebuild(
+    base: &Policy,
+    toggles: crate::policy::Toggles,
+    layers: Option<crate::policy::Layers>,
+    generation: u64,
+) -> Result<Policy, ToggleError> {
+    let mut p = base.with_toggles(toggles, generation)?;
+    p.layers = layers;
+    Ok(p)
 }

@@ -8,6 +8,14 @@ pub fn unix_now() -> u64 {
     real + test_clock::offset()
 }
 
+/// Wall-clock time as Unix milliseconds (the cluster's node reports), on the same clock.
+pub fn unix_millis() -> u64 {
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    real + test_clock::offset() * 1000
+}
+
 /// A clock that tests can move forward, so a month of day rollovers and device expiry
 /// runs in minutes: `TELESINK_TEST_CLOCK=<file>` names a file holding the seconds to add
 /// to the real time, read every 50 ms. Debug builds only (like src/failpoint.rs): a

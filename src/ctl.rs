@@ -165,7 +165,16 @@ fn scope_text(v: &Value, lapse: &str, forever: &str) -> String {
         .map_or(forever.to_owned(), |u| {
             format!("{lapse} in {}", span(u.saturating_sub(now)))
         });
-    format!("for {group}, {until}")
+    let by = match (
+        v.get("by").and_then(Value::as_str),
+        v.get("why").and_then(Value::as_str),
+    ) {
+        (Some(by), Some(why)) => format!(" (by {by}: {why})"),
+        (Some(by), None) => format!(" (by {by})"),
+        (None, Some(why)) => format!(" ({why})"),
+        (None, None) => String::new(),
+    };
+    format!("for {group}, {until}{by}")
 }
 
 /// A profile toggle in words: "tele off for group finance, reverts in 2h".
@@ -355,6 +364,100 @@ fn status_text(v: &Value) -> String {
             n(v, "rules_refused")
         );
     }
+    if let Some(c) = v.get("cluster") {
+        out += &cluster_text(c);
+    }
+    out
+}
+
+/// The status lines of a cluster node: the store, every node, the overrides.
+fn cluster_text(c: &Value) -> String {
+    let now = telesink::clock::unix_now();
+    let connected = c.get("connected").and_then(Value::as_bool) == Some(true);
+    let mut out = format!(
+        "cluster: site {}, node {}, store {}, shared revision {} in force",
+        s(c, "site"),
+        s(c, "node"),
+        if connected {
+            "connected"
+        } else {
+            "UNREACHABLE"
+        },
+        n(c, "revision"),
+    );
+    let contact = n(c, "last_contact_unix");
+    if contact > 0 {
+        out += &format!(", last contact {} ago", span(now.saturating_sub(contact)));
+    }
+    out += "\n";
+    if let Some(e) = c.get("last_error").and_then(Value::as_str) {
+        out += &format!("  last problem: {e}\n");
+    }
+    let me = s(c, "node");
+    for node in c
+        .get("nodes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let ago = n(node, "last_contact_ms");
+        out += &format!(
+            "  node {:<16} revision {:<6} generation {:<6} last report {} ago{}\n",
+            s(node, "node"),
+            n(node, "revision"),
+            n(node, "generation"),
+            if ago < 1000 {
+                format!("{ago} ms")
+            } else {
+                span(ago / 1000)
+            },
+            if s(node, "node") == me {
+                " (this node)"
+            } else {
+                ""
+            }
+        );
+        for o in node
+            .get("overrides")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out += &format!("    override: {}\n", o.as_str().unwrap_or_default());
+        }
+    }
+    let mismatched = list(c, "mismatched");
+    if !mismatched.is_empty() && mismatched != "-" {
+        out += &format!(
+            "  WARNING: config or lists differ from this node's on: {mismatched} (deploy the same files to every node)\n"
+        );
+    }
+    let overrides: Vec<&str> = c
+        .get("overrides")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !overrides.is_empty() {
+        out += "  this node's overrides (--local; kept until cleared, never overwritten by the shared state):\n";
+        for o in overrides {
+            out += &format!("    {o}\n");
+        }
+    }
+    if n(c, "refused") > 0 {
+        out += &format!(
+            "  shared values refused here (see the log): {}\n",
+            n(c, "refused")
+        );
+    }
+    out += &format!(
+        "  learned addresses: {} shared, {} taken from other nodes, {} not shared, {} refused\n",
+        n(c, "learned_published"),
+        n(c, "learned_imported"),
+        n(c, "learned_unshared"),
+        n(c, "learned_refused"),
+    );
     out
 }
 
@@ -429,6 +532,21 @@ fn report_text(v: &Value) -> String {
         out += "no profile changes state\n";
     }
     let ms = v.get("ms").and_then(Value::as_f64).unwrap_or(0.0);
+    if v.get("local").and_then(Value::as_bool) == Some(true) {
+        out += "this node only (--local): an override kept until cleared, never overwritten by the shared state\n";
+    }
+    if let Some(c) = v.get("cluster") {
+        out += &format!(
+            "shared revision {}: in force on {}",
+            n(c, "revision"),
+            list(c, "applied")
+        );
+        let pending = list(c, "pending");
+        if !pending.is_empty() && pending != "-" {
+            out += &format!("; NOT YET on {pending} (see `telesink status`)");
+        }
+        out += "\n";
+    }
     if v.get("dry_run").and_then(Value::as_bool) == Some(true) {
         out += "dry run: nothing changed\n";
     } else {

@@ -79,6 +79,25 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
     // control API and the evidence feed read them.
     let services = applier.services.clone();
     services.spawn_tasks();
+    // A cluster node reads the site's shared state before it answers (at most
+    // `start_wait_secs`): one that comes back must not answer with what changed while it
+    // was away. Without the store it serves from its state file, and says so.
+    let cluster = match cfg.config.cluster.clone() {
+        Some(k) => {
+            let cluster = crate::cluster::Cluster::start(applier.clone(), k.clone());
+            if let Some(c) = &cluster {
+                match c.wait_first_sync().await {
+                    true => info!("cluster: the site's shared state is in force"),
+                    false => warn!(
+                        "cluster: the store did not answer within {} s (cluster.start_wait_secs): serving from the state file's toggles until it does",
+                        k.start_wait_secs
+                    ),
+                }
+            }
+            cluster
+        }
+        None => None,
+    };
     let policy = services.current.clone();
     // The watchdog's last answered self-query (Unix seconds), for /health.
     let watchdog_seen = Arc::new(WatchdogSeen::default());
@@ -123,7 +142,7 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
             warn!("metrics: {e}");
         }
         let (health_of, watched) = (applier.clone(), watchdog_seen.clone());
-        let health: Arc<dyn Fn() -> Result<(), String> + Send + Sync> =
+        let health: Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync> =
             Arc::new(move || health(&health_of, &watched));
         let slots = listeners.add(crate::slots::Slots::new(
             "metrics",
@@ -150,7 +169,11 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
             }
         });
     }
-    let control = Arc::new(crate::control::Control::new(applier.clone(), audit.clone()));
+    let control = Arc::new(crate::control::Control::new(
+        applier.clone(),
+        audit.clone(),
+        cluster.clone(),
+    ));
     tokio::spawn(control.clone().expire_forever());
     {
         // The history starts with what this start put in force.
@@ -316,7 +339,9 @@ struct WatchdogSeen {
 }
 
 /// `/health`: 200 only when what the daemon claims is true; otherwise every reason.
-fn health(applier: &Applier, watchdog: &WatchdogSeen) -> Result<(), String> {
+/// Ok: up, with notes of what is degraded without being down (200); Err: why not up
+/// (503).
+fn health(applier: &Applier, watchdog: &WatchdogSeen) -> Result<Vec<String>, String> {
     use std::sync::atomic::Ordering::Relaxed;
     let s = &applier.services;
     let mut why = Vec::new();
@@ -371,11 +396,24 @@ fn health(applier: &Applier, watchdog: &WatchdogSeen) -> Result<(), String> {
             crate::firewall::plan::TABLE
         ));
     }
-    if why.is_empty() {
-        Ok(())
-    } else {
-        Err(why.join("; "))
+    if !why.is_empty() {
+        return Err(why.join("; "));
     }
+    let mut notes = Vec::new();
+    if let Some(c) = &s.cluster
+        && !c.is_connected()
+    {
+        let last = c.last_contact_unix.load(Relaxed);
+        notes.push(format!(
+            "the cluster store is unreachable{}: enforcing this node's last state; shared changes cannot be made here (--local can)",
+            if last > 0 {
+                format!(" since {}", crate::clock::utc_time(last))
+            } else {
+                " (never reached since start)".to_owned()
+            }
+        ));
+    }
+    Ok(notes)
 }
 
 /// Opens the control socket. Where the config names it, failing is fatal; the default

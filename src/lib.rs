@@ -13,6 +13,8 @@ pub mod apply;
 pub mod audit;
 pub mod budget;
 pub mod clock;
+pub mod cluster;
+pub mod cluster_status;
 pub mod config;
 pub mod control;
 pub mod daemon;

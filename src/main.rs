@@ -246,6 +246,13 @@ struct ChangeArgs {
     /// Show what would change (names, CIDRs, clients) without changing anything.
     #[arg(long)]
     dry_run: bool,
+    /// A cluster node: change this node only, as an override that is kept until cleared
+    /// and never overwritten by the shared state (works while the store is away).
+    #[arg(long)]
+    local: bool,
+    /// Why: kept with the change, shown in status (and on every node of a cluster).
+    #[arg(long)]
+    why: Option<String>,
     #[command(flatten)]
     socket: SocketArgs,
 }
@@ -257,6 +264,8 @@ impl ChangeArgs {
             o.insert("group".into(), serde_json::json!(self.group));
             o.insert("for_secs".into(), serde_json::json!(self.duration));
             o.insert("dry_run".into(), serde_json::json!(self.dry_run));
+            o.insert("local".into(), serde_json::json!(self.local));
+            o.insert("why".into(), serde_json::json!(self.why));
         }
         own
     }

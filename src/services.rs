@@ -70,6 +70,8 @@ pub struct Services {
     pub max_in_flight: usize,
     /// The connection slots of every listener that holds connections.
     pub listeners: crate::slots::Listeners,
+    /// What the cluster connection knows (`[cluster]`; None for one box).
+    pub cluster: Option<Arc<crate::cluster_status::ClusterStatus>>,
 }
 
 impl Services {
@@ -151,6 +153,12 @@ impl Services {
             forward_slots: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             listeners: crate::slots::Listeners::default(),
+            cluster: c.cluster.as_ref().map(|k| {
+                Arc::new(crate::cluster_status::ClusterStatus::new(
+                    k.site.clone(),
+                    k.node_name(),
+                ))
+            }),
         })
     }
 

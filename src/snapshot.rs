@@ -128,18 +128,53 @@ pub fn with_saved_toggles(
     base: Policy,
     state: &crate::state::StateFile,
     max_rules: usize,
+    cluster: bool,
 ) -> (Policy, usize) {
-    let mut toggles = state.load();
-    toggles.expire(crate::clock::unix_now());
-    let (said, dropped) = toggles.retain_valid(max_rules);
-    for w in said.iter().chain(&toggles.retain_known(&base)) {
+    let (toggles, layers) = state.load_all();
+    let now = crate::clock::unix_now();
+    // A cluster node starts from the layers it saved; one that joins a cluster takes
+    // its toggles as the shared ones it knows of (revision 0) until the store says
+    // otherwise; one that left a cluster keeps what was in force.
+    let mut layers = cluster.then(|| {
+        layers.unwrap_or_else(|| crate::policy::Layers {
+            shared: toggles.clone(),
+            ..Default::default()
+        })
+    });
+    let mut dropped = 0;
+    let mut said = Vec::new();
+    let mut clean = |t: &mut crate::policy::Toggles| {
+        t.expire(now);
+        let (s, d) = t.retain_valid(max_rules);
+        dropped += d;
+        said.extend(s);
+        said.extend(t.retain_known(&base));
+    };
+    let toggles = match &mut layers {
+        Some(l) => {
+            clean(&mut l.shared);
+            clean(&mut l.local);
+            l.effective()
+        }
+        None => {
+            let mut t = toggles;
+            clean(&mut t);
+            t
+        }
+    };
+    for w in &said {
         warn!("{w}");
     }
     let generation = base.generation;
     match base.with_toggles(toggles, generation) {
-        Ok(p) => (p, dropped),
+        Ok(mut p) => {
+            p.layers = layers;
+            (p, dropped)
+        }
         Err(e) => {
             warn!("saved toggles not applied: {e}");
+            let mut base = base;
+            base.layers = cluster.then(Default::default);
             (base, dropped)
         }
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
-use crate::policy::Toggles;
+use crate::policy::{Layers, Toggles};
 
 const VERSION: u32 = 1;
 
@@ -20,7 +20,12 @@ const VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 struct Document {
     version: u32,
+    /// The toggles in force (in a cluster: what the layers make of them).
     toggles: Toggles,
+    /// In a cluster: the shared toggles at the store revision last applied, and this
+    /// node's overrides. A node restarted without the store enforces these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<Layers>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,34 +55,39 @@ impl StateFile {
     /// The saved toggles; none if there is no file. A corrupt file is renamed to
     /// `<name>.corrupt-<unix time>` and reported, and the config alone applies.
     pub fn load(&self) -> Toggles {
+        self.load_all().0
+    }
+
+    /// The saved toggles and, for a cluster node, their layers.
+    pub fn load_all(&self) -> (Toggles, Option<Layers>) {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Toggles::default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Default::default(),
             Err(e) => {
                 error!(
                     "state file {}: {e}; starting from the config alone",
                     self.path.display()
                 );
-                return Toggles::default();
+                return Default::default();
             }
         };
         // A file that is not even UTF-8 is as corrupt as any other: set aside, reported.
         let Ok(text) = String::from_utf8(bytes) else {
             self.set_aside("not UTF-8");
-            return Toggles::default();
+            return Default::default();
         };
         match serde_json::from_str::<Document>(&text) {
             Ok(doc) if doc.version == VERSION => {
                 info!(path = %self.path.display(), toggles = doc.toggles.profiles.len(), "runtime toggles restored");
-                doc.toggles
+                (doc.toggles, doc.cluster)
             }
             Ok(doc) => {
                 self.set_aside(&format!("unknown version {}", doc.version));
-                Toggles::default()
+                Default::default()
             }
             Err(e) => {
                 self.set_aside(&e.to_string());
-                Toggles::default()
+                Default::default()
             }
         }
     }
@@ -128,6 +138,15 @@ impl StateFile {
     /// the state file. Split in two so a change can be refused (firewall error) after the
     /// disk write succeeded, without leaving the new state behind.
     pub fn prepare(&self, toggles: &Toggles) -> Result<Pending, StateError> {
+        self.prepare_with(toggles, None)
+    }
+
+    /// `prepare` for a cluster node: the layers too.
+    pub fn prepare_with(
+        &self,
+        toggles: &Toggles,
+        layers: Option<&Layers>,
+    ) -> Result<Pending, StateError> {
         let err = |source| StateError {
             path: self.path.clone(),
             source,
@@ -135,6 +154,7 @@ impl StateFile {
         let doc = Document {
             version: VERSION,
             toggles: toggles.clone(),
+            cluster: layers.cloned(),
         };
         let text = serde_json::to_string_pretty(&doc).map_err(|e| err(e.into()))?;
         if let Some(dir) = self.path.parent() {
@@ -231,6 +251,8 @@ mod tests {
             group: Some("finance".into()),
             enabled: false,
             until: Some(4_000_000_000),
+            by: None,
+            why: None,
         });
         assert!(file.prepare(&t).unwrap().commit().unwrap().is_none());
         assert_eq!(file.load(), t);
@@ -240,6 +262,8 @@ mod tests {
             group: None,
             enabled: true,
             until: None,
+            by: None,
+            why: None,
         });
         drop(file.prepare(&other).unwrap());
         assert_eq!(file.load(), t);

@@ -60,6 +60,8 @@ fn the_per_query_policy_and_metrics_path_does_not_allocate() {
         group: None,
         enabled: true,
         until: None,
+        by: None,
+        why: None,
     });
     let policy = base.with_toggles(toggles, 2).unwrap();
     let names: Vec<QName> = [

@@ -5,6 +5,7 @@
 //! config to prove it). Values that refer to something else (a profile named in a group,
 //! a list file) are `Spanned`, so the semantic checks in `policy::build` can name the line.
 
+pub mod cluster;
 pub mod evidence;
 pub mod identity;
 pub mod limits;
@@ -69,6 +70,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// Two gateways, one policy (src/cluster/); absent: one box.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// The local control API (`telesink status`, `profile enable`, ...): a Unix socket only,

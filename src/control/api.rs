@@ -140,6 +140,12 @@ struct ResetBody {
     group: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    /// A cluster node: this node only, as an override kept until cleared.
+    #[serde(default)]
+    local: bool,
+    /// Why (`--why`), kept with the change.
+    #[serde(default)]
+    why: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +158,12 @@ struct ProfileBody {
     for_secs: Option<u64>,
     #[serde(default)]
     dry_run: bool,
+    /// A cluster node: this node only, as an override kept until cleared.
+    #[serde(default)]
+    local: bool,
+    /// Why (`--why`), kept with the change.
+    #[serde(default)]
+    why: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +189,12 @@ struct RuleBody {
     remove: bool,
     #[serde(default)]
     dry_run: bool,
+    /// A cluster node: this node only, as an override kept until cleared.
+    #[serde(default)]
+    local: bool,
+    /// Why (`--why`), kept with the change.
+    #[serde(default)]
+    why: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +207,12 @@ struct LogOnlyBody {
     for_secs: Option<u64>,
     #[serde(default)]
     dry_run: bool,
+    /// A cluster node: this node only, as an override kept until cleared.
+    #[serde(default)]
+    local: bool,
+    /// Why (`--why`), kept with the change.
+    #[serde(default)]
+    why: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +257,7 @@ fn control_error(e: ControlError) -> Reply {
         | ControlError::State(_)
         | ControlError::Task(..)
         | ControlError::Services(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ControlError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e)
 }
@@ -275,43 +300,51 @@ async fn respond(
                 Ok(b) => b,
                 Err(r) => return *r,
             };
+            let ask = b.ask();
             let edit = Edit::Profile(Toggle {
                 profile: (*name).to_owned(),
                 group: b.group,
                 enabled: b.enabled,
                 until: until(b.for_secs),
+                by: None,
+                why: None,
             });
-            change(c, edit, b.dry_run, uid).await
+            change(c, edit, ask, uid).await
         }
         (&Method::POST, ["v1", "profiles", name, "reset"]) => {
             let b: ResetBody = match body(&bytes) {
                 Ok(b) => b,
                 Err(r) => return *r,
             };
+            let ask = b.ask();
             let edit = Edit::Reset {
                 profile: (*name).to_owned(),
                 group: b.group,
             };
-            change(c, edit, b.dry_run, uid).await
+            change(c, edit, ask, uid).await
         }
         (&Method::POST, ["v1", "log-only", name]) => {
             let b: LogOnlyBody = match body(&bytes) {
                 Ok(b) => b,
                 Err(r) => return *r,
             };
+            let ask = b.ask();
             let edit = Edit::LogOnly(Toggle {
                 profile: (*name).to_owned(),
                 group: b.group,
                 enabled: b.on,
                 until: until(b.for_secs),
+                by: None,
+                why: None,
             });
-            change(c, edit, b.dry_run, uid).await
+            change(c, edit, ask, uid).await
         }
         (&Method::POST, ["v1", "rules"]) => {
             let b: RuleBody = match body(&bytes) {
                 Ok(b) => b,
                 Err(r) => return *r,
             };
+            let ask = b.ask();
             let name = match crate::policy::runtime::normalize(&b.name) {
                 Ok(n) => n,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -327,9 +360,11 @@ async fn respond(
                     allow: b.allow,
                     group: b.group,
                     until: until(b.for_secs),
+                    by: None,
+                    why: None,
                 })
             };
-            change(c, edit, b.dry_run, uid).await
+            change(c, edit, ask, uid).await
         }
         (&Method::POST, ["v1", "report"]) => {
             let q: crate::evidence::report::Query = match body(&bytes) {
@@ -464,15 +499,35 @@ fn until(for_secs: Option<u64>) -> Option<u64> {
     for_secs.map(|s| crate::clock::unix_now().saturating_add(s))
 }
 
-async fn change(c: &Arc<Control>, edit: Edit, dry_run: bool, uid: Option<u32>) -> Reply {
+/// The fields every change's body has, as an `Ask`.
+macro_rules! asked {
+    ($($body:ty),*) => {$(
+        impl $body {
+            fn ask(&self) -> Ask {
+                Ask { dry_run: self.dry_run, local: self.local, why: self.why.clone() }
+            }
+        }
+    )*};
+}
+asked!(ProfileBody, ResetBody, LogOnlyBody, RuleBody);
+
+/// How a change is asked for.
+struct Ask {
+    dry_run: bool,
+    local: bool,
+    why: Option<String>,
+}
+
+async fn change(c: &Arc<Control>, mut edit: Edit, ask: Ask, uid: Option<u32>) -> Reply {
     let by = uid.map_or_else(|| "an unknown uid".to_owned(), |u| format!("uid {u}"));
+    edit.stamp(format!("{by} on {}", crate::host::name()), ask.why);
     let what = edit.to_string();
-    if !dry_run {
+    if !ask.dry_run {
         info!("change requested over the control socket: {what} by {by}");
     }
-    match c.edit(edit, dry_run).await {
+    match c.edit(edit, ask.dry_run, ask.local).await {
         Ok(report) => {
-            if !dry_run && report.generation > 0 {
+            if !ask.dry_run && report.generation > 0 {
                 c.record_change(&by, what);
             }
             json(StatusCode::OK, &report)

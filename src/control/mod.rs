@@ -28,6 +28,8 @@ pub struct Control {
     pub started_unix: u64,
     /// The evidence ledger (None with `[evidence] enabled = false`).
     pub audit: Option<Arc<crate::audit::Audit>>,
+    /// The cluster connection (`[cluster]`): shared changes go to the store.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What the evidence endpoints answer with when there is no ledger.
@@ -46,12 +48,17 @@ pub enum EvidenceError {
 }
 
 impl Control {
-    pub fn new(applier: Arc<Applier>, audit: Option<Arc<crate::audit::Audit>>) -> Self {
+    pub fn new(
+        applier: Arc<Applier>,
+        audit: Option<Arc<crate::audit::Audit>>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Self {
         Self {
             services: applier.services.clone(),
             applier,
             started_unix: crate::clock::unix_now(),
             audit,
+            cluster,
         }
     }
 
@@ -89,12 +96,51 @@ impl Control {
 
     /// Applies a toggle (or only reports what it would change, with `dry_run`). Runs to
     /// completion in a task of its own even if the caller gives up waiting.
-    pub async fn edit(self: &Arc<Self>, edit: Edit, dry_run: bool) -> Result<Report, ControlError> {
+    /// On a cluster node a change goes to the site's shared state in the store
+    /// (src/cluster/) and returns once this node has it in force, naming the nodes that
+    /// do; `local` makes it an override of this node's instead.
+    pub async fn edit(
+        self: &Arc<Self>,
+        edit: Edit,
+        dry_run: bool,
+        local: bool,
+    ) -> Result<Report, ControlError> {
         let started = Instant::now();
+        if let Some(cluster) = self.cluster.clone()
+            && !local
+            && !dry_run
+        {
+            let old = self.current();
+            let by = match &edit {
+                Edit::Profile(t) | Edit::LogOnly(t) => t.by.clone(),
+                Edit::Rule(r) => r.by.clone(),
+                _ => None,
+            }
+            .unwrap_or_else(|| "an unknown uid".into());
+            let written = to_completion("shared change", async move {
+                cluster.write(edit, by).await.map_err(|e| match e {
+                    crate::cluster::ClusterError::Apply(a) => a,
+                    other => ApplyError::Cluster(other.to_string()),
+                })
+            })
+            .await?;
+            let applied = crate::apply::Applied {
+                old,
+                new: self.current(),
+            };
+            let mut report = report_of(applied, false).await?;
+            report.cluster = Some(written);
+            report.ms = started.elapsed().as_secs_f64() * 1e3;
+            return Ok(report);
+        }
         let applier = self.applier.clone();
-        let applied =
-            to_completion("change", async move { applier.edit(edit, dry_run).await }).await?;
+        let applied = to_completion(
+            "change",
+            async move { applier.edit(edit, dry_run, local).await },
+        )
+        .await?;
         let mut report = report_of(applied, dry_run).await?;
+        report.local = local && self.cluster.is_some();
         report.ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(report)
     }

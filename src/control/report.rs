@@ -21,6 +21,13 @@ pub struct Report {
     /// Changed settings that only a restart applies (a reload keeps their old value).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub restart_needed: Vec<&'static str>,
+    /// A cluster node: the change's revision in the store and which nodes have it in
+    /// force; None for one box and for `--local`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::Written>,
+    /// An override of this node's only (`--local`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 /// One profile changing state for one group.
@@ -104,6 +111,8 @@ impl Report {
                 .map(|r| format!("removed: {r}")),
         );
         Self {
+            cluster: None,
+            local: false,
             dry_run,
             generation: new.generation,
             changes,
@@ -217,6 +226,90 @@ pub struct Status {
     /// Runtime rules refused at `[control] max_runtime_rules` or dropped from the state
     /// file at start.
     pub rules_refused: u64,
+    /// A cluster node: the store, the revision in force, the overrides, every node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterView {
+    pub site: String,
+    pub node: String,
+    pub connected: bool,
+    /// The store revision of the shared state in force here.
+    pub revision: u64,
+    pub last_contact_unix: u64,
+    pub last_sync_unix: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// This node's overrides (`--local`): never overwritten by the shared state.
+    pub overrides: Vec<String>,
+    /// Values in the store refused here (logged with the reason).
+    pub refused: u64,
+    pub learned_published: u64,
+    pub learned_imported: u64,
+    pub learned_unshared: u64,
+    pub learned_refused: u64,
+    /// Every node as it last reported, this one included.
+    pub nodes: Vec<NodeView>,
+    /// Nodes whose config or lists differ from this node's.
+    pub mismatched: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub node: String,
+    pub revision: u64,
+    pub generation: u64,
+    /// Milliseconds since its last report.
+    pub last_contact_ms: u64,
+    pub config_digest: String,
+    pub lists_digest: String,
+    pub overrides: Vec<String>,
+}
+
+impl ClusterView {
+    fn of(c: &crate::cluster_status::ClusterStatus, policy: &Policy) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now_ms = crate::clock::unix_millis();
+        // Two statements: the nodes' lock is let go before `mismatched` takes it.
+        let mismatched = c.mismatched(now_ms, 60_000);
+        let nodes: Vec<NodeView> = c
+            .nodes
+            .lock()
+            .values()
+            .map(|n| NodeView {
+                node: n.node.clone(),
+                revision: n.revision,
+                generation: n.generation,
+                last_contact_ms: now_ms.saturating_sub(n.at_ms),
+                config_digest: n.config_digest.clone(),
+                lists_digest: n.lists_digest.clone(),
+                overrides: n.overrides.clone(),
+            })
+            .collect();
+        ClusterView {
+            site: c.site.clone(),
+            node: c.node.clone(),
+            connected: c.is_connected(),
+            revision: policy.layers.as_ref().map_or(0, |l| l.revision),
+            last_contact_unix: c.last_contact_unix.load(Relaxed),
+            last_sync_unix: c.last_sync_unix.load(Relaxed),
+            last_error: c.last_error.lock().clone(),
+            overrides: policy
+                .layers
+                .as_ref()
+                .map(|l| crate::apply::describe_toggles(&l.local))
+                .unwrap_or_default(),
+            refused: c.refused.load(Relaxed),
+            learned_published: c.learned_published.load(Relaxed),
+            learned_imported: c.learned_imported.load(Relaxed),
+            learned_unshared: c.learned_unshared.load(Relaxed),
+            learned_refused: c.learned_refused.load(Relaxed),
+            nodes,
+            mismatched,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -304,6 +397,7 @@ impl Status {
             state_file: a.state.path.display().to_string(),
             state_unsaved: a.unsaved(),
             rules_refused: a.rules_refused.load(Relaxed),
+            cluster: s.cluster.as_ref().map(|k| ClusterView::of(k, &policy)),
         }
     }
 }

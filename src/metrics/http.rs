@@ -29,7 +29,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
-    health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    health: Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>,
     slots: Arc<crate::slots::Slots>,
 ) {
     let registry = Arc::new(registry);
@@ -67,7 +67,7 @@ pub async fn serve(
 async fn respond(
     req: Request<hyper::body::Incoming>,
     registry: Arc<Registry>,
-    health: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    health: Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, ctype: &str, body: Vec<u8>| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -111,7 +111,16 @@ async fn respond(
             }
         }
         "/health" => match health() {
-            Ok(()) => reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+            Ok(notes) if notes.is_empty() => {
+                reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
+            }
+            // Degraded, not down: serving from its own state (a cluster node whose
+            // store is away). 200, so a VRRP check does not move the address for it.
+            Ok(notes) => reply(
+                StatusCode::OK,
+                "text/plain",
+                format!("ready, degraded: {}\n", notes.join("; ")).into_bytes(),
+            ),
             Err(why) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",

@@ -8,6 +8,7 @@
 //! services (src/services.rs); it holds no part of the apply path. Names are the
 //! constants in `names`; docs/METRICS.md lists them.
 
+mod cluster;
 mod http;
 pub use crate::metric_names as names;
 
@@ -370,6 +371,9 @@ impl Collector for TelesinkCollector {
         forgotten.add(&[], s.limiter.forgotten.load(Ordering::Relaxed) as f64);
         out.push(forgotten.mf);
         out.extend(connection_families(&s.listeners));
+        if let Some(c) = &s.cluster {
+            out.extend(cluster::families(c, &policy));
+        }
         out.extend(evidence_families(s));
 
         let mut ov = Family_::new(

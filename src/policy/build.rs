@@ -274,6 +274,7 @@ pub fn build(cfg: &LoadedConfig, generation: u64) -> BuildOutcome {
         base_groups: Arc::new(groups.clone()),
         groups,
         toggles: super::Toggles::default(),
+        layers: None,
         clients: ClientTable::new(nets, cfg.config.policy.allowed_clients.clone())
             .with_names(host_names)
             .with_devices(devices),
@@ -397,6 +398,15 @@ impl Builder<'_> {
         let c = &self.cfg.config;
         for (key, message) in crate::config::upstream::problems(c) {
             let at = self.cfg.text.find(key).unwrap_or(0);
+            self.fatal(at, message);
+        }
+        // `[cluster]` is checked here too, so `check`, a start and a reload agree.
+        let cluster = c.cluster.as_ref().map(|k| k.problems()).unwrap_or_default();
+        for (key, message) in cluster {
+            let table = self.cfg.text.find("[cluster]").unwrap_or(0);
+            let at = self.cfg.text[table..]
+                .find(key)
+                .map_or(table, |i| table + i);
             self.fatal(at, message);
         }
         let mut zones = crate::lists::ZoneSet::default();

@@ -13,6 +13,7 @@ pub mod devices;
 mod explain;
 pub mod ids;
 mod index;
+mod layers;
 mod qname;
 pub mod rate;
 pub mod runtime;
@@ -26,8 +27,9 @@ pub use build::{BuildOutcome, BuildProblem, Severity, build, list_search_path};
 pub use clients::{ClientTable, canonical as canonical_ip};
 pub use explain::{ExplainError, Explanation, WouldBlock, explain};
 pub use index::{NameIndex, Rule};
+pub use layers::Layers;
 pub use qname::QName;
-pub use toggles::{Toggle, ToggleError, Toggles, check as check_toggle};
+pub use toggles::{Toggle, ToggleError, Toggles, check as check_toggle, check_group};
 
 use crate::lists::Reach;
 
@@ -226,8 +228,12 @@ pub struct Policy {
     pub groups: Vec<Group>,
     /// The groups as the config alone defines them; runtime toggles apply on top of these.
     pub base_groups: Arc<Vec<Group>>,
-    /// The runtime toggles this snapshot was built with.
+    /// The runtime toggles this snapshot was built with (in a cluster: what the layers
+    /// make of them, `Layers::effective`).
     pub toggles: Toggles,
+    /// In a cluster (`[cluster]`): the site's shared toggles at a store revision and this
+    /// node's own overrides; None for one box.
+    pub layers: Option<Layers>,
     pub clients: ClientTable,
     /// Destinations the firewall accepts before any block set.
     pub allow_nets: AddressSet,

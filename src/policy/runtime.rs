@@ -35,6 +35,12 @@ pub struct NameRule {
     /// Unix time (seconds) at which the rule lapses.
     #[serde(default)]
     pub until: Option<u64>,
+    /// Who made it ("uid 1000 on gw1") and why (`--why`): shown in status, carried
+    /// between the nodes of a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

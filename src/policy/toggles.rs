@@ -44,6 +44,12 @@ pub struct Toggle {
     /// Unix time (seconds) at which the toggle lapses and the config's setting returns.
     #[serde(default)]
     pub until: Option<u64>,
+    /// Who made it ("uid 1000 on gw1") and why (`--why`): shown in status, carried
+    /// between the nodes of a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 impl Toggle {
@@ -215,6 +221,8 @@ impl Toggles {
                 group: None,
                 enabled: true,
                 until: None,
+                by: None,
+                why: None,
             });
         }
     }
@@ -432,7 +440,9 @@ mod tests {
                 profile: "tele".into(),
                 group: None,
                 enabled: true,
-                until: None
+                until: None,
+                by: None,
+                why: None,
             }]
         );
         // Written back in the new form only.
@@ -446,6 +456,8 @@ mod tests {
             group: None,
             enabled,
             until,
+            by: None,
+            why: None,
         }
     }
 
@@ -472,6 +484,8 @@ mod tests {
             allow: true,
             group: None,
             until: None,
+            by: None,
+            why: None,
         };
         let mut t = Toggles {
             rules: vec![

@@ -291,6 +291,8 @@ pub struct Context {
     pub kernel: Kernel,
     pub counts: Arc<ShadowCounts>,
     pub shared: Arc<SharedAddrs>,
+    /// A cluster node shares what it learns (src/cluster/).
+    pub share: Option<Arc<crate::cluster_status::ClusterStatus>>,
 }
 
 impl Shadow {
@@ -452,6 +454,10 @@ fn never_learn(ctx: &Context) -> Vec<IpAddr> {
     out
 }
 
+fn family_of(ip: IpAddr) -> Family {
+    if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+}
+
 fn key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(a) => u128::from(u32::from(a)),
@@ -515,6 +521,63 @@ async fn run(ctx: Context, learned: Arc<LearnedAddrs>, mut rx: mpsc::Receiver<Le
             .names_tracked
             .store(tracked.len() as u64, Ordering::Relaxed);
     }
+}
+
+/// Takes in learned addresses another node of the cluster shared: each one this node
+/// would have learned itself (a shadow profile of that name, not in the allow set,
+/// never-learn or shared), into its profile's learned set until its time, the same
+/// timeouts as its own. Returns how many went in and how many were refused.
+pub async fn adopt_shared(
+    learned: &LearnedAddrs,
+    shared: &SharedAddrs,
+    kernel: &Kernel,
+    policy: &Policy,
+    max: usize,
+    items: Vec<crate::cluster_status::SharedLearn>,
+) -> (u64, u64) {
+    let now_unix = crate::clock::unix_now();
+    let now = Instant::now();
+    let own = crate::host::own_addresses();
+    let mut refused = 0u64;
+    let mut by_set: HashMap<String, Vec<(IpAddr, Duration)>> = HashMap::new();
+    for item in items {
+        let profile = policy
+            .profiles
+            .iter()
+            .find(|p| p.name == item.profile && p.shadow);
+        let left = Duration::from_secs(item.expires_at.saturating_sub(now_unix));
+        let name = Name::from_ascii(format!("{}.", item.name)).ok();
+        let (Some(p), Some(name)) = (profile, name) else {
+            refused += 1;
+            continue;
+        };
+        let ip = item.addr;
+        if left < Duration::from_secs(1)
+            || policy.allow_nets.contains(ip)
+            || policy.never_learn_nets.contains(ip)
+            || shared.contains(ip)
+            || own.contains(&ip)
+        {
+            refused += 1;
+            continue;
+        }
+        let set = learned_set(&p.name, family_of(ip));
+        if !learned.learn(ip, &set, now + left, &name, max) {
+            refused += 1;
+            continue;
+        }
+        by_set.entry(set).or_default().push((ip, left));
+    }
+    let mut added = 0u64;
+    for (set, elements) in by_set {
+        let family = family_of(elements[0].0);
+        let n = elements.len() as u64;
+        match kernel.update_timed(set.clone(), family, elements).await {
+            Ok(()) => added += n,
+            Err(e) => warn!(set, "cluster: could not add shared learned addresses: {e}"),
+        }
+    }
+    (added, refused)
 }
 
 /// Resolves A and AAAA for a name and adds the addresses; returns their lifetime.
@@ -631,16 +694,29 @@ async fn resolve_into(
         }
     }
     for (set, elements) in by_set {
-        let family = if elements[0].0.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        };
+        let family = family_of(elements[0].0);
         let n = elements.len() as u64;
+        let shared: Vec<(IpAddr, Duration)> = match &ctx.share {
+            Some(_) => elements.clone(),
+            None => Vec::new(),
+        };
         match ctx.kernel.update_timed(set.clone(), family, elements).await {
             Ok(()) => {
                 ctx.counts.added.fetch_add(n, Ordering::Relaxed);
                 debug!(%name, set, n, "shadow: addresses learned");
+                if let Some(share) = &ctx.share {
+                    let now = crate::clock::unix_now();
+                    let name = name.to_ascii();
+                    for (addr, ttl) in shared {
+                        share.offer(crate::cluster_status::SharedLearn {
+                            addr,
+                            profile: p.name.clone(),
+                            name: name.trim_end_matches('.').to_owned(),
+                            expires_at: now + ttl.as_secs(),
+                            node: share.node.clone(),
+                        });
+                    }
+                }
             }
             Err(e) => warn!(%name, set, "shadow: could not add addresses: {e}"),
         }
