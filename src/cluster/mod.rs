@@ -131,7 +131,16 @@ impl Cluster {
             // change repairs it).
             let (base, revision) = match &entry {
                 Some(e) => match values::decode_doc(&key, e.revision, &e.value) {
-                    Ok(doc) => (doc.toggles, e.revision),
+                    // One this node refuses (an unknown profile or group) is no base.
+                    Ok(doc) if snap.with_toggles(doc.toggles.clone(), 0).is_ok() => {
+                        (doc.toggles, e.revision)
+                    }
+                    Ok(_) => {
+                        warn!(
+                            "cluster: the stored shared state names what this node does not have; this change replaces it"
+                        );
+                        (shared_layer(&snap), e.revision)
+                    }
                     Err(refused) => {
                         warn!(
                             "cluster: the stored shared state is refused ({refused}); this change replaces it"
@@ -163,7 +172,7 @@ impl Cluster {
             };
             match put {
                 Ok(rev) => {
-                    written = Some(rev);
+                    written = Some((rev, doc.toggles));
                     break;
                 }
                 // Someone wrote in between: read again, apply the edit to theirs.
@@ -174,12 +183,17 @@ impl Cluster {
                 }
             }
         }
-        let revision = written.ok_or(ClusterError::Contended(ATTEMPTS))?;
+        let (revision, toggles) = written.ok_or(ClusterError::Contended(ATTEMPTS))?;
         self.status
             .writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!(revision, "cluster: shared change written: {said} by {by}");
-        // In force here before the command returns (the watch brings it back).
+        // In force here before the command returns: put in force now rather than when
+        // the watch brings it back (a watch whose server just lost its leadership may
+        // take seconds to resume); `adopt` ignores the revision when the watch was first.
+        if let Err(e) = self.applier.adopt(toggles, revision).await {
+            return Err(ClusterError::Apply(e));
+        }
         let wait_ms = 5_000;
         let mut rx = self.applier.revisions();
         let here: bool = tokio::time::timeout(

@@ -60,6 +60,9 @@ async fn connect(cluster: &Cluster) -> Result<async_nats::Client, String> {
         .ping_interval(Duration::from_secs(2))
         .request_timeout(Some(REQUEST_TIMEOUT))
         .retry_on_initial_connect()
+        // The servers in the order given: a gateway lists its own server first, so its
+        // connection does not depend on the other gateway's box (docs/CLUSTER.md).
+        .retain_servers_order()
         .max_reconnects(None)
         .reconnect_delay_callback(|n| Duration::from_millis((100 * n as u64).min(1000)));
     if let Some(path) = &cfg.credentials {
@@ -231,6 +234,18 @@ async fn session(
                 cluster.status.connected.store(ok, Relaxed);
                 if ok && !was {
                     break Ok("the store answers again".to_owned());
+                }
+                // Never trust that the watch delivered everything: a watch on a server
+                // that lost its leadership stalls until the client makes it anew. The
+                // key's revision is read once a heartbeat; one the watch missed is put in
+                // force from the read, and the watches are made anew.
+                if ok && let Ok(Some(e)) = stores.policy.entry(key.clone()).await {
+                    let applied = cluster.applier.services.current.load().layers.as_ref().map_or(0, |l| l.revision);
+                    if e.revision > applied {
+                        let revision = e.revision;
+                        adopt_entry(cluster, e).await;
+                        break Ok(format!("the watch had not delivered revision {revision}"));
+                    }
                 }
                 if !ok && was {
                     let why = cluster.status.last_error.lock().clone().unwrap_or_default();

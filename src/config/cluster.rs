@@ -10,9 +10,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The NATS servers (`nats://HOST:PORT`), all of them: the client fails over
-    /// between them. Three JetStream servers (the two gateways and a witness) let either
-    /// gateway fail with writes going on.
+    /// The NATS servers (`nats://HOST:PORT`), this node's own first: the client tries
+    /// them in this order and fails over to the next. Three JetStream servers (the two
+    /// gateways and a witness) let either gateway fail with writes going on.
     pub servers: Vec<String>,
     /// The site: nodes of one site share one state (keys `<site>.*`).
     #[serde(default = "default_site")]

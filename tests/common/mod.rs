@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod netns;
+pub mod site;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};

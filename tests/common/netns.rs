@@ -20,7 +20,8 @@ pub fn require_root() -> bool {
     false
 }
 
-fn run(args: &[&str]) {
+/// Runs a command; panics with its error output on failure.
+pub fn run(args: &[&str]) {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
