@@ -419,9 +419,12 @@ impl Applier {
     /// to do (not a cluster node, or that revision is already in force).
     pub async fn adopt(
         &self,
-        shared: crate::policy::Toggles,
+        mut shared: crate::policy::Toggles,
         revision: u64,
     ) -> Result<Option<Applied>, ApplyError> {
+        // What lapsed here has lapsed: the store keeps a lapsed entry until the next
+        // write, and reading it again must not count as a change.
+        shared.expire(unix_now());
         let _one = self.serial.lock().await;
         let old = self.services.current.load_full();
         let Some(mut layers) = old.layers.clone() else {

@@ -24,6 +24,8 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Requests to the store: short, so a partitioned node notices and a CLI write fails
 /// with the reason quickly.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Every this many heartbeats the nodes' reports are read whole.
+const NODES_REREAD: u64 = 5;
 /// Learned addresses taken in per kernel update at most.
 const IMPORT_BATCH: usize = 512;
 
@@ -205,6 +207,7 @@ async fn session(
     let mut outbox = cluster.status.take_outbox();
     let mut revisions = cluster.applier.revisions();
     let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut ticks = 0u64;
     let result = loop {
         tokio::select! {
             e = policy_watch.next() => match e {
@@ -239,6 +242,11 @@ async fn session(
                 // that lost its leadership stalls until the client makes it anew. The
                 // key's revision is read once a heartbeat; one the watch missed is put in
                 // force from the read, and the watches are made anew.
+                // The nodes' reports are read whole now and then for the same reason.
+                ticks += 1;
+                if ok && ticks.is_multiple_of(NODES_REREAD) {
+                    reread_nodes(cluster, &stores).await;
+                }
                 if ok && let Ok(Some(e)) = stores.policy.entry(key.clone()).await {
                     let applied = cluster.applier.services.current.load().layers.as_ref().map_or(0, |l| l.revision);
                     if e.revision > applied {
@@ -329,6 +337,20 @@ fn node_entry(cluster: &Cluster, e: Entry) {
             cluster.status.nodes.lock().insert(name, r);
         }
         Err(refused) => warn!("cluster: a node's report is refused: {refused}"),
+    }
+}
+
+/// Reads every node's report of the site (a watch may have missed some).
+async fn reread_nodes(cluster: &Cluster, stores: &Stores) {
+    let Ok(keys) = stores.nodes.keys().await else {
+        return;
+    };
+    let prefix = format!("{}.", cluster.status.site);
+    let keys: Vec<String> = keys.filter_map(|k| async move { k.ok() }).collect().await;
+    for key in keys.into_iter().filter(|k| k.starts_with(&prefix)) {
+        if let Ok(Some(e)) = stores.nodes.entry(key).await {
+            node_entry(cluster, e);
+        }
     }
 }
 
