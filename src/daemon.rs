@@ -535,6 +535,7 @@ fn socket_for(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<So
         // Separate v4 and v6 listeners on the same port must not collide.
         socket.set_only_v6(true)?;
     }
+    crate::host::bind_before_up(&socket, addr)?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }

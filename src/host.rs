@@ -40,3 +40,13 @@ pub fn name() -> String {
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
 }
+
+/// Lets a listening socket bind an address this host does not have yet (IP_FREEBIND):
+/// the VIP of an HA pair (docs/CLUSTER.md) is bound at start on the backup too, and
+/// answered the moment keepalived moves it here, with no restart and no sysctl.
+pub fn bind_before_up(socket: &socket2::Socket, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    match addr {
+        std::net::SocketAddr::V4(_) => socket.set_freebind_v4(true),
+        std::net::SocketAddr::V6(_) => socket.set_freebind_v6(true),
+    }
+}

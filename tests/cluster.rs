@@ -375,3 +375,124 @@ fn check_refuses_a_cluster_section_it_cannot_use() {
     ];
     check_refuses(&dir, &cases);
 }
+
+/// Queries the VIP from the client every 20 ms for `secs` seconds (each waits 250 ms
+/// for its answer); prints {"sent", "answered", "wrong", "gap_ms"}: the longest time
+/// between two answers.
+const STREAM: &str = r#"
+import json, random, socket, struct, sys, time
+server, name, want, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+def query(qid):
+    q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split('.'):
+        q += bytes([len(label)]) + label.encode()
+    return q + b'\x00' + struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.25)
+sent = answered = wrong = 0
+last = first = time.monotonic()
+gap = 0.0
+end = first + secs
+while time.monotonic() < end:
+    qid = random.randrange(65536)
+    t = time.monotonic()
+    s.sendto(query(qid), (server, 53))
+    sent += 1
+    try:
+        while True:
+            data, _ = s.recvfrom(4096)
+            if struct.unpack('>H', data[:2])[0] == qid:
+                break
+        now = time.monotonic()
+        if data[3] & 0x0f == want:
+            answered += 1
+            gap = max(gap, now - last)
+            last = now
+        else:
+            wrong += 1
+    except socket.timeout:
+        pass
+    time.sleep(max(0, 0.02 - (time.monotonic() - t)))
+gap = max(gap, time.monotonic() - last)
+print(json.dumps({"sent": sent, "answered": answered, "wrong": wrong, "gap_ms": round(gap * 1000)}))
+"#;
+
+/// Starts a query stream against the VIP for `secs` seconds; `figures` waits for it.
+fn query_stream(s: &Site, secs: f64) -> std::process::Child {
+    let script = s.dir.write("stream.py", STREAM);
+    let command = format!(
+        "ip netns exec {} python3 {} {VIP} nexus.tele.test 3 {secs}",
+        s.ns("c"),
+        script.display()
+    );
+    let child = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("query stream");
+    std::thread::sleep(Duration::from_secs(1));
+    child
+}
+
+fn figures(stream: std::process::Child) -> serde_json::Value {
+    let out = stream.wait_with_output().expect("query stream");
+    serde_json::from_slice(&out.stdout).expect("stream figures")
+}
+
+#[test]
+fn failover_moves_the_address_and_dns_goes_on_from_the_other_gateway() {
+    if !require("keepalived") {
+        return;
+    }
+    let Some((_one, mut s)) = site() else { return };
+    s.start_keepalived();
+    wait("A to hold the VIP", Duration::from_secs(15), || {
+        s.vip_holder() == "a"
+    });
+    // Through the VIP only A is asked, so only A learns; B holds it too.
+    assert_eq!(s.ask(VIP, "x.suffix.shadow.test"), "NXDOMAIN");
+    wait("B to hold what A learned", Duration::from_secs(2), || {
+        s.learned("b").contains("203.0.113.102")
+    });
+
+    // 1. telesink on A is killed (SIGKILL): its /health stops answering, keepalived on
+    // A gives the address up, B takes it and answers.
+    let stream = query_stream(&s, 6.0);
+    drop(s.a.take());
+    let killed = figures(stream);
+    eprintln!("failover after SIGKILL of telesink on A: {killed}");
+    assert_eq!(s.vip_holder(), "b");
+    assert_eq!(killed["wrong"], 0, "{killed}");
+    let (sent, answered) = (
+        killed["sent"].as_u64().unwrap(),
+        killed["answered"].as_u64().unwrap(),
+    );
+    assert!(answered > sent / 2, "{killed}");
+    assert_eq!(s.ask(VIP, "nexus.tele.test"), "NXDOMAIN");
+    // No learned address is open on B: what A learned is in B's set.
+    let set = s.learned("b");
+    assert!(set.contains("203.0.113.102"), "{set}");
+
+    // 2. A comes back (it takes the address back: higher priority), then its link goes
+    // down: B stops hearing it and takes the address.
+    s.start_gateway("a");
+    wait("A to hold the VIP again", Duration::from_secs(15), || {
+        s.vip_holder() == "a"
+    });
+    let a_ns = s.ns("a");
+    let stream = query_stream(&s, 5.0);
+    sh(&a_ns, "ip link set lan0 down");
+    let link = figures(stream);
+    eprintln!("failover after A's link went down: {link}");
+    assert_eq!(link["wrong"], 0, "{link}");
+    let (sent, answered) = (
+        link["sent"].as_u64().unwrap(),
+        link["answered"].as_u64().unwrap(),
+    );
+    assert!(answered > sent / 2, "{link}");
+    assert!(
+        sh(&s.ns("b"), "ip -4 addr show dev lan0").contains(&format!("{VIP}/")),
+        "B holds the VIP"
+    );
+    sh(&a_ns, "ip link set lan0 up");
+}

@@ -537,6 +537,7 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_port(true)?;
+    crate::host::bind_before_up(&socket, addr)?;
     // A burst of queries must not overflow the kernel queue while a core is busy.
     let _ = socket.set_recv_buffer_size(4 << 20);
     socket.bind(&addr.into())?;

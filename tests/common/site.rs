@@ -98,12 +98,11 @@ impl Site {
                 &format!("ip addr add {ip}/24 dev lan0; ip link set lan0 up"),
             );
         }
-        // The gateways' WAN side (the firewall names one) and their bind to the VIP
-        // before keepalived gives it to them.
+        // The gateways' WAN side (the firewall names one).
         for n in ["a", "b"] {
             sh(
                 &ns(&tag, n),
-                "ip link add wan0 type dummy; ip link set wan0 up; sysctl -qw net.ipv4.ip_nonlocal_bind=1",
+                "ip link add wan0 type veth peer name wan0p; ip link set wan0 up; ip link set wan0p up",
             );
         }
         for n in ["a", "b", "w"] {
@@ -213,7 +212,7 @@ impl Site {
     pub fn config(&self, node: &str) -> String {
         format!(
             r#"[server]
-listen = ["0.0.0.0:53"]
+listen = ["{VIP}:53", "{own}:53", "127.0.0.1:53"]
 [upstream]
 servers = ["{W_IP}:53"]
 [policy]
