@@ -25,6 +25,9 @@ const EXPORTED: &[&str] = &[
     names::CLIENTS_SEEN,
     names::BUILD_INFO,
     names::UPSTREAM_ERRORS,
+    names::CLUSTER_CONNECTED,
+    names::CLUSTER_NODE_REVISION,
+    names::CLUSTER_MISMATCH,
 ];
 
 fn root() -> &'static Path {

@@ -1,7 +1,7 @@
 //! Which settings a reload takes and which only a restart does. A reload applies the
 //! policy, the lists, the groups, the firewall (on/off, interfaces, verdict, on_exit, the
 //! sets) and the rate limit's rules at once; the listeners, the upstreams, the cache, the
-//! metrics endpoint, the ledger, the control socket and the numbers of running shadow
+//! metrics endpoint, the ledger, the control socket, the cluster connection and the numbers of running shadow
 //! resolution are built once at start. A reload that changes one of those says so (in
 //! its answer, which `telesink reload` prints, and in the log) instead of keeping the old
 //! value without a word.
@@ -12,7 +12,7 @@ use super::Config;
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     // Compared by their Debug text: every field here is plain data (no spans), and
     // defaults are filled in, so an added key with its default value is no change.
-    let fields: [(&'static str, String, String); 16] = [
+    let fields: [(&'static str, String, String); 17] = [
         field("server.listen", &old.server.listen, &new.server.listen),
         field(
             "server.max_in_flight",
@@ -58,6 +58,8 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         field("cache", &old.cache, &new.cache),
         field("metrics", &old.metrics, &new.metrics),
         field("evidence", &old.evidence, &new.evidence),
+        // The store connection is made at start (src/cluster/).
+        field("cluster", &old.cluster, &new.cluster),
         field(
             "control.socket / socket_group / state_file",
             &(

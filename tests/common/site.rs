@@ -400,44 +400,26 @@ apply_wait_ms = 2000
     }
 }
 
-/// keepalived for gateway `node`: VRRPv3 every 200 ms, unicast to the peer, the VIP on
-/// lan0, and telesink's /health as the track script (a 503 or no answer puts the node in
-/// FAULT, which gives the address up). contrib/keepalived/keepalived.conf is the same
-/// with the site's own addresses.
+/// keepalived for gateway `node`: the shipped contrib/keepalived/keepalived.conf with
+/// this site's addresses, and VRRP adverts every 200 ms instead of every second (so a
+/// link-down failover takes well under a second here).
 pub fn keepalived_conf(node: &str, ip: &str, peer: &str, priority: u8) -> String {
-    format!(
-        r#"global_defs {{
-  router_id gw{node}
-  script_user root
-  enable_script_security
-  vrrp_version 3
-}}
-vrrp_script telesink_health {{
-  script "/usr/bin/curl -fs -m 1 -o /dev/null http://127.0.0.1:9153/health"
-  interval 1
-  timeout 1
-  fall 1
-  rise 1
-}}
-vrrp_instance lan {{
-  state BACKUP
-  interface lan0
-  virtual_router_id 51
-  priority {priority}
-  advert_int 0.2
-  unicast_src_ip {ip}
-  unicast_peer {{
-    {peer}
-  }}
-  virtual_ipaddress {{
-    {VIP}/24 dev lan0
-  }}
-  track_script {{
-    telesink_health
-  }}
-}}
-"#
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/keepalived/keepalived.conf"),
     )
+    .expect("contrib/keepalived/keepalived.conf");
+    let out = shipped
+        .replace("router_id gw1", &format!("router_id gw{node}"))
+        .replace("priority 150", &format!("priority {priority}"))
+        .replace("advert_int 1\n", "advert_int 0.2\n")
+        .replace("unicast_src_ip 10.0.0.2", &format!("unicast_src_ip {ip}"))
+        .replace("    10.0.0.3\n", &format!("    {peer}\n"))
+        .replace("10.0.0.1/24 dev lan0", &format!("{VIP}/24 dev lan0"));
+    assert!(
+        out.contains(&format!("unicast_src_ip {ip}")) && out.contains("advert_int 0.2"),
+        "the shipped keepalived.conf changed shape:\n{out}"
+    );
+    out
 }
 
 /// Polls `ok` every 20 ms until it holds; panics naming `what` after `limit`.
