@@ -37,7 +37,7 @@ RUNS=${RUNS:-3}; SECS=${SECS:-5}; BIG=${BIG:-1000000}; RATE=${RATE:-20000}; ENC_
 # PHASES: which parts run (all by default); e.g. PHASES="main encrypted".
 PHASES=${PHASES:-main big pairs live encrypted}
 want_phase() { [[ " $PHASES " == *" $1 "* ]]; }
-want=(dnsperf unbound dnsmasq-base knot knot-resolver dnsutils python3 openssl)
+want=(dnsperf unbound dnsmasq-base knot knot-resolver dnsutils python3 openssl nats-server)
 source benches/setup.sh
 # BASELINE="REV ...": earlier telesink builds, each measured as a server of its own in the
 # same run (a ratio against it in every table). Built once into target/baseline/REV from
@@ -105,6 +105,18 @@ printf '[[forward]]\nzone = "corp.example"\nservers = ["127.0.0.1:%s"]\n' "$kpor
 for v in dvoff dvon; do
   sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
 done
+# The cluster's cost (issue 25): one box, and a node of a site with its store (one
+# JetStream server on loopback): the store is read and written beside the query path,
+# never on it.
+want_phase pairs && {
+  nport=55310
+  printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s/nats" }\n' "$nport" "$work" > "$work/nats.conf"
+  nats-server -c "$work/nats.conf" >/dev/null 2>&1 & pids+=($!)
+  for v in cloff clon; do
+    sed "s|control-small|control-$v|; s|state-small|state-$v|" "$work/telesink-small.toml" > "$work/telesink-$v.toml"
+  done
+  printf '[cluster]\nservers = ["nats://127.0.0.1:%s"]\nsite = "bench"\nnode = "bench"\n' "$nport" >> "$work/telesink-clon.toml"
+}
 # The budget: the default configuration with every default-on feature doing its
 # per-query work (the ledger, device identity, and the rate limiter with dnsperf's
 # 127.0.0.1 not exempt, so every query goes through a bucket), against the bare one with
@@ -240,8 +252,8 @@ fi
 # (their worst case: nothing else costs).
 want_phase pairs && for run in $(seq "$RUNS"); do
   # Off first in odd runs, on first in even ones (the same order bias).
-  pairs=(rloff rlon evoff evon dvoff dvon fzoff fzon bare default)
-  if ((run % 2 == 0)); then pairs=(rlon rloff evon evoff dvon dvoff fzon fzoff default bare); fi
+  pairs=(rloff rlon evoff evon dvoff dvon fzoff fzon cloff clon bare default)
+  if ((run % 2 == 0)); then pairs=(rlon rloff evon evoff dvon dvoff fzon fzoff clon cloff default bare); fi
   for v in "${pairs[@]}"; do
     start telesink $v h1.bench.test 192.0.2.2
     measure "telesink-$v" "$PID" 55302 "$work/blocked.q" blocked "$run"
@@ -420,6 +432,7 @@ def on_off(title, what, tag):
 on_off("Rate limiter cost (blocked names, every query through a bucket)", "limit", "rl")
 on_off("Evidence ledger cost (blocked names, every query counted into the aggregate)", "ledger", "ev")
 on_off("Forward zones cost (blocked names; one [[forward]] zone that no query is in)", "forward zones", "fz")
+on_off("Cluster cost (blocked names; a node of a site with its store on loopback)", "cluster", "cl")
 on_off("Device identity cost (blocked names; identity looked up at scrape and flush, not per query)", "devices", "dv")
 bare, default = med("telesink-bare", "blocked", "qps"), med("telesink-default", "blocked", "qps")
 if bare and default:

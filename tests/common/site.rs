@@ -208,46 +208,20 @@ impl Site {
         });
     }
 
-    /// The config of gateway `node` ("a" or "b"): the same policy on both, its own name.
+    /// The config of gateway `node` ("a" or "b"): the same policy on both, its own name
+    /// (tests/fixtures/cluster/gateway.toml, which benches/cluster.sh uses too).
     pub fn config(&self, node: &str) -> String {
-        format!(
-            r#"[server]
-listen = ["{VIP}:53", "{own}:53", "127.0.0.1:53"]
-[upstream]
-servers = ["{W_IP}:53"]
-[policy]
-lists_dir = "{dir}"
-allowed_clients = ["192.0.2.0/24", "127.0.0.0/8"]
-[firewall]
-enabled = true
-lan = ["lan0"]
-wan = ["wan0"]
-on_exit = "remove"
-[firewall.shadow]
-min_ttl_secs = 60
-max_ttl_secs = 60
-[profiles.tele]
-enabled = true
-mode = "nxdomain"
-shadow = true
-lists = ["tele.list"]
-[profiles.ads]
-enabled = true
-mode = "nxdomain"
-lists = ["ads.list"]
-[metrics]
-listen = "127.0.0.1:9153"
-[cluster]
-servers = ["nats://{own}:4222", "nats://{other}:4222", "nats://{W_IP}:4222"]
-site = "{SITE}"
-node = "gw{node}"
-start_wait_secs = 30
-apply_wait_ms = 2000
-"#,
-            dir = self.dir.path().display(),
-            own = Self::ip_of(node),
-            other = Self::ip_of(if node == "a" { "b" } else { "a" }),
+        let template = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/cluster/gateway.toml"),
         )
+        .expect("tests/fixtures/cluster/gateway.toml");
+        let other = if node == "a" { "b" } else { "a" };
+        template
+            .replace("@OWN@", Self::ip_of(node))
+            .replace("@OTHER@", Self::ip_of(other))
+            .replace("@NODE@", node)
+            .replace("@DIR@", &self.dir.path().display().to_string())
     }
 
     /// Starts telesink on gateway `node` in its namespace, its folder `gw-<node>`; it is
