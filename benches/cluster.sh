@@ -82,6 +82,7 @@ spawn w "$work/knot.log" knotd -c "$work/knot/knot.conf"
 
 printf 'collector.shadow.test\n*.learn.shadow.test\n' > "$work/tele.list"
 printf 'banner.ads.test\n' > "$work/ads.list"
+printf '203.0.113.200/32\n' > "$work/ads.cidrs"
 gateway_conf() { # node own other: the tests' gateway config, with its files here
   mkdir -p "$work/gw-$1"
   sed -e "s|@OWN@|$2|g; s|@OTHER@|$3|g; s|@NODE@|$1|; s|@DIR@|$work|; s|site = \"lab\"|site = \"bench\"|" \

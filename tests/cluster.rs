@@ -84,14 +84,27 @@ fn changes_made_on_one_gateway_are_in_force_on_the_other_within_a_second() {
     let (a, b) = (s.gw("a"), s.gw("b"));
     assert_eq!(s.ask(B_IP, "banner.ads.test"), "NXDOMAIN");
 
-    // A toggle made on A: B answers with it within a second (DNS), and A's command
-    // says both have it in force.
+    // A toggle made on A: B answers with it within a second (DNS) and its firewall no
+    // longer rejects the profile's addresses, and A's command says both have it in force.
+    let rejects_ads = |node: &str| s.table(node).contains("comment \"profile ads\"");
+    assert!(
+        rejects_ads("b") && s.table("b").contains("203.0.113.200"),
+        "{}",
+        s.table("b")
+    );
     let t0 = Instant::now();
     let out = ok(a, &["profile", "disable", "ads", "--why", "ticket 42"]);
     assert!(out.contains("in force on gwa, gwb"), "{out}");
     let lag = t0.elapsed() + soon(&s, B_IP, "banner.ads.test", "NOERROR");
-    eprintln!("toggle on A in force on B after {lag:?}");
+    let fw = t0.elapsed()
+        + wait(
+            "B's firewall to drop ads' addresses",
+            Duration::from_secs(1),
+            || !rejects_ads("b"),
+        );
+    eprintln!("toggle on A in force on B after {lag:?} (DNS), {fw:?} (firewall)");
     assert!(lag < Duration::from_secs(1), "{lag:?}");
+    assert!(fw < Duration::from_secs(1), "{fw:?}");
     let st = status(b);
     let t = &st["toggles"][0];
     assert_eq!(
@@ -105,6 +118,7 @@ fn changes_made_on_one_gateway_are_in_force_on_the_other_within_a_second() {
     // Log-only on A: B observes (answers, counts) instead of blocking.
     ok(a, &["profile", "enable", "ads"]);
     soon(&s, B_IP, "banner.ads.test", "NXDOMAIN");
+    assert!(rejects_ads("b"), "{}", s.table("b"));
     ok(a, &["log-only", "ads", "on"]);
     soon(&s, B_IP, "banner.ads.test", "NOERROR");
     let st = status(b);

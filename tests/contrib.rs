@@ -28,6 +28,7 @@ const EXPORTED: &[&str] = &[
     names::CLUSTER_CONNECTED,
     names::CLUSTER_NODE_REVISION,
     names::CLUSTER_MISMATCH,
+    names::CLUSTER_NODE_INFO,
 ];
 
 fn root() -> &'static Path {

@@ -311,3 +311,26 @@ async fn digests(cluster: &Cluster, snap: &Arc<crate::snapshot::Snapshot>) -> (S
     *cluster.status.digests.lock() = d.clone();
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::policy_part;
+
+    /// Nodes of a site differ in their listeners, upstreams, paths and name; the digest
+    /// covers only what decides verdicts and the firewall.
+    #[test]
+    fn the_config_digest_leaves_each_nodes_own_settings_out() {
+        let node = |listen: &str, name: &str, lan: &str| {
+            format!(
+                "[server]\nlisten = [\"{listen}\"]\n[profiles.tele]\nlists = [\"t.list\"]\n[firewall]\nlan = [\"{lan}\"]\n[cluster]\nservers = [\"nats://192.0.2.1:4222\"]\nnode = \"{name}\"\n"
+            )
+        };
+        let a = policy_part(&node("192.0.2.11:53", "gw1", "lan0"));
+        assert_eq!(a, policy_part(&node("192.0.2.12:53", "gw2", "lan0")));
+        assert_ne!(a, policy_part(&node("192.0.2.11:53", "gw1", "lan1")));
+        assert!(
+            a.contains("[profiles.tele]") && !a.contains("listen"),
+            "{a}"
+        );
+    }
+}

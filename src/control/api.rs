@@ -520,12 +520,13 @@ struct Ask {
 
 async fn change(c: &Arc<Control>, mut edit: Edit, ask: Ask, uid: Option<u32>) -> Reply {
     let by = uid.map_or_else(|| "an unknown uid".to_owned(), |u| format!("uid {u}"));
-    edit.stamp(format!("{by} on {}", crate::host::name()), ask.why);
+    let by_on = format!("{by} on {}", crate::host::name());
+    edit.stamp(by_on.clone(), ask.why);
     let what = edit.to_string();
     if !ask.dry_run {
         info!("change requested over the control socket: {what} by {by}");
     }
-    match c.edit(edit, ask.dry_run, ask.local).await {
+    match c.edit(edit, ask.dry_run, ask.local, by_on).await {
         Ok(report) => {
             if !ask.dry_run && report.generation > 0 {
                 c.record_change(&by, what);

@@ -96,6 +96,7 @@ impl Control {
 
     /// Applies a toggle (or only reports what it would change, with `dry_run`). Runs to
     /// completion in a task of its own even if the caller gives up waiting.
+    /// `by`: who asks ("uid 1000 on gw1"), for the store's record of the last change.
     /// On a cluster node a change goes to the site's shared state in the store
     /// (src/cluster/) and returns once this node has it in force, naming the nodes that
     /// do; `local` makes it an override of this node's instead.
@@ -104,6 +105,7 @@ impl Control {
         edit: Edit,
         dry_run: bool,
         local: bool,
+        by: String,
     ) -> Result<Report, ControlError> {
         let started = Instant::now();
         if let Some(cluster) = self.cluster.clone()
@@ -111,12 +113,6 @@ impl Control {
             && !dry_run
         {
             let old = self.current();
-            let by = match &edit {
-                Edit::Profile(t) | Edit::LogOnly(t) => t.by.clone(),
-                Edit::Rule(r) => r.by.clone(),
-                _ => None,
-            }
-            .unwrap_or_else(|| "an unknown uid".into());
             let written = to_completion("shared change", async move {
                 cluster.write(edit, by).await.map_err(|e| match e {
                     crate::cluster::ClusterError::Apply(a) => a,

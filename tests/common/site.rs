@@ -232,6 +232,7 @@ impl Site {
             "nexus.tele.test\nother.tele.test\ncollector.shadow.test\n*.suffix.shadow.test\n",
         );
         self.dir.write("ads.list", "banner.ads.test\n");
+        self.dir.write("ads.cidrs", "203.0.113.200/32\n");
         let dir = TempDir::new(&format!("gw-{node}"));
         let cfg = dir.write("telesink.toml", &self.config(node));
         let prefix = ["ip", "netns", "exec", &self.ns(node)];
@@ -278,6 +279,14 @@ impl Site {
         sh(
             &self.ns(node),
             "curl -s -m 2 http://127.0.0.1:9153/metrics || true",
+        )
+    }
+
+    /// A gateway's whole nftables table.
+    pub fn table(&self, node: &str) -> String {
+        sh(
+            &self.ns(node),
+            "nft list table inet telesink 2>/dev/null || true",
         )
     }
 
