@@ -41,7 +41,17 @@ fn a_timed_toggle_stacks_on_the_standing_one() {
     assert_eq!(toggles.as_array().unwrap().len(), 2, "{toggles}");
     wait_until("the revert", Duration::from_secs(10), || blocked(&ts));
     let state = std::fs::read_to_string(ts.dir.path().join("state.json")).unwrap();
-    let saved: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let mut saved: serde_json::Value = serde_json::from_str(&state).unwrap();
+    // Who made it is kept with it ("uid 0 on <host>").
+    let by = saved["toggles"]["profiles"][0]["by"].take();
+    assert!(
+        by.as_str().is_some_and(|b| b.starts_with("uid ")),
+        "{state}"
+    );
+    saved["toggles"]["profiles"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("by");
     assert_eq!(
         saved["toggles"]["profiles"],
         serde_json::json!([{"profile": "ads", "group": null, "enabled": true, "until": null}]),
