@@ -469,6 +469,7 @@ impl Applier {
             &self.learned,
             &self.shared,
             &self.services.kernel,
+            &self.services.upstream,
             &snap,
             max,
             items,

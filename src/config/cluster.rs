@@ -70,9 +70,7 @@ impl ClusterConfig {
         if let Some(n) = &self.node {
             return n.clone();
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let name: String = host
-            .trim()
+        let name: String = crate::host::name()
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -82,7 +80,7 @@ impl ClusterConfig {
                 }
             })
             .collect();
-        if name.is_empty() { "node".into() } else { name }
+        name
     }
 
     pub fn replicas(&self) -> usize {

@@ -435,18 +435,11 @@ impl Learner for Shadow {
 /// the upstreams it forwards to, the resolvers of resolv.conf and the gateway's own
 /// addresses. Learning one would cut the gateway off from DNS or from itself. Read at
 /// each resolution, so a changed WAN address or resolv.conf counts at once.
-fn never_learn(ctx: &Context) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = ctx.upstream.addresses();
-    let resolv_conf = ctx
-        .current
-        .load()
-        .config
-        .config
-        .upstream
-        .resolv_conf
-        .clone();
+fn never_learn(upstream: &Upstream, snapshot: &Snapshot) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = upstream.addresses();
+    let resolv_conf = &snapshot.config.config.upstream.resolv_conf;
     out.extend(
-        crate::dns::upstream::from_resolv_conf(&resolv_conf, &[])
+        crate::dns::upstream::from_resolv_conf(resolv_conf, &[])
             .iter()
             .map(|s| s.ip()),
     );
@@ -531,13 +524,16 @@ pub async fn adopt_shared(
     learned: &LearnedAddrs,
     shared: &SharedAddrs,
     kernel: &Kernel,
-    policy: &Policy,
+    upstream: &Upstream,
+    policy: &Snapshot,
     max: usize,
     items: Vec<crate::cluster_status::SharedLearn>,
 ) -> (u64, u64) {
     let now_unix = crate::clock::unix_now();
     let now = Instant::now();
-    let own = crate::host::own_addresses();
+    // The addresses this node never learns (its upstreams and resolvers, its own): an
+    // address another node learned is checked as if it had been learned here.
+    let never = never_learn(upstream, policy);
     let mut refused = 0u64;
     let mut by_set: HashMap<String, Vec<(IpAddr, Duration)>> = HashMap::new();
     for item in items {
@@ -556,7 +552,7 @@ pub async fn adopt_shared(
             || policy.allow_nets.contains(ip)
             || policy.never_learn_nets.contains(ip)
             || shared.contains(ip)
-            || own.contains(&ip)
+            || never.contains(&ip)
         {
             refused += 1;
             continue;
@@ -661,7 +657,7 @@ async fn resolve_into(
             found.push((ip, ttl));
         }
     }
-    let never = never_learn(ctx);
+    let never = never_learn(&ctx.upstream, &ctx.current.load());
     let mut by_set: HashMap<String, Vec<(IpAddr, Duration)>> = HashMap::new();
     {
         let now = Instant::now();
