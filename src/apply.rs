@@ -419,22 +419,49 @@ impl Applier {
     /// to do (not a cluster node, or that revision is already in force).
     pub async fn adopt(
         &self,
-        mut shared: crate::policy::Toggles,
+        shared: crate::policy::Toggles,
         revision: u64,
+    ) -> Result<Option<Applied>, ApplyError> {
+        self.adopt_layer(shared, revision, |l| (&mut l.shared, &mut l.revision))
+            .await
+    }
+
+    /// Puts a fleet's central toggles at a revision of the site's mirror in force
+    /// (src/cluster/, docs/FLEET.md), under the site's and this node's entries: the
+    /// same path and the same refusals as `adopt`.
+    pub async fn adopt_central(
+        &self,
+        central: crate::policy::Toggles,
+        revision: u64,
+    ) -> Result<Option<Applied>, ApplyError> {
+        self.adopt_layer(central, revision, |l| {
+            (&mut l.central, &mut l.central_revision)
+        })
+        .await
+    }
+
+    /// One layer of a cluster node's toggles (`which` picks it and its revision) at a
+    /// revision, through the one apply path.
+    async fn adopt_layer(
+        &self,
+        mut toggles: crate::policy::Toggles,
+        revision: u64,
+        which: fn(&mut crate::policy::Layers) -> (&mut crate::policy::Toggles, &mut u64),
     ) -> Result<Option<Applied>, ApplyError> {
         // What lapsed here has lapsed: the store keeps a lapsed entry until the next
         // write, and reading it again must not count as a change.
-        shared.expire(unix_now());
+        toggles.expire(unix_now());
         let _one = self.serial.lock().await;
         let old = self.services.current.load_full();
         let Some(mut layers) = old.layers.clone() else {
             return Ok(None);
         };
-        if revision < layers.revision || (revision == layers.revision && shared == layers.shared) {
+        let (held, at) = which(&mut layers);
+        if revision < *at || (revision == *at && toggles == *held) {
             return Ok(None);
         }
-        layers.shared = shared;
-        layers.revision = revision;
+        *held = toggles;
+        *at = revision;
         let base = old.clone();
         let policy = blocking("shared change", move || {
             layers.expire(unix_now());

@@ -105,6 +105,14 @@ impl Audit {
         self.hold.next_round();
         if let Err(e) = self.ledger.flush(&|ip| self.label(ip), &|ip| self.hold(ip)) {
             warn!("evidence: {e}; the counts are kept for the next flush");
+            return;
+        }
+        // The day ran under this policy: said to a fleet's centre with the day.
+        let snap = self.services.current.load_full();
+        let profiles = crate::evidence::report::profiles_in_force(&snap.policy);
+        let policy = serde_json::to_string(&profiles).unwrap_or_default();
+        if let Err(e) = self.ledger.note_day(&policy) {
+            warn!("evidence: {e}");
         }
     }
 

@@ -77,6 +77,8 @@ pub struct ClusterStatus {
     pub nodes: Mutex<BTreeMap<String, NodeReport>>,
     /// The last thing that went wrong with the store, for status.
     pub last_error: Mutex<Option<String>>,
+    /// A fleet's gateway (`[cluster] hub`): what it sent to the evidence stream.
+    pub fleet: FleetSending,
     outbox_tx: mpsc::Sender<SharedLearn>,
     outbox_rx: Mutex<Option<mpsc::Receiver<SharedLearn>>>,
 }
@@ -101,6 +103,7 @@ impl ClusterStatus {
             digests: Mutex::default(),
             nodes: Mutex::default(),
             last_error: Mutex::default(),
+            fleet: FleetSending::default(),
             outbox_tx,
             outbox_rx: Mutex::new(Some(rx)),
         }
@@ -137,4 +140,21 @@ impl ClusterStatus {
             .map(|n| n.node.clone())
             .collect()
     }
+}
+
+/// What a fleet's gateway sent towards the centre (src/fleet/send.rs).
+#[derive(Debug, Default)]
+pub struct FleetSending {
+    /// Closed days the site's evidence stream took.
+    pub days_sent: AtomicU64,
+    /// Heads sent (the chain as the ledger has it, at start and on every change).
+    pub heads_sent: AtomicU64,
+    /// Sends that failed (the site's server away); retried, nothing lost.
+    pub failures: AtomicU64,
+    /// Closed days waiting to be sent at the last look.
+    pub days_due: AtomicU64,
+    /// Unix seconds of the last day sent.
+    pub last_sent_unix: AtomicU64,
+    /// Why the last send failed, until one succeeds.
+    pub last_error: Mutex<Option<String>>,
 }

@@ -426,6 +426,35 @@ fn cluster_text(c: &Value) -> String {
             out += &format!("    override: {}\n", o.as_str().unwrap_or_default());
         }
     }
+    let settings: Vec<(String, String)> = c
+        .get("settings")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    if !settings.is_empty() {
+        out += "  settings in force (from central: the fleet's hub; site: this site's shared state; node: --local here):
+";
+        for (what, from) in settings {
+            out += &format!("    {from:<7} {what}\n");
+        }
+    }
+    if let Some(f) = c.get("fleet") {
+        out += &format!(
+            "  fleet: hub domain {}, central revision {} in force; evidence: {} days sent, {} due, {} sends failed",
+            s(f, "hub"),
+            n(f, "central_revision"),
+            n(f, "days_sent"),
+            n(f, "days_due"),
+            n(f, "failures")
+        );
+        let sent = n(f, "last_sent_unix");
+        if sent > 0 {
+            out += &format!(", last day sent {} ago", span(now.saturating_sub(sent)));
+        }
+        out += "\n";
+        if let Some(e) = f.get("last_error").and_then(Value::as_str) {
+            out += &format!("  fleet problem: {e}\n");
+        }
+    }
     let mismatched = list(c, "mismatched");
     if !mismatched.is_empty() && mismatched != "-" {
         out += &format!(
@@ -574,33 +603,10 @@ pub fn report_query(
     profile: Option<String>,
     by: Option<String>,
 ) -> Result<telesink::evidence::report::Query, String> {
-    let today = telesink::clock::unix_now() / 86_400;
-    let day = |text: &str| -> Result<String, String> {
-        if let Some(n) = text.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
-            return Ok(telesink::clock::utc_date(today.saturating_sub(n) * 86_400));
-        }
-        let ok = text.len() == 10
-            && text.bytes().enumerate().all(|(i, b)| {
-                if i == 4 || i == 7 {
-                    b == b'-'
-                } else {
-                    b.is_ascii_digit()
-                }
-            });
-        if ok {
-            Ok(text.to_owned())
-        } else {
-            Err(format!(
-                "not a day: {text:?} (write 2026-11-01, or 30d for the last 30 days)"
-            ))
-        }
-    };
+    let (since, until) = telesink::evidence::report::period(since, until)?;
     let q = telesink::evidence::report::Query {
-        since: day(since)?,
-        until: match until {
-            Some(u) => day(u)?,
-            None => telesink::clock::utc_date(today * 86_400),
-        },
+        since,
+        until,
         client,
         profile,
         by,

@@ -94,6 +94,26 @@ pub async fn run(config_path: PathBuf, overrides: Overrides) -> Result<(), Daemo
                     ),
                 }
             }
+            // A fleet's gateway sends its ledger's closed days towards the centre.
+            if let (Some(c), Some(_), Some(ledger)) = (&cluster, &k.hub, &services.ledger) {
+                let sender = crate::fleet::send::Sender {
+                    site: k.site.clone(),
+                    gateway: k.node_name(),
+                    client_labels: match cfg.config.metrics.client_labels {
+                        crate::config::ClientLabels::Address => "address".into(),
+                        crate::config::ClientLabels::Pseudonym => "pseudonym".into(),
+                    },
+                    replicas: k.replicas(),
+                    settle: std::time::Duration::from_secs(
+                        2 * cfg.config.evidence.flush_secs.max(1) + 5,
+                    ),
+                };
+                let (c, ledger, status) = (c.clone(), ledger.clone(), c.status.clone());
+                tokio::spawn(async move {
+                    let js = c.jetstream().await;
+                    crate::fleet::send::run(js, ledger, sender, status).await;
+                });
+            }
             cluster
         }
         None => None,

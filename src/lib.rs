@@ -24,6 +24,7 @@ pub mod durable;
 pub mod evidence;
 pub mod failpoint;
 pub mod firewall;
+pub mod fleet;
 pub mod host;
 pub mod init;
 pub mod instance;

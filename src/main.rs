@@ -227,6 +227,9 @@ enum Command {
         #[arg(long, value_delimiter = ',', requires = "ad_domain")]
         dc: Vec<std::net::IpAddr>,
     },
+    /// Many sites, one view (docs/FLEET.md): the fleet's evidence report and its
+    /// verification from the hub, the central policy, the sites the hub sources.
+    Fleet(telesink::fleet::cli::FleetArgs),
     /// Re-read config and lists in the running daemon (like SIGHUP, but reports errors).
     Reload {
         #[command(flatten)]
@@ -430,6 +433,7 @@ fn main() -> ExitCode {
         Command::Allow { rule } => ctl::rule(&rule.change.socket, rule.body(true)),
         Command::Block { rule } => ctl::rule(&rule.change.socket, rule.body(false)),
         Command::Reload { socket } => ctl::reload(&socket),
+        Command::Fleet(args) => telesink::fleet::cli::run(args),
         Command::Report {
             action,
             since,

@@ -152,6 +152,7 @@ pub fn with_saved_toggles(
     };
     let toggles = match &mut layers {
         Some(l) => {
+            clean(&mut l.central);
             clean(&mut l.shared);
             clean(&mut l.local);
             l.effective()

@@ -74,6 +74,8 @@ pub struct Cluster {
     stores: ArcSwapOption<Stores>,
     /// Set when the first full read of the shared state is in force.
     first_sync: tokio::sync::watch::Sender<bool>,
+    /// The JetStream context once connected (a fleet's evidence sender uses it).
+    context: tokio::sync::watch::Sender<Option<async_nats::jetstream::Context>>,
     /// The digests of the config and lists in force, by the snapshot's config and index
     /// (computed again only when a reload changed them).
     digests: parking_lot::Mutex<Option<Digests>>,
@@ -90,10 +92,29 @@ impl Cluster {
             applier,
             stores: ArcSwapOption::empty(),
             first_sync: tokio::sync::watch::Sender::new(false),
+            context: tokio::sync::watch::Sender::new(None),
             digests: parking_lot::Mutex::default(),
         });
         tokio::spawn(sync::run(cluster.clone()));
         Some(cluster)
+    }
+
+    /// The site's JetStream, once the connection is made (it then fails over and
+    /// reconnects by itself).
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let mut rx = self.context.subscribe();
+        loop {
+            if let Some(js) = rx.borrow_and_update().clone() {
+                return js;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
     }
 
     /// Waits (at most `start_wait_secs`) for the shared state to be in force, so a node

@@ -41,6 +41,7 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
     };
     let mut js = async_nats::jetstream::new(client);
     js.set_timeout(REQUEST_TIMEOUT);
+    cluster.context.send_replace(Some(js.clone()));
     loop {
         match session(&cluster, &js).await {
             Ok(why) => info!("cluster: reading the shared state again: {why}"),
@@ -158,6 +159,11 @@ async fn session(
             1
         }
     };
+    // 1b. A fleet's central toggles, from the site's mirror of the hub's bucket.
+    let mut central_watch = match &cluster.cfg.hub {
+        Some(hub) => Some(central(cluster, js, hub).await?),
+        None => None,
+    };
     // 2. Then every change after it.
     let mut policy_watch = stores
         .policy
@@ -215,6 +221,10 @@ async fn session(
                 Some(Err(e)) => break Err(format!("the watch of {key} failed: {e}")),
                 None => break Ok("the watch of the shared state ended".to_owned()),
             },
+            e = next_central(&mut central_watch) => match e {
+                Ok(e) => adopt_central(cluster, e).await,
+                Err(e) => break Err(e),
+            },
             e = nodes_watch.next() => match e {
                 Some(Ok(e)) => node_entry(cluster, e),
                 Some(Err(e)) => break Err(format!("the watch of the nodes failed: {e}")),
@@ -267,6 +277,86 @@ async fn session(
         cluster.status.give_back_outbox(rx);
     }
     result
+}
+
+/// The site's mirror of the hub's central policy (made if absent: the site's servers
+/// keep the copy the gateways read, so the site enforces its last central policy while
+/// the WAN is down), its key at one revision put in force, and a watch from the next.
+async fn central(
+    cluster: &Cluster,
+    js: &async_nats::jetstream::Context,
+    hub: &str,
+) -> Result<Watch, String> {
+    let name = format!("KV_{}", values::CENTRAL_BUCKET);
+    if js.get_stream(&name).await.is_err() {
+        use async_nats::jetstream::stream::{Config, Source};
+        js.create_stream(Config {
+            name: name.clone(),
+            mirror: Some(Source {
+                name: name.clone(),
+                external: Some(values::api_of(hub)),
+                ..Default::default()
+            }),
+            max_messages_per_subject: 1_000_000,
+            max_age: values::KEEP,
+            deny_delete: true,
+            num_replicas: cluster.cfg.replicas(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("the site's mirror of the central policy: {e}"))?;
+        info!(hub, "fleet: the site's mirror of the central policy made");
+    }
+    let kv = js
+        .get_key_value(values::CENTRAL_BUCKET)
+        .await
+        .map_err(|e| format!("the site's mirror of the central policy: {e}"))?;
+    let from = match kv.entry(values::CENTRAL_KEY).await {
+        Ok(Some(e)) => {
+            let revision = e.revision;
+            adopt_central(cluster, e).await;
+            revision + 1
+        }
+        Ok(None) => 1,
+        Err(e) => return Err(format!("reading the central policy: {e}")),
+    };
+    kv.watch_from_revision(values::CENTRAL_KEY, from)
+        .await
+        .map_err(|e| format!("watching the central policy: {e}"))
+}
+
+async fn next_central(watch: &mut Option<Watch>) -> Result<Entry, String> {
+    let Some(w) = watch else {
+        return std::future::pending().await;
+    };
+    match w.next().await {
+        Some(Ok(e)) => Ok(e),
+        Some(Err(e)) => Err(format!("the watch of the central policy failed: {e}")),
+        None => Err("the watch of the central policy ended".into()),
+    }
+}
+
+/// Puts a central revision in force, or refuses it as a site value is refused.
+async fn adopt_central(cluster: &Cluster, e: Entry) {
+    let toggles = match e.operation {
+        Operation::Put => match values::decode_doc(&e.key, e.revision, &e.value) {
+            Ok(doc) => doc.toggles,
+            Err(refused) => return refuse(cluster, format!("central policy: {refused}")),
+        },
+        Operation::Delete | Operation::Purge => crate::policy::Toggles::default(),
+    };
+    match cluster.applier.adopt_central(toggles, e.revision).await {
+        Ok(Some(a)) => info!(
+            revision = e.revision,
+            generation = a.new.generation,
+            "fleet: central policy in force"
+        ),
+        Ok(None) => {}
+        Err(err) => refuse(
+            cluster,
+            format!("central policy (revision {}): {err}", e.revision),
+        ),
+    }
 }
 
 /// The first node of a new site offers its shared layer as the site's (created only if

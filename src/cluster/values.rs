@@ -16,6 +16,22 @@ pub const NODES_BUCKET: &str = "telesink_nodes";
 /// Learned shadow addresses: one key per site, address and profile.
 pub const LEARNED_BUCKET: &str = "telesink_learned";
 
+/// A fleet's central policy (docs/FLEET.md): the hub's bucket, mirrored at each site,
+/// and its one key.
+pub const CENTRAL_BUCKET: &str = "telesink_central";
+pub const CENTRAL_KEY: &str = "fleet";
+/// How long a fleet keeps evidence and the central policy's history: the ledger's
+/// default retention (a yearly check and a month).
+pub const KEEP: std::time::Duration = std::time::Duration::from_secs(400 * 86_400);
+
+/// The JetStream API of another domain, as a mirror or a source names it.
+pub fn api_of(domain: &str) -> async_nats::jetstream::stream::External {
+    async_nats::jetstream::stream::External {
+        api_prefix: format!("$JS.{domain}.API"),
+        delivery_prefix: None,
+    }
+}
+
 const VERSION: u32 = 1;
 
 /// The site's shared toggles (profile toggles, log-only switches, runtime rules, each

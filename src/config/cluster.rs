@@ -40,6 +40,12 @@ pub struct ClusterConfig {
     /// same learned sets at failover).
     #[serde(default = "default_true")]
     pub share_learned: bool,
+    /// A fleet (docs/FLEET.md): the JetStream domain of the central hub this site's
+    /// servers are leaf nodes of. With it the node takes the central policy (a mirror
+    /// of the hub's bucket at this site) under the site's and its own overrides, and
+    /// sends every closed day of its ledger to the site's evidence stream, which the
+    /// hub sources. Without it the site stands alone.
+    pub hub: Option<String>,
 }
 
 fn default_site() -> String {
@@ -143,6 +149,16 @@ impl ClusterConfig {
             out.push((
                 "credentials",
                 "cluster.credentials and cluster.user are two ways to sign in: give one".to_owned(),
+            ));
+        }
+        if let Some(h) = &self.hub
+            && (!valid_name(h) || h == &self.site)
+        {
+            out.push((
+                "hub",
+                format!(
+                    "cluster.hub = {h:?}: the hub's JetStream domain (its nats-server's jetstream.domain), letters, digits, - and _, not the site's own name, e.g. \"hub\""
+                ),
             ));
         }
         if self.replicas.is_some_and(|r| r == 0 || r > 5) {

@@ -254,6 +254,25 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     /// Nodes whose config or lists differ from this node's.
     pub mismatched: Vec<String>,
+    /// Every runtime setting in force, with where it comes from: `central` (a fleet's
+    /// hub), `site` (the site's shared state) or `node` (`--local`).
+    pub settings: Vec<(String, String)>,
+    /// A fleet's gateway: the central revision in force and what was sent to the centre.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetView {
+    pub hub: String,
+    pub central_revision: u64,
+    pub days_sent: u64,
+    pub days_due: u64,
+    pub heads_sent: u64,
+    pub failures: u64,
+    pub last_sent_unix: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -269,7 +288,7 @@ pub struct NodeView {
 }
 
 impl ClusterView {
-    fn of(c: &crate::cluster_status::ClusterStatus, policy: &Policy) -> Self {
+    fn of(c: &crate::cluster_status::ClusterStatus, policy: &Policy, hub: Option<&str>) -> Self {
         use std::sync::atomic::Ordering::Relaxed;
         let now_ms = crate::clock::unix_millis();
         // Two statements: the nodes' lock is let go before `mismatched` takes it.
@@ -308,6 +327,30 @@ impl ClusterView {
             learned_refused: c.learned_refused.load(Relaxed),
             nodes,
             mismatched,
+            settings: policy
+                .layers
+                .as_ref()
+                .map(|l| {
+                    l.sourced()
+                        .into_iter()
+                        .flat_map(|(t, origin)| {
+                            crate::apply::describe_toggles(&t)
+                                .into_iter()
+                                .map(move |d| (d, origin.to_string()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            fleet: hub.map(|hub| FleetView {
+                hub: hub.to_owned(),
+                central_revision: policy.layers.as_ref().map_or(0, |l| l.central_revision),
+                days_sent: c.fleet.days_sent.load(Relaxed),
+                days_due: c.fleet.days_due.load(Relaxed),
+                heads_sent: c.fleet.heads_sent.load(Relaxed),
+                failures: c.fleet.failures.load(Relaxed),
+                last_sent_unix: c.fleet.last_sent_unix.load(Relaxed),
+                last_error: c.fleet.last_error.lock().clone(),
+            }),
         }
     }
 }
@@ -397,7 +440,16 @@ impl Status {
             state_file: a.state.path.display().to_string(),
             state_unsaved: a.unsaved(),
             rules_refused: a.rules_refused.load(Relaxed),
-            cluster: s.cluster.as_ref().map(|k| ClusterView::of(k, &policy)),
+            cluster: s.cluster.as_ref().map(|k| {
+                let snap = s.current.load();
+                let hub = snap
+                    .config
+                    .config
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.hub.clone());
+                ClusterView::of(k, &policy, hub.as_deref())
+            }),
         }
     }
 }
@@ -405,29 +457,7 @@ impl Status {
 /// What a report says of the policy it describes: the profiles as they stand now, with
 /// the groups each blocks for, observes for, or is off for, and what blocking breaks.
 pub fn evidence_context(policy: &Policy, source: &str) -> crate::evidence::report::Context {
-    let profiles = policy
-        .profiles
-        .iter()
-        .enumerate()
-        .filter(|(i, p)| policy.listed(*i) || p.name != crate::policy::runtime::RUNTIME_PROFILE)
-        .map(|(i, p)| {
-            let mut state = crate::evidence::report::ProfileInForce {
-                name: p.name.clone(),
-                description: p.description.clone(),
-                warning: p.warning.clone(),
-                ..Default::default()
-            };
-            for g in &policy.groups {
-                let list = match state_of(g, i) {
-                    "on" => &mut state.blocks_for,
-                    "log-only" => &mut state.observed_for,
-                    _ => &mut state.off_for,
-                };
-                list.push(g.name.clone());
-            }
-            state
-        })
-        .collect();
+    let profiles = crate::evidence::report::profiles_in_force(policy);
     crate::evidence::report::Context {
         gateway: crate::host::name(),
         generated_at: crate::clock::unix_now(),

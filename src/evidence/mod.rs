@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod block;
+pub mod outbox;
 pub mod render;
 pub mod report;
 pub mod store;
@@ -167,6 +168,29 @@ impl Ledger {
                 Err(e)
             }
         }
+    }
+
+    /// Records that the daemon runs today under these profiles (`report::Context`'s
+    /// `profiles`, as JSON): the day is then due at a fleet's centre even without
+    /// attempts (src/evidence/outbox.rs). Blocking.
+    pub fn note_day(&self, policy: &str) -> Result<(), StoreError> {
+        let today = (crate::clock::unix_now() / 86_400) as u32;
+        self.write(|store| store.note_day(today, policy, self.retention_days))
+    }
+
+    /// Runs `f` on the file without a flush (the fleet's sender reads what is due and
+    /// records what was sent). A failure here is not a failed flush: it is the caller's
+    /// to say. Blocking.
+    pub fn with_file<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.store.lock();
+        let store = match slot.as_mut() {
+            Some(store) => store,
+            None => slot.insert(Store::reopen(&self.path)?),
+        };
+        f(store)
     }
 
     /// Records a change of the policy in force (written with the next flush).

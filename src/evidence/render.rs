@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use super::report::{MAX_LINES, Report};
 use super::store::Stored;
 
-fn time(unix: u64) -> String {
+pub(crate) fn time(unix: u64) -> String {
     let secs = unix % 86_400;
     format!(
         "{} {:02}:{:02}:{:02}",
@@ -477,7 +477,7 @@ td.n{{text-align:right}}h2{{margin-top:1.6em}}.small{{color:#555;font-size:.9em}
     }
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -487,7 +487,7 @@ fn esc(s: &str) -> String {
 /// One CSV cell. A cell a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, tab
 /// or CR first: a client label or name comes from the network) gets a leading `'`, so it
 /// is shown as text and never run (OWASP, "CSV injection").
-fn csv_cell(s: &str) -> String {
+pub(crate) fn csv_cell(s: &str) -> String {
     let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
     } else {

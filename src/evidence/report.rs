@@ -96,6 +96,37 @@ pub struct ProfileInForce {
     pub warning: Option<String>,
 }
 
+/// The profiles of a policy as they stand, with the groups each blocks for, observes
+/// for, or is off for, and what blocking breaks (a report's context, and what a fleet's
+/// gateway says was in force on a day).
+pub fn profiles_in_force(policy: &crate::policy::Policy) -> Vec<ProfileInForce> {
+    policy
+        .profiles
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| policy.listed(*i) || p.name != crate::policy::runtime::RUNTIME_PROFILE)
+        .map(|(i, p)| {
+            let mut state = ProfileInForce {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                warning: p.warning.clone(),
+                ..Default::default()
+            };
+            for g in &policy.groups {
+                let list = if g.active & (1 << i) != 0 {
+                    &mut state.blocks_for
+                } else if g.logged & (1 << i) != 0 {
+                    &mut state.observed_for
+                } else {
+                    &mut state.off_for
+                };
+                list.push(g.name.clone());
+            }
+            state
+        })
+        .collect()
+}
+
 impl Report {
     /// Attempts stopped (DNS, firewall, bypass) and attempts only observed, in the period.
     pub fn blocked_and_observed(&self) -> (u64, u64) {
@@ -165,6 +196,42 @@ impl Query {
         }
         Ok(())
     }
+}
+
+/// A report's period from `--since` (YYYY-MM-DD, or 30d for the last 30 days) and
+/// `--until` (YYYY-MM-DD, default today): (since, until), days that exist, in order.
+pub fn period(since: &str, until: Option<&str>) -> Result<(String, String), String> {
+    let today = crate::clock::unix_now() / 86_400;
+    let day = |text: &str| -> Result<String, String> {
+        if let Some(n) = text.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
+            return Ok(crate::clock::utc_date(today.saturating_sub(n) * 86_400));
+        }
+        let ok = text.len() == 10
+            && text.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        if ok {
+            Ok(text.to_owned())
+        } else {
+            Err(format!(
+                "not a day: {text:?} (write 2026-11-01, or 30d for the last 30 days)"
+            ))
+        }
+    };
+    let q = Query {
+        since: day(since)?,
+        until: match until {
+            Some(u) => day(u)?,
+            None => crate::clock::utc_date(today * 86_400),
+        },
+        ..Default::default()
+    };
+    q.validate().map_err(|e| e.to_string())?;
+    Ok((q.since, q.until))
 }
 
 pub fn run(store: &Store, q: &Query) -> Result<Report, ReportError> {

@@ -64,7 +64,7 @@ pub enum StoreError {
 }
 
 /// What went wrong inside a transaction, before the path is known to the message.
-enum Fail {
+pub(super) enum Fail {
     Sql(rusqlite::Error),
     Block(String, BlockError),
 }
@@ -177,6 +177,10 @@ CREATE TABLE IF NOT EXISTS breaks (
     at INTEGER NOT NULL, day TEXT NOT NULL, reason TEXT NOT NULL, aside TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (
     at INTEGER NOT NULL, day TEXT NOT NULL, who TEXT NOT NULL, what TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS day_policies (
+    day TEXT NOT NULL, policy TEXT NOT NULL, UNIQUE (day, policy));
+CREATE TABLE IF NOT EXISTS published (
+    day TEXT PRIMARY KEY, digest TEXT NOT NULL, at INTEGER NOT NULL);
 ";
 
 /// The file format (`PRAGMA user_version`): 2 seals closed days into blocks. A file of
@@ -463,12 +467,15 @@ impl Store {
     }
 
     /// Runs a read on the file, its failure told with the file's path.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Fail>) -> Result<T, StoreError> {
+    pub(super) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
         f(&self.conn).map_err(|e| e.at(&self.path))
     }
 
     /// Runs `f` in one transaction: all of it is written, or none.
-    fn in_transaction<T>(
+    pub(super) fn in_transaction<T>(
         &mut self,
         f: impl FnOnce(&Connection) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
@@ -626,7 +633,7 @@ fn open_day(conn: &Connection, day: &str) -> Result<DayRows, Fail> {
 }
 
 /// A sealed day's canonical bytes and its row count, if the day is sealed.
-fn sealed_day(conn: &Connection, day: &str) -> Result<Option<(Vec<u8>, i64)>, Fail> {
+pub(super) fn sealed_day(conn: &Connection, day: &str) -> Result<Option<(Vec<u8>, i64)>, Fail> {
     let found: Option<(Vec<u8>, i64)> = conn
         .prepare_cached("SELECT block, rows FROM sealed WHERE day = ?1")?
         .query_row([day], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -696,27 +703,39 @@ fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
 
 /// SHA-256 over the previous digest, the day's canonical block and its purges.
 fn digest_of(conn: &Connection, day: &str, previous: &str, raw: &[u8]) -> Result<String, Fail> {
+    Ok(chain_digest(previous, raw, &purges_of(conn, day)?))
+}
+
+/// The purges recorded on a day: (Unix time, client, rows), in the digest's order.
+pub(super) fn purges_of(conn: &Connection, day: &str) -> Result<Vec<(u64, String, u64)>, Fail> {
+    let mut q = conn
+        .prepare_cached("SELECT at, client, rows FROM purges WHERE day = ?1 ORDER BY at, client")?;
+    let rows = q.query_map([day], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A closed day's digest: SHA-256 over the digest it is chained on, its canonical block
+/// and its purges. One function for the ledger and for whoever checks a copy of a day
+/// (`telesink fleet verify` has the published block, not the file).
+pub fn chain_digest(previous: &str, raw: &[u8], purges: &[(u64, String, u64)]) -> String {
     let mut h = Sha256::new();
     h.update(previous.as_bytes());
     h.update(b"\n");
     h.update(raw);
-    let mut q = conn
-        .prepare_cached("SELECT at, client, rows FROM purges WHERE day = ?1 ORDER BY at, client")?;
-    for row in q.query_map([day], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })? {
-        let (at, client, rows) = row?;
+    for (at, client, rows) in purges {
         h.update(format!("purge\t{at}\t{client}\t{rows}\n").as_bytes());
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The digest of the closed day before `day`: the anchor for the first day kept.
-fn previous_digest(conn: &Connection, day: &str) -> rusqlite::Result<String> {
+pub(super) fn previous_digest(conn: &Connection, day: &str) -> rusqlite::Result<String> {
     let previous = conn
         .query_row(
             "SELECT digest FROM days WHERE day < ?1 ORDER BY day DESC LIMIT 1",

@@ -1,7 +1,9 @@
-//! A cluster node's toggles in two layers (src/cluster/, docs/CLUSTER.md): the site's
+//! A cluster node's toggles in layers (src/cluster/, docs/CLUSTER.md, docs/FLEET.md): a
+//! fleet's central toggles as the site's mirror had them at a revision, the site's
 //! shared toggles as the store had them at a revision, and this node's own overrides
-//! (`--local`), which the shared ones never overwrite. What is in force is `effective`:
-//! the shared entries an override does not cover, then the overrides. Both layers carry
+//! (`--local`). A lower layer never overwrites a higher one: what is in force is
+//! `effective`, the central entries the site and the node do not cover, then the
+//! site's entries the node does not cover, then the node's. Both layers carry
 //! their expiries as absolute UTC times, so a timed revert happens on every node at its
 //! time, with or without the store.
 
@@ -19,6 +21,31 @@ pub struct Layers {
     pub shared: Toggles,
     /// This node's overrides: kept until cleared, never overwritten by the store.
     pub local: Toggles,
+    /// A fleet's central toggles (`[cluster] hub`) and the revision of the central key
+    /// they are at (0: never read). Empty outside a fleet.
+    #[serde(default)]
+    pub central_revision: u64,
+    #[serde(default)]
+    pub central: Toggles,
+}
+
+/// Where an entry in force comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Central,
+    Site,
+    Node,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Origin::Central => "central",
+            Origin::Site => "site",
+            Origin::Node => "node",
+        })
+    }
 }
 
 /// An override of profile P for every group covers P's shared entries for every group;
@@ -32,29 +59,50 @@ fn covers_rule(local: &NameRule, shared: &NameRule) -> bool {
 }
 
 impl Layers {
-    /// The toggles in force: the shared ones that no override covers, then the
-    /// overrides (later entries win, so the overrides do).
+    /// The toggles in force: the central ones that neither the site nor the node
+    /// covers, then the site's that the node does not cover, then the node's (later
+    /// entries win).
     pub fn effective(&self) -> Toggles {
-        let mut out = self.shared.clone();
-        out.normalize();
-        let mut local = self.local.clone();
-        local.normalize();
-        out.profiles
-            .retain(|s| !local.profiles.iter().any(|l| covers(l, s)));
-        out.observe
-            .retain(|s| !local.observe.iter().any(|l| covers(l, s)));
-        out.rules
-            .retain(|s| !local.rules.iter().any(|l| covers_rule(l, s)));
-        out.profiles.extend(local.profiles);
-        out.observe.extend(local.observe);
-        out.rules.extend(local.rules);
+        let mut out = Toggles::default();
+        for (t, _) in self.sourced() {
+            out.profiles.extend(t.profiles);
+            out.observe.extend(t.observe);
+            out.rules.extend(t.rules);
+        }
         out
+    }
+
+    /// The entries in force, each layer's apart with where they come from (status
+    /// says it per entry).
+    pub fn sourced(&self) -> Vec<(Toggles, Origin)> {
+        let mut layers = [
+            (self.central.clone(), Origin::Central),
+            (self.shared.clone(), Origin::Site),
+            (self.local.clone(), Origin::Node),
+        ];
+        for (t, _) in &mut layers {
+            t.normalize();
+        }
+        for upper in 1..layers.len() {
+            let (lower, rest) = layers.split_at_mut(upper);
+            let above = &rest[0].0;
+            for (t, _) in lower.iter_mut() {
+                t.profiles
+                    .retain(|s| !above.profiles.iter().any(|l| covers(l, s)));
+                t.observe
+                    .retain(|s| !above.observe.iter().any(|l| covers(l, s)));
+                t.rules
+                    .retain(|s| !above.rules.iter().any(|l| covers_rule(l, s)));
+            }
+        }
+        layers.into()
     }
 
     /// Drops lapsed entries of both layers; true if any was dropped.
     pub fn expire(&mut self, now: u64) -> bool {
+        let central = self.central.expire(now);
         let shared = self.shared.expire(now);
-        self.local.expire(now) | shared
+        self.local.expire(now) | shared | central
     }
 
     /// Whether anything is overridden here.
@@ -97,6 +145,7 @@ mod tests {
                 profiles: vec![t("tele", None, false)],
                 ..Toggles::default()
             },
+            ..Layers::default()
         };
         assert_eq!(
             layers.effective().profiles,
@@ -116,6 +165,43 @@ mod tests {
                 t("ads", None, false),
                 t("tele", Some("finance"), false)
             ]
+        );
+    }
+
+    /// Central entries count where neither the site nor the node has one of their own.
+    #[test]
+    fn central_entries_are_the_lowest_layer() {
+        let layers = Layers {
+            central: Toggles {
+                profiles: vec![t("tele", None, false), t("ads", None, false)],
+                ..Toggles::default()
+            },
+            shared: Toggles {
+                profiles: vec![t("ads", None, true)],
+                ..Toggles::default()
+            },
+            local: Toggles {
+                profiles: vec![t("tele", Some("lab"), true)],
+                ..Toggles::default()
+            },
+            ..Layers::default()
+        };
+        assert_eq!(
+            layers.effective().profiles,
+            [
+                t("tele", None, false),
+                t("ads", None, true),
+                t("tele", Some("lab"), true)
+            ]
+        );
+        let origins: Vec<(usize, Origin)> = layers
+            .sourced()
+            .iter()
+            .map(|(t, o)| (t.profiles.len(), *o))
+            .collect();
+        assert_eq!(
+            origins,
+            [(1, Origin::Central), (1, Origin::Site), (1, Origin::Node)]
         );
     }
 }

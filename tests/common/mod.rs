@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod fleet;
 pub mod netns;
 pub mod site;
 pub mod tls;

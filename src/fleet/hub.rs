@@ -1,0 +1,264 @@
+//! The centre's side: a connection to the hub, every record of the hub's evidence
+//! stream read once (an ordered consumer from the first message to the last one at
+//! the start of the read), and the central policy's key (read, history, written by
+//! compare-and-swap).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::Context;
+use async_nats::jetstream::kv::Operation;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::record::{self, Checked, Refused};
+use super::streams::{CENTRAL_BUCKET, CENTRAL_KEY, HUB_EVIDENCE};
+use super::verify::GatewayEvidence;
+use crate::cluster::values::{self, SharedDoc};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach the hub: its servers and how to sign in (the central admin's, which
+/// may read every site's evidence and write the central policy; docs/FLEET.md).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HubArgs {
+    /// A hub server, nats://HOST:PORT; repeatable (default: $TELESINK_HUB).
+    #[arg(long = "hub", env = "TELESINK_HUB", value_delimiter = ',')]
+    pub servers: Vec<String>,
+    /// A NATS credentials file (the central admin's user).
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long, env = "TELESINK_HUB_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+pub async fn connect(args: &HubArgs) -> Result<Context, String> {
+    if args.servers.is_empty() {
+        return Err("no hub: give --hub nats://HOST:PORT (or set TELESINK_HUB)".into());
+    }
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("telesink fleet")
+        .connection_timeout(TIMEOUT)
+        .request_timeout(Some(TIMEOUT));
+    if let Some(path) = &args.credentials {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("--credentials {}: {e}", path.display()))?;
+    }
+    if let (Some(u), Some(p)) = (&args.user, &args.password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    let servers = args
+        .servers
+        .iter()
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("--hub {s}: {e}; write nats://HOST:PORT"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = opts
+        .connect(servers)
+        .await
+        .map_err(|e| format!("cannot reach the hub ({e})"))?;
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(TIMEOUT);
+    Ok(js)
+}
+
+/// Every record of the hub's evidence stream, checked.
+pub struct Gathered {
+    pub gateways: BTreeMap<(String, String), GatewayEvidence>,
+    pub refused: Vec<Refused>,
+    /// The sites the hub sources.
+    pub sites: Vec<String>,
+    pub records: u64,
+}
+
+pub async fn gather(js: &Context) -> Result<Gathered, String> {
+    let sites = super::streams::hub_sites(js).await?;
+    let mut stream = js
+        .get_stream(HUB_EVIDENCE)
+        .await
+        .map_err(|e| format!("the hub's evidence stream: {e}"))?;
+    let info = stream.info().await.map_err(|e| e.to_string())?;
+    let last = info.state.last_sequence;
+    let mut out = Gathered {
+        gateways: BTreeMap::new(),
+        refused: Vec::new(),
+        sites,
+        records: 0,
+    };
+    if info.state.messages == 0 {
+        return Ok(out);
+    }
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("reading the hub's evidence stream: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("reading the hub's evidence stream: {e}"))?;
+    loop {
+        let m = match tokio::time::timeout(TIMEOUT, messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(format!("reading the hub's evidence stream: {e}")),
+            Ok(None) => break,
+            Err(_) => {
+                return Err(format!(
+                    "reading the hub's evidence stream: no message for {} s before sequence {last}",
+                    TIMEOUT.as_secs()
+                ));
+            }
+        };
+        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+        out.records += 1;
+        match record::check(m.subject.as_str(), &m.payload) {
+            Ok(Checked::Day(d)) => {
+                let key = (d.record.site.clone(), d.record.gateway.clone());
+                out.gateways
+                    .entry(key.clone())
+                    .or_insert_with(|| GatewayEvidence::new(&key.0, &key.1))
+                    .add_day(*d);
+            }
+            Ok(Checked::Head(h)) => {
+                let key = (h.site.clone(), h.gateway.clone());
+                out.gateways
+                    .entry(key.clone())
+                    .or_insert_with(|| GatewayEvidence::new(&key.0, &key.1))
+                    .head = Some(h);
+            }
+            Err(why) => out.refused.push(Refused {
+                seq,
+                subject: m.subject.to_string(),
+                why,
+            }),
+        }
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// One revision of the central policy, as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CentralChange {
+    pub revision: u64,
+    /// Unix seconds.
+    pub at: u64,
+    pub by: String,
+    pub what: String,
+    /// The toggles in force from this revision on, in words.
+    pub in_force: Vec<String>,
+}
+
+/// The central policy bucket (made if absent).
+pub async fn central(js: &Context) -> Result<async_nats::jetstream::kv::Store, String> {
+    super::streams::central_bucket(js, 1).await?;
+    js.get_key_value(CENTRAL_BUCKET)
+        .await
+        .map_err(|e| format!("the central policy bucket: {e}"))
+}
+
+/// Every revision of the central policy, oldest first.
+pub async fn central_history(js: &Context) -> Result<Vec<CentralChange>, String> {
+    let Ok(kv) = js.get_key_value(CENTRAL_BUCKET).await else {
+        return Ok(Vec::new());
+    };
+    let mut history = match kv.history(CENTRAL_KEY).await {
+        Ok(h) => h,
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut out = Vec::new();
+    loop {
+        let e = match tokio::time::timeout(TIMEOUT, history.next()).await {
+            Ok(Some(Ok(e))) => e,
+            Ok(Some(Err(e))) => return Err(format!("the central policy's history: {e}")),
+            Ok(None) | Err(_) => break,
+        };
+        let change = match e.operation {
+            Operation::Put => match values::decode_doc(&e.key, e.revision, &e.value) {
+                Ok(doc) => CentralChange {
+                    revision: e.revision,
+                    at: doc.changed_at,
+                    by: doc.changed_by,
+                    what: doc.change,
+                    in_force: crate::apply::describe_toggles(&doc.toggles),
+                },
+                Err(r) => CentralChange {
+                    revision: e.revision,
+                    at: 0,
+                    by: "-".into(),
+                    what: format!("refused by every gateway: {r}"),
+                    in_force: Vec::new(),
+                },
+            },
+            _ => CentralChange {
+                revision: e.revision,
+                at: 0,
+                by: "-".into(),
+                what: "deleted: every site back to its own policy".into(),
+                in_force: Vec::new(),
+            },
+        };
+        out.push(change);
+        if e.delta == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Applies an edit to the central policy by compare-and-swap on its revision; returns
+/// the new revision.
+pub async fn write_central(
+    js: &Context,
+    edit: impl Fn(crate::policy::Toggles) -> Result<crate::policy::Toggles, String>,
+    by: String,
+    what: String,
+) -> Result<u64, String> {
+    let kv = central(js).await?;
+    for _ in 0..5 {
+        let entry = kv
+            .entry(CENTRAL_KEY)
+            .await
+            .map_err(|e| format!("reading the central policy: {e}"))?;
+        let (toggles, revision) = match &entry {
+            Some(e) if e.operation == Operation::Put => (
+                values::decode_doc(&e.key, e.revision, &e.value)
+                    .map(|d| d.toggles)
+                    .unwrap_or_default(),
+                Some(e.revision),
+            ),
+            Some(e) => (Default::default(), Some(e.revision)),
+            None => (Default::default(), None),
+        };
+        let doc = SharedDoc::new(edit(toggles)?, by.clone(), what.clone());
+        let bytes = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+        let done = match revision {
+            Some(r) => kv
+                .update(CENTRAL_KEY, bytes.into(), r)
+                .await
+                .map_err(|e| e.to_string()),
+            None => kv
+                .create(CENTRAL_KEY, bytes.into())
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match done {
+            Ok(r) => return Ok(r),
+            Err(e) if e.contains("wrong last sequence") || e.contains("exists") => continue,
+            Err(e) => return Err(format!("writing the central policy: {e}")),
+        }
+    }
+    Err("the central policy changed under 5 attempts in a row; try again".into())
+}
