@@ -472,3 +472,56 @@ fn alter_ledger(path: &std::path::Path, day: &str) {
         previous = digest;
     }
 }
+
+/// A site's leaf user (contrib/nats/hub.conf, as shipped) may take the central policy
+/// and answer for its own evidence, nothing more: it cannot read the hub's evidence or
+/// another site's, nor write the central policy.
+#[test]
+fn a_site_may_reach_only_its_own() {
+    let Some((_lock, mut f)) = fleet() else {
+        return;
+    };
+    f.start_gateway("b", "address", None);
+    let cfg = f.fleet_config();
+    let (ok, out, err) = f.fleet(&[
+        "profile",
+        "disable",
+        "ads",
+        "--config",
+        cfg.to_str().expect("path"),
+    ]);
+    assert!(ok, "{out}{err}");
+    // What a site needs works through the same raw client: its own JetStream, and the
+    // central policy's stream info (its mirror asks for it).
+    let own = f.request_raw("a", "$JS.a.API.STREAM.INFO.telesink_evidence_a", "");
+    assert!(own.contains("MSG _INBOX.raw"), "{own}");
+    let central = f.request_raw("a", "$JS.hub.API.STREAM.INFO.KV_telesink_central", "");
+    assert!(central.contains("KV_telesink_central"), "{central}");
+    // What it may not: read the hub's evidence, read site b's, change the policy (the
+    // stream info of the central bucket answered above, that of the evidence stream
+    // does not: the difference is the user's permissions).
+    for (subject, payload) in [
+        (
+            "$JS.hub.API.STREAM.MSG.GET.telesink_evidence",
+            r#"{"seq":1}"#,
+        ),
+        ("$JS.hub.API.STREAM.INFO.telesink_evidence", ""),
+        (
+            "$JS.b.API.STREAM.MSG.GET.telesink_evidence_b",
+            r#"{"seq":1}"#,
+        ),
+        ("$JS.hub.API.STREAM.PURGE.KV_telesink_central", ""),
+    ] {
+        let got = f.request_raw("a", subject, payload);
+        assert!(got.is_empty(), "site a got an answer on {subject}: {got}");
+    }
+    f.publish_raw("a", "$KV.telesink_central.fleet", b"{\"version\":1}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, policy, err) = f.fleet(&["policy"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        policy.matches("revision").count(),
+        2,
+        "one write, the admin's:\n{policy}"
+    );
+}

@@ -111,14 +111,28 @@ impl Fleet {
     }
 
     fn start_hub(&mut self) {
-        let store = self.dir.path().join("js-hub");
-        let conf = self.dir.write(
-            "nats-hub.conf",
-            &format!(
-                "server_name: hub\nlisten: {HUB_IP}:4222\njetstream {{ store_dir: \"{}\", domain: hub }}\nleafnodes {{ listen: {HUB_IP}:7422 }}\n",
-                store.display()
-            ),
+        // The shipped hub config, with this test's folder and a second site's user.
+        let shipped = contrib("contrib/nats/hub.conf");
+        let start = shipped
+            .find("    {\n      user: a")
+            .expect("site a's entry");
+        let end = shipped[start..].find("\n    }\n").expect("its end") + start + 7;
+        let entry_a = &shipped[start..end];
+        let entry_b = entry_a
+            .replace("user: a", "user: b")
+            .replace("site-a", "site-b")
+            .replace("$JS.a.API", "$JS.b.API");
+        let hub = shipped
+            .replace(
+                "/var/lib/nats/hub",
+                &self.dir.path().join("js-hub").display().to_string(),
+            )
+            .replace(entry_a, &format!("{entry_a}{entry_b}"));
+        assert!(
+            hub.contains("user: b") && hub.contains("$JS.b.API"),
+            "{hub}"
         );
+        let conf = self.dir.write("nats-hub.conf", &hub);
         self.spawn(
             "nats-hub",
             "h",
@@ -163,13 +177,21 @@ impl Fleet {
     }
 
     fn start_site_server(&mut self, site: &str) {
-        let store = self.dir.path().join(format!("js-{site}"));
         let conf = self.dir.write(
             &format!("nats-{site}.conf"),
-            &format!(
-                "server_name: site-{site}\nlisten: 127.0.0.1:4222\njetstream {{ store_dir: \"{}\", domain: {site} }}\nleafnodes {{ remotes: [ {{ url: \"nats-leaf://{HUB_IP}:7422\" }} ] }}\n",
-                store.display()
-            ),
+            &contrib("contrib/nats/site.conf")
+                .replace(
+                    "/var/lib/nats/site",
+                    &self
+                        .dir
+                        .path()
+                        .join(format!("js-{site}"))
+                        .display()
+                        .to_string(),
+                )
+                .replace("site-a", &format!("site-{site}"))
+                .replace("domain: a", &format!("domain: {site}"))
+                .replace("nats-leaf://a:", &format!("nats-leaf://{site}:")),
         );
         self.spawn(
             &format!("nats-{site}"),
@@ -191,6 +213,7 @@ impl Fleet {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns("h"), bin(), "fleet", "--hub"])
             .arg(format!("nats://{HUB_IP}:4222"))
+            .args(["--user", "admin", "--password", "CHANGE-admin-password"])
             .args(args)
             .output()
             .expect("telesink fleet");
@@ -318,9 +341,25 @@ impl Fleet {
         sh(&self.ns(site), &script)
     }
 
+    /// A request from a client of a site's server (plain NATS protocol): the reply's
+    /// payload, or "" when none came within two seconds (a subject the site's leaf user
+    /// may not use gets none: the hub drops it).
+    pub fn request_raw(&self, site: &str, subject: &str, payload: &str) -> String {
+        let script = format!(
+            "python3 - <<'PY'\nimport socket,time\ns=socket.create_connection(('127.0.0.1',4222),timeout=3)\ns.recv(4096)\nbody=b'{payload}'\ns.sendall(b'CONNECT {{\"verbose\":false}}\\r\\nSUB _INBOX.raw 1\\r\\nPUB {subject} _INBOX.raw '+str(len(body)).encode()+b'\\r\\n'+body+b'\\r\\n')\ns.settimeout(0.2)\nout=b''\nend=time.time()+2\nwhile time.time()<end and b'MSG _INBOX.raw' not in out:\n    try:\n        d=s.recv(65536)\n    except socket.timeout:\n        continue\n    if not d: break\n    out+=d\ni=out.find(b'MSG _INBOX.raw')\nprint(out[i:].decode(errors='replace') if i>=0 else '')\nPY"
+        );
+        sh(&self.ns(site), &script).trim().to_owned()
+    }
+
     pub fn log(&self, what: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{what}.log"))).unwrap_or_default()
     }
+}
+
+/// A shipped file of the repository.
+pub fn contrib(path: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 impl Drop for Fleet {
