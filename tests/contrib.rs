@@ -29,6 +29,9 @@ const EXPORTED: &[&str] = &[
     names::CLUSTER_NODE_REVISION,
     names::CLUSTER_MISMATCH,
     names::CLUSTER_NODE_INFO,
+    names::FLEET_DAYS_DUE,
+    names::DNS_LOGGED,
+    names::FLEET_LAST_SENT,
 ];
 
 fn root() -> &'static Path {
@@ -86,8 +89,10 @@ fn every_dashboard_query_uses_exported_metrics() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().expect("expr");
             let used = metric_names(expr);
+            // A fleet's panel reads a sum recorded at each site (fleet/rules.yml).
+            let recorded = recorded_names().iter().any(|r| expr.contains(r.as_str()));
             assert!(
-                !used.is_empty(),
+                !used.is_empty() || recorded,
                 "panel {:?} queries no telesink metric",
                 panel["title"]
             );
@@ -108,4 +113,63 @@ fn every_dashboard_query_uses_exported_metrics() {
             && text.contains("telesink_firewall_rejects_total")
     );
     assert!(text.contains("telesink_bypass_attempts_total"));
+}
+
+/// The series contrib/prometheus/fleet/rules.yml records.
+fn recorded_names() -> Vec<String> {
+    std::fs::read_to_string(root().join("contrib/prometheus/fleet/rules.yml"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The fleet's Prometheus files (docs/FLEET.md): the recording rules and their alert
+/// pass promtool's unit tests and use only exported metrics; the site's server config
+/// (with the rules) and the agent config pass `promtool check config`; the dashboard
+/// can choose a site and reads the recorded sums.
+#[test]
+fn fleet_prometheus_files_check() {
+    if !require("promtool") {
+        return;
+    }
+    let dir = root().join("contrib/prometheus/fleet");
+    let promtool = |args: &[&str], cwd: &Path| {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    promtool(&["test", "rules", "rules_test.yml"], &dir);
+    let rules = std::fs::read_to_string(dir.join("rules.yml")).unwrap();
+    for name in metric_names(&rules) {
+        assert!(
+            EXPORTED.contains(&name.as_str()),
+            "fleet/rules.yml uses {name}, which telesink does not export"
+        );
+    }
+    let tmp = TempDir::new("fleet-prom");
+    tmp.write("rules.yml", &rules);
+    let site = std::fs::read_to_string(dir.join("site.yml"))
+        .unwrap()
+        .replace(
+            "/etc/prometheus/telesink-fleet-rules.yml",
+            &tmp.path().join("rules.yml").display().to_string(),
+        );
+    tmp.write("site.yml", &site);
+    promtool(&["check", "config", "site.yml"], tmp.path());
+    promtool(&["check", "config", "--agent", "agent.yml"], &dir);
+    // What the site sends includes every recorded series.
+    assert!(site.contains("gateway_.*"), "{site}");
+    let dash = std::fs::read_to_string(root().join("contrib/grafana/telesink.json")).unwrap();
+    assert!(dash.contains("label_values(telesink_build_info, site)"));
+    assert!(dash.contains("gateway_profile:blocked_dns:rate5m"));
 }

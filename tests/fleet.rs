@@ -235,6 +235,10 @@ fn central_policy_and_evidence_through_an_outage() {
                 && v["cluster"]["fleet"]["days_due"].as_u64() == Some(0)
         },
     );
+    // The gateway's metrics say it too (scraped by the site's Prometheus).
+    let m = f.metrics("a");
+    assert!(m.contains("telesink_fleet_days_due 0"), "{m}");
+    assert!(m.contains("telesink_fleet_central_revision 1"), "{m}");
     let during = report(&f, &day(d0), &day(d0 + 1));
     assert!(
         !has_day(&during, "a", &day(d0 + 1)),

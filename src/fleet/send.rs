@@ -154,7 +154,8 @@ async fn send_due(
     }
 }
 
-fn day_record(who: &Sender, day: &DayOut) -> DayRecord {
+/// The record of a closed day (benches/fleet.rs builds a fleet's month with it).
+pub fn day_record(who: &Sender, day: &DayOut) -> DayRecord {
     DayRecord {
         version: VERSION,
         site: who.site.clone(),

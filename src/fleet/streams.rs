@@ -77,9 +77,10 @@ pub async fn hub_evidence(
     sites: &[(String, String)],
     replicas: usize,
 ) -> Result<Vec<String>, String> {
+    // An empty domain: the site's stream is on the hub's own servers (a bench).
     let source = |site: &str, domain: &str| Source {
         name: site_stream_name(site),
-        external: Some(api_of(domain)),
+        external: (!domain.is_empty()).then(|| api_of(domain)),
         ..Default::default()
     };
     let wanted: Vec<Source> = sites.iter().map(|(s, d)| source(s, d)).collect();

@@ -12,7 +12,7 @@ use super::names::*;
 use crate::cluster_status::ClusterStatus;
 use crate::policy::Policy;
 
-pub(super) fn families(c: &ClusterStatus, policy: &Policy) -> Vec<MetricFamily> {
+pub(super) fn families(c: &ClusterStatus, policy: &Policy, hub: bool) -> Vec<MetricFamily> {
     let mut out = Vec::new();
     let mut gauge = |name: &str, help: &str, v: f64| {
         let mut g = Family_::new(name, help, MetricType::GAUGE);
@@ -124,5 +124,52 @@ pub(super) fn families(c: &ClusterStatus, policy: &Policy) -> Vec<MetricFamily> 
         learned.add(&[("what", what)], v.load(Relaxed) as f64);
     }
     out.push(learned.mf);
+    if hub {
+        out.extend(fleet(c, policy));
+    }
+    out
+}
+
+/// A fleet's gateway (docs/FLEET.md): the central revision in force and the evidence
+/// sent towards the centre (a day due for long is a site server that is away).
+fn fleet(c: &ClusterStatus, policy: &Policy) -> Vec<MetricFamily> {
+    let f = &c.fleet;
+    let mut out = Vec::new();
+    for (name, help, kind, v) in [
+        (
+            FLEET_CENTRAL_REVISION,
+            "Revision of the fleet's central policy in force on this node (from the site's mirror).",
+            MetricType::GAUGE,
+            policy.layers.as_ref().map_or(0, |l| l.central_revision),
+        ),
+        (
+            FLEET_DAYS_SENT,
+            "Closed days of the ledger the site's evidence stream took (towards the hub).",
+            MetricType::COUNTER,
+            f.days_sent.load(Relaxed),
+        ),
+        (
+            FLEET_DAYS_DUE,
+            "Closed days waiting to be sent at the last look (they wait in the ledger, nothing is lost).",
+            MetricType::GAUGE,
+            f.days_due.load(Relaxed),
+        ),
+        (
+            FLEET_SEND_FAILURES,
+            "Sends to the site's evidence stream that failed (retried).",
+            MetricType::COUNTER,
+            f.failures.load(Relaxed),
+        ),
+        (
+            FLEET_LAST_SENT,
+            "Unix time of the last day sent.",
+            MetricType::GAUGE,
+            f.last_sent_unix.load(Relaxed),
+        ),
+    ] {
+        let mut g = Family_::new(name, help, kind);
+        g.add(&[], v as f64);
+        out.push(g.mf);
+    }
     out
 }

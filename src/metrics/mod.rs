@@ -372,7 +372,15 @@ impl Collector for TelesinkCollector {
         out.push(forgotten.mf);
         out.extend(connection_families(&s.listeners));
         if let Some(c) = &s.cluster {
-            out.extend(cluster::families(c, &policy));
+            let hub = s
+                .current
+                .load()
+                .config
+                .config
+                .cluster
+                .as_ref()
+                .is_some_and(|k| k.hub.is_some());
+            out.extend(cluster::families(c, &policy, hub));
         }
         out.extend(evidence_families(s));
 
