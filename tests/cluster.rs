@@ -386,6 +386,12 @@ fn check_refuses_a_cluster_section_it_cannot_use() {
             format!("{base}[cluster]\nservers = [\"nats://192.0.2.1:4222\"]\nuser = \"u\"\n"),
             "cluster.user and cluster.password go together",
         ),
+        (
+            format!(
+                "{base}[cluster]\nservers = [\"nats://192.0.2.1:4222\"]\nsite = \"hq\"\nhub = \"hq\"\n"
+            ),
+            "cluster.hub = \"hq\": the hub's JetStream domain",
+        ),
     ];
     check_refuses(&dir, &cases);
 }
