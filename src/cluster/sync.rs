@@ -159,11 +159,10 @@ async fn session(
             1
         }
     };
-    // 1b. A fleet's central toggles, from the site's mirror of the hub's bucket.
-    let mut central_watch = match &cluster.cfg.hub {
-        Some(hub) => Some(central(cluster, js, hub).await?),
-        None => None,
-    };
+    // 1b. A fleet's central toggles, from the site's mirror of the hub's bucket. A
+    // mirror that cannot be made or read does not stop the site's own sharing: it is
+    // said, and tried again every few heartbeats.
+    let mut central_watch = central_or_said(cluster, js).await;
     // 2. Then every change after it.
     let mut policy_watch = stores
         .policy
@@ -223,7 +222,10 @@ async fn session(
             },
             e = next_central(&mut central_watch) => match e {
                 Ok(e) => adopt_central(cluster, e).await,
-                Err(e) => break Err(e),
+                Err(e) => {
+                    warn!("fleet: {e}; reading the central policy again");
+                    central_watch = central_or_said(cluster, js).await;
+                }
             },
             e = nodes_watch.next() => match e {
                 Some(Ok(e)) => node_entry(cluster, e),
@@ -256,6 +258,9 @@ async fn session(
                 ticks += 1;
                 if ok && ticks.is_multiple_of(NODES_REREAD) {
                     reread_nodes(cluster, &stores).await;
+                    if central_watch.is_none() {
+                        central_watch = central_or_said(cluster, js).await;
+                    }
                 }
                 if ok && let Ok(Some(e)) = stores.policy.entry(key.clone()).await {
                     let applied = cluster.applier.services.current.load().layers.as_ref().map_or(0, |l| l.revision);
@@ -277,6 +282,19 @@ async fn session(
         cluster.status.give_back_outbox(rx);
     }
     result
+}
+
+/// `central` for a fleet's gateway; None outside a fleet, or when it failed (logged
+/// once per reason, kept in status as the last problem).
+async fn central_or_said(cluster: &Cluster, js: &async_nats::jetstream::Context) -> Option<Watch> {
+    let hub = cluster.cfg.hub.as_deref()?;
+    match central(cluster, js, hub).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            note_error(cluster, format!("fleet: {e}"));
+            None
+        }
+    }
 }
 
 /// The site's mirror of the hub's central policy (made if absent: the site's servers

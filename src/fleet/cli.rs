@@ -102,6 +102,10 @@ pub enum SiteAction {
         /// The site's JetStream domain (default: the site's name).
         #[arg(long)]
         domain: Option<String>,
+        /// Replicas of the hub's streams when this makes them: 3 for a hub of three
+        /// servers (an existing stream keeps its own).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
 }
 
@@ -234,7 +238,12 @@ async fn act(args: FleetArgs) -> Result<ExitCode, String> {
             })
         }
         FleetAction::Site {
-            action: SiteAction::Add { name, domain },
+            action:
+                SiteAction::Add {
+                    name,
+                    domain,
+                    replicas,
+                },
         } => {
             if !crate::config::cluster::valid_name(&name) {
                 return Err(format!(
@@ -242,8 +251,14 @@ async fn act(args: FleetArgs) -> Result<ExitCode, String> {
                 ));
             }
             let domain = domain.unwrap_or_else(|| name.clone());
-            let sites = super::streams::hub_evidence(&js, &[(name.clone(), domain)], 1).await?;
-            super::streams::central_bucket(&js, 1).await?;
+            if !(1..=5).contains(&replicas) {
+                return Err(format!(
+                    "--replicas {replicas}: 1 to 5 (3 for a hub of three servers)"
+                ));
+            }
+            let sites =
+                super::streams::hub_evidence(&js, &[(name.clone(), domain)], replicas).await?;
+            super::streams::central_bucket(&js, replicas).await?;
             println!("the hub sources the evidence of: {}", sites.join(", "));
             Ok(ExitCode::SUCCESS)
         }

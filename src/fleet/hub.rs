@@ -161,7 +161,8 @@ pub struct CentralChange {
     pub in_force: Vec<String>,
 }
 
-/// The central policy bucket (made if absent).
+/// The central policy bucket (made if absent, with one replica: `fleet site add
+/// --replicas 3` makes it first on a hub of three servers).
 pub async fn central(js: &Context) -> Result<async_nats::jetstream::kv::Store, String> {
     super::streams::central_bucket(js, 1).await?;
     js.get_key_value(CENTRAL_BUCKET)
