@@ -375,7 +375,7 @@ fn altered_foreign_and_malformed_evidence_is_named() {
     f.publish_raw("b", "telesink.evidence.b.gwb", foreign.as_bytes());
     let bad_block = format!(
         r#"{{"kind":"day","version":1,"site":"b","gateway":"gwb","day":"{}","rows":1,"digest":"00","previous":"","block":"AAAA","purges":[],"policies":[],"changes":[],"client_labels":"address","published_at":1}}"#,
-        day(d0 + 5)
+        day(d0)
     );
     f.publish_raw("b", "telesink.evidence.b.gwb", bad_block.as_bytes());
     wait(

@@ -172,7 +172,7 @@ async fn act(args: FleetArgs) -> Result<ExitCode, String> {
             output,
         } => {
             let (since, until) = period(&p)?;
-            let gathered = hub::gather(&js).await?;
+            let gathered = hub::gather(&js, Some((&since, &until))).await?;
             let central = hub::central_history(&js).await?;
             let q = FleetQuery {
                 since,
@@ -203,7 +203,7 @@ async fn act(args: FleetArgs) -> Result<ExitCode, String> {
         }
         FleetAction::Verify { period: p } => {
             let (since, until) = period(&p)?;
-            let gathered = hub::gather(&js).await?;
+            let gathered = hub::gather(&js, Some((&since, &until))).await?;
             let q = FleetQuery {
                 since,
                 until,

@@ -78,7 +78,8 @@ pub struct Gathered {
     pub records: u64,
 }
 
-pub async fn gather(js: &Context) -> Result<Gathered, String> {
+/// `period`: the days whose blocks are decoded and checked (record::check).
+pub async fn gather(js: &Context, period: Option<(&str, &str)>) -> Result<Gathered, String> {
     let sites = super::streams::hub_sites(js).await?;
     let mut stream = js
         .get_stream(HUB_EVIDENCE)
@@ -121,7 +122,7 @@ pub async fn gather(js: &Context) -> Result<Gathered, String> {
         };
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
         out.records += 1;
-        match record::check(m.subject.as_str(), &m.payload) {
+        match record::check(m.subject.as_str(), &m.payload, period) {
             Ok(Checked::Day(d)) => {
                 let key = (d.record.site.clone(), d.record.gateway.clone());
                 out.gateways
