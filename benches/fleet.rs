@@ -187,16 +187,11 @@ fn main() {
             let subject = telesink::fleet::record::subject(site, &who.gateway);
             let due = store.unpublished(FIRST_DAY + days, 100).expect("due");
             assert_eq!(due.len(), days as usize);
-            for day in &due {
-                let bytes = serde_json::to_vec(&Record::Day(day_record(&who, day))).expect("json");
-                js.publish(subject.clone(), bytes.into())
-                    .await
-                    .expect("publish")
-                    .await
-                    .expect("ack");
-                n += 1;
-            }
-            let head = HeadRecord {
+            let mut records: Vec<Record> = due
+                .iter()
+                .map(|d| Record::Day(day_record(&who, d)))
+                .collect();
+            records.push(Record::Head(HeadRecord {
                 version: VERSION,
                 site: site.clone(),
                 gateway: who.gateway.clone(),
@@ -206,14 +201,16 @@ fn main() {
                 broken_at: None,
                 breaks: 0,
                 telesink: "bench".into(),
-            };
-            let bytes = serde_json::to_vec(&Record::Head(head)).expect("json");
-            js.publish(subject.clone(), bytes.into())
-                .await
-                .expect("publish")
-                .await
-                .expect("ack");
-            n += 1;
+            }));
+            for record in &records {
+                let bytes = serde_json::to_vec(record).expect("json");
+                js.publish(subject.clone(), bytes.into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+                n += 1;
+            }
         }
         let mut hub = hub_js
             .get_stream("telesink_evidence")

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use async_nats::jetstream::kv::Operation;
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -235,31 +235,41 @@ pub async fn write_central(
             .await
             .map_err(|e| format!("reading the central policy: {e}"))?;
         let (toggles, revision) = match &entry {
-            Some(e) if e.operation == Operation::Put => (
-                values::decode_doc(&e.key, e.revision, &e.value)
-                    .map(|d| d.toggles)
-                    .unwrap_or_default(),
-                Some(e.revision),
-            ),
+            Some(e) if e.operation == Operation::Put => {
+                match values::decode_doc(&e.key, e.revision, &e.value) {
+                    Ok(d) => (d.toggles, Some(e.revision)),
+                    // Said, as a site node says it: the change replaces what every
+                    // gateway refuses anyway.
+                    Err(refused) => {
+                        eprintln!(
+                            "telesink fleet: the stored central policy is refused ({refused}); this change replaces it"
+                        );
+                        (Default::default(), Some(e.revision))
+                    }
+                }
+            }
             Some(e) => (Default::default(), Some(e.revision)),
             None => (Default::default(), None),
         };
         let doc = SharedDoc::new(edit(toggles)?, by.clone(), what.clone());
         let bytes = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+        // (written, someone wrote in between, the error)
         let done = match revision {
-            Some(r) => kv
-                .update(CENTRAL_KEY, bytes.into(), r)
-                .await
-                .map_err(|e| e.to_string()),
+            Some(r) => kv.update(CENTRAL_KEY, bytes.into(), r).await.map_err(|e| {
+                (
+                    e.kind() == UpdateErrorKind::WrongLastRevision,
+                    e.to_string(),
+                )
+            }),
             None => kv
                 .create(CENTRAL_KEY, bytes.into())
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, e.to_string())),
         };
         match done {
             Ok(r) => return Ok(r),
-            Err(e) if e.contains("wrong last sequence") || e.contains("exists") => continue,
-            Err(e) => return Err(format!("writing the central policy: {e}")),
+            Err((true, _)) => continue,
+            Err((false, e)) => return Err(format!("writing the central policy: {e}")),
         }
     }
     Err("the central policy changed under 5 attempts in a row; try again".into())

@@ -145,33 +145,31 @@ fn check_day(mut d: DayRecord, period: Option<(&str, &str)>) -> Result<CheckedDa
     let number = crate::clock::day_number(&d.day)
         .filter(|n| crate::clock::utc_date(u64::from(*n) * 86_400) == d.day)
         .ok_or_else(|| format!("not a day: {:?}", d.day))?;
-    if let Some((since, until)) = period
-        && (d.day.as_str() < since || d.day.as_str() > until)
-    {
-        if d.block.is_some() != d.digest.is_some() || d.digest.is_some() != d.previous.is_some() {
-            return Err(format!(
-                "day {}: a block needs its digest and the digest it is chained on",
-                d.day
-            ));
-        }
+    // A day with rows has a block, its digest and the digest it is chained on; a day
+    // without has none of them.
+    let sealed = d.block.is_some() && d.digest.is_some() && d.previous.is_some();
+    let empty = d.block.is_none() && d.digest.is_none() && d.previous.is_none() && d.rows == 0;
+    if !sealed && !empty {
+        return Err(format!(
+            "day {}: a block needs its digest and the digest it is chained on",
+            d.day
+        ));
+    }
+    let outside =
+        period.is_some_and(|(since, until)| d.day.as_str() < since || d.day.as_str() > until);
+    let (Some(block64), Some(digest), Some(previous)) = (&d.block, &d.digest, &d.previous) else {
+        return Ok(CheckedDay {
+            record: d,
+            rows: None,
+        });
+    };
+    if outside {
         d.block = None;
         return Ok(CheckedDay {
             record: d,
             rows: None,
         });
     }
-    let (Some(block64), Some(digest), Some(previous)) = (&d.block, &d.digest, &d.previous) else {
-        if d.rows != 0 || d.block.is_some() || d.digest.is_some() {
-            return Err(format!(
-                "day {}: a block needs its digest and the digest it is chained on",
-                d.day
-            ));
-        }
-        return Ok(CheckedDay {
-            record: d,
-            rows: None,
-        });
-    };
     let compressed = base64::engine::general_purpose::STANDARD
         .decode(block64)
         .map_err(|e| format!("day {}: the block is not base64 ({e})", d.day))?;

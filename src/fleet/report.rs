@@ -156,30 +156,14 @@ pub fn build(
         })
         .map(|(k, v)| (k.clone(), v))
         .collect();
-    let (gateways, findings) = {
-        // verify::check wants owned evidence by key; borrow through a view map.
-        let mut statuses = Vec::new();
-        let mut found = Vec::new();
-        for site in &wanted_sites {
-            if q.gateway.is_none() && !gathered.gateways.keys().any(|(s, _)| s == site) {
-                let (_, mut f) = verify::check(
-                    &BTreeMap::new(),
-                    std::slice::from_ref(site),
-                    &q.since,
-                    &q.until,
-                );
-                found.append(&mut f);
-            }
-        }
-        for g in chosen.values() {
-            let one: BTreeMap<(String, String), &verify::GatewayEvidence> =
-                [((g.site.clone(), g.gateway.clone()), *g)].into();
-            let (mut s, mut f) = verify::check_refs(&one, &q.since, &q.until);
-            statuses.append(&mut s);
-            found.append(&mut f);
-        }
-        (statuses, found)
+    // A site with no gateway at all is a finding of its own (not when one gateway
+    // was asked for).
+    let mut findings = match q.gateway {
+        None => verify::silent_sites(&gathered.gateways, &wanted_sites),
+        Some(_) => Vec::new(),
     };
+    let (gateways, mut found) = verify::check(&chosen, &q.since, &q.until);
+    findings.append(&mut found);
 
     let mut totals: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let (mut blocked, mut observed) = (0u64, 0u64);
