@@ -299,7 +299,7 @@ fn a_restarted_gateway_comes_up_with_what_changed_while_it_was_away() {
     assert_eq!(s.ask(B_IP, "banner.ads.test"), "NOERROR");
     assert_eq!(s.address(B_IP, "banner2.tele.test"), "0.0.0.0");
     assert_eq!(s.address(B_IP, "banner3.tele.test"), "203.0.113.1");
-    let log = s.gw("b").log.lock().unwrap().clone();
+    let log = s.gw("b").log_text();
     let synced = log
         .find("the site's shared state is in force")
         .expect("synced");
@@ -333,7 +333,7 @@ fn values_that_do_not_parse_or_name_unknown_profiles_are_refused_by_every_node()
     );
     for ts in [a, b] {
         wait("both values refused", Duration::from_secs(3), || {
-            let log = ts.log.lock().unwrap().clone();
+            let log = ts.log_text();
             log.contains("refused a shared value, nothing changed: lab.shared")
                 && log.contains("not a telesink value")
                 && log.contains("no profile named no-such-profile")

@@ -12,7 +12,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
 fn metrics(ts: &Telesink) -> String {
-    let log = ts.log.lock().unwrap().clone();
+    let log = ts.log_text();
     let addr: SocketAddr = log
         .lines()
         .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
@@ -614,7 +614,7 @@ fn a_non_utf8_state_file_is_set_aside_and_stale_temporaries_are_removed() {
     assert!(
         ts.wait_log("is unreadable (not UTF-8)", Duration::from_secs(1)),
         "{}",
-        ts.log.lock().unwrap()
+        ts.log_text()
     );
     let names: Vec<String> = std::fs::read_dir(ts.dir.path())
         .unwrap()
@@ -650,7 +650,7 @@ fn changes_and_kept_toggles_are_logged_in_words() {
         "runtime toggle kept across the reload",
         Duration::from_secs(5)
     ));
-    let log = ts.log.lock().unwrap().clone();
+    let log = ts.log_text();
     let uid = own_uid();
     assert!(
         log.contains(

@@ -202,7 +202,7 @@ fn a_certificate_for_another_name_or_an_expired_one_is_refused() {
         assert!(
             ts.wait_log("never in clear text", Duration::from_secs(5)),
             "{}",
-            ts.log.lock().unwrap()
+            ts.log_text()
         );
     }
     assert_eq!(
@@ -370,7 +370,7 @@ fn a_pinned_server_is_trusted_by_its_key_alone() {
     assert!(
         wrong.wait_log("matches its pin", Duration::from_secs(5)),
         "{}",
-        wrong.log.lock().unwrap()
+        wrong.log_text()
     );
 }
 

@@ -23,7 +23,7 @@ fn start(max_clients: usize) -> Option<(Knot, Telesink, SocketAddr)> {
     dir.write("block.list", "blocked.test\n");
     let cfg = dir.write("telesink.toml", &config);
     let ts = Telesink::start_with(dir, &cfg, &["--metrics", "127.0.0.1:0"]);
-    let log = ts.log.lock().unwrap().clone();
+    let log = ts.log_text();
     let addr = log
         .lines()
         .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
@@ -243,7 +243,7 @@ fn health_reports_upstreams_that_do_not_answer() {
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:9\"]\ntimeout_ms = 300\n[policy]\nlists_dir = \".\"\n[profiles.p]\nenabled = true\nlists = [\"block.list\"]\n",
     );
     let ts = Telesink::start_with(dir, &cfg, &["--metrics", "127.0.0.1:0"]);
-    let log = ts.log.lock().unwrap().clone();
+    let log = ts.log_text();
     let addr: SocketAddr = log
         .lines()
         .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
@@ -304,12 +304,12 @@ fn accept_loops_back_off_when_accept_fails() {
     assert!(
         used < 0.5,
         "the daemon spun: {used:.2} s of CPU in 2 s while accept failed\n{}",
-        ts.log.lock().unwrap()
+        ts.log_text()
     );
     assert!(
         ts.wait_log("accept failed", Duration::from_secs(2)),
         "{}",
-        ts.log.lock().unwrap()
+        ts.log_text()
     );
     // With descriptors back, the endpoint answers again.
     let (status, _) = get(addr, "/health");
@@ -364,7 +364,7 @@ fn a_reload_that_reorders_profiles_moves_no_count() {
         &config(&(profile("a", "true") + &profile("b", "true"))),
     );
     let ts = Telesink::start_with(dir, &cfg, &["--metrics", "127.0.0.1:0"]);
-    let log = ts.log.lock().unwrap().clone();
+    let log = ts.log_text();
     let addr: SocketAddr = log
         .lines()
         .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())

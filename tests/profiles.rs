@@ -196,7 +196,7 @@ fn the_shipped_config_observes_the_main_office_collector() {
     let ts = shipped(&knot, "");
     assert!(!blocked(&ts, "self.events.data.microsoft.com"));
     assert!(!blocked(&ts, "self.events.data.microsoft.com"));
-    let log = ts.log.lock().unwrap().clone();
+    let log = ts.log_text();
     let addr = log
         .lines()
         .find_map(|l| {

@@ -366,7 +366,7 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for (site, ts) in &self.gateways {
-                eprintln!("---- telesink {site} ----\n{}", ts.log.lock().expect("log"));
+                eprintln!("---- telesink {site} ----\n{}", ts.log_text());
             }
             for l in ["nats-hub", "nats-a", "nats-b"] {
                 let text = self.log(l);

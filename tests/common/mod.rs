@@ -312,7 +312,9 @@ impl Telesink {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log2.lock().unwrap().push_str(&format!("{line}\n"));
+                log2.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&format!("{line}\n"));
                 if tx.as_ref().is_some_and(|t| t.send(line.clone()).is_err()) {
                     tx = None;
                 }
@@ -375,8 +377,8 @@ impl Telesink {
 
     /// Where the metrics endpoint listens (started with `--metrics 127.0.0.1:0`).
     pub fn metrics_addr(&self) -> SocketAddr {
-        let log = self.log.lock().unwrap().clone();
-        log.lines()
+        self.log_text()
+            .lines()
             .find_map(|l| l.split("metrics listening on ").nth(1)?.trim().parse().ok())
             .expect("metrics address in the log")
     }
@@ -394,10 +396,17 @@ impl Telesink {
         assert!(ok.success());
     }
 
+    /// The log so far. A copy, and read even when a panic poisoned the lock: an
+    /// assertion whose message reads the log must not turn the test's failure into an
+    /// abort of the whole test binary (a panic in `Drop` while unwinding).
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.log.lock().unwrap().contains(needle) {
+            if self.log_text().contains(needle) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -423,7 +432,7 @@ impl Drop for Telesink {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- telesink log ----\n{}", self.log.lock().unwrap());
+            eprintln!("---- telesink log ----\n{}", self.log_text());
         }
     }
 }

@@ -364,10 +364,7 @@ impl Site {
         let mut out = String::new();
         for (name, ts) in [("a", &self.a), ("b", &self.b)] {
             if let Some(ts) = ts {
-                out += &format!(
-                    "---- telesink {name} ----\n{}\n",
-                    ts.log.lock().expect("log")
-                );
+                out += &format!("---- telesink {name} ----\n{}\n", ts.log_text());
             }
         }
         for l in ["keepalived-a", "keepalived-b", "nats-a", "nats-b", "nats-w"] {
