@@ -366,7 +366,14 @@ fn altered_foreign_and_malformed_evidence_is_named() {
     let (ok, out, err) = f.fleet(&["verify", "--since", &day(d0), "--until", &day(d0 + 1)]);
     assert!(ok, "{out}{err}");
 
-    // Three bad records on site b's subject.
+    // Four bad records on site b's subject: the first part of two of a day whose
+    // second never comes (the records after it show the gateway went on), ...
+    let lone_part = format!(
+        r#"{{"kind":"part","version":1,"site":"b","gateway":"gwb","day":"{}","whole":"{}","index":0,"count":2,"data":"AAAA"}}"#,
+        day(d0),
+        "0".repeat(64)
+    );
+    f.publish_raw("b", "telesink.evidence.b.gwb", lone_part.as_bytes());
     f.publish_raw("b", "telesink.evidence.b.gwb", b"not json at all");
     let foreign = format!(
         r#"{{"kind":"head","version":1,"site":"a","gateway":"gwa","at":1,"open_day":"{}","chain":[],"broken_at":null,"breaks":0,"telesink":"x"}}"#,
@@ -384,7 +391,7 @@ fn altered_foreign_and_malformed_evidence_is_named() {
         || {
             report(&f, &day(d0), &day(d0 + 1))["refused"]
                 .as_array()
-                .is_some_and(|r| r.len() == 3)
+                .is_some_and(|r| r.len() == 4)
         },
     );
     let r = report(&f, &day(d0), &day(d0 + 1));
@@ -394,9 +401,13 @@ fn altered_foreign_and_malformed_evidence_is_named() {
         .flatten()
         .map(|x| x["why"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert!(why[0].contains("not a telesink evidence record"), "{why:?}");
-    assert!(why[1].contains("foreign"), "{why:?}");
-    assert!(why[2].contains("does not decode"), "{why:?}");
+    assert!(
+        why[0].contains("1 of its 2 parts arrived, then the gateway sent other records"),
+        "{why:?}"
+    );
+    assert!(why[1].contains("not a telesink evidence record"), "{why:?}");
+    assert!(why[2].contains("foreign"), "{why:?}");
+    assert!(why[3].contains("does not decode"), "{why:?}");
     // Nothing else broke: a's rows are all there.
     let rows = dns_blocked(&r);
     assert_eq!(
@@ -437,6 +448,96 @@ fn altered_foreign_and_malformed_evidence_is_named() {
         )),
         Some(&6)
     );
+}
+
+/// A large site's closed day is larger than one NATS message (1 MiB unless the servers
+/// are set otherwise): it goes to the site's stream in parts and the centre has every
+/// row of it, its digest verified. Before parts, such a day was never sent, and every
+/// day after it waited behind it.
+#[test]
+fn a_day_larger_than_one_message_arrives_whole() {
+    let Some((_lock, mut f)) = fleet() else {
+        return;
+    };
+    let d0 = today();
+    f.start_gateway("a", "address", None);
+    let dir = f.stop_gateway("a");
+    // Irregular rows (a distinct name each, scattered counts and times): a record of
+    // 2.9 MB, 11 parts.
+    let seeded = seed_day(&dir.path().join("evidence.sqlite"), d0, 120_000);
+    f.start_gateway("a", "address", Some(dir));
+    f.set_clock("a", DAY);
+    assert!(
+        f.gw("a")
+            .wait_log(&format!("time moved {DAY} s ahead"), Duration::from_secs(5))
+    );
+    // Site b has no gateway here: verify names it silent, so its exit says nothing of a.
+    let mut said = String::new();
+    let sent = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        let (_, out, _) = f.fleet(&["verify", "--since", &day(d0), "--until", &day(d0)]);
+        said = out;
+        said.contains("a/gwa: 1 days sent") || said.contains("refused")
+    });
+    assert!(
+        sent && said.contains("a/gwa: 1 days sent, 1 sealed days chained: verifies")
+            && !said.contains("refused")
+            && !said.contains("a/gwa: day"),
+        "{said}\n{}",
+        f.gw("a").log_text()
+    );
+    assert!(f.gw("a").wait_log("went in parts", Duration::from_secs(5)));
+    let r = report(&f, &day(d0), &day(d0));
+    let got: BTreeMap<(String, String), u64> = dns_blocked(&r)
+        .into_iter()
+        .map(|((_, _, client, name), n)| ((client, name), n))
+        .collect();
+    assert_eq!(got.len(), seeded.len());
+    assert!(got == seeded, "the centre's rows differ from the ledger's");
+}
+
+/// Writes `rows` irregular rows of day `d` into the open rows of a stopped gateway's
+/// ledger (the next flush after the day ends seals them): (client, name) -> count.
+fn seed_day(path: &std::path::Path, d: u64, rows: u64) -> BTreeMap<(String, String), u64> {
+    // splitmix64: the same rows every run, no pattern for the compressor to find.
+    let mix = |mut x: u64| {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    };
+    let mut conn = rusqlite::Connection::open(path).expect("ledger");
+    let tx = conn.transaction().expect("transaction");
+    let mut seeded = BTreeMap::new();
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO evidence (day, client, profile, layer, name, count, first, last)
+                 VALUES (?1, ?2, 'tele', 'dns-blocked', ?3, ?4, ?5, ?6)",
+            )
+            .expect("insert");
+        for i in 0..rows {
+            let h = mix(i);
+            let client = format!("2001:db8::{:x}", i % 4000);
+            let name = format!("n{h:016x}.tele.test");
+            let count = 1 + mix(h) % 5000;
+            let first = d * DAY + h % 80_000;
+            let last = first + mix(h ^ 1) % 6000;
+            insert
+                .execute(rusqlite::params![
+                    day(d),
+                    client,
+                    name,
+                    count as i64,
+                    first as i64,
+                    last as i64
+                ])
+                .expect("row");
+            seeded.insert((client, name), count);
+        }
+    }
+    tx.commit().expect("commit");
+    seeded
 }
 
 /// Raises the first row of `day` by 1000 and recomputes every digest from it.

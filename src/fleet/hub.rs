@@ -12,6 +12,7 @@ use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::parts::{Added, Assembler};
 use super::record::{self, Checked, Refused};
 use super::streams::{CENTRAL_BUCKET, CENTRAL_KEY, HUB_EVIDENCE};
 use super::verify::GatewayEvidence;
@@ -104,6 +105,7 @@ pub async fn gather(js: &Context, period: Option<(&str, &str)>) -> Result<Gather
         })
         .await
         .map_err(|e| format!("reading the hub's evidence stream: {e}"))?;
+    let mut parts = Assembler::default();
     let mut messages = consumer
         .messages()
         .await
@@ -122,32 +124,59 @@ pub async fn gather(js: &Context, period: Option<(&str, &str)>) -> Result<Gather
         };
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
         out.records += 1;
-        match record::check(m.subject.as_str(), &m.payload, period) {
-            Ok(Checked::Day(d)) => {
-                let key = (d.record.site.clone(), d.record.gateway.clone());
-                out.gateways
-                    .entry(key.clone())
-                    .or_insert_with(|| GatewayEvidence::new(&key.0, &key.1))
-                    .add_day(*d);
-            }
-            Ok(Checked::Head(h)) => {
-                let key = (h.site.clone(), h.gateway.clone());
-                out.gateways
-                    .entry(key.clone())
-                    .or_insert_with(|| GatewayEvidence::new(&key.0, &key.1))
-                    .head = Some(h);
-            }
-            Err(why) => out.refused.push(Refused {
-                seq,
-                subject: m.subject.to_string(),
-                why,
-            }),
+        let subject = m.subject.as_str();
+        parts.seen(subject, seq);
+        let checked = match record::check(subject, &m.payload, period) {
+            Ok(Checked::Part(p)) => match parts.add(seq, subject, p) {
+                Ok(Added::Waiting) => None,
+                // A whole made of parts is read as one message; parts inside it are not.
+                Ok(Added::Whole(whole)) => Some(match record::check(subject, &whole, period) {
+                    Ok(Checked::Part(_)) => Err("a part inside a record made of parts".into()),
+                    other => other,
+                }),
+                Err(why) => Some(Err(why)),
+            },
+            other => Some(other),
+        };
+        if let Some(checked) = checked {
+            out.take(seq, subject, checked);
         }
         if seq >= last {
             break;
         }
     }
+    for (seq, subject, why) in parts.unfinished() {
+        out.refused.push(Refused { seq, subject, why });
+    }
+    out.refused.sort_by_key(|r| r.seq);
     Ok(out)
+}
+
+impl Gathered {
+    fn take(&mut self, seq: u64, subject: &str, checked: Result<Checked, String>) {
+        match checked {
+            Ok(Checked::Day(d)) => {
+                let key = (d.record.site.clone(), d.record.gateway.clone());
+                self.gateway(key).add_day(*d);
+            }
+            Ok(Checked::Head(h)) => {
+                let key = (h.site.clone(), h.gateway.clone());
+                self.gateway(key).head = Some(h);
+            }
+            Ok(Checked::Part(_)) => {}
+            Err(why) => self.refused.push(Refused {
+                seq,
+                subject: subject.to_owned(),
+                why,
+            }),
+        }
+    }
+
+    fn gateway(&mut self, key: (String, String)) -> &mut GatewayEvidence {
+        self.gateways
+            .entry(key)
+            .or_insert_with_key(|(site, gw)| GatewayEvidence::new(site, gw))
+    }
 }
 
 /// One revision of the central policy, as its history keeps it.

@@ -5,6 +5,7 @@
 //! - `streams.rs`: what lives where (the central policy's bucket and its mirror at each
 //!   site, each site's evidence stream, the hub's stream that sources them);
 //! - `record.rs`: what a gateway sends (a closed day, its head) and the centre's checks;
+//! - `parts.rs`: a record too large for one message, cut into parts and put together;
 //! - `send.rs`: the gateway's side, store and forward;
 //! - `hub.rs`: the centre's side: reading every record, writing the central policy;
 //! - `verify.rs`: each gateway's chain checked from what it sent, and the gaps;
@@ -16,6 +17,7 @@
 
 pub mod cli;
 pub mod hub;
+pub mod parts;
 pub mod record;
 pub mod render;
 pub mod report;

@@ -1,12 +1,14 @@
 //! What travels on the evidence streams: a gateway's closed day (`DayRecord`) and its
 //! head (`HeadRecord`: the chain as its ledger has it now, and whether the ledger
-//! verifies). Both are JSON with a version; the centre refuses what does not parse,
-//! has another version, claims a site or gateway its subject does not name, or carries
-//! a block that does not decode or does not give its digest (`check`).
+//! verifies); a record too large for one message travels as parts (`PartRecord`). All
+//! are JSON with a version; the centre refuses what does not parse, has another
+//! version, claims a site or gateway its subject does not name, or carries a block that
+//! does not decode or does not give its digest (`check`).
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+pub use super::parts::PartRecord;
 use crate::evidence::block::{self, DayRows};
 use crate::evidence::report::ProfileInForce;
 use crate::evidence::store::{PolicyChange, chain_digest};
@@ -19,6 +21,8 @@ pub const VERSION: u32 = 1;
 pub enum Record {
     Day(DayRecord),
     Head(HeadRecord),
+    /// A piece of a record too large for one message (src/fleet/parts.rs).
+    Part(PartRecord),
 }
 
 /// A closed UTC day of one gateway's ledger.
@@ -119,6 +123,7 @@ pub fn check(
     let (version, r_site, r_gateway) = match &record {
         Record::Day(d) => (d.version, &d.site, &d.gateway),
         Record::Head(h) => (h.version, &h.site, &h.gateway),
+        Record::Part(p) => (p.version, &p.site, &p.gateway),
     };
     if version != VERSION {
         return Err(format!(
@@ -133,12 +138,15 @@ pub fn check(
     match record {
         Record::Head(h) => Ok(Checked::Head(h)),
         Record::Day(d) => check_day(d, period).map(|d| Checked::Day(Box::new(d))),
+        Record::Part(p) => p.shape().map(|()| Checked::Part(p)),
     }
 }
 
 pub enum Checked {
     Day(Box<CheckedDay>),
     Head(HeadRecord),
+    /// To be put together with the others of its whole (`parts::Assembler`).
+    Part(PartRecord),
 }
 
 fn check_day(mut d: DayRecord, period: Option<(&str, &str)>) -> Result<CheckedDay, String> {

@@ -19,6 +19,7 @@ use async_nats::jetstream::Context;
 use base64::Engine;
 use tracing::{info, warn};
 
+use super::parts;
 use super::record::{DayRecord, HeadRecord, Record, VERSION, subject};
 use crate::cluster_status::ClusterStatus;
 use crate::evidence::Ledger;
@@ -221,9 +222,37 @@ async fn head(
 }
 
 /// One record to the site's stream, acknowledged; `id` makes a resend within the
-/// stream's duplicate window a no-op.
+/// stream's duplicate window a no-op. A record larger than one message goes in parts
+/// (src/fleet/parts.rs), each acknowledged before the next.
 async fn send(js: &Context, who: &Sender, record: &Record, id: &str) -> Result<(), String> {
     let payload = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+    if payload.len() <= parts::WHOLE_MAX {
+        return publish(js, who, payload, id).await;
+    }
+    let day = match record {
+        Record::Day(d) => d.day.as_str(),
+        Record::Head(h) => h.open_day.as_str(),
+        Record::Part(p) => p.day.as_str(),
+    };
+    let pieces = parts::split(&who.site, &who.gateway, day, &payload);
+    let count = pieces.len();
+    for p in pieces {
+        // The whole's digest in the id: a send made again with other bytes (another
+        // `published_at`) is not taken for the first one's duplicate, part by part.
+        let part_id = format!("{id}.{}.{}of{count}", &p.whole[..16], p.index);
+        let bytes = serde_json::to_vec(&Record::Part(p)).map_err(|e| e.to_string())?;
+        publish(js, who, bytes, &part_id).await?;
+    }
+    info!(
+        day,
+        parts = count,
+        bytes = payload.len(),
+        "fleet: a record larger than one message went in parts"
+    );
+    Ok(())
+}
+
+async fn publish(js: &Context, who: &Sender, payload: Vec<u8>, id: &str) -> Result<(), String> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         "Nats-Msg-Id",
