@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use telesink::config::LoadedConfig;
 use telesink::daemon::{self, Overrides};
+use telesink::evidence::render::ReportFormat;
 use telesink::policy;
 use tracing_subscriber::EnvFilter;
 
@@ -315,14 +316,6 @@ enum ReportAction {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum ReportFormat {
-    Table,
-    Csv,
-    Json,
-    Html,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
 enum OnOff {
     Enable,
     Disable,
@@ -473,13 +466,7 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                let format = match format {
-                    ReportFormat::Table => "table",
-                    ReportFormat::Csv => "csv",
-                    ReportFormat::Json => "json",
-                    ReportFormat::Html => "html",
-                };
-                ctl::report(&socket, &query, format, output.as_deref())
+                ctl::report(&socket, &query, format.as_str(), output.as_deref())
             }
         },
         Command::Tail {

@@ -44,9 +44,13 @@ fn day(n: u64) -> String {
     telesink::clock::utc_date(n * DAY)
 }
 
-/// Moves both gateways' clocks to `days` days after today, and waits until they see it
-/// (the clock file is read every 50 ms).
+/// Ends the day: waits until both gateways wrote what they counted, then moves their
+/// clocks to `days` days after today and waits until they see it (the clock file is
+/// read every 50 ms).
 fn set_days(f: &Fleet, days: u64) {
+    for s in ["a", "b"] {
+        flushed(f, s);
+    }
     for s in ["a", "b"] {
         f.set_clock(s, days * DAY);
     }
@@ -92,6 +96,19 @@ fn has_day(r: &Value, site: &str, last: &str) -> bool {
         .into_iter()
         .flatten()
         .any(|g| g["site"] == site && g["last_day"].as_str().is_some_and(|d| d >= last))
+}
+
+/// Whether `telesink status` at `site` lists a setting of `profile` from `origin`
+/// (central, site or node); the status is printed when it does not.
+fn setting_from(f: &Fleet, site: &str, origin: &str, profile: &str) -> bool {
+    let (_, status, _) = f.gw(site).ctl(&["status"]);
+    let found = status
+        .lines()
+        .any(|l| l.trim_start().starts_with(origin) && l.contains(profile));
+    if !found {
+        eprintln!("{site}'s status:\n{status}");
+    }
+    found
 }
 
 fn ask_n(f: &Fleet, site: &str, device: u8, name: &str, n: usize, expect: &str) {
@@ -162,25 +179,16 @@ fn central_policy_and_evidence_through_an_outage() {
             || f.ask(s, 50, "banner.ads.test") == "NOERROR" && !rejects_ads(s),
         );
     }
-    let (_, status, _) = f.gw("a").ctl(&["status"]);
     assert!(
-        status
-            .lines()
-            .any(|l| l.trim_start().starts_with("central") && l.contains("ads")),
-        "status says where the setting comes from:\n{status}"
+        setting_from(&f, "a", "central", "ads"),
+        "status says where the setting comes from"
     );
     // A node's own override wins over the central entry, and only there.
     let (ok, out, err) = f.gw("a").ctl(&["profile", "enable", "ads", "--local"]);
     assert!(ok, "{out}{err}");
     assert_eq!(f.ask("a", 50, "banner.ads.test"), "NXDOMAIN");
     assert_eq!(f.ask("b", 50, "banner.ads.test"), "NOERROR");
-    let (_, status, _) = f.gw("a").ctl(&["status"]);
-    assert!(
-        status
-            .lines()
-            .any(|l| l.trim_start().starts_with("node") && l.contains("ads")),
-        "{status}"
-    );
+    assert!(setting_from(&f, "a", "node", "ads"));
     let (ok, out, err) = f.gw("a").ctl(&["profile", "reset", "ads", "--local"]);
     assert!(ok, "{out}{err}");
     assert_eq!(f.ask("a", 50, "banner.ads.test"), "NOERROR");
@@ -190,8 +198,6 @@ fn central_policy_and_evidence_through_an_outage() {
     ask_n(&f, "a", 51, "settings.tele.test", 2, "NXDOMAIN");
     ask_n(&f, "b", 50, "nexus.tele.test", 4, "NXDOMAIN");
     ask_n(&f, "b", 52, "nexus.tele.test", 1, "NXDOMAIN");
-    flushed(&f, "a");
-    flushed(&f, "b");
     set_days(&f, 1);
     wait(
         "day 0 of both sites at the hub",
@@ -221,8 +227,6 @@ fn central_policy_and_evidence_through_an_outage() {
     ask_n(&f, "a", 50, "nexus.tele.test", 7, "NXDOMAIN");
     ask_n(&f, "a", 52, "settings.tele.test", 5, "NXDOMAIN");
     ask_n(&f, "b", 51, "nexus.tele.test", 2, "NXDOMAIN");
-    flushed(&f, "a");
-    flushed(&f, "b");
     set_days(&f, 2);
     // The site's own stream took day 1 (store), the hub has not (forward later).
     wait(
@@ -354,10 +358,8 @@ fn altered_foreign_and_malformed_evidence_is_named() {
     f.start_gateway("a", "address", None);
     f.start_gateway("b", "address", None);
     ask_n(&f, "a", 50, "nexus.tele.test", 6, "NXDOMAIN");
-    flushed(&f, "a");
     set_days(&f, 1);
     ask_n(&f, "a", 51, "nexus.tele.test", 2, "NXDOMAIN");
-    flushed(&f, "a");
     set_days(&f, 2);
     wait("both days at the hub", Duration::from_secs(30), || {
         let r = report(&f, &day(d0), &day(d0 + 1));

@@ -7,6 +7,26 @@ use std::fmt::Write as _;
 use super::report::{MAX_LINES, Report};
 use super::store::Stored;
 
+/// The forms a report is written in (`telesink report`, `telesink fleet report`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+    Html,
+}
+
+impl ReportFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportFormat::Table => "table",
+            ReportFormat::Csv => "csv",
+            ReportFormat::Json => "json",
+            ReportFormat::Html => "html",
+        }
+    }
+}
+
 pub(crate) fn time(unix: u64) -> String {
     let secs = unix % 86_400;
     format!(
@@ -54,7 +74,8 @@ pub const COLUMNS: [&str; 8] = [
     "last_seen",
 ];
 
-fn fields(l: &Stored) -> [String; 8] {
+/// A line's cells, in the order of `COLUMNS` (the fleet's report adds its own two).
+pub fn line_fields(l: &Stored) -> [String; 8] {
     [
         l.day.clone(),
         l.client.clone(),
@@ -74,7 +95,7 @@ impl Report {
             "{} to {} (UTC days): {blocked} attempts blocked, {observed} observed (answered normally, not blocked), by {} devices\n",
             self.since, self.until, self.clients
         );
-        let rows: Vec<[String; 8]> = self.rows.iter().map(fields).collect();
+        let rows: Vec<[String; 8]> = self.rows.iter().map(line_fields).collect();
         let widths: Vec<usize> = (0..8)
             .map(|i| {
                 rows.iter()
@@ -197,7 +218,7 @@ impl Report {
         }
         out += &(COLUMNS.join(",") + "\n");
         for l in &self.rows {
-            let cells: Vec<String> = fields(l).iter().map(|c| csv_cell(c)).collect();
+            let cells: Vec<String> = line_fields(l).iter().map(|c| csv_cell(c)).collect();
             out += &cells.join(",");
             out += "\n";
         }

@@ -11,6 +11,7 @@ use super::hub::{self, HubArgs};
 use super::report::{FleetQuery, build};
 use crate::apply::Edit;
 use crate::config::LoadedConfig;
+use crate::evidence::render::ReportFormat;
 use crate::policy::Toggle;
 use crate::policy::runtime::NameRule;
 
@@ -43,9 +44,8 @@ pub enum FleetAction {
         /// Sum by site, gateway, client, name, profile or day (default: every row).
         #[arg(long)]
         by: Option<String>,
-        /// table, csv, json or html.
-        #[arg(long, default_value = "table")]
-        format: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
         #[arg(long)]
         output: Option<PathBuf>,
     },
@@ -182,15 +182,14 @@ async fn act(args: FleetArgs) -> Result<ExitCode, String> {
                 client,
                 profile,
                 by,
-                summary: format == "html",
+                summary: format == ReportFormat::Html,
             };
             let report = build(&gathered, central, &q).map_err(|e| e.to_string())?;
-            let text = match format.as_str() {
-                "table" => report.table(),
-                "csv" => report.csv(),
-                "json" => report.json(),
-                "html" => report.html(),
-                other => return Err(format!("--format {other}: table, csv, json or html")),
+            let text = match format {
+                ReportFormat::Table => report.table(),
+                ReportFormat::Csv => report.csv(),
+                ReportFormat::Json => report.json(),
+                ReportFormat::Html => report.html(),
             };
             write_out(output.as_deref(), &text)?;
             if report.lines_left_out > 0 {

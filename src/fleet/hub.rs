@@ -129,11 +129,8 @@ pub async fn gather(js: &Context, period: Option<(&str, &str)>) -> Result<Gather
         let checked = match record::check(subject, &m.payload, period) {
             Ok(Checked::Part(p)) => match parts.add(seq, subject, p) {
                 Ok(Added::Waiting) => None,
-                // A whole made of parts is read as one message; parts inside it are not.
-                Ok(Added::Whole(whole)) => Some(match record::check(subject, &whole, period) {
-                    Ok(Checked::Part(_)) => Err("a part inside a record made of parts".into()),
-                    other => other,
-                }),
+                // A whole made of parts is read as one message.
+                Ok(Added::Whole(whole)) => Some(record::check(subject, &whole, period)),
                 Err(why) => Some(Err(why)),
             },
             other => Some(other),
@@ -153,23 +150,28 @@ pub async fn gather(js: &Context, period: Option<(&str, &str)>) -> Result<Gather
 }
 
 impl Gathered {
+    /// A record read, or why it was refused; parts reach here only from inside a
+    /// whole made of parts, which must not hold any.
     fn take(&mut self, seq: u64, subject: &str, checked: Result<Checked, String>) {
-        match checked {
+        let why = match checked {
             Ok(Checked::Day(d)) => {
                 let key = (d.record.site.clone(), d.record.gateway.clone());
                 self.gateway(key).add_day(*d);
+                return;
             }
             Ok(Checked::Head(h)) => {
                 let key = (h.site.clone(), h.gateway.clone());
                 self.gateway(key).head = Some(h);
+                return;
             }
-            Ok(Checked::Part(_)) => {}
-            Err(why) => self.refused.push(Refused {
-                seq,
-                subject: subject.to_owned(),
-                why,
-            }),
-        }
+            Ok(Checked::Part(_)) => "a part inside a record made of parts".to_owned(),
+            Err(why) => why,
+        };
+        self.refused.push(Refused {
+            seq,
+            subject: subject.to_owned(),
+            why,
+        });
     }
 
     fn gateway(&mut self, key: (String, String)) -> &mut GatewayEvidence {

@@ -1,8 +1,8 @@
 //! A record too large for one message travels in parts. NATS refuses a message above
 //! the server's `max_payload` (1 MiB unless set otherwise, at the site and at the hub
-//! alike), and a large site's closed day is larger: 1,000 devices with irregular
-//! traffic already come near it. Without parts such a day could never be sent, and every
-//! day after it would wait behind it.
+//! alike), and a large site's closed day can be larger (1,000 devices reaching 50 names
+//! make a record of up to ~500 KiB a day). Without parts such a day could never be
+//! sent, and every day after it would wait behind it.
 //!
 //! The gateway cuts the record's JSON into pieces of `PIECE` bytes; each part says the
 //! whole's SHA-256, its index and how many parts there are. The centre puts them
@@ -72,6 +72,18 @@ pub fn sha256(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Whether a record of `len` bytes fits in `MAX_PARTS` parts; the error says why not.
+pub fn fits(day: &str, len: usize) -> Result<(), String> {
+    if len.div_ceil(PIECE) > MAX_PARTS as usize {
+        return Err(format!(
+            "day {day} is a record of {} MiB, more than the centre takes ({MAX_PARTS} parts of {} KiB)",
+            len >> 20,
+            PIECE >> 10
+        ));
+    }
+    Ok(())
 }
 
 /// The parts of `payload` (a record's JSON, larger than `WHOLE_MAX`).
@@ -296,6 +308,17 @@ mod tests {
         }
         a.seen("s", 9);
         assert!(a.unfinished().is_empty());
+    }
+
+    #[test]
+    fn a_record_beyond_the_parts_is_not_cut() {
+        let most = MAX_PARTS as usize * PIECE;
+        assert!(fits("2026-12-01", most).is_ok());
+        let err = fits("2026-12-01", most + 1).unwrap_err();
+        assert!(
+            err.contains("more than the centre takes (1024 parts of 256 KiB)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,34 +4,19 @@
 use std::fmt::Write as _;
 
 use super::report::{FleetReport, FleetRow};
-use crate::evidence::render::{csv_cell, esc, time};
+use crate::evidence::render::{COLUMNS, csv_cell, esc, line_fields, time};
 
-const COLUMNS: [&str; 10] = [
-    "site",
-    "gateway",
-    "day",
-    "client",
-    "profile",
-    "layer",
-    "name",
-    "count",
-    "first_seen",
-    "last_seen",
-];
+/// The columns of `telesink report`, after where the line came from.
+fn columns() -> Vec<&'static str> {
+    let mut c = vec!["site", "gateway"];
+    c.extend(COLUMNS);
+    c
+}
 
-fn fields(r: &FleetRow) -> [String; 10] {
-    [
-        r.site.clone(),
-        r.gateway.clone(),
-        r.day.clone(),
-        r.client.clone(),
-        r.profile.clone(),
-        r.layer.clone(),
-        r.name.clone(),
-        r.count.to_string(),
-        time(r.first_seen),
-        time(r.last_seen),
-    ]
+fn fields(r: &FleetRow) -> Vec<String> {
+    let mut f = vec![r.site.clone(), r.gateway.clone()];
+    f.extend(line_fields(&r.row));
+    f
 }
 
 /// The profiles in force, in words: "tele blocks for [default]; ads blocks for []".
@@ -172,7 +157,7 @@ impl FleetReport {
             let _ = writeln!(out, "{l}");
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "{}", COLUMNS.join("\t"));
+        let _ = writeln!(out, "{}", columns().join("\t"));
         for r in &self.rows {
             let _ = writeln!(out, "{}", fields(r).join("\t"));
         }
@@ -184,7 +169,7 @@ impl FleetReport {
         for l in self.statement() {
             let _ = writeln!(out, "# {}", l.replace('\n', " "));
         }
-        let _ = writeln!(out, "{}", COLUMNS.join(","));
+        let _ = writeln!(out, "{}", columns().join(","));
         for r in &self.rows {
             let cells: Vec<String> = fields(r).iter().map(|c| csv_cell(c)).collect();
             let _ = writeln!(out, "{}", cells.join(","));

@@ -10,7 +10,7 @@ use super::hub::{CentralChange, Gathered};
 use super::record::Refused;
 use super::verify::{self, Finding, GatewayStatus};
 use crate::evidence::report::{BLOCKED_LAYERS, MAX_LINES, ProfileInForce};
-use crate::evidence::store::{PolicyChange, day_text};
+use crate::evidence::store::{PolicyChange, Stored, day_text};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FleetQuery {
@@ -27,19 +27,15 @@ pub struct FleetQuery {
     pub summary: bool,
 }
 
-/// One line: a row of a gateway's day, or a sum `--by` one field (the others empty).
+/// One line: a row of a gateway's day, or a sum `--by` one field (the others empty):
+/// the ledger's own line (`Stored`, as `telesink report` shows it) with where it came
+/// from; JSON keeps one flat object per line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetRow {
     pub site: String,
     pub gateway: String,
-    pub day: String,
-    pub client: String,
-    pub profile: String,
-    pub layer: String,
-    pub name: String,
-    pub count: u64,
-    pub first_seen: u64,
-    pub last_seen: u64,
+    #[serde(flatten)]
+    pub row: Stored,
 }
 
 /// One site at a glance (the page's per-site view).
@@ -262,14 +258,16 @@ pub fn build(
                     None if rows.len() < MAX_LINES => rows.push(FleetRow {
                         site: site.clone(),
                         gateway: gateway.clone(),
-                        day: text.clone(),
-                        client: client.to_owned(),
-                        profile: profile.to_owned(),
-                        layer: layer.to_owned(),
-                        name: name.to_owned(),
-                        count: p.count,
-                        first_seen: p.first,
-                        last_seen: p.last,
+                        row: Stored {
+                            day: text.clone(),
+                            client: client.to_owned(),
+                            profile: profile.to_owned(),
+                            layer: layer.to_owned(),
+                            name: name.to_owned(),
+                            count: p.count,
+                            first_seen: p.first,
+                            last_seen: p.last,
+                        },
                     }),
                     None => left_out += 1,
                     Some(b) => {
@@ -315,14 +313,16 @@ pub fn build(
         rows.push(FleetRow {
             site,
             gateway,
-            day,
-            client,
-            profile,
-            layer,
-            name,
-            count,
-            first_seen: first,
-            last_seen: last,
+            row: Stored {
+                day,
+                client,
+                profile,
+                layer,
+                name,
+                count,
+                first_seen: first,
+                last_seen: last,
+            },
         });
     }
     for view in sites.values_mut() {

@@ -234,15 +234,9 @@ async fn send(js: &Context, who: &Sender, record: &Record, id: &str) -> Result<(
         Record::Head(h) => h.open_day.as_str(),
         Record::Part(p) => p.day.as_str(),
     };
+    parts::fits(day, payload.len())?;
     let pieces = parts::split(&who.site, &who.gateway, day, &payload);
     let count = pieces.len();
-    if count > parts::MAX_PARTS as usize {
-        return Err(format!(
-            "day {day} is a record of {} MiB, more than the centre takes ({} parts of 256 KiB)",
-            payload.len() >> 20,
-            parts::MAX_PARTS
-        ));
-    }
     for p in pieces {
         // The whole's digest in the id: a send made again with other bytes (another
         // `published_at`) is not taken for the first one's duplicate, part by part.

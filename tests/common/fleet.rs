@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::netns::{run, sh};
+use super::netns::{attach_to_bridge, gateway_metrics, run, sh, telesink_table};
 use super::site::wait;
 use super::{Telesink, TempDir, bin};
 
@@ -52,30 +52,8 @@ impl Fleet {
         }
         sh(&sw, "ip link add br0 type bridge; ip link set br0 up");
         for n in ["h", "a", "b"] {
-            let peer = format!("p{n}");
-            run(&[
-                "ip",
-                "-n",
-                &sw,
-                "link",
-                "add",
-                &peer,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "wan0",
-                "netns",
-                &f.ns(n),
-            ]);
-            sh(
-                &sw,
-                &format!("ip link set {peer} master br0; ip link set {peer} up"),
-            );
-            sh(
-                &f.ns(n),
-                &format!("ip addr add {}/24 dev wan0; ip link set wan0 up", wan_ip(n)),
-            );
+            let cidr = format!("{}/24", wan_ip(n));
+            attach_to_bridge(&sw, &format!("p{n}"), &f.ns(n), "wan0", &cidr);
         }
         // Each site's LAN: the gateway's address on lan0, its devices on loopback.
         for n in ["a", "b"] {
@@ -304,17 +282,11 @@ impl Fleet {
     }
 
     pub fn table(&self, site: &str) -> String {
-        sh(
-            &self.ns(site),
-            "nft list table inet telesink 2>/dev/null || true",
-        )
+        telesink_table(&self.ns(site))
     }
 
     pub fn metrics(&self, site: &str) -> String {
-        sh(
-            &self.ns(site),
-            "curl -s -m 2 http://127.0.0.1:9153/metrics || true",
-        )
+        gateway_metrics(&self.ns(site))
     }
 
     /// Cuts a site from the hub (its leaf connection, port 7422) or heals it; DNS to the

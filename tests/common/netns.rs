@@ -47,6 +47,33 @@ pub fn sh(ns: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Joins namespace `ns` to the bridge `br0` of namespace `switch`: a veth whose end
+/// `peer` is a port of the bridge and whose end `ifname` in `ns` has `cidr`, both up.
+pub fn attach_to_bridge(switch: &str, peer: &str, ns: &str, ifname: &str, cidr: &str) {
+    run(&[
+        "ip", "-n", switch, "link", "add", peer, "type", "veth", "peer", "name", ifname, "netns",
+        ns,
+    ]);
+    sh(
+        switch,
+        &format!("ip link set {peer} master br0; ip link set {peer} up"),
+    );
+    sh(
+        ns,
+        &format!("ip addr add {cidr} dev {ifname}; ip link set {ifname} up"),
+    );
+}
+
+/// The telesink table of the gateway in namespace `ns` (empty when there is none).
+pub fn telesink_table(ns: &str) -> String {
+    sh(ns, "nft list table inet telesink 2>/dev/null || true")
+}
+
+/// The metrics of the gateway in namespace `ns` (its shipped test port, 9153).
+pub fn gateway_metrics(ns: &str) -> String {
+    sh(ns, "curl -s -m 2 http://127.0.0.1:9153/metrics || true")
+}
+
 pub struct Topology {
     pub client: String,
     pub gateway: String,

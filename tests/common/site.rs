@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::netns::{run, sh};
+use super::netns::{attach_to_bridge, gateway_metrics, run, sh, telesink_table};
 use super::{Telesink, TempDir};
 
 pub const A_IP: &str = "192.0.2.11";
@@ -73,29 +73,12 @@ impl Site {
         }
         sh(&sw, "ip link add br0 type bridge; ip link set br0 up");
         for (n, ip) in [("a", A_IP), ("b", B_IP), ("w", W_IP), ("c", CLIENT)] {
-            let peer = format!("p{n}");
-            run(&[
-                "ip",
-                "-n",
+            attach_to_bridge(
                 &sw,
-                "link",
-                "add",
-                &peer,
-                "type",
-                "veth",
-                "peer",
-                "name",
+                &format!("p{n}"),
+                &ns(&tag, n),
                 "lan0",
-                "netns",
-                &ns(&tag, n),
-            ]);
-            sh(
-                &sw,
-                &format!("ip link set {peer} master br0; ip link set {peer} up"),
-            );
-            sh(
-                &ns(&tag, n),
-                &format!("ip addr add {ip}/24 dev lan0; ip link set lan0 up"),
+                &format!("{ip}/24"),
             );
         }
         // The gateways' WAN side (the firewall names one).
@@ -276,18 +259,12 @@ impl Site {
 
     /// A gateway's metrics, read in its namespace.
     pub fn metrics(&self, node: &str) -> String {
-        sh(
-            &self.ns(node),
-            "curl -s -m 2 http://127.0.0.1:9153/metrics || true",
-        )
+        gateway_metrics(&self.ns(node))
     }
 
     /// A gateway's whole nftables table.
     pub fn table(&self, node: &str) -> String {
-        sh(
-            &self.ns(node),
-            "nft list table inet telesink 2>/dev/null || true",
-        )
+        telesink_table(&self.ns(node))
     }
 
     /// The elements of a gateway's learned set for `tele`, IPv4.
